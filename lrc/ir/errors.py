@@ -1,0 +1,45 @@
+"""Errors that point at the user's code: the argument, the dim or the term, and the source line."""
+from __future__ import annotations
+
+import linecache
+import os
+import sys
+from dataclasses import dataclass
+
+_LRC_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True, slots=True)
+class Src:
+    """A line of the user's step function."""
+
+    filename: str
+    lineno: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{os.path.basename(self.filename)}:{self.lineno}: {self.text}"
+
+
+def user_src() -> Src | None:
+    """The innermost frame on the stack that is not lrc's own code."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not os.path.abspath(filename).startswith(_LRC_DIR + os.sep):
+            text = linecache.getline(filename, frame.f_lineno).strip()
+            return Src(filename, frame.f_lineno, text)
+        frame = frame.f_back
+    return None
+
+
+class SpecError(ValueError):
+    """A spec that lrc refuses at trace time; the message names the term and the line."""
+
+    def __init__(self, message: str, src: Src | None = None):
+        self.src = src
+        super().__init__(f"{message}\n    at {src}" if src is not None else message)
+
+
+class CallError(ValueError):
+    """A call of a compiled layer with arguments that do not fit the spec."""

@@ -1,0 +1,225 @@
+"""The functions a step may use: sympy classes for those sympy lacks, and their evaluation rules.
+
+Each function has its rules next to it: the sympy class (with `fdiff`, its derivative, and its
+realness) and an entry in `EVAL`, the torch implementation the reference interpreter runs.
+A sympy node with no rule raises `NotImplementedError(type)` rather than guessing.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import operator
+from typing import Any, Callable
+
+import sympy as sp
+import torch
+from sympy.codegen.cfunctions import expm1, log1p
+
+Value = Any  # a torch.Tensor or a Python number
+
+
+class softplus(sp.Function):  # noqa: N801 (sympy functions are lower-case)
+    """log(1 + exp(x))."""
+
+    def fdiff(self, argindex=1):
+        return sigmoid(self.args[0])
+
+    def _eval_is_extended_real(self):
+        return self.args[0].is_extended_real
+
+
+class sigmoid(sp.Function):  # noqa: N801
+    """1 / (1 + exp(-x))."""
+
+    def fdiff(self, argindex=1):
+        s = sigmoid(self.args[0])
+        return s * (1 - s)
+
+    def _eval_is_extended_real(self):
+        return self.args[0].is_extended_real
+
+
+class phi1(sp.Function):  # noqa: N801
+    """(exp(x) - 1) / x, with phi1(0) = 1: ZOH's input coefficient, stable as x -> 0."""
+
+    def fdiff(self, argindex=1):
+        x = self.args[0]
+        return (sp.exp(x) - phi1(x)) / x
+
+    def _eval_is_extended_real(self):
+        return self.args[0].is_extended_real
+
+
+def _marker(name: str, doc: str) -> type[sp.Function]:
+    """A discretization helper kept whole until the expansion pass rewrites it."""
+    return type(name, (sp.Function,), {"__doc__": doc, "nargs": 2})
+
+
+# The discretization helpers of DESIGN.md section 3, as two-argument functions of (dt, A).
+# `*_a` is the state coefficient A-bar; `*_b` multiplies B to give B-bar.
+zoh_a = _marker("zoh_a", "exp(dt*A)")
+zoh_b = _marker("zoh_b", "(exp(dt*A) - 1) / A")
+bilinear_a = _marker("bilinear_a", "(1 + dt*A/2) / (1 - dt*A/2)")
+bilinear_b = _marker("bilinear_b", "dt / (1 - dt*A/2)")
+euler_a = _marker("euler_a", "1 + dt*A")
+euler_b = _marker("euler_b", "dt")
+mamba_a = _marker("mamba_a", "exp(dt*A)")
+mamba_b = _marker("mamba_b", "dt")
+MARKERS = (zoh_a, zoh_b, bilinear_a, bilinear_b, euler_a, euler_b, mamba_a, mamba_b)
+
+
+# ---- evaluation rules: sympy node type -> torch implementation over evaluated args
+
+def _tensor(x: Value, like: Value) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    ref = like if isinstance(like, torch.Tensor) else None
+    dtype = ref.dtype if ref is not None else torch.float64
+    if isinstance(x, complex) and not dtype.is_complex:
+        dtype = torch.complex128
+    return torch.as_tensor(x, dtype=dtype, device=ref.device if ref is not None else None)
+
+
+def _pow(base: Value, exp: Value, node: sp.Pow) -> Value:
+    e = node.exp
+    if e == sp.Rational(1, 2):
+        return torch.sqrt(_tensor(base, base))
+    if e == sp.Rational(-1, 2):
+        return torch.rsqrt(_tensor(base, base))
+    if e.is_Integer:
+        return base ** int(e)
+    return torch.pow(_tensor(base, exp), exp)
+
+
+def _where(*pairs: Value) -> Value:
+    """Piecewise((v0, c0), (v1, c1), ..., (vk, True)) -> nested torch.where."""
+    values, conds = pairs[0::2], pairs[1::2]
+    out = values[-1]
+    for v, c in zip(reversed(values[:-1]), reversed(conds[:-1])):
+        if isinstance(c, bool):
+            out = v if c else out
+        else:
+            out = torch.where(c, _tensor(v, out), _tensor(out, v))
+    return out
+
+
+def _fold(op: Callable[[Value, Value], Value]) -> Callable[..., Value]:
+    return lambda *xs: functools.reduce(op, xs)
+
+
+def _tmax(a: Value, b: Value) -> Value:
+    return torch.maximum(_tensor(a, b), _tensor(b, a))
+
+
+def _tmin(a: Value, b: Value) -> Value:
+    return torch.minimum(_tensor(a, b), _tensor(b, a))
+
+
+def _phi1(x: Value) -> Value:
+    x = _tensor(x, x)
+    small = x.abs() < 1e-6
+    safe = torch.where(small, torch.ones_like(x), x)
+    return torch.where(small, 1 + x / 2, torch.expm1(safe) / safe)
+
+
+EVAL: dict[type, Callable[..., Value]] = {
+    sp.Add: _fold(operator.add),
+    sp.Mul: _fold(operator.mul),
+    sp.exp: lambda x: torch.exp(_tensor(x, x)),
+    sp.log: lambda x: torch.log(_tensor(x, x)),
+    sp.tanh: lambda x: torch.tanh(_tensor(x, x)),
+    sp.cos: lambda x: torch.cos(_tensor(x, x)),
+    sp.sin: lambda x: torch.sin(_tensor(x, x)),
+    sp.Abs: lambda x: torch.abs(_tensor(x, x)),
+    sp.re: lambda x: torch.real(_tensor(x, x)),
+    sp.im: lambda x: torch.imag(_tensor(x, x)) if _tensor(x, x).is_complex() else 0 * x,
+    sp.conjugate: lambda x: torch.conj(_tensor(x, x)).resolve_conj(),
+    sp.Max: _fold(_tmax),
+    sp.Min: _fold(_tmin),
+    sp.Piecewise: _where,
+    sp.StrictGreaterThan: operator.gt,
+    sp.GreaterThan: operator.ge,
+    sp.StrictLessThan: operator.lt,
+    sp.LessThan: operator.le,
+    sp.Equality: operator.eq,
+    sp.Unequality: operator.ne,
+    sp.And: _fold(operator.and_),
+    sp.Or: _fold(operator.or_),
+    sp.Not: lambda x: ~x,
+    expm1: lambda x: torch.expm1(_tensor(x, x)),
+    log1p: lambda x: torch.log1p(_tensor(x, x)),
+    softplus: lambda x: torch.logaddexp(_tensor(x, x), torch.zeros_like(_tensor(x, x))),
+    sigmoid: lambda x: torch.sigmoid(_tensor(x, x)),
+    phi1: _phi1,
+    # the discretization helpers by their textbook formulas (the expansion pass must agree)
+    zoh_a: lambda dt, a: torch.exp(_tensor(dt * a, a)),
+    zoh_b: lambda dt, a: torch.expm1(_tensor(dt * a, a)) / a,
+    bilinear_a: lambda dt, a: (1 + dt * a / 2) / (1 - dt * a / 2),
+    bilinear_b: lambda dt, a: dt / (1 - dt * a / 2),
+    euler_a: lambda dt, a: 1 + dt * a,
+    euler_b: lambda dt, a: dt * (0 * a + 1),
+    mamba_a: lambda dt, a: torch.exp(_tensor(dt * a, a)),
+    mamba_b: lambda dt, a: dt * (0 * a + 1),
+}
+
+_CONSTANTS: dict[type, Value] = {
+    sp.core.numbers.Pi: math.pi,
+    sp.core.numbers.Exp1: math.e,
+    sp.core.numbers.ImaginaryUnit: 1j,
+    sp.logic.boolalg.BooleanTrue: True,
+    sp.logic.boolalg.BooleanFalse: False,
+}
+
+
+def evaluate(expr: sp.Basic, env: dict[sp.Symbol, Value],
+             memo: dict[sp.Basic, Value] | None = None) -> Value:
+    """Evaluate a sympy expression over torch tensors bound to its free symbols."""
+    memo = {} if memo is None else memo
+    if expr in memo:
+        return memo[expr]
+    if isinstance(expr, sp.Symbol):
+        value = env[expr]
+    elif type(expr) in _CONSTANTS:
+        value = _CONSTANTS[type(expr)]
+    elif expr.is_Number:
+        value = complex(expr) if not expr.is_real else float(expr)
+    elif isinstance(expr, sp.Pow):
+        value = _pow(evaluate(expr.base, env, memo), evaluate(expr.exp, env, memo), expr)
+    elif isinstance(expr, sp.Piecewise):
+        flat = [evaluate(x, env, memo) for pair in expr.args for x in pair]
+        value = _where(*flat)
+    else:
+        rule = EVAL.get(type(expr))
+        if rule is None:
+            raise NotImplementedError(f"no evaluation rule for {type(expr).__name__}: {expr}")
+        value = rule(*(evaluate(a, env, memo) for a in expr.args))
+    memo[expr] = value
+    return value
+
+
+def is_complex(expr: sp.Basic) -> bool:
+    """Whether the value may be complex: complex symbols or I, outside re/im/abs."""
+    if isinstance(expr, sp.Symbol):
+        return not expr.is_real
+    if isinstance(expr, (sp.re, sp.im, sp.Abs, sp.core.relational.Relational,
+                         sp.logic.boolalg.Boolean)):
+        return False
+    if isinstance(expr, sp.core.numbers.ImaginaryUnit):
+        return True
+    if expr.is_Number:
+        return not expr.is_real
+    if isinstance(expr, sp.Piecewise):
+        return any(is_complex(v) for v, _ in expr.args)
+    return any(is_complex(a) for a in expr.args)
+
+
+def supported(expr: sp.Basic) -> list[sp.Basic]:
+    """The subexpressions of `expr` that no rule evaluates (empty when all are known)."""
+    bad = []
+    for node in sp.preorder_traversal(expr):
+        known = (isinstance(node, (sp.Symbol, sp.Pow, sp.Piecewise, sp.core.containers.Tuple))
+                 or node.is_Number or type(node) in _CONSTANTS or type(node) in EVAL
+                 or isinstance(node, sp.logic.boolalg.BooleanAtom))
+        if not known:
+            bad.append(node)
+    return bad

@@ -1,0 +1,106 @@
+"""A checked call of a compiled layer: what every backend receives."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..ir.dims import Role
+from ..ir.errors import CallError
+from ..ir.graph import Graph
+from .bind import batch_dim, bind_args, bind_sizes, check_tensors
+
+
+@dataclass
+class Call:
+    """Arguments bound to names and checked against the spec.
+
+    tensors     the Seq/Param tensors by name, as the user passed them
+    states      the initial states by state name (user layout), or None for zeros
+    sizes       every dim's size; T the length (None for a single step)
+    segments    (start, end) of each packed sequence when cu_seqlens is given
+    out_dtype   the outputs' dtype (the Seq inputs' promoted dtype)
+    state_dtype the states' real dtype (float32, or float64 when inputs are float64)
+    """
+
+    graph: Graph
+    tensors: dict[str, torch.Tensor]
+    states: dict[str, torch.Tensor] | None
+    sizes: dict[str, int]
+    T: int | None
+    reverse: bool
+    segments: list[tuple[int, int]] | None
+    out_dtype: torch.dtype
+    state_dtype: torch.dtype
+    device: torch.device
+
+
+def _state_tuple(g: Graph, value, what: str) -> dict[str, torch.Tensor] | None:
+    if value is None:
+        return None
+    names = g.state_names
+    vals = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if len(vals) != len(names):
+        raise CallError(f"{what} must hold {len(names)} tensors ({', '.join(names)}), "
+                        f"got {len(vals)}")
+    for n, v in zip(names, vals):
+        if not isinstance(v, torch.Tensor):
+            raise CallError(f"{what} for state {n!r} must be a tensor, got {type(v).__name__}")
+    return dict(zip(names, vals))
+
+
+def make_call(g: Graph, args: tuple, kwargs: dict, *, initial_state=None, reverse=False,
+              cu_seqlens=None, step: bool = False) -> Call:
+    """Bind and check a call (step=True: per-token slices without the time dim)."""
+    what = "layer.step" if step else "layer"
+    tensors = bind_args(g, args, kwargs, what)
+    states = _state_tuple(g, initial_state, "state=" if step else "initial_state")
+    anns = {k: (v, g[k].annotation) for k, v in tensors.items()}
+    device = check_tensors(anns)
+    if states is not None:
+        sanns = {k: (v, g[k].annotation) for k, v in states.items()}
+        sdev = check_tensors(sanns)
+        if sdev != device:
+            raise CallError(f"the initial state is on {sdev} but the inputs are on {device}")
+    segments, fixed = None, None
+    if cu_seqlens is not None:
+        if step:
+            raise CallError("layer.step takes no cu_seqlens")
+        b = batch_dim(g)
+        if b is None:
+            raise CallError("cu_seqlens needs a batch dim: the first dim of the first Seq "
+                            "argument, present in every Seq argument and state")
+        segments = _segments(cu_seqlens, device)
+        fixed = {b: 1}
+    sizes, T = bind_sizes(g, {**anns, **({} if states is None or segments is not None else
+                                          {k: (v, g[k].annotation) for k, v in states.items()})},
+                          with_time=not step, fixed=fixed)
+    if segments is not None:
+        if segments[-1][1] != T:
+            raise CallError(f"cu_seqlens ends at {segments[-1][1]} but the inputs have "
+                            f"length {T}")
+        if states is not None:
+            per = dict(sizes, **{batch_dim(g): len(segments)})
+            bind_sizes(g, {k: (v, g[k].annotation) for k, v in states.items()}, with_time=False,
+                       fixed=per)
+    seq_dtypes = [tensors[n.name].dtype for n in g.inputs(Role.SEQ)]
+    out_dtype = seq_dtypes[0]
+    for d in seq_dtypes[1:]:
+        out_dtype = torch.promote_types(out_dtype, d)
+    out_dtype = {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(
+        out_dtype, out_dtype)
+    every = [x.dtype for x in tensors.values()] + (
+        [x.dtype for x in states.values()] if states else [])
+    wide = any(d in (torch.float64, torch.complex128) for d in every)
+    return Call(g, tensors, states, sizes, T, reverse, segments, out_dtype,
+                torch.float64 if wide else torch.float32, device)
+
+
+def _segments(cu: torch.Tensor, device: torch.device) -> list[tuple[int, int]]:
+    if not isinstance(cu, torch.Tensor) or cu.dim() != 1 or cu.dtype not in (
+            torch.int32, torch.int64) or cu.numel() < 2:
+        raise CallError("cu_seqlens must be a 1-D int32/int64 tensor [0, l1, l1+l2, ..., T]")
+    vals = cu.tolist()
+    if vals[0] != 0 or any(b < a for a, b in zip(vals, vals[1:])):
+        raise CallError(f"cu_seqlens must start at 0 and never decrease, got {vals}")
+    return list(zip(vals[:-1], vals[1:]))
