@@ -58,13 +58,26 @@ class Graph:
                 g.add_edge(a, node.name)
         return nx.freeze(g)
 
+    def annotation(self, arg: str):
+        """The annotation of the user's argument `arg` (also after a pass split it in parts)."""
+        for n in self.nodes:
+            if isinstance(n, Input) and n.arg == arg:
+                return n.annotation
+        raise KeyError(arg)
+
     def inputs(self, role: Role | None = None) -> tuple[Input, ...]:
         return tuple(n for n in self.nodes
                      if isinstance(n, Input) and (role is None or n.role is role))
 
     @property
     def state_names(self) -> tuple[str, ...]:
+        """The state input nodes, in declaration order (a split complex state has two)."""
         return tuple(s for s, _ in self.states)
+
+    @property
+    def state_args(self) -> tuple[str, ...]:
+        """The user's state arguments, in declaration order (what initial_state= holds)."""
+        return tuple(dict.fromkeys(self[s].arg for s in self.state_names))
 
     @property
     def new_state_names(self) -> tuple[str, ...]:

@@ -55,9 +55,13 @@ def eval_node(g: Graph, node: Node, env: dict[str, torch.Tensor], sizes: dict[st
         return x.sum(ax, keepdim=True)
     if isinstance(node, Shift):
         x = _full(g, x, node.dim, sizes)
-        ax = _axis(g, node.dim)
-        first = torch.zeros_like(x.narrow(ax, 0, 1))
-        return torch.cat([first, x.narrow(ax, 0, x.shape[ax] - 1)], ax)
+        ax, k, n = _axis(g, node.dim), node.offset, sizes[node.dim]
+        if abs(k) >= n:
+            return torch.zeros_like(x)
+        pad = torch.zeros_like(x.narrow(ax, 0, abs(k)))
+        if k >= 0:
+            return torch.cat([pad, x.narrow(ax, 0, n - k)], ax)
+        return torch.cat([x.narrow(ax, -k, n + k), pad], ax)
     if isinstance(node, Rename):
         perm = list(range(x.dim()))
         pairs = {_axis(g, new): _axis(g, old) for old, new in node.mapping}

@@ -18,13 +18,23 @@ from .functions import is_complex
 
 @dataclass(frozen=True, slots=True)
 class Input:
-    """An argument of the step: a Seq, Param or State, or the integer positions along a dim."""
+    """An argument of the step: a Seq, Param or State, or the integer positions along a dim.
+
+    `arg` is the user's argument it comes from (its own name unless a pass split it) and `part`
+    which part of it: '' the whole, 're' or 'im' the real or imaginary part of a complex one.
+    """
 
     name: str
     role: Role
     dims: tuple[str, ...]
     annotation: Annotation
     complex: bool = False
+    arg: str = ""
+    part: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.arg:
+            object.__setattr__(self, "arg", self.name)
 
     @property
     def args(self) -> tuple[str, ...]:
@@ -84,7 +94,9 @@ class Rename:
 
 @dataclass(frozen=True, slots=True)
 class Shift:
-    """`arg` moved one place up along `dim`: out[i] = arg[i-1], out[0] = 0 (a shift register)."""
+    """`arg` moved along `dim`: out[i] = arg[i - offset], zero where that is out of range.
+
+    offset 1 is a shift register's step (out[0] = 0); offset -1 is its adjoint."""
 
     name: str
     dims: tuple[str, ...]
@@ -92,6 +104,7 @@ class Shift:
     dim: str
     complex: bool = False
     src: Src | None = field(default=None, compare=False)
+    offset: int = 1
 
     @property
     def args(self) -> tuple[str, ...]:

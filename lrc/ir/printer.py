@@ -25,6 +25,9 @@ class IRPrinter(StrPrinter):
             out = f"where({self._print(cond)}, {self._print(value)}, {out})"
         return out
 
+    def _print_Equality(self, expr) -> str:
+        return f"{self._print(expr.lhs)} == {self._print(expr.rhs)}"
+
     def _print_Max(self, expr) -> str:
         return "maximum(" + ", ".join(self._print(a) for a in expr.args) + ")"
 
@@ -74,7 +77,8 @@ def format_node(node: Node, names: dict[str, str]) -> str:
         pairs = ", ".join(f"{a}->{b}" for a, b in node.mapping)
         rhs = f"rename({names.get(node.arg, node.arg)}, {pairs})"
     elif isinstance(node, Shift):
-        rhs = f"shift({names.get(node.arg, node.arg)}, {node.dim})"
+        by = "" if node.offset == 1 else f", {node.offset}"
+        rhs = f"shift({names.get(node.arg, node.arg)}, {node.dim}{by})"
     elif isinstance(node, Input) and node.role is Role.INDEX:
         rhs = f"index({node.dims[0]})"
     else:

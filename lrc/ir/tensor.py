@@ -190,7 +190,9 @@ def lift(x: Any, src: Src | None = None) -> TraceOp:
         if isinstance(x, numbers.Real):
             return TraceOp("const", (), False, value=sp.Float(float(x)), src=src)
         z = complex(x)
-        value = sp.Float(z.real) + sp.Float(z.imag) * sp.I
+        re_, im_ = (sp.Integer(int(v)) if float(v).is_integer() else sp.Float(v)
+                    for v in (z.real, z.imag))
+        value = re_ + im_ * sp.I
         return TraceOp("const", (), z.imag != 0, value=value, src=src)
     if isinstance(x, torch.Tensor):
         raise SpecError("a torch.Tensor was used inside a step: pass tensors as arguments "

@@ -224,9 +224,10 @@ def build_graph(name: str, tracer: Tracer, anns: dict[str, Annotation],
             arg = op.args[0]
             if arg.kind in ("fn", "const") and arg not in leaf:
                 leaf[arg] = next(fresh)
-    new_name = {}
+    new_name = {}  # ops whose users read the new state's node (an unchanged state stays itself)
     for s, op in zip(state_args, news):
-        new_name.setdefault(op, f"{s}'")
+        if op.kind != "input":
+            new_name.setdefault(op, f"{s}'")
     # pointwise work reached from several Map nodes becomes a Map node of its own
     while True:
         maps = set(news) | set(outs) | {op for op in leaf if op.kind in ("fn", "const")}
@@ -287,7 +288,7 @@ def build_graph(name: str, tracer: Tracer, anns: dict[str, Annotation],
     states = []
     for s, op in zip(state_args, news):
         nm = f"{s}'"
-        value = expr(op, op, {}) if new_name[op] == nm else ref(op)  # else: a shared new value
+        value = expr(op, op, {}) if new_name.get(op, nm) == nm else ref(op)  # else: shared
         nodes.append(Map(nm, tracer.order(anns[s].dims), value, op.src, anns[s].complex))
         states.append((s, nm))
     out_names = _output_names(len(outs), set(anns))

@@ -36,6 +36,8 @@ def verify(g: Graph) -> Graph:
                f"{where}: dims {node.dims} not in canonical order {g.dims}")
         if isinstance(node, Input):
             _check(isinstance(node.role, Role), f"{where}: bad role {node.role!r}")
+            _check(node.part in ("", "re", "im"), f"{where}: bad part {node.part!r}")
+            _check(not (node.part and node.complex), f"{where}: a part must be real")
             if node.role is not Role.INDEX:
                 want = tuple(sorted((d for d in node.annotation.dims if d != g.time),
                                     key=lambda d: pos[d]))
@@ -65,7 +67,7 @@ def verify(g: Graph) -> Graph:
                            f"{where}: renamed dim {new!r} has no size source")
         seen[node.name] = node
     names = set(seen)
-    params = tuple(n.name for n in g.inputs() if n.role in (Role.SEQ, Role.PARAM))
+    params = tuple(dict.fromkeys(n.arg for n in g.inputs() if n.role in (Role.SEQ, Role.PARAM)))
     _check(params == g.params, f"params {g.params} are not the Seq/Param inputs {params}")
     for s, new in g.states:
         _check(s in names and seen[s].role is Role.STATE, f"state {s!r} is not a State input")
@@ -74,6 +76,8 @@ def verify(g: Graph) -> Graph:
                f"new state {new!r} dims {seen[new].dims} != state dims {seen[s].dims}")
         _check(seen[new].complex == seen[s].complex, f"new state {new!r}: complex flag differs")
     _check(len(g.states) == len(g.inputs(Role.STATE)), "every State input needs a new state")
+    _check(set(g.state_names) == {n.name for n in g.inputs(Role.STATE)},
+           "g.states must list every State input once")
     _check(len(g.outputs) == len(g.out_axes) and g.outputs, "outputs and out_axes disagree")
     for o, axes in zip(g.outputs, g.out_axes):
         _check(o in names, f"output {o!r} does not exist")

@@ -105,6 +105,6 @@ def _describe(bad: sp.Basic, deg: dict[str, int]) -> str:
         return "(a product of two state terms)"
     if isinstance(bad, sp.Pow):
         return "(a power of the state)" if bad.exp.is_positive else "(division by the state)"
-    if isinstance(bad, sp.Piecewise):
+    if isinstance(bad, (sp.Piecewise, sp.core.relational.Relational)):
         return "(a condition on the state)"
     return f"(the state enters {type(bad).__name__} nonlinearly)"

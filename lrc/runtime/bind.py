@@ -25,7 +25,7 @@ def bind_args(g: Graph, args: tuple, kwargs: dict, what: str) -> dict[str, torch
     out = dict(zip(g.params, args))
     for k, v in kwargs.items():
         if k not in g.params:
-            hint = " (states go in initial_state= or state=)" if k in g.state_names else ""
+            hint = " (states go in initial_state= or state=)" if k in g.state_args else ""
             raise CallError(f"{what} got an unexpected argument {k!r}{hint}")
         if k in out:
             raise CallError(f"{what} got argument {k!r} twice")

@@ -38,7 +38,7 @@ class Call:
 def _state_tuple(g: Graph, value, what: str) -> dict[str, torch.Tensor] | None:
     if value is None:
         return None
-    names = g.state_names
+    names = g.state_args
     vals = tuple(value) if isinstance(value, (tuple, list)) else (value,)
     if len(vals) != len(names):
         raise CallError(f"{what} must hold {len(names)} tensors ({', '.join(names)}), "
@@ -55,10 +55,10 @@ def make_call(g: Graph, args: tuple, kwargs: dict, *, initial_state=None, revers
     what = "layer.step" if step else "layer"
     tensors = bind_args(g, args, kwargs, what)
     states = _state_tuple(g, initial_state, "state=" if step else "initial_state")
-    anns = {k: (v, g[k].annotation) for k, v in tensors.items()}
+    anns = {k: (v, g.annotation(k)) for k, v in tensors.items()}
     device = check_tensors(anns)
     if states is not None:
-        sanns = {k: (v, g[k].annotation) for k, v in states.items()}
+        sanns = {k: (v, g.annotation(k)) for k, v in states.items()}
         sdev = check_tensors(sanns)
         if sdev != device:
             raise CallError(f"the initial state is on {sdev} but the inputs are on {device}")
@@ -73,7 +73,7 @@ def make_call(g: Graph, args: tuple, kwargs: dict, *, initial_state=None, revers
         segments = _segments(cu_seqlens, device)
         fixed = {b: 1}
     sizes, T = bind_sizes(g, {**anns, **({} if states is None or segments is not None else
-                                          {k: (v, g[k].annotation) for k, v in states.items()})},
+                                          {k: (v, g.annotation(k)) for k, v in states.items()})},
                           with_time=not step, fixed=fixed)
     if segments is not None:
         if segments[-1][1] != T:
@@ -81,7 +81,7 @@ def make_call(g: Graph, args: tuple, kwargs: dict, *, initial_state=None, revers
                             f"length {T}")
         if states is not None:
             per = dict(sizes, **{batch_dim(g): len(segments)})
-            bind_sizes(g, {k: (v, g[k].annotation) for k, v in states.items()}, with_time=False,
+            bind_sizes(g, {k: (v, g.annotation(k)) for k, v in states.items()}, with_time=False,
                        fixed=per)
     seq_dtypes = [tensors[n.name].dtype for n in g.inputs(Role.SEQ)]
     out_dtype = seq_dtypes[0]

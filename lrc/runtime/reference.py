@@ -1,7 +1,8 @@
 """The reference backend: the float64 interpreter behind the compiled-layer calling convention.
 
 Inputs are cast to float64 (complex128 where declared complex) with differentiable casts, so
-torch autograd gives every gradient; results are cast back to the call's dtypes.
+torch autograd gives every gradient; results are cast back to the call's dtypes. It runs any
+graph of the pipeline, also after a pass split complex arguments into real and imaginary parts.
 """
 from __future__ import annotations
 
@@ -9,12 +10,43 @@ import torch
 
 from ..ir import interpret
 from ..ir.dims import Role
+from ..ir.graph import Graph
 from .bind import batch_dim, from_canonical, to_canonical
 from .call import Call
 
 
 def _wide(x: torch.Tensor, complex_: bool) -> torch.Tensor:
     return x.to(torch.complex128 if (complex_ or x.is_complex()) else torch.float64)
+
+
+def _part(x: torch.Tensor, part: str) -> torch.Tensor:
+    if part == "re":
+        return x.real
+    if part == "im":
+        return x.imag if x.is_complex() else torch.zeros_like(x)
+    return x
+
+
+def _inputs(g: Graph, tensors: dict[str, torch.Tensor], roles, sizes, with_time: bool,
+            device) -> dict[str, torch.Tensor]:
+    """Canonical float64 values of the input nodes of `roles`, by node name."""
+    wide: dict[str, torch.Tensor] = {}
+    out = {}
+    for node in g.inputs():
+        if node.role not in roles:
+            continue
+        ann = node.annotation
+        if node.arg not in wide:
+            if node.arg in tensors:
+                wide[node.arg] = to_canonical(g, _wide(tensors[node.arg], ann.complex), ann,
+                                              sizes, with_time)
+            else:  # a state given as None starts at zero
+                dims = [d for d in ann.dims if d != g.time]
+                wide[node.arg] = torch.zeros(
+                    interpret.canonical_shape(g, dims, sizes),
+                    dtype=torch.complex128 if ann.complex else torch.float64, device=device)
+        out[node.name] = _part(wide[node.arg], node.part)
+    return out
 
 
 def _state_dtype(call: Call, complex_: bool) -> torch.dtype:
@@ -26,28 +58,25 @@ def _state_dtype(call: Call, complex_: bool) -> torch.dtype:
 def run(call: Call, step: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Outputs and final states, in the user's layouts and the call's dtypes."""
     g, sizes = call.graph, call.sizes
-    values = {k: to_canonical(g, _wide(x, g[k].complex), g[k].annotation, sizes, not step)
-              for k, x in call.tensors.items()}
+    values = _inputs(g, call.tensors, (Role.SEQ, Role.PARAM), sizes, not step, call.device)
     b = batch_dim(g) if call.segments is not None else None
-    nseg = len(call.segments) if call.segments is not None else 1
-    state_sizes = dict(sizes, **({b: nseg} if b else {}))
-    if call.states is not None:
-        states = {k: to_canonical(g, _wide(x, g[k].complex), g[k].annotation, state_sizes,
-                                  False) for k, x in call.states.items()}
-    else:
-        states = {s.name: torch.zeros(interpret.canonical_shape(g, s.dims, state_sizes),
-                                      dtype=torch.complex128 if s.complex else torch.float64,
-                                      device=call.device)
-                  for s in g.inputs(Role.STATE)}
-    T = 1 if step else call.T
+    state_sizes = dict(sizes, **({b: len(call.segments)} if b else {}))
+    states = _inputs(g, call.states or {}, (Role.STATE,), state_sizes, False, call.device)
     if call.segments is None:
-        outs, finals = interpret.run(g, values, states, sizes, T, call.reverse)
+        outs, finals = interpret.run(g, values, states, sizes, 1 if step else call.T,
+                                     call.reverse)
     else:
         outs, finals = _run_segments(call, values, states, b)
     out_t = [from_canonical(g, o, ax, sizes, not step).to(call.out_dtype)
              for o, ax in zip(outs, g.out_axes)]
-    fin_t = [from_canonical(g, f, g[s].annotation.axes, state_sizes, False)
-             .to(_state_dtype(call, g[s].complex)) for f, s in zip(finals, g.state_names)]
+    by_node = dict(zip(g.state_names, finals))
+    fin_t = []
+    for arg in g.state_args:
+        parts = {g[s].part: by_node[s] for s in g.state_names if g[s].arg == arg}
+        value = parts[""] if "" in parts else torch.complex(parts["re"], parts["im"])
+        ann = g.annotation(arg)
+        fin_t.append(from_canonical(g, value, ann.axes, state_sizes, False)
+                     .to(_state_dtype(call, ann.complex)))
     return out_t, fin_t
 
 
@@ -67,3 +96,13 @@ def _run_segments(call: Call, values, states, b: str):
         for j, f in enumerate(finals):
             finals_all[j].append(f)
     return ([torch.cat(o, 0) for o in outs_all], [torch.cat(f, ax) for f in finals_all])
+
+
+def call_graph(g: Graph, *args: torch.Tensor, initial_state=None, reverse: bool = False,
+               cu_seqlens=None, step: bool = False, **kwargs: torch.Tensor):
+    """Run any graph (a traced one or one a pass made) on user-layout tensors: (outs, finals)."""
+    from .call import make_call
+
+    call = make_call(g, args, kwargs, initial_state=initial_state, reverse=reverse,
+                     cu_seqlens=cu_seqlens, step=step)
+    return run(call, step=step)
