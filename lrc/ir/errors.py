@@ -21,12 +21,13 @@ class Src:
         return f"{os.path.basename(self.filename)}:{self.lineno}: {self.text}"
 
 
-def user_src() -> Src | None:
-    """The innermost frame on the stack that is not lrc's own code."""
+def user_src(skip: tuple[str, ...] = ()) -> Src | None:
+    """The innermost frame on the stack that is not lrc's own code (nor under a `skip` dir)."""
     frame = sys._getframe(1)
+    dirs = tuple(d + os.sep for d in (_LRC_DIR,) + skip)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not os.path.abspath(filename).startswith(_LRC_DIR + os.sep):
+        if not os.path.abspath(filename).startswith(dirs):
             text = linecache.getline(filename, frame.f_lineno).strip()
             return Src(filename, frame.f_lineno, text)
         frame = frame.f_back

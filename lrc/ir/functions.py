@@ -223,3 +223,31 @@ def supported(expr: sp.Basic) -> list[sp.Basic]:
         if not known:
             bad.append(node)
     return bad
+
+
+# ---- appended for the complex lowering (lrc/passes/complex.py): the argument of a complex number
+
+def _atan2(y: Value, x: Value) -> Value:
+    return torch.atan2(_tensor(y, x), _tensor(x, y))
+
+
+# atan2(y, x): arg(x + iy); also what sympy makes of im(log(z)) on its own
+EVAL[sp.atan2] = _atan2
+
+
+# what sympy's own re/im evaluation writes: re(cos z) = cos(re z) cosh(im z), im(log z) = arg z
+EVAL[sp.cosh] = lambda x: torch.cosh(_tensor(x, x))
+EVAL[sp.sinh] = lambda x: torch.sinh(_tensor(x, x))
+EVAL[sp.arg] = lambda x: torch.angle(_tensor(x, x))
+
+
+# ---- appended by the foundation tests: sympy folds a comparison of a `where` into ITE
+
+def _ite(c: Value, a: Value, b: Value) -> Value:
+    """ITE(c, a, b) of booleans: what sympy makes of `where(c, x, y) > z`."""
+    if isinstance(c, bool):
+        return a if c else b
+    return torch.where(c, torch.as_tensor(a, device=c.device), torch.as_tensor(b, device=c.device))
+
+
+EVAL[sp.ITE] = _ite

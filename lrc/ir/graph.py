@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass, field
+from typing import Any
 
 import networkx as nx
 import sympy as sp
@@ -37,6 +38,18 @@ class Graph:
     dims: tuple[str, ...]
     aliases: tuple[tuple[str, str], ...] = ()
     sources: tuple[tuple[sp.Basic, Src], ...] = field(default=(), compare=False, repr=False)
+    # what analysis passes found: derived from the nodes, so not part of equality
+    info: tuple[tuple[str, Any], ...] = field(default=(), compare=False, repr=False)
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        """An analysis result a pass attached (see `with_meta`)."""
+        return dict(self.info).get(key, default)
+
+    def with_meta(self, **items: Any) -> "Graph":
+        """The same graph with analysis results attached (structure, lowering, backward, ...)."""
+        merged = dict(self.info)
+        merged.update(items)
+        return dataclasses.replace(self, info=tuple(merged.items()))
 
     @functools.cached_property
     def by_name(self) -> dict[str, Node]:

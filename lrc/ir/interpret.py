@@ -65,24 +65,25 @@ def eval_node(g: Graph, node: Node, env: dict[str, torch.Tensor], sizes: dict[st
     if isinstance(node, Rename):
         perm = list(range(x.dim()))
         pairs = {_axis(g, new): _axis(g, old) for old, new in node.mapping}
-        moved_from = {_axis(g, old): _axis(g, new) for old, new in node.mapping}
-        for j in range(x.dim()):
-            if j in pairs:
-                perm[j] = pairs[j]
-            elif j in moved_from:
-                perm[j] = moved_from[j]
+        # axes vacated by a rename (old dims no one renamed to) take the axes of new dims that
+        # were not old ones: x has size 1 there, so which goes where does not matter
+        vacated = sorted(set(pairs.values()) - set(pairs))
+        free = sorted(set(pairs) - set(pairs.values()))
+        for j, src in list(pairs.items()) + list(zip(vacated, free)):
+            perm[j] = src
         return x.permute(perm)
     raise NotImplementedError(type(node).__name__)
 
 
 def run(g: Graph, values: dict[str, torch.Tensor], states: dict[str, torch.Tensor],
-        sizes: dict[str, int], T: int, reverse: bool = False,
+        sizes: dict[str, int], T: int, reverse: bool = False, record: dict | None = None,
         ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Run the recurrence over T steps from `states`.
 
     `values` maps each Seq/Param input to its canonical tensor (time axis T for Seq, 1 for Param),
     `states` each state to its canonical initial value (time axis 1). Returns the outputs, each
-    (T, ...) canonical and expanded along its dims, and the final states.
+    (T, ...) canonical and expanded along its dims, and the final states. With `record` (a dict)
+    it also fills record[state] with the state before each step, (T, ...) canonical.
     """
     like = next(iter(values.values()))
     dep = g.state_dependent
@@ -97,11 +98,17 @@ def run(g: Graph, values: dict[str, torch.Tensor], states: dict[str, torch.Tenso
     for t in (reversed(range(T)) if reverse else range(T)):
         step = {k: (v[t:t + 1] if v.shape[0] > 1 else v) for k, v in env.items()}
         step.update(current)
+        if record is not None:
+            for s in g.state_names:
+                record.setdefault(s, [None] * T)[t] = current[s]
         for node in steps:
             step[node.name] = eval_node(g, node, step, sizes, like)
         for i, o in enumerate(g.outputs):
             outs[i][t] = step[o]
         current = {s: _expand(step[new], g, g[s], sizes) for s, new in g.states}
+    if record is not None and T > 0:
+        for s in g.state_names:
+            record[s] = torch.cat(record[s], 0)
     if T == 0:
         return ([torch.zeros(canonical_shape(g, g[o].dims, sizes, 0), dtype=torch.float64,
                              device=like.device) for o in g.outputs],

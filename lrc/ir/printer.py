@@ -1,6 +1,8 @@
 """Deterministic text form of a Graph: names of intermediates are assigned here, at print time."""
 from __future__ import annotations
 
+import re
+
 import sympy as sp
 from sympy.printing.str import StrPrinter
 
@@ -50,11 +52,12 @@ class IRPrinter(StrPrinter):
 def print_names(g: Graph) -> dict[str, str]:
     """Intermediate nodes (named %...) renumbered %0, %1, ... in node order."""
     names: dict[str, str] = {}
-    k = 0
+    bases: dict[str, str] = {}
     for n in g.nodes:
-        if n.name.startswith("%"):
-            names[n.name] = f"%{k}"
-            k += 1
+        m = re.match(r"(%\d+)(.*)$", n.name)
+        if m:
+            base = bases.setdefault(m.group(1), f"%{len(bases)}")
+            names[n.name] = base + m.group(2)
     return names
 
 
@@ -97,7 +100,7 @@ def format_graph(g: Graph) -> str:
             if n.role is not Role.INDEX]
     lines = [f"recurrence {g.name}({', '.join(args)}):"]
     if g.time != "t":
-        lines[0] = lines[0][:-1] + f"  # time dim {g.time!r}"
+        lines[0] += f"  # time dim {g.time!r}"
     for n in g.nodes:
         if isinstance(n, Input) and n.role is not Role.INDEX:
             continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import numbers
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -67,6 +68,7 @@ class SymTensor:
     def __rpow__(self, o): return apply("**", lambda a, b: a ** b, o, self)
     def __neg__(self): return apply("-", lambda a: -a, self)
     def __pos__(self): return self
+    def __abs__(self): return apply("abs", sp.Abs, self)
 
     # comparisons give boolean tensors, for `where`
     def __lt__(self, o): return compare(sp.StrictLessThan, self, o)
@@ -93,8 +95,10 @@ class SymTensor:
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", str(func))
+        # skip torch's frames too: Python-level functions (F.silu) call this from inside torch
         raise SpecError(f"torch.{name} was called on a symbolic tensor inside a step: "
-                        f"use lrc's functions (lrc.exp, lrc.sigmoid, ...)", user_src())
+                        f"use lrc's functions (lrc.exp, lrc.sigmoid, ...)",
+                        user_src(skip=(os.path.dirname(os.path.abspath(torch.__file__)),)))
 
     # complex parts
     @property

@@ -157,10 +157,10 @@ def _unpack(ret: Any, anns: dict[str, Annotation], fn) -> tuple[list[TraceOp], l
         if not isinstance(o, SymTensor):
             raise SpecError(f"output {i} is {type(o).__name__}, not a symbolic tensor", src)
         if o.op.boolean:
-            raise SpecError(f"output {i} is a comparison; use lrc.where", o.op.src)
+            raise SpecError(f"output {i} is a comparison; use lrc.where", o.op.src or src)
         if o.op.complex:
             raise SpecError(f"output {i} is complex: outputs are real; take .real "
-                            "(or 2 * (...).real for a conjugate pair)", o.op.src)
+                            "(or 2 * (...).real for a conjugate pair)", o.op.src or src)
         out_ops.append(o.op)
     new_ops = []
     for s, v in zip(states, news):
@@ -175,12 +175,15 @@ def _unpack(ret: Any, anns: dict[str, Annotation], fn) -> tuple[list[TraceOp], l
         extra = [d for d in op.dims if d not in ann.dims]
         if extra:
             raise SpecError(f"new state {s!r} has dim {extra[0]!r} but {ann!r} has dims "
-                            f"{_fmt(ann.dims)}: reduce it with .sum({extra[0]!r})", op.src)
+                            f"{_fmt(ann.dims)}: reduce it with .sum({extra[0]!r})", op.src or src)
         if op.complex and not ann.complex:
             raise SpecError(f"new state {s!r} is complex but {ann!r} is real: declare "
-                            f"State(..., complex=True) or take .real", op.src)
+                            f"State(..., complex=True) or take .real", op.src or src)
         if op.boolean:
-            raise SpecError(f"new state {s!r} is a comparison; use lrc.where", op.src)
+            raise SpecError(f"new state {s!r} is a comparison; use lrc.where", op.src or src)
+        if ann.complex and not op.complex:
+            # a real value for a complex state: nodes reading the new state read it as complex
+            op = TraceOp("fn", op.dims, True, (op,), fn=lambda a: a, src=op.src)
         new_ops.append(op)
     return out_ops, new_ops
 
@@ -226,7 +229,8 @@ def build_graph(name: str, tracer: Tracer, anns: dict[str, Annotation],
                 leaf[arg] = next(fresh)
     new_name = {}  # ops whose users read the new state's node (an unchanged state stays itself)
     for s, op in zip(state_args, news):
-        if op.kind != "input":
+        # a value broadcast to the state's dims stays itself for its other users
+        if op.kind != "input" and op.dims == tracer.order(anns[s].dims):
             new_name.setdefault(op, f"{s}'")
     # pointwise work reached from several Map nodes becomes a Map node of its own
     while True:
@@ -240,8 +244,11 @@ def build_graph(name: str, tracer: Tracer, anns: dict[str, Annotation],
         shared = [op for op, rs in reach.items() if len(rs) > 1]
         if not shared:
             break
+        # cut only the outermost shared ops: the work inside one is shared through it
+        inner = {op for s in shared for op in _walk(s, stop)}
         for op in sorted(shared, key=lambda o: every.index(o)):
-            leaf[op] = next(fresh)
+            if op not in inner:
+                leaf[op] = next(fresh)
 
     sources: dict[sp.Basic, Src] = {}
 

@@ -5,21 +5,43 @@ from typing import Any
 
 import torch
 
+from ..codegen.partition import Unsupported
 from ..ir.errors import CallError
 from ..ir.trace import Spec
+from ..passes import pipeline
 from . import reference
 from .call import make_call
+from .plan import Plan
 
-BACKENDS = ("auto", "reference")
+BACKENDS = ("auto", "reference", "triton")
 
 
 class Layer:
-    """A compiled recurrence. Call it on whole sequences; `step` it one token at a time."""
+    """A compiled recurrence. Call it on whole sequences; `step` it one token at a time.
 
-    def __init__(self, spec: Spec, backend: str):
+    backend 'triton' runs generated Triton kernels (compiled on CUDA tensors, under Triton's
+    interpreter on CPU tensors); 'reference' the float64 interpreter with torch autograd.
+    """
+
+    def __init__(self, spec: Spec, backend: str, lowering: str | None = None):
         self.spec = spec
         self.graph = spec.graph
+        compiled = pipeline.run(spec.graph, lowering)
+        self.lowered = compiled.lowered
+        self.plan = Plan(compiled.planned)
+        self.program = None
         self.backend = backend
+        if backend in ("auto", "triton"):
+            try:
+                from ..codegen.program import ScanProgram
+
+                self.program = ScanProgram(self.lowered)
+                self.backend = "triton"
+            except Unsupported as e:
+                if backend == "triton":
+                    raise
+                self.backend = "reference"
+                self.plan.note = f"runs on the reference backend: {e}"
 
     def __repr__(self) -> str:
         return f"<lrc.Layer {self.spec.name} backend={self.backend!r}>"
@@ -28,9 +50,17 @@ class Layer:
                  return_final_state: bool = False, reverse: bool = False,
                  cu_seqlens: torch.Tensor | None = None, **kwargs: torch.Tensor) -> Any:
         """Run over the time dim: the outputs, and with return_final_state the final states."""
-        call = make_call(self.graph, args, kwargs, initial_state=initial_state,
-                         reverse=reverse, cu_seqlens=cu_seqlens)
-        outs, finals = reference.run(call)
+        if self.backend == "triton":
+            from . import triton_call
+
+            call = make_call(self.lowered, args, kwargs, initial_state=initial_state,
+                             reverse=reverse, cu_seqlens=cu_seqlens)
+            self.plan.choose(call.sizes, call.T, _itemsize(call))
+            outs, finals = triton_call.run(self.program, call)
+        else:
+            call = make_call(self.graph, args, kwargs, initial_state=initial_state,
+                             reverse=reverse, cu_seqlens=cu_seqlens)
+            outs, finals = reference.run(call)
         out = outs[0] if len(outs) == 1 else tuple(outs)
         if not return_final_state:
             return out
@@ -41,24 +71,63 @@ class Layer:
         """One token: args are the per-token slices (time dim dropped); returns (outputs, states).
 
         With inplace=True the given state tensors are overwritten with the new states and
-        returned."""
-        call = make_call(self.graph, args, kwargs, initial_state=state, step=True)
+        returned (no copy, no host sync: CUDA-graph capturable)."""
         if inplace and state is None:
             raise CallError("layer.step(inplace=True) needs state= tensors to update")
-        outs, news = reference.run(call, step=True)
+        if self.backend == "triton":
+            from . import triton_call
+            from .scan_runtime import part_view
+
+            call = make_call(self.lowered, args, kwargs, initial_state=state, step=True)
+            g = self.lowered
+            dst = None
+            if inplace:
+                for x in call.states.values():
+                    if x.dtype not in (torch.float32, torch.complex64):
+                        raise CallError("layer.step(inplace=True) needs float32 (complex64) "
+                                        f"states, got {x.dtype}")
+                dst = {s: part_view(call.states[g[s].arg], g[s].part) for s in g.state_names}
+            outs, news = triton_call.step(self.program, call, dst)
+        else:
+            call = make_call(self.graph, args, kwargs, initial_state=state, step=True)
+            outs, news = reference.run(call, step=True)
+            if inplace:
+                for old, new in zip(call.states.values(), news):
+                    old.copy_(new)
         if inplace:
-            olds = tuple(state) if isinstance(state, (tuple, list)) else (state,)
-            for old, new in zip(olds, news):
-                old.copy_(new)
-            news = list(olds)
+            news = list(call.states.values())
         out = outs[0] if len(outs) == 1 else tuple(outs)
         return out, (news[0] if len(news) == 1 else tuple(news))
 
+    def source(self, which: str = "forward") -> str:
+        """The Triton source that runs: 'forward', 'backward', 'step', or 'module' (the whole
+        generated file, helpers included)."""
+        if self.program is None:
+            raise ValueError(f"{self.spec.name} has no generated kernels: {self.plan.note}")
+        if which == "module":
+            return self.program.source
+        if which not in self.program.sources:
+            raise ValueError(f"source() takes 'forward', 'backward', 'step' or 'module', "
+                             f"got {which!r}")
+        return self.program.sources[which]
 
-def compile(spec: Spec, *, backend: str = "auto") -> Layer:  # noqa: A001 (lrc.compile)
-    """Compile a traced spec into a Layer."""
+    def draw(self, path: str) -> str:
+        """Write a picture of the traced graph to `path` (PNG)."""
+        from ..ir.draw import draw
+
+        return draw(self.graph, path)
+
+
+def _itemsize(call) -> int:
+    return max(x.element_size() for x in call.tensors.values())
+
+
+def compile(spec: Spec, *, backend: str = "auto",  # noqa: A001 (lrc.compile)
+            lowering: str | None = None) -> Layer:
+    """Compile a traced spec into a Layer (see Layer); `lowering` forces 'scan', 'chunked' or
+    'conv' (an error says why when the spec cannot be lowered that way)."""
     if not isinstance(spec, Spec):
         raise TypeError(f"lrc.compile takes a spec made by @lrc.recurrence, got {spec!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return Layer(spec, "reference")
+    return Layer(spec, backend, lowering)

@@ -98,7 +98,7 @@ def _run_segments(call: Call, values, states, b: str):
     return ([torch.cat(o, 0) for o in outs_all], [torch.cat(f, ax) for f in finals_all])
 
 
-def call_graph(g: Graph, *args: torch.Tensor, initial_state=None, reverse: bool = False,
+def call_graph(g: Graph, /, *args: torch.Tensor, initial_state=None, reverse: bool = False,
                cu_seqlens=None, step: bool = False, **kwargs: torch.Tensor):
     """Run any graph (a traced one or one a pass made) on user-layout tensors: (outs, finals)."""
     from .call import make_call
@@ -106,3 +106,53 @@ def call_graph(g: Graph, *args: torch.Tensor, initial_state=None, reverse: bool 
     call = make_call(g, args, kwargs, initial_state=initial_state, reverse=reverse,
                      cu_seqlens=cu_seqlens, step=step)
     return run(call, step=step)
+
+
+def vjp_grads(call: Call, backward, dys: list[torch.Tensor], dfinals: list | None = None
+              ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """Gradients by the derived backward (`lrc.passes.derivatives.Backward`), run here in float64.
+
+    `call` binds the forward graph's inputs (the graph the backward was derived from), `dys` are
+    the outputs' cotangents and `dfinals` the final states' (None: zero), in user layouts.
+    Returns ({argument: gradient}, [gradient of each initial state]), like torch autograd would.
+    """
+    g, bg, sizes = call.graph, backward.graph, call.sizes
+    values = _inputs(g, call.tensors, (Role.SEQ, Role.PARAM), sizes, True, call.device)
+    states = _inputs(g, call.states or {}, (Role.STATE,), sizes, False, call.device)
+    traj: dict = {}
+    interpret.run(g, values, states, sizes, call.T, call.reverse, record=traj)
+    bvals = dict(values)
+    for s, name in backward.forward_states:
+        bvals[name] = traj[s]
+    for (o, name), dy in zip(backward.cotangents, dys):
+        bvals[name] = to_canonical(bg, dy.to(torch.float64), bg[name].annotation, sizes, True)
+    finals = dict(zip(g.state_args, dfinals or [None] * len(g.state_args)))
+    adj0 = {}
+    for s, name in backward.adjoints:
+        node = g[s]
+        d = finals.get(node.arg)
+        if d is None:
+            adj0[name] = torch.zeros_like(states[s])
+        else:
+            wide = to_canonical(g, _wide(d, node.annotation.complex), node.annotation, sizes,
+                                False)
+            adj0[name] = _part(wide, node.part)
+    outs, adj = interpret.run(bg, bvals, adj0, sizes, call.T, not call.reverse)
+    per_node: dict[str, torch.Tensor] = {}
+    for (x, name), o in zip(backward.seq_grads + backward.param_grads, outs):
+        if g[x].role is Role.PARAM:
+            o = o.sum(0, keepdim=True)
+        per_node[x] = o
+    grads = {}
+    for arg in dict.fromkeys(g[x].arg for x in per_node):
+        parts = {g[x].part: per_node[x] for x in per_node if g[x].arg == arg}
+        value = parts[""] if "" in parts else torch.complex(parts["re"], parts["im"])
+        ann = g.annotation(arg)
+        grads[arg] = from_canonical(g, value, ann.axes, sizes, ann.role is Role.SEQ)
+    by_state = {s: a for (s, _), a in zip(backward.adjoints, adj)}
+    init = []
+    for arg in g.state_args:
+        parts = {g[s].part: by_state[s] for s in g.state_names if g[s].arg == arg}
+        value = parts[""] if "" in parts else torch.complex(parts["re"], parts["im"])
+        init.append(from_canonical(g, value, g.annotation(arg).axes, sizes, False))
+    return grads, init

@@ -1,0 +1,184 @@
+"""The pieces every generated kernel is made of: names, register shapes, loads, stores, sums.
+
+Inside a kernel each value is a register tensor of rank 1 + len(tile): axis 0 is the time chunk
+(size TC, or 1 for values constant in time), then one axis per tile dim (BLOCK_<d>, or 1 where
+the value does not vary along d). Dims of the index space outside the tile ("grid" dims) are one
+index per program and take no axis. Lines that implement an IR node end in `# <node>`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from ..ir.graph import Graph
+from ..ir.nodes import Input, Map, Sum
+from .partition import Unsupported
+from .printer import triton_expr
+
+
+def ident(name: str) -> str:
+    """A Python identifier for a node name: h' -> h_new, %3 -> v3, ∂y -> d_y, B.re -> B_re."""
+    out = name.replace("'", "_new").replace("∂", "d_").replace(".", "_").replace("#", "idx_")
+    out = re.sub(r"%(\d+)", r"v\1", out)
+    out = re.sub(r"%d(\d+)", r"g\1", out)
+    out = re.sub(r"[^0-9A-Za-z_]", "_", out)
+    return out if not out[0].isdigit() else "v" + out
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a kernel covers its index space.
+
+    tile    dims held in registers, one axis each (after the time-chunk axis)
+    split   tile dims cut into several blocks across programs (the rest fit in one block)
+    grid    dims of the index space not in the tile: one index per program
+    """
+
+    space: tuple[str, ...]
+    tile: tuple[str, ...]
+    split: tuple[str, ...]
+    grid: tuple[str, ...]
+
+    def axis(self, dim: str) -> int:
+        return 1 + self.tile.index(dim)
+
+    def shape(self, dims, timed: bool) -> str:
+        parts = ["TC" if timed else "1"] + [f"BLOCK_{d}" if d in dims else "1"
+                                             for d in self.tile]
+        return "[" + ", ".join(parts) + "]"
+
+
+@dataclass(frozen=True)
+class Val:
+    """A value in registers: its variable, the dims it varies along, whether it varies in time,
+    and dims summed only over this program's share (to be finished on the host)."""
+
+    var: str
+    dims: frozenset[str]
+    timed: bool
+    partial: frozenset[str] = frozenset()
+
+
+@dataclass
+class Writer:
+    """Collects indented source lines."""
+
+    lines: list[str] = field(default_factory=list)
+    depth: int = 1
+
+    def __call__(self, line: str, node: str | None = None) -> None:
+        self.lines.append("    " * self.depth + line + (f"  # {node}" if node else ""))
+
+    def indent(self) -> "Writer":
+        self.depth += 1
+        return self
+
+    def dedent(self) -> None:
+        self.depth -= 1
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def index_terms(tiling: Tiling, dims, prefix: str, timed: bool) -> list[str]:
+    """Offset terms `index * stride` of a tensor over `dims` (and time) in this kernel."""
+    terms = []
+    if timed:
+        terms.append(f"t64 * {prefix}_st")
+    for d in dims:
+        if d in tiling.tile:
+            terms.append(f"o_{d} * {prefix}_s_{d}")
+        else:
+            terms.append(f"i_{d} * {prefix}_s_{d}")
+    return terms
+
+
+def mask_of(tiling: Tiling, dims, timed: bool) -> str:
+    parts = (["m_t"] if timed else []) + [f"m_{d}" for d in dims if d in tiling.tile]
+    return " & ".join(parts) if parts else "None"
+
+
+class Values:
+    """Node name -> Val, and the code that computes Map and Sum nodes from their arguments."""
+
+    def __init__(self, g: Graph, tiling: Tiling, w: Writer):
+        self.g, self.tiling, self.w = g, tiling, w
+        self.vals: dict[str, Val] = {}
+
+    def __getitem__(self, name: str) -> Val:
+        return self.vals[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.vals
+
+    def set(self, name: str, val: Val) -> None:
+        self.vals[name] = val
+
+    def expr(self, e: sp.Basic) -> str:
+        return triton_expr(e, {s.name: self.vals[s.name].var for s in e.free_symbols})
+
+    def of(self, e: sp.Basic) -> tuple[frozenset[str], bool, frozenset[str]]:
+        """Dims, time variation and partial dims of an expression over current values."""
+        vs = [self.vals[s.name] for s in e.free_symbols]
+        dims = frozenset().union(*(v.dims for v in vs)) if vs else frozenset()
+        part = frozenset().union(*(v.partial for v in vs)) if vs else frozenset()
+        return dims, any(v.timed for v in vs), part
+
+    def load(self, node: Input, timed: bool) -> Val:
+        """Load an input (its dims inside the index space), cast to float32."""
+        g, t = self.g, self.tiling
+        var = ident(node.name)
+        dims = [d for d in node.dims if d in t.space]
+        outside = [d for d in node.dims if d not in t.space]
+        if outside:
+            raise Unsupported(f"input {node.name} has dims {outside} outside the kernel's")
+        off = " + ".join(index_terms(t, dims, var, timed)) or "0"
+        mask = mask_of(t, dims, timed)
+        guard = f", mask={mask}, other=0.0" if mask != "None" else ""
+        self.w(f"{var} = tl.load({var}_ptr + {off}{guard}).to(tl.float32)", node.name)
+        val = Val(var, frozenset(dims), timed)
+        self.vals[node.name] = val
+        return val
+
+    def index(self, node: Input) -> Val:
+        d = node.dims[0]
+        var = ident(node.name)
+        src = f"o_{d}" if d in self.tiling.tile else f"i_{d}"
+        self.w(f"{var} = {src}.to(tl.float32)", node.name)
+        self.vals[node.name] = Val(var, frozenset([d]), False)
+        return self.vals[node.name]
+
+    def map(self, node: Map, var: str | None = None) -> Val:
+        var = var or ident(node.name)
+        dims, timed, part = self.of(node.expr)
+        self.w(f"{var} = {self.expr(node.expr)}", node.name)
+        if not node.expr.free_symbols:
+            self.w(f"{var} = {var} + tl.zeros([1] * {1 + len(self.tiling.tile)}, tl.float32)")
+        self.vals[node.name] = Val(var, dims, timed, part)
+        return self.vals[node.name]
+
+    def sum(self, node: Sum, allow_partial: bool) -> Val:
+        x, d, t = self.vals[node.arg], node.dim, self.tiling
+        var = ident(node.name)
+        if d not in x.dims:
+            self.w(f"{var} = {x.var} * size_{d}", node.name)
+            val = Val(var, x.dims, x.timed, x.partial)
+        elif d in t.tile:
+            self.w(f"{var} = tl.sum(tl.where(m_{d}, {x.var}, 0.0), axis={t.axis(d)}, "
+                   f"keep_dims=True)", node.name)
+            partial = x.partial | ({d} if d in t.split else set())
+            val = Val(var, x.dims - {d}, x.timed, frozenset(partial))
+        else:  # a grid dim: this program holds one index of it
+            self.w(f"{var} = {x.var}", node.name)
+            val = Val(var, x.dims - {d}, x.timed, x.partial | {d})
+        if val.partial and not allow_partial:
+            raise Unsupported(f"{node.name}: a sum over dim {d!r}, which is spread over programs "
+                              "(make it fit one block)")
+        self.vals[node.name] = val
+        return val
+
+    def full(self, val: Val, dims, timed: bool) -> str:
+        """`val` broadcast to the register shape of `dims` (with time if `timed`)."""
+        return f"({val.var} + tl.zeros({self.tiling.shape(dims, timed)}, tl.float32))"

@@ -1,0 +1,108 @@
+"""Generated modules: written to an on-disk cache and imported, interpreted or compiled.
+
+Triton reads a kernel's source through `inspect`, so generated kernels live in real files; the
+file name is a hash of the source, so a second process finds them ready. A module imported for
+CPU tensors is decorated under Triton's interpreter (`knobs.runtime.interpret`), one for CUDA
+tensors compiled; both can live in one process.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import triton
+
+_LOCK = threading.RLock()
+_LOADED: dict[tuple[str, bool], ModuleType] = {}
+
+
+def cache_dir() -> Path:
+    """$LRC_CACHE_DIR, else ~/.cache/lrc."""
+    root = os.environ.get("LRC_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "lrc")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def source_key(source: str) -> str:
+    return hashlib.sha256((triton.__version__ + "\n" + source).encode()).hexdigest()[:20]
+
+
+def write_source(source: str) -> Path:
+    """The cached file holding `source` (written atomically the first time)."""
+    path = cache_dir() / f"lrc_{source_key(source)}.py"
+    if not path.exists() or path.read_text() != source:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(source)
+        os.replace(tmp, path)
+    return path
+
+
+def load(source: str, interpret: bool) -> ModuleType:
+    """Import the module for `source`, its kernels interpreted (CPU) or compiled (CUDA)."""
+    key = (source_key(source), interpret)
+    with _LOCK:
+        if key in _LOADED:
+            return _LOADED[key]
+        path = write_source(source)
+        name = f"lrc_generated.{'interp_' if interpret else ''}{key[0]}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        with triton.knobs.runtime.scope():
+            triton.knobs.runtime.interpret = interpret
+            spec.loader.exec_module(module)
+        sys.modules[name] = module
+        _LOADED[key] = module
+        return module
+
+
+@contextlib.contextmanager
+def interpreted():
+    """Run interpreted kernels in a process whose triton.language was imported for the GPU.
+
+    Triton's own helpers (tl.zeros, tl.sum, tl.associative_scan's wrappers, ...) are jit
+    functions decorated when Triton was imported; while this is active they are swapped for
+    interpreted twins, so an interpreted kernel can call them."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+    import triton.language as tl
+    import triton.language.standard as std
+
+    if triton.knobs.runtime.interpret:  # TRITON_INTERPRET=1: everything is interpreted already
+        yield
+        return
+    with _LOCK:
+        saved = []
+        for mod in (tl, std, tl.math):
+            for name, val in list(vars(mod).items()):
+                if isinstance(val, JITFunction):
+                    saved.append((mod, name, val))
+                    setattr(mod, name, InterpretedFunction(val.fn))
+        for name, val in list(vars(tl.tensor).items()):
+            if isinstance(val, JITFunction):
+                fn = InterpretedFunction(val.fn)
+                saved.append((tl.tensor, name, val))
+                setattr(tl.tensor, name, (lambda f: lambda self, *a, **k: f(self, *a, **k))(fn))
+        try:
+            yield
+        finally:
+            for mod, name, val in saved:
+                setattr(mod, name, val)
+
+
+def _warm_gluon() -> None:
+    """Import Triton's lazily imported gluon now: it asserts on swapped helpers otherwise."""
+    with contextlib.suppress(Exception):
+        import triton.experimental.gluon  # noqa: F401
+
+
+_warm_gluon()

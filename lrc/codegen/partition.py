@@ -1,0 +1,126 @@
+"""Which nodes a scan kernel computes, and which run in PyTorch before or after it.
+
+The kernel's index space is the union of the state dims. Inside it go the state-dependent nodes
+over those dims and the pointwise state-free work they need (gates, discretizations: fused, never
+written to memory). Reductions of inputs (input projections such as LRU's B u) and anything over
+other dims run in PyTorch for all time steps at once: before the kernel (pre) when state-free,
+after it (post) when they read per-step values the kernel writes out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir.dims import Role
+from ..ir.graph import Graph
+from ..ir.nodes import Input, Map, Rename, Shift
+
+
+@dataclass(frozen=True)
+class Partition:
+    """pre / core / post node names, and the core's inputs and outputs."""
+
+    graph: Graph
+    space: tuple[str, ...]            # the kernel's index space: every state dim
+    pre: tuple[str, ...]
+    core: tuple[str, ...]
+    post: tuple[str, ...]
+    kernel_inputs: tuple[str, ...]    # Input nodes and pre nodes the core reads
+    kernel_outputs: tuple[str, ...]   # core nodes written out per step (outputs, or post's needs)
+
+
+class Unsupported(NotImplementedError):
+    """A spec the scan code generator cannot run yet; the message says which node and why."""
+
+
+def partition(g: Graph) -> Partition:
+    """Split `g` (real, after the pipeline) into pre, core and post (see the module docstring)."""
+    space = g.order({d for s in g.state_names for d in g[s].dims})
+    inside = set(space)
+    sdep = g.state_dependent
+    core: set[str] = set()
+    post: set[str] = set()
+    for n in g.nodes:
+        if isinstance(n, Input):
+            continue
+        if n.name in sdep:
+            if set(n.dims) <= inside and not any(a in post for a in n.args):
+                core.add(n.name)
+            else:
+                post.add(n.name)
+    for s, new in g.states:
+        if new in post:
+            raise Unsupported(f"state {g[s].arg!r}: its update reads dims beyond the state's "
+                              f"({', '.join(g[new].dims)}), which the scan kernel cannot compute")
+    # state-free nodes the core reads: pointwise ones over the index space are fused in
+    pre: set[str] = set()
+    todo = [a for n in core for a in g[n].args]
+    while todo:
+        name = todo.pop()
+        node = g[name]
+        if name in core or name in pre or isinstance(node, Input):
+            continue
+        if isinstance(node, Map) and set(node.dims) <= inside and not any(
+                a in pre for a in node.args):
+            core.add(name)
+            todo.extend(node.args)
+        else:
+            pre.add(name)
+            todo.extend(node.args)
+    pre = {n for n in pre if not isinstance(g[n], Input)}
+    for name in core:
+        node = g[name]
+        if isinstance(node, (Rename, Shift)):
+            raise Unsupported(f"node {name} ({type(node).__name__.lower()}): the scan kernel "
+                              "supports diagonal transitions; mixing or shifting the state is "
+                              "not generated yet")
+    order = [n.name for n in g.nodes]
+    reads = {a for n in core for a in g[n].args}
+    k_in = [n for n in order if n in reads and n not in core
+            and not (isinstance(g[n], Input) and g[n].role is Role.STATE)]
+    needed_by_post = {a for n in post for a in g[n].args if a in core}
+    k_out = [n for n in order if n in core and (n in g.outputs or n in needed_by_post)]
+    post_inputs = {a for n in post for a in g[n].args if isinstance(g[a], Input)
+                   and g[a].role is Role.STATE}
+    if post_inputs:
+        raise Unsupported(f"an output reads the old state {sorted(post_inputs)[0]!r} over dims "
+                          "beyond the state's")
+    return Partition(g, space, tuple(n for n in order if n in pre),
+                     tuple(n for n in order if n in core), tuple(n for n in order if n in post),
+                     tuple(k_in), tuple(k_out))
+
+
+def kernel_graph(part: Partition) -> Graph:
+    """The core as a Graph of its own: pre results become inputs, post's needs become outputs.
+
+    A pre result is a Seq input (time-varying) or a Param (constant in time) over its own dims,
+    laid out canonically (time first, then the graph's dim order)."""
+    from ..ir.dims import Annotation
+    from .. passes.analysis import time_varying
+
+    g = part.graph
+    varying = time_varying(g)
+    nodes: list = []
+    for name in part.kernel_inputs:
+        node = g[name]
+        if isinstance(node, Input):
+            nodes.append(node)
+        else:
+            timed = name in varying
+            axes = (((g.time,),) if timed else ()) + tuple((d,) for d in node.dims)
+            role = Role.SEQ if timed else Role.PARAM
+            nodes.append(Input(name, role, node.dims, Annotation(role, axes, False), False))
+    nodes += [g[s] for s in g.state_names]
+    nodes += [g[n] for n in part.core]
+    outs = tuple(part.kernel_outputs)
+    axes = []
+    for o in outs:
+        if o in g.outputs:
+            axes.append(g.out_axes[g.outputs.index(o)])
+        else:
+            axes.append(((g.time,),) + tuple((d,) for d in g[o].dims))
+    params = tuple(dict.fromkeys(n.arg for n in nodes if isinstance(n, Input)
+                                 and n.role in (Role.SEQ, Role.PARAM)))
+    from ..ir.graph import toposort
+
+    return Graph(f"{g.name}_kernel", toposort(tuple(nodes)), params, g.states, outs, tuple(axes),
+                 g.time, g.dims, g.aliases)

@@ -1,0 +1,64 @@
+"""Everything generated for one spec's scan lowering: the kernels' graphs, tiling and source."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import ModuleType
+
+from ..ir.graph import Graph
+from ..ir.verify import verify
+from ..passes.derivatives import Backward, vjp
+from . import module as modules
+from .blocks import Block, blocks
+from .emit import Tiling, ident
+from .partition import Partition, kernel_graph, partition
+from .scan import Signature, backward_source, forward_source, module_source, step_source
+from .tiling import choose_tiling
+
+
+@dataclass
+class ScanProgram:
+    """The scan kernels of a (real, pipeline-processed) graph `g`.
+
+    part / kernel   which nodes run in the kernels, and the kernels' own graph
+    blocks          the state blocks the forward scans; `backward` the adjoint step and its blocks
+    sources         'forward', 'backward', 'step': each kernel's own source; `source` the module
+    """
+
+    g: Graph
+    part: Partition = field(init=False)
+    kernel: Graph = field(init=False)
+    blocks: tuple[Block, ...] = field(init=False)
+    tiling: Tiling = field(init=False)
+    backward: Backward = field(init=False)
+    bblocks: tuple[Block, ...] = field(init=False)
+    signatures: dict[str, Signature] = field(init=False)
+    partials: dict[str, list[str]] = field(init=False)
+    sources: dict[str, str] = field(init=False)
+    source: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        g = self.g
+        self.part = partition(g)
+        self.kernel = kernel_graph(self.part)
+        self.blocks = blocks(self.kernel)
+        self.tiling = choose_tiling(self.kernel, self.part)
+        self.backward = vjp(self.kernel)
+        verify(self.kernel)
+        verify(self.backward.graph)
+        self.bblocks = blocks(self.backward.graph)
+        base = ident(g.name)
+        fwd, fsig = forward_source(self.kernel, self.blocks, self.tiling, f"{base}_forward")
+        bwd, bsig, self.partials = backward_source(self.kernel, self.blocks,
+                                                   self.backward.graph, self.bblocks,
+                                                   self.backward, self.tiling,
+                                                   f"{base}_backward")
+        stp, ssig = step_source(self.kernel, self.blocks, self.tiling, f"{base}_step")
+        self.sources = {"forward": fwd, "backward": bwd, "step": stp}
+        self.signatures = {"forward": fsig, "backward": bsig, "step": ssig}
+        self.source = module_source([fwd, bwd, stp], f"Scan kernels for {g.name}.")
+
+    def module(self, interpret: bool) -> ModuleType:
+        return modules.load(self.source, interpret)
+
+    def kernel_fn(self, which: str, interpret: bool):
+        return getattr(self.module(interpret), f"{ident(self.g.name)}_{which}")

@@ -1,0 +1,492 @@
+"""Kernel emitters for the scan lowering: forward, backward and the one-token step.
+
+The forward kernel walks time in chunks of TC steps. Per chunk it loads every input for the
+chunk at once, computes the gates, and runs each state block as `tl.associative_scan` over the
+chunk (element (a, b), combine (a1, b1).(a2, b2) = (a1 a2, a2 b1 + b2)), starting from the
+carried state; the outputs of all TC steps are then computed and stored together. It saves the
+state entering each chunk, so the backward kernel can recompute a chunk's states from there:
+it walks the chunks in the opposite order, recomputes the forward states, and scans the adjoint
+recurrence (the derived backward graph) in reverse.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from ..ir.dims import Role
+from ..ir.graph import Graph
+from ..ir.nodes import Input, Map, Sum
+from ..passes.analysis import time_varying
+from .blocks import Block
+from .emit import Tiling, Val, Values, Writer, ident, index_terms, mask_of
+from .partition import Unsupported
+from .printer import HELPERS
+
+SCAN_COMBINE = '''
+@triton.jit
+def _scan1(a1, b1, a2, b2):
+    # (a1, b1) then (a2, b2): h -> a2 (a1 h + b1) + b2
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _scan2(a11, a12, a21, a22, b1, b2, c11, c12, c21, c22, d1, d2):
+    # 2x2 blocks (complex states as real pairs): (A, b) then (C, d) -> (C A, C b + d)
+    return (c11 * a11 + c12 * a21, c11 * a12 + c12 * a22,
+            c21 * a11 + c22 * a21, c21 * a12 + c22 * a22,
+            c11 * b1 + c12 * b2 + d1, c21 * b1 + c22 * b2 + d2)
+'''
+
+
+@dataclass
+class Signature:
+    """The kernel's parameters in order: ('ptr', tensor key) / ('stride', key, dim) /
+    ('size', dim) / ('const', name). The launcher fills them in the same order."""
+
+    params: list[tuple] = field(default_factory=list)
+
+    def ptr(self, key: str, var: str) -> None:
+        self.params.append(("ptr", key, f"{var}_ptr"))
+
+    def strides(self, key: str, var: str, dims) -> None:
+        """Strides by dim; '#t' is the time axis and '#c' a checkpoint's chunk axis."""
+        for d in dims:
+            name = {"#t": f"{var}_st", "#c": f"{var}_sc"}.get(d, f"{var}_s_{d}")
+            if d.startswith("#p_"):  # a partial sum's axis: one slot per program along d
+                name = f"{var}_s__p_{d[3:]}"
+            self.params.append(("stride", key, d, name))
+
+    def names(self) -> list[str]:
+        return [p[-1] for p in self.params]
+
+
+def _prologue(w: Writer, tiling: Tiling) -> None:
+    """Program id -> grid indices and block offsets; tile index vectors and masks."""
+    w("pid = tl.program_id(0)")
+    for d in reversed(tiling.tile):
+        if d in tiling.split:
+            w(f"blk_{d} = pid % tl.cdiv(size_{d}, BLOCK_{d})")
+            w(f"pid = pid // tl.cdiv(size_{d}, BLOCK_{d})")
+    for d in reversed(tiling.grid):
+        w(f"i_{d} = (pid % size_{d}).to(tl.int64)")
+        w(f"pid = pid // size_{d}")
+    rank = 1 + len(tiling.tile)
+    for k, d in enumerate(tiling.tile):
+        sl = ", ".join(":" if j == k + 1 else "None" for j in range(rank))
+        start = f"blk_{d} * BLOCK_{d} + " if d in tiling.split else ""
+        w(f"o_{d} = ({start}tl.arange(0, BLOCK_{d}))[{sl}]")
+        w(f"m_{d} = o_{d} < size_{d}")
+    sl = ", ".join(":" if j == 0 else "None" for j in range(rank))
+    w(f"o_t = tl.arange(0, TC)[{sl}]")
+    w(f"ONE = tl.zeros([{', '.join(['1'] * rank)}], tl.int64)  # makes any pointer a block")
+
+
+def _direction(w: Writer, flag: str, tag: str) -> None:
+    """For scans running in direction `flag` (a constexpr, True = right to left): LAST_tag is
+    where a chunk's carry leaves, FIRST_tag where it enters, SHIFT_tag the previous step."""
+    w(f"if {flag}:")
+    w(f"    LAST_{tag} = 0")
+    w(f"    FIRST_{tag} = TC - 1")
+    w(f"    SHIFT_{tag} = tl.minimum(o_t + 1, TC - 1)")
+    w("else:")
+    w(f"    LAST_{tag} = TC - 1")
+    w(f"    FIRST_{tag} = 0")
+    w(f"    SHIFT_{tag} = tl.maximum(o_t - 1, 0)")
+
+
+def _units(g: Graph, blocks: tuple[Block, ...], nodes: list[str]) -> list:
+    """Nodes and block scans in an order that respects every dependency."""
+    owner = {}
+    for i, b in enumerate(blocks):
+        for s, n in zip(b.states, b.news) if b is not None else ():
+            owner[s] = owner[n] = ("scan", i)
+    dep = nx.DiGraph()
+    rank = {}
+    for k, n in enumerate(nodes):
+        dep.add_node(n)
+        rank[n] = k
+    for i, b in enumerate(blocks):
+        if b is None:
+            continue
+        dep.add_node(("scan", i))
+        rank[("scan", i)] = min(rank.get(n, len(nodes)) for n in b.news) - 0.5
+        for e in [c for row in b.coef for c in row] + list(b.inp):
+            for s in e.free_symbols:
+                src = owner.get(s.name, s.name)
+                if src in dep and src != ("scan", i):
+                    dep.add_edge(src, ("scan", i))
+    for n in nodes:
+        for a in g[n].args:
+            src = owner.get(a, a)
+            if src in dep:
+                dep.add_edge(src, n)
+    return list(nx.lexicographical_topological_sort(dep, key=lambda u: rank[u]))
+
+
+class ChunkBody:
+    """Emits the work of one chunk for one graph: node values, block scans, old-state shifts."""
+
+    def __init__(self, g: Graph, blocks: tuple[Block, ...], vals: Values, w: Writer,
+                 reverse: str, tag: str, allow_partial: bool = False):
+        self.g, self.blocks, self.vals, self.w = g, blocks, vals, w
+        self.reverse, self.tag, self.allow_partial = reverse, tag, allow_partial
+        self.carry_in: dict[str, str] = {}
+        self.step = False
+
+    def direct(self, i: int, b: Block) -> None:
+        """One step, no scan (decode): new = coef @ old + inp from the loaded states."""
+        vals, w = self.vals, self.w
+        dims = self.g[b.states[0]].dims
+        for k, (new, row, inp) in enumerate(zip(b.news, b.coef, b.inp)):
+            terms = [f"({vals.expr(c)}) * {self.state_var(s)}" for c, s in zip(row, b.states)]
+            nv = ident(new) + f"_{self.tag}"
+            w(f"{nv} = {' + '.join(terms)} + ({vals.expr(inp)}) + "
+              f"tl.zeros({vals.tiling.shape(dims, False)}, tl.float32)", new)
+            vals.set(new, Val(nv, frozenset(dims), False))
+
+    def state_var(self, s: str) -> str:
+        return f"{ident(s)}_{self.tag}"
+
+    def scan(self, i: int, b: Block) -> None:
+        g, vals, w, t = self.g, self.vals, self.w, self.vals.tiling
+        dims = set(g[b.states[0]].dims)
+        for e in [c for row in b.coef for c in row] + list(b.inp):
+            if vals.of(e)[2]:
+                raise Unsupported(f"state {', '.join(b.states)}: its update reads a sum spread "
+                                  "over programs")
+        full = lambda e: f"({vals.expr(e)} + z_{self.tag}{i})"
+        w(f"z_{self.tag}{i} = tl.zeros({t.shape(dims, True)}, tl.float32)")
+        if b.size == 1:
+            (a,), (inp,) = b.coef[0], b.inp
+            w(f"a_{self.tag}{i} = tl.where(m_t, {full(a)}, 1.0)", f"decay of {b.states[0]}")
+            w(f"b_{self.tag}{i} = tl.where(m_t, {full(inp)}, 0.0)", f"input of {b.states[0]}")
+            w(f"A_{self.tag}{i}, B_{self.tag}{i} = tl.associative_scan((a_{self.tag}{i}, "
+              f"b_{self.tag}{i}), 0, _scan1, reverse={self.reverse})")
+            s = self.state_var(b.states[0])
+            self.carry_in[b.states[0]] = f"{s}_in"
+            w(f"{s}_in = {s}")
+            new = ident(b.news[0]) + f"_{self.tag}"
+            w(f"{new} = A_{self.tag}{i} * {s} + B_{self.tag}{i}", b.news[0])
+            vals.set(b.news[0], Val(new, frozenset(dims), True))
+            w(f"{s} = tl.sum(tl.where(o_t == LAST_{self.tag}, {new}, 0.0), axis=0, keep_dims=True)")
+            return
+        names = [f"{x}_{self.tag}{i}" for x in ("a11", "a12", "a21", "a22", "b1", "b2")]
+        coefs = [b.coef[0][0], b.coef[0][1], b.coef[1][0], b.coef[1][1]]
+        for nm, c, one in zip(names[:4], coefs, ("1.0", "0.0", "0.0", "1.0")):
+            w(f"{nm} = tl.where(m_t, {full(c)}, {one})")
+        for nm, e in zip(names[4:], b.inp):
+            w(f"{nm} = tl.where(m_t, {full(e)}, 0.0)")
+        outs = [x.upper() for x in names]
+        w(f"{', '.join(outs)} = tl.associative_scan(({', '.join(names)}), 0, _scan2, "
+          f"reverse={self.reverse})", f"block {', '.join(b.states)}")
+        s1, s2 = (self.state_var(s) for s in b.states)
+        for s, sv in zip(b.states, (s1, s2)):
+            self.carry_in[s] = f"{sv}_in"
+            w(f"{sv}_in = {sv}")
+        A11, A12, A21, A22, B1, B2 = outs
+        for k, (new, row) in enumerate(zip(b.news, ((A11, A12, B1), (A21, A22, B2)))):
+            nv = ident(new) + f"_{self.tag}"
+            w(f"{nv} = {row[0]} * {s1}_in + {row[1]} * {s2}_in + {row[2]}", new)
+            vals.set(new, Val(nv, frozenset(dims), True))
+        for s, new in zip(b.states, b.news):
+            w(f"{self.state_var(s)} = tl.sum(tl.where(o_t == LAST_{self.tag}, "
+              f"{vals[new].var}, 0.0), axis=0, keep_dims=True)")
+
+    def old(self, s: str, new: str) -> None:
+        """The state before each step of the chunk: the new values shifted by one step."""
+        vals, w = self.vals, self.w
+        nv = vals[new]
+        var = f"{ident(s)}_old_{self.tag}"
+        tg = self.tag
+        w(f"{var} = tl.where(o_t == FIRST_{tg}, {self.carry_in[s]}, tl.gather({nv.var}, "
+          f"tl.broadcast_to(SHIFT_{tg}, {nv.var}.shape), 0))", f"{s} before each step")
+        vals.set(s, Val(var, nv.dims, True))
+
+    def run(self, nodes: list[str]) -> None:
+        """Emit `nodes` and the block scans, in dependency order."""
+        news = {n: (i, b) for i, b in enumerate(self.blocks) for n in b.news}
+        olds = {s: n for b in self.blocks for s, n in zip(b.states, b.news)}
+        todo = [n for n in nodes if n not in news]
+        active = tuple(b if any(n in nodes for n in b.news) else None for b in self.blocks)
+        for u in _units(self.g, active, todo):
+            if isinstance(u, tuple):
+                (self.direct if self.step else self.scan)(u[1], self.blocks[u[1]])
+                continue
+            if u in self.vals:
+                continue
+            node = self.g[u]
+            for a in node.args:
+                if a in olds and a not in self.vals:
+                    self.old(a, olds[a])
+            if isinstance(node, Map):
+                self.vals.map(node)
+            elif isinstance(node, Sum):
+                self.vals.sum(node, self.allow_partial)
+            else:
+                raise Unsupported(f"{u}: {type(node).__name__} inside a scan kernel")
+
+
+def _state_ptrs(sig: Signature, g: Graph, s: str, key: str, suffix: str, chunked: bool) -> None:
+    var = f"{ident(s)}_{suffix}"
+    sig.ptr(f"{key}:{s}", var)
+    sig.strides(f"{key}:{s}", var, (["#c"] if chunked else []) + list(g[s].dims))
+
+
+def _state_offset(t: Tiling, g: Graph, s: str, suffix: str, chunk: str | None) -> str:
+    var = f"{ident(s)}_{suffix}"
+    terms = index_terms(t, g[s].dims, var, False)
+    if chunk is not None:
+        terms.insert(0, f"{chunk} * {var}_sc")
+    return " + ".join(terms) or "0"
+
+
+def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
+                   name: str) -> tuple[str, Signature]:
+    """The forward kernel of kernel graph `g` (see `partition.kernel_graph`)."""
+    sig, w, t = Signature(), Writer(), tiling
+    vals = Values(g, t, w)
+    inputs = [n for n in g.inputs() if n.role in (Role.SEQ, Role.PARAM)]
+    for n in inputs:
+        sig.ptr(f"in:{n.name}", ident(n.name))
+        sig.strides(f"in:{n.name}", ident(n.name), (["#t"] if n.role is Role.SEQ else [])
+                    + [d for d in n.dims])
+    for o, axes in zip(g.outputs, g.out_axes):
+        sig.ptr(f"out:{o}", ident(o))
+        sig.strides(f"out:{o}", ident(o), ["#t"] + list(g[o].dims))
+    for s in g.state_names:
+        _state_ptrs(sig, g, s, "h0", "h0", False)
+        _state_ptrs(sig, g, s, "hT", "hT", False)
+        _state_ptrs(sig, g, s, "chk", "chk", True)
+    for d in t.space:
+        sig.params.append(("size", d, f"size_{d}"))
+    sig.params.append(("size", "T", "T"))
+    consts = ["HAS_H0", "SAVE", "REVERSE", "TC"] + [f"BLOCK_{d}" for d in t.tile]
+    _prologue(w, t)
+    _direction(w, "REVERSE", "f")
+    varying = time_varying(g)
+    for n in g.inputs():
+        if n.role is Role.PARAM:
+            vals.load(n, False)
+        elif n.role is Role.INDEX:
+            vals.index(n)
+    body = ChunkBody(g, blocks, vals, w, "REVERSE", "f")
+    core = [n.name for n in g.nodes if not isinstance(n, Input)]
+    hoisted = [n for n in core if n not in varying]
+    body.run(hoisted)
+    for s in g.state_names:
+        sv, dims = body.state_var(s), g[s].dims
+        w(f"{sv} = tl.zeros({t.shape(dims, False)}, tl.float32)")
+        w("if HAS_H0:")
+        w.indent()
+        w(f"{sv} += tl.load({ident(s)}_h0_ptr + {_state_offset(t, g, s, 'h0', None)}, "
+          f"mask={mask_of(t, dims, False)}, other=0.0).to(tl.float32)", f"initial {s}")
+        w.dedent()
+    w("n_chunks = tl.cdiv(T, TC)")
+    w("for ci in range(0, n_chunks):")
+    w.indent()
+    w("c = ci")
+    w("if REVERSE:")
+    w("    c = n_chunks - 1 - ci")
+    w("t = c * TC + o_t")
+    w("m_t = t < T")
+    w("t64 = t.to(tl.int64)")
+    w("if SAVE:")
+    w.indent()
+    for s in g.state_names:
+        w(f"tl.store({ident(s)}_chk_ptr + ONE + {_state_offset(t, g, s, 'chk', 'c')}, "
+          f"{body.state_var(s)}, mask={mask_of(t, g[s].dims, False)})", f"checkpoint of {s}")
+    w.dedent()
+    for n in g.inputs(Role.SEQ):
+        vals.load(n, True)
+    body.run([n for n in core if n in varying])
+    for o in g.outputs:
+        v = vals[o]
+        dims = g[o].dims
+        off = " + ".join(index_terms(t, dims, ident(o), True))
+        w(f"tl.store({ident(o)}_ptr + ONE + {off}, {vals.full(v, dims, True)}"
+          f".to({ident(o)}_ptr.dtype.element_ty), mask={mask_of(t, dims, True)})", o)
+    w.dedent()
+    for s in g.state_names:
+        w(f"tl.store({ident(s)}_hT_ptr + ONE + {_state_offset(t, g, s, 'hT', None)}, "
+          f"{body.state_var(s)}, mask={mask_of(t, g[s].dims, False)})", f"final {s}")
+    src = _kernel(name, sig, consts, w)
+    return src, sig
+
+
+def _kernel(name: str, sig: Signature, consts: list[str], w: Writer) -> str:
+    params = sig.names() + [f"{c}: tl.constexpr" for c in consts]
+    head = f"@triton.jit\ndef {name}(\n" + "".join(f"    {p},\n" for p in params) + "):\n"
+    return head + w.text() + "\n"
+
+
+def module_source(kernels: list[str], title: str) -> str:
+    """A whole generated module: imports, helpers, scan combines, kernels."""
+    return (f'"""{title}\n\nGenerated by lrc; every kernel line that implements an IR node '
+            'ends in a comment naming it."""\nimport triton\nimport triton.language as tl\n'
+            + HELPERS + SCAN_COMBINE + "\n\n" + "\n\n".join(kernels))
+
+
+def _partial_axes(val: Val, t: Tiling) -> list[str]:
+    return [d for d in t.space if d in val.partial]
+
+
+def _partial_index(d: str, t: Tiling) -> str:
+    return f"blk_{d}" if d in t.split else f"i_{d}"
+
+
+def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block, ...],
+                    backward, tiling: Tiling, name: str) -> tuple[str, Signature, dict]:
+    """The backward kernel: per chunk, in the opposite order to the forward, recompute the
+    forward states from the chunk's checkpoint, then run the adjoint step `bg` as a reverse scan.
+
+    Returns the source, the signature and, per gradient output, the dims summed only over one
+    program's share (the host adds those partial sums up)."""
+    sig, t = Signature(), tiling
+    pre, loop, post = Writer(), Writer(depth=2), Writer()
+    vals = Values(bg, t, loop)
+    fstates = dict(backward.forward_states)
+    for n in k.inputs():
+        if n.role in (Role.SEQ, Role.PARAM):
+            sig.ptr(f"in:{n.name}", ident(n.name))
+            sig.strides(f"in:{n.name}", ident(n.name), (["#t"] if n.role is Role.SEQ else [])
+                        + list(n.dims))
+    for o, cot in backward.cotangents:
+        sig.ptr(f"in:{cot}", ident(cot))
+        sig.strides(f"in:{cot}", ident(cot), ["#t"] + list(bg[cot].dims))
+    for s in k.state_names:
+        _state_ptrs(sig, k, s, "chk", "chk", True)
+    for s, adj in backward.adjoints:
+        _state_ptrs(sig, bg, adj, "dhT", "dhT", False)
+        _state_ptrs(sig, k, s, "dh0", "dh0", False)
+    _prologue(pre, t)
+    _direction(pre, "REVERSE", "f")
+    _direction(pre, "BACK", "b")
+    # time-invariant work, shared by the recompute and the adjoint step
+    pvals = Values(bg, t, pre)
+    for n in bg.inputs():
+        if n.role is Role.PARAM:
+            pvals.load(n, False)
+        elif n.role is Role.INDEX:
+            pvals.index(n)
+    varying = time_varying(bg)
+    hoisted = [n.name for n in bg.nodes if not isinstance(n, Input) and n.name not in varying
+               and n.name not in bg.state_dependent]
+    ChunkBody(bg, (), pvals, pre, "REVERSE", "f").run(hoisted)
+    vals.vals.update(pvals.vals)
+    body_f = ChunkBody(k, kb, vals, loop, "REVERSE", "f")
+    body_b = ChunkBody(bg, bb, vals, loop, "BACK", "b", allow_partial=True)
+    for s, adj in backward.adjoints:
+        sv, dims = body_b.state_var(adj), k[s].dims
+        pre(f"{sv} = tl.zeros({t.shape(dims, False)}, tl.float32)")
+        pre("if HAS_DHT:")
+        pre(f"    {sv} += tl.load({ident(adj)}_dhT_ptr + "
+            f"{_state_offset(t, bg, adj, 'dhT', None)}, mask={mask_of(t, dims, False)}, "
+            "other=0.0).to(tl.float32)", f"gradient of the final {s}")
+    head = Writer()
+    head("n_chunks = tl.cdiv(T, TC)")
+    head("for ci in range(0, n_chunks):")
+    head.indent()
+    head("c = n_chunks - 1 - ci")
+    head("if REVERSE:")
+    head("    c = ci")
+    head("t = c * TC + o_t")
+    head("m_t = t < T")
+    head("t64 = t.to(tl.int64)")
+    for s in k.state_names:
+        sv = body_f.state_var(s)
+        loop(f"{sv} = tl.load({ident(s)}_chk_ptr + {_state_offset(t, k, s, 'chk', 'c')}, "
+             f"mask={mask_of(t, k[s].dims, False)}, other=0.0)", f"checkpoint of {s}")
+    for n in bg.inputs(Role.SEQ):
+        if n.name not in fstates.values():
+            vals.load(n, True)
+    need = set()
+    for n in k.new_state_names:
+        need |= {a for a in nx.ancestors(k.nx, n) if not isinstance(k[a], Input)} | {n}
+    body_f.run([n.name for n in k.nodes if n.name in need])
+    for s, new in k.states:
+        if s in {f for f, _ in backward.forward_states}:
+            body_f.old(s, new)
+    body_b.run([n.name for n in bg.nodes if not isinstance(n, Input)])
+    partials: dict[str, list[str]] = {}
+    accs = []
+    for (x, out) in backward.seq_grads + backward.param_grads:
+        v = vals[out]
+        parts = _partial_axes(v, t)
+        partials[out] = parts
+        key, var = f"grad:{x}", f"{ident(out)}_g"
+        sig.ptr(key, var)
+        timed = k[x].role is Role.SEQ
+        sig.strides(key, var, [f"#p_{d}" for d in parts] + (["#t"] if timed else [])
+                    + list(k[x].dims))
+        terms = [f"{_partial_index(d, t)} * {var}_s__p_{d}" for d in parts]
+        terms += index_terms(t, k[x].dims, var, timed)
+        off = " + ".join(terms) or "0"
+        dims = k[x].dims
+        if timed:
+            loop(f"tl.store({var}_ptr + ONE + {off}, {vals.full(v, dims, True)}, "
+                 f"mask={mask_of(t, dims, True)})", out)
+        else:
+            acc = f"{var}_acc"
+            pre(f"{acc} = tl.zeros({t.shape(dims, False)}, tl.float32)")
+            loop(f"{acc} += tl.sum(tl.where(m_t, {vals.full(v, dims, True)}, 0.0), axis=0, "
+                 "keep_dims=True)", out)
+            accs.append((acc, var, off, dims))
+    for acc, var, off, dims in accs:
+        post(f"tl.store({var}_ptr + ONE + {off}, {acc}, mask={mask_of(t, dims, False)})")
+    for s, adj in backward.adjoints:
+        post(f"tl.store({ident(s)}_dh0_ptr + ONE + {_state_offset(t, k, s, 'dh0', None)}, "
+             f"{body_b.state_var(adj)}, mask={mask_of(t, k[s].dims, False)})",
+             f"gradient of the initial {s}")
+    for d in t.space:
+        sig.params.append(("size", d, f"size_{d}"))
+    sig.params.append(("size", "T", "T"))
+    body = Writer(lines=pre.lines + head.lines + loop.lines + post.lines)
+    consts = ["HAS_DHT", "REVERSE", "BACK", "TC"] + [f"BLOCK_{d}" for d in t.tile]
+    src = _kernel(name, sig, consts, body)
+    return src, sig, partials
+
+
+def step_source(k: Graph, kb: tuple[Block, ...], tiling: Tiling, name: str
+                ) -> tuple[str, Signature]:
+    """The decode kernel: one token, the new state from the old one, no scan."""
+    sig, w, t = Signature(), Writer(), tiling
+    vals = Values(k, t, w)
+    for n in k.inputs():
+        if n.role in (Role.SEQ, Role.PARAM):
+            sig.ptr(f"in:{n.name}", ident(n.name))
+            sig.strides(f"in:{n.name}", ident(n.name), list(n.dims))
+    for o in k.outputs:
+        sig.ptr(f"out:{o}", ident(o))
+        sig.strides(f"out:{o}", ident(o), list(k[o].dims))
+    for s in k.state_names:
+        _state_ptrs(sig, k, s, "h0", "h0", False)
+        _state_ptrs(sig, k, s, "hT", "hT", False)
+    for d in t.space:
+        sig.params.append(("size", d, f"size_{d}"))
+    _prologue(w, t)
+    body = ChunkBody(k, kb, vals, w, "False", "s")
+    body.step = True
+    for n in k.inputs():
+        if n.role in (Role.SEQ, Role.PARAM):
+            vals.load(n, False)
+        elif n.role is Role.INDEX:
+            vals.index(n)
+    for s in k.state_names:
+        sv, dims = body.state_var(s), k[s].dims
+        w(f"{sv} = tl.zeros({t.shape(dims, False)}, tl.float32)")
+        w("if HAS_H0:")
+        w(f"    {sv} += tl.load({ident(s)}_h0_ptr + {_state_offset(t, k, s, 'h0', None)}, "
+          f"mask={mask_of(t, dims, False)}, other=0.0).to(tl.float32)", f"state {s}")
+        vals.set(s, Val(sv, frozenset(dims), False))
+    body.run([n.name for n in k.nodes if not isinstance(n, Input)])
+    for o in k.outputs:
+        v, dims = vals[o], k[o].dims
+        off = " + ".join(index_terms(t, dims, ident(o), False)) or "0"
+        w(f"tl.store({ident(o)}_ptr + ONE + {off}, {vals.full(v, dims, False)}"
+          f".to({ident(o)}_ptr.dtype.element_ty), mask={mask_of(t, dims, False)})", o)
+    for s, new in k.states:
+        w(f"tl.store({ident(s)}_hT_ptr + ONE + {_state_offset(t, k, s, 'hT', None)}, "
+          f"{vals.full(vals[new], k[s].dims, False)}.to({ident(s)}_hT_ptr.dtype.element_ty), "
+          f"mask={mask_of(t, k[s].dims, False)})", f"new {s}")
+    return _kernel(name, sig, ["HAS_H0", "TC"] + [f"BLOCK_{d}" for d in t.tile], w), sig

@@ -1,0 +1,65 @@
+"""Which dims of a kernel's index space go in registers, and how big the blocks are."""
+from __future__ import annotations
+
+from ..ir.dims import Role
+from ..ir.graph import Graph
+from ..ir.nodes import Sum
+from .emit import Tiling
+from .partition import Partition, Unsupported
+
+MAX_TILE = 4096  # register elements per value and chunk (TC x blocks), a budget per program
+
+
+def choose_tiling(k: Graph, part: Partition) -> Tiling:
+    """Reduced dims whole in the tile; the innermost dim of the first Seq input split across
+    programs (coalesced loads); the other dims one index per program."""
+    space = part.space
+    reduced = {n.dim for n in k.nodes if isinstance(n, Sum) and n.dim in space}
+    tile = set(reduced)
+    seqs = [n for n in k.inputs(Role.SEQ) if n.annotation.axes]
+    inner = None
+    for n in seqs:
+        last = [d for d in n.annotation.axes[-1] if d in space]
+        if last:
+            inner = last[-1]
+            break
+    if inner is None and not tile:
+        inner = space[-1]
+    split = ()
+    if inner is not None and inner not in tile:
+        tile.add(inner)
+        split = (inner,)
+    order = tuple(d for d in space if d in tile)
+    grid = tuple(d for d in space if d not in tile)
+    return Tiling(space, order, split, grid)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def block_sizes(t: Tiling, sizes: dict[str, int], chunk: int,
+                budget: int = MAX_TILE) -> dict[str, int]:
+    """BLOCK per tile dim: whole dims at their size (rounded up to a power of two), split dims
+    as large as the register budget allows."""
+    blocks = {d: next_pow2(sizes[d]) for d in t.tile if d not in t.split}
+    used = chunk
+    for b in blocks.values():
+        used *= b
+    if used > budget * 4:
+        raise Unsupported(f"the dims {', '.join(blocks)} that must sit whole in one program "
+                          f"hold {used // chunk} elements per step: too many for registers")
+    for d in t.split:
+        room = max(1, budget // used)
+        blocks[d] = max(1, min(next_pow2(sizes[d]), 1 << (room.bit_length() - 1)))
+        used *= blocks[d]
+    return blocks
+
+
+def grid_size(t: Tiling, sizes: dict[str, int], blocks: dict[str, int]) -> int:
+    n = 1
+    for d in t.grid:
+        n *= sizes[d]
+    for d in t.split:
+        n *= -(-sizes[d] // blocks[d])
+    return n

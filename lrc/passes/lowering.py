@@ -1,0 +1,213 @@
+"""Lowering choice: which of scan, chunked and conv can run a spec, and which is cheapest.
+
+Eligibility comes from the structure (a pass); the choice needs shapes, so it is made per call
+by `Lowering.choose(sizes, T)` from an explicit cost model: bytes over HBM bandwidth, and
+arithmetic over the rate of the unit that does it (fp32 FMA pipes, tensor cores, the SFUs that
+compute exp), the larger of the two, plus a penalty when a sequential scan has too few
+independent lanes to fill the GPU. The constants are the H200's, measured (DESIGN.md §7).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from ..ir.graph import Graph
+from ..ir.nodes import Map
+from .analysis import expr_dims
+from .structure import Structure
+
+LOWERINGS = ("scan", "chunked", "conv")
+
+
+@dataclass(frozen=True)
+class Device:
+    """Throughputs the cost model divides by (one H200, Triton 3.6)."""
+
+    hbm: float = 4.28e12          # bytes/s, copy (read + write)
+    fp32: float = 33.5e12         # FMA/s on the CUDA cores
+    tensor: float = 790e12        # bf16 dense flop/s (half of it for tf32)
+    sfu: float = 4.18e12          # exp2 per second: 132 SMs x 16/clk x 1.98 GHz
+    lanes: int = 132 * 2048       # threads resident at full occupancy
+    step_latency: float = 8e-9    # one dependent step of a sequential scan, seconds
+
+
+H200 = Device()
+_TRANSCENDENTAL = ("exp", "log", "softplus", "sigmoid", "tanh", "phi1", "expm1", "log1p",
+                   "sin", "cos", "Pow")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """The model's estimate for one lowering at one shape."""
+
+    lowering: str
+    bytes: float
+    flops: float
+    exps: float
+    seconds: float
+    bound: str
+
+    def __str__(self) -> str:
+        return (f"{self.lowering}: {self.seconds * 1e6:.0f} us ({self.bound}-bound; "
+                f"{self.bytes / 1e6:.1f} MB, {self.flops / 1e9:.2f} GFLOP, "
+                f"{self.exps / 1e6:.1f} M exp)")
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """Which lowerings can run this spec (and why not the others); the choice is per shape."""
+
+    eligible: tuple[str, ...]
+    reasons: tuple[tuple[str, str], ...]
+    forced: str | None = None
+    chunk: int = 64
+    device: Device = field(default=H200, compare=False)
+
+    def why_not(self, lowering: str) -> str:
+        return dict(self.reasons).get(lowering, "")
+
+    def choose(self, g: Graph, sizes: dict[str, int], T: int,
+               itemsize: int = 2) -> tuple[str, dict[str, Cost]]:
+        """The lowering for these shapes, and the cost of every eligible one."""
+        costs = {lw: estimate(g, lw, sizes, T, itemsize, self.chunk, self.device)
+                 for lw in self.eligible}
+        if self.forced is not None:
+            return self.forced, costs
+        return min(costs, key=lambda lw: (costs[lw].seconds, LOWERINGS.index(lw))), costs
+
+
+class LoweringError(ValueError):
+    """A lowering was forced that cannot run this spec."""
+
+
+def choose_lowering(g: Graph, forced: str | None = None) -> Graph:
+    """Attach g.meta('lowering'): the eligible lowerings, and the forced one if valid."""
+    st: Structure = g.meta("structure")
+    if st is None:
+        raise ValueError("choose_lowering needs the structure pass first")
+    reasons = {"chunked": _chunk_reason(st), "conv": _conv_reason(st)}
+    eligible = ("scan",) + tuple(lw for lw in ("chunked", "conv") if not reasons[lw])
+    if forced is not None:
+        if forced not in LOWERINGS:
+            raise LoweringError(f"lowering must be one of {LOWERINGS}, got {forced!r}")
+        if forced not in eligible:
+            raise LoweringError(f"lowering={forced!r} cannot run {g.name}: {reasons[forced]}")
+    why = tuple((lw, r) for lw, r in reasons.items() if r)
+    return g.with_meta(lowering=Lowering(eligible, why, forced))
+
+
+def _chunk_reason(st: Structure) -> str:
+    for s in st.states:
+        if s.transition != "diagonal":
+            return f"state {s.arg} has a {s.transition} transition, not a diagonal one"
+        if s.couples:
+            return f"state {s.arg} is driven by state {', '.join(s.couples)}"
+        if not s.keys:
+            return (f"the decay of state {s.arg} varies along every state dim it is not "
+                    "contracted over (no value dims), or no output contracts it")
+    if any(not o.linear for o in st.outputs):
+        return "an output is a nonlinear function of the state"
+    return ""
+
+
+def _conv_reason(st: Structure) -> str:
+    for s in st.states:
+        if "time-invariant" not in s.kind:
+            why = ("its transition depends on a Seq input (selective)" if s.selective else
+                   "its outputs read it through time-varying factors or nonlinearly")
+            return f"state {s.arg} is not time-invariant: {why}"
+    return ""
+
+
+# ---- the cost model
+
+
+def _size(sizes: dict[str, int], dims) -> int:
+    return math.prod(sizes.get(d, 1) for d in dims)
+
+
+def count_exps(g: Graph, sizes: dict[str, int], nodes=None) -> float:
+    """Transcendental calls per time step, each at the size of its own argument's dims."""
+    total = 0.0
+    for n in nodes if nodes is not None else g.nodes:
+        if not isinstance(n, Map):
+            continue
+        seen: set[sp.Basic] = set()
+        for sub in sp.preorder_traversal(n.expr):
+            name = type(sub).__name__
+            if sub in seen or name not in _TRANSCENDENTAL:
+                continue
+            if name == "Pow" and (sub.exp.is_Integer or sub.exp == sp.Rational(1, 2)):
+                continue
+            seen.add(sub)
+            total += _size(sizes, expr_dims(g, sub))
+    return total
+
+
+def io_bytes(g: Graph, sizes: dict[str, int], T: int, itemsize: int) -> float:
+    from ..ir.dims import Role
+
+    seq = sum(_size(sizes, n.dims) for n in g.inputs(Role.SEQ))
+    out = sum(_size(sizes, g[o].dims) for o in g.outputs)
+    return float(T * (seq + out) * itemsize)
+
+
+def estimate(g: Graph, lowering: str, sizes: dict[str, int], T: int, itemsize: int = 2,
+             chunk: int = 64, dev: Device = H200) -> Cost:
+    """Bytes, arithmetic and time of one forward pass under `lowering`."""
+    st: Structure = g.meta("structure")
+    io = io_bytes(g, sizes, T, itemsize)
+    state = sum(_size(sizes, s.dims) * (2 if g[s.name].complex else 1) for s in st.states)
+    if lowering == "scan":
+        exps = T * count_exps(g, sizes)
+        flops = T * state * 4.0
+        lanes = state
+        serial = T * dev.step_latency * max(1.0, dev.lanes / max(lanes, 1) / 64) \
+            if lanes < dev.lanes else 0.0
+        parts = {"memory": io / dev.hbm, "exp": exps / dev.sfu, "fp32": flops / dev.fp32,
+                 "latency": serial}
+        return _cost("scan", io, flops, exps, parts)
+    if lowering == "chunked":
+        flops, extra_bytes = 0.0, 0.0
+        for s in st.states:
+            K, V = _size(sizes, s.keys), _size(sizes, s.values)
+            heads = _size(sizes, s.dims) / (K * V)
+            flops += heads * T * (2 * chunk * (K + V) + 4 * K * V) * 2
+            extra_bytes += heads * (T / chunk) * K * V * 4 * 2
+        exps = T * count_exps(g, sizes)
+        rate = dev.tensor if itemsize <= 2 else dev.tensor / 2
+        parts = {"memory": (io + extra_bytes) / dev.hbm, "tensor": flops / rate,
+                 "exp": exps / dev.sfu}
+        return _cost("chunked", io + extra_bytes, flops, exps, parts)
+    if lowering == "conv":
+        channels = sum(_size(sizes, g[o].dims) for o in g.outputs)
+        # kernels are generated from the state matrix (Vandermonde, Cauchy), except a shift
+        # register's, which is its readout factor as it stands
+        kernel = sum(_size(sizes, [d for d in s.dims if d not in st.batch])
+                     for s in st.states if s.transition != "shift")
+        n = 2 * T
+        fft = channels * 3 * 2.5 * n * math.log2(n)
+        gen = kernel * T * 8.0
+        flops = fft + gen
+        byts = io + channels * n * 8 * 3
+        parts = {"memory": byts / dev.hbm, "fp32": flops / (2 * dev.fp32),
+                 "exp": kernel * T / dev.sfu}
+        return _cost("conv", byts, flops, kernel * T, parts)
+    raise ValueError(lowering)
+
+
+def _cost(lowering: str, byts: float, flops: float, exps: float, parts: dict) -> Cost:
+    bound = max(parts, key=parts.get)
+    return Cost(lowering, byts, flops, exps, parts[bound], bound)
+
+
+def format_choice(g: Graph, sizes: dict[str, int], T: int, itemsize: int) -> str:
+    lw: Lowering = g.meta("lowering")
+    chosen, costs = lw.choose(g, sizes, T, itemsize)
+    shape = " ".join(f"{d}={n}" for d, n in sizes.items()) + f" {g.time}={T}"
+    lines = [f"at {shape} ({itemsize}-byte inputs): {chosen}"
+             + (" (forced)" if lw.forced else "")]
+    lines += [f"  {c}" for c in sorted(costs.values(), key=lambda c: c.seconds)]
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""`layer.plan`: the structure found, the lowerings that can run it, the one chosen, and why."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..ir.graph import Graph
+from ..passes.lowering import Lowering, format_choice
+from ..passes.structure import format_structure
+
+
+@dataclass
+class Plan:
+    """What the pipeline decided for one spec; `choose` picks the lowering for a call's shapes."""
+
+    graph: Graph                    # the structure-annotated graph (user-level: complex kept)
+    shapes: tuple | None = field(default=None)  # (sizes, T, itemsize) of the last call
+
+    @property
+    def lowering(self) -> Lowering:
+        return self.graph.meta("lowering")
+
+    def choose(self, sizes: dict[str, int], T: int, itemsize: int) -> str:
+        """The lowering for these shapes (remembered for printing)."""
+        self.shapes = (dict(sizes), T, itemsize)
+        return self.lowering.choose(self.graph, sizes, T, itemsize)[0]
+
+    def __str__(self) -> str:
+        g, lw = self.graph, self.lowering
+        lines = [f"plan for {g.name}:"]
+        lines += ["  " + ln for ln in format_structure(g).splitlines()]
+        lines.append("  lowerings:")
+        for name in ("scan", "chunked", "conv"):
+            if name in lw.eligible:
+                lines.append(f"    {name}: eligible")
+            else:
+                lines.append(f"    {name}: no, {lw.why_not(name)}")
+        lines.append("    step (decode): the recurrence, one token")
+        if self.shapes is not None:
+            sizes, T, itemsize = self.shapes
+            lines += ["  " + ln for ln in format_choice(g, sizes, T, itemsize).splitlines()]
+        else:
+            sizes = {d: 64 for d in g.dims}
+            sizes.update({d: 8 for d in g.meta("structure").batch})
+            lines.append("  chosen per call by the cost model; for example, with every dim 64 "
+                         "and batch 8:")
+            lines += ["    " + ln for ln in format_choice(g, sizes, 4096, 2).splitlines()]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return str(self)

@@ -1,0 +1,218 @@
+"""Launching the scan kernels: arguments from tensors, autograd, pre and post work in PyTorch.
+
+Tensors reach the kernels as they are: every stride is passed per named dim (a grouped axis
+gives each of its dims a stride), so no layout is copied. Complex arguments and states travel
+as their real and imaginary parts (strided views of `torch.view_as_real`).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+
+from ..codegen import module as modules
+from ..codegen.program import ScanProgram
+from ..codegen.tiling import block_sizes, grid_size
+from ..ir import interpret
+from ..ir.dims import Role
+from ..ir.graph import Axes, Graph
+from ..ir.nodes import Input
+from .bind import from_canonical, to_canonical
+from .call import Call
+
+CHUNK = 16
+
+
+def dim_strides(x: torch.Tensor, axes: Axes, sizes: dict[str, int], time: str) -> dict:
+    """Stride of each named dim of `x` laid out as `axes` ('#t' for time)."""
+    out = {}
+    for i, axis in enumerate(axes):
+        inner = 1
+        for d in reversed(axis):
+            out["#t" if d == time else d] = x.stride(i) * inner
+            inner *= 1 if d == time else sizes[d]
+    return out
+
+
+def part_view(x: torch.Tensor, part: str) -> torch.Tensor:
+    """The real or imaginary part of `x` as a strided real view (differentiable)."""
+    if not part:
+        return x
+    if not x.is_complex():
+        x = x.to(torch.complex64 if x.dtype != torch.float64 else torch.complex128)
+    return torch.view_as_real(x)[..., 0 if part == "re" else 1]
+
+
+class Launch:
+    """One kernel launch: fills the signature's parameters from named tensors."""
+
+    def __init__(self, prog: ScanProgram, which: str, sizes: dict[str, int], T: int,
+                 device: torch.device):
+        self.prog, self.which, self.sizes, self.T = prog, which, sizes, T
+        self.interpret = device.type != "cuda"
+        self.tensors: dict[str, tuple[torch.Tensor, dict]] = {}
+
+    def add(self, key: str, x: torch.Tensor, strides: dict) -> None:
+        self.tensors[key] = (x, strides)
+
+    def __call__(self, **consts) -> None:
+        prog, t = self.prog, self.prog.tiling
+        blocks = block_sizes(t, self.sizes, CHUNK)
+        params = []
+        for p in prog.signatures[self.which].params:
+            if p[0] == "ptr":
+                params.append(self.tensors[p[1]][0])
+            elif p[0] == "stride":
+                params.append(self.tensors[p[1]][1].get(p[2], 0))
+            else:
+                params.append(self.T if p[1] == "T" else self.sizes[p[1]])
+        consts.update({f"BLOCK_{d}": b for d, b in blocks.items()}, TC=CHUNK if
+                      self.which != "step" else 1)
+        fn = prog.kernel_fn(self.which, self.interpret)
+        grid = (grid_size(t, self.sizes, blocks),)
+        with modules.interpreted() if self.interpret else nullcontext():
+            fn[grid](*params, **consts)
+
+
+def _state_strides(x: torch.Tensor, dims, chunked: bool) -> dict:
+    st = {d: x.stride(i + (1 if chunked else 0)) for i, d in enumerate(dims)}
+    if chunked:
+        st["#c"] = x.stride(0)
+    return st
+
+
+class ScanFunction(torch.autograd.Function):
+    """Kernel inputs (real tensors, one per kernel-graph input node) and initial states ->
+    kernel outputs and final states, with the generated backward."""
+
+    @staticmethod
+    def forward(ctx, prog: ScanProgram, info: dict, *tensors: torch.Tensor):
+        k, sizes, T = prog.kernel, info["sizes"], info["T"]
+        n_in = len(info["inputs"])
+        ins, h0s = tensors[:n_in], tensors[n_in:]
+        device = info["device"]
+        run = Launch(prog, "forward", sizes, T, device)
+        for name, x in zip(info["inputs"], ins):
+            run.add(f"in:{name}", x, dim_strides(x, k[name].annotation.axes, sizes, k.time))
+        outs = []
+        for o, axes, dtype in zip(k.outputs, k.out_axes, info["out_dtypes"]):
+            shape = [T if a == (k.time,) else math.prod(sizes[d] for d in a) for a in axes]
+            y = torch.empty(shape, dtype=dtype, device=device)
+            run.add(f"out:{o}", y, dim_strides(y, axes, sizes, k.time))
+            outs.append(y)
+        n_chunks = -(-T // CHUNK)
+        finals, chks = [], []
+        for s, h0 in zip(k.state_names, h0s):
+            dims = k[s].dims
+            shape = [sizes[d] for d in dims]
+            hT = torch.empty(shape, dtype=torch.float32, device=device)
+            chk = torch.empty([n_chunks] + shape, dtype=torch.float32, device=device)
+            if h0.numel():
+                run.add(f"h0:{s}", h0, dim_strides(h0, info["state_axes"][s], sizes, k.time))
+            else:
+                run.add(f"h0:{s}", hT, {})
+            run.add(f"hT:{s}", hT, _state_strides(hT, dims, False))
+            run.add(f"chk:{s}", chk, _state_strides(chk, dims, True))
+            finals.append(hT)
+            chks.append(chk)
+        has_h0 = bool(h0s) and h0s[0].numel() > 0
+        run(HAS_H0=has_h0, SAVE=True, REVERSE=info["reverse"])
+        ctx.prog, ctx.info, ctx.has_h0 = prog, info, has_h0
+        ctx.save_for_backward(*ins, *chks)
+        return (*outs, *finals)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        prog, info = ctx.prog, ctx.info
+        k, bw, sizes, T = prog.kernel, prog.backward, info["sizes"], info["T"]
+        saved = ctx.saved_tensors
+        n_in = len(info["inputs"])
+        ins, chks = saved[:n_in], saved[n_in:]
+        device = info["device"]
+        run = Launch(prog, "backward", sizes, T, device)
+        for name, x in zip(info["inputs"], ins):
+            run.add(f"in:{name}", x, dim_strides(x, k[name].annotation.axes, sizes, k.time))
+        n_out = len(k.outputs)
+        for (o, cot), axes, gy in zip(bw.cotangents, k.out_axes, grads[:n_out]):
+            if gy is None:
+                shape = [T if a == (k.time,) else math.prod(sizes[d] for d in a) for a in axes]
+                gy = torch.zeros(shape, dtype=torch.float32, device=device)
+            run.add(f"in:{cot}", gy, dim_strides(gy, axes, sizes, k.time))
+        for s, chk in zip(k.state_names, chks):
+            run.add(f"chk:{s}", chk, _state_strides(chk, k[s].dims, True))
+        d_finals = grads[n_out:]
+        has_dht = any(gh is not None for gh in d_finals)
+        dh0s = []
+        for (s, adj), gh in zip(bw.adjoints, d_finals):
+            dims = k[s].dims
+            if gh is None:
+                gh = torch.zeros([sizes[d] for d in dims], dtype=torch.float32, device=device)
+            run.add(f"dhT:{adj}", gh, _state_strides(gh, dims, False))
+            dh0 = torch.empty([sizes[d] for d in dims], dtype=torch.float32, device=device)
+            run.add(f"dh0:{s}", dh0, _state_strides(dh0, dims, False))
+            dh0s.append(dh0)
+        bufs = {}
+        blocks = block_sizes(prog.tiling, sizes, CHUNK)
+        for x, out in bw.seq_grads + bw.param_grads:
+            parts = prog.partials[out]
+            timed = k[x].role is Role.SEQ
+            pshape = [sizes[d] if d not in prog.tiling.split else -(-sizes[d] // blocks[d])
+                      for d in parts]
+            shape = pshape + ([T] if timed else []) + [sizes[d] for d in k[x].dims]
+            buf = torch.empty(shape, dtype=torch.float32, device=device)
+            st = {f"#p_{d}": buf.stride(i) for i, d in enumerate(parts)}
+            off = len(parts)
+            if timed:
+                st["#t"] = buf.stride(off)
+                off += 1
+            st.update({d: buf.stride(off + i) for i, d in enumerate(k[x].dims)})
+            run.add(f"grad:{x}", buf, st)
+            bufs[x] = (buf, len(parts))
+        run(HAS_DHT=has_dht, REVERSE=info["reverse"], BACK=not info["reverse"])
+        out_grads = []
+        for name, x in zip(info["inputs"], ins):
+            buf, n_parts = bufs[name]
+            gsum = buf.sum(tuple(range(n_parts))) if n_parts else buf
+            out_grads.append(_to_layout(gsum, k, name, sizes).to(x.dtype))
+        h0_grads = [dh0 if ctx.has_h0 else None for dh0 in dh0s]
+        return (None, None, *out_grads, *h0_grads)
+
+
+def _to_layout(g: torch.Tensor, k: Graph, name: str, sizes: dict[str, int]) -> torch.Tensor:
+    """A gradient held as (time?, *node dims) back in the input's annotated layout."""
+    node = k[name]
+    flat = ([k.time] if node.role is Role.SEQ else []) + list(node.dims)
+    axes = node.annotation.axes
+    order = [flat.index(d) for a in axes for d in a]
+    T = g.shape[0] if node.role is Role.SEQ else 1
+    shape = [T if a == (k.time,) else math.prod(sizes[d] for d in a) for a in axes]
+    return g.permute(order).reshape(shape)
+
+
+def evaluate(g: Graph, names, env: dict[str, torch.Tensor], sizes: dict[str, int],
+             like: torch.Tensor) -> None:
+    """Compute nodes `names` of `g` into `env`, over all time steps at once (PyTorch)."""
+    for n in g.nodes:
+        if n.name in names and n.name not in env:
+            env[n.name] = interpret.eval_node(g, n, env, sizes, like)
+
+
+def canonical_inputs(g: Graph, call: Call, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The graph's Seq/Param inputs as canonical tensors (for pre/post work in PyTorch)."""
+    out = {}
+    for node in g.inputs():
+        if node.role in (Role.SEQ, Role.PARAM):
+            x = part_view(call.tensors[node.arg], node.part)
+            ann = node.annotation
+            out[node.name] = to_canonical(g, x.to(dtype), ann, call.sizes, True)
+    return out
+
+
+def kernel_input(prog: ScanProgram, name: str, call: Call, env) -> torch.Tensor:
+    """The tensor the kernel reads for its input `name`: the user's, or a pre result."""
+    g, k = prog.g, prog.kernel
+    if name in g and isinstance(g[name], Input):
+        return part_view(call.tensors[g[name].arg], g[name].part)
+    axes = k[name].annotation.axes
+    return from_canonical(g, env[name], axes, call.sizes, (g.time,) in axes).contiguous()

@@ -1,0 +1,156 @@
+"""A call of the Triton backend: pre work, the scan kernels (with autograd), post work."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..codegen.program import ScanProgram
+from ..ir.dims import Role
+from ..ir.graph import Graph
+from .bind import batch_dim, from_canonical, to_canonical
+from .call import Call
+from .scan_runtime import (CHUNK, Launch, ScanFunction, canonical_inputs, dim_strides,
+                           evaluate, kernel_input, part_view)
+
+
+def _to_user_state(x: torch.Tensor, g: Graph, s: str, sizes: dict[str, int]) -> torch.Tensor:
+    """A state held as (*node dims) -> the user's annotated layout."""
+    node = g[s]
+    flat = list(node.dims)
+    axes = node.annotation.axes
+    x = x.permute([flat.index(d) for a in axes for d in a])
+    return x.reshape([math.prod(sizes[d] for d in a) for a in axes])
+
+
+def _assemble_states(g: Graph, values: dict[str, torch.Tensor], sizes, dtype) -> list:
+    out = []
+    for arg in g.state_args:
+        parts = {g[s].part: _to_user_state(values[s], g, s, sizes)
+                 for s in g.state_names if g[s].arg == arg}
+        value = parts[""] if "" in parts else torch.complex(parts["re"], parts["im"])
+        out.append(value.to(dtype if not value.is_complex() else
+                            (torch.complex128 if dtype == torch.float64 else torch.complex64)))
+    return out
+
+
+def run(prog: ScanProgram, call: Call) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Outputs and final states for a whole-sequence call (cu_seqlens: one launch per
+    sequence)."""
+    if call.segments is None:
+        return _run(prog, call, call.tensors, call.states, call.T)
+    g = prog.g
+    b = batch_dim(g)
+    seq_args = {n.arg for n in g.inputs(Role.SEQ)}
+    outs_all, fins_all = [], []
+    for i, (start, end) in enumerate(call.segments):
+        tensors = {}
+        for k, x in call.tensors.items():
+            if k in seq_args:
+                ax = [a for a in g.annotation(k).axes].index((g.time,))
+                x = x.narrow(ax, start, end - start)
+            tensors[k] = x
+        states = None
+        if call.states is not None:
+            states = {}
+            for k, x in call.states.items():
+                ax = [a for a in g.annotation(k).axes].index((b,))
+                states[k] = x.narrow(ax, i, 1)
+        outs, fins = _run(prog, call, tensors, states, end - start)
+        outs_all.append(outs)
+        fins_all.append(fins)
+    outs = []
+    for j, axes in enumerate(g.out_axes):
+        ax = list(axes).index((g.time,))
+        outs.append(torch.cat([o[j] for o in outs_all], ax))
+    fins = []
+    for j, arg in enumerate(g.state_args):
+        ax = list(g.annotation(arg).axes).index((b,))
+        fins.append(torch.cat([f[j] for f in fins_all], ax))
+    return outs, fins
+
+
+def _run(prog: ScanProgram, call: Call, tensors, states, T: int):
+    g, k, part = prog.g, prog.kernel, prog.part
+    sizes = call.sizes
+    sub = Call(g, tensors, states, sizes, T, call.reverse, None, call.out_dtype,
+               call.state_dtype, call.device)
+    env: dict[str, torch.Tensor] = {}
+    like = next(iter(tensors.values()))
+    if part.pre or part.post:
+        env = canonical_inputs(g, sub, torch.float32)
+        evaluate(g, set(part.pre), env, sizes, like)
+    names = [n.name for n in k.inputs() if n.role in (Role.SEQ, Role.PARAM)]
+    ins = [kernel_input(prog, n, sub, env) for n in names]
+    h0s = []
+    for s in k.state_names:
+        if states is None:
+            h0s.append(torch.empty(0, device=call.device))
+        else:
+            h0s.append(part_view(states[g[s].arg], g[s].part))
+    out_dtypes = [call.out_dtype if o in g.outputs else torch.float32 for o in k.outputs]
+    info = dict(sizes=sizes, T=T, inputs=names, out_dtypes=out_dtypes, device=call.device,
+                reverse=call.reverse, state_axes={s: g[s].annotation.axes for s in k.state_names})
+    res = ScanFunction.apply(prog, info, *ins, *h0s)
+    kouts, finals = res[:len(k.outputs)], res[len(k.outputs):]
+    results = dict(zip(k.outputs, kouts))
+    if part.post:
+        for o, axes in zip(k.outputs, k.out_axes):
+            if o not in g.outputs or o in part.post:
+                env[o] = to_canonical(g, results[o], _ann(axes), sizes, True)
+        evaluate(g, set(part.post), env, sizes, like)
+        for o, axes in zip(g.outputs, g.out_axes):
+            if o in part.post:
+                results[o] = from_canonical(g, env[o], axes, sizes, True).to(call.out_dtype)
+    outs = [results[o] for o in g.outputs]
+    fins = _assemble_states(g, dict(zip(k.state_names, finals)), sizes, call.state_dtype)
+    return outs, fins
+
+
+def _ann(axes):
+    from ..ir.dims import Annotation
+
+    return Annotation(Role.SEQ, axes, False)
+
+
+def step(prog: ScanProgram, call: Call, states_out: dict | None = None):
+    """One token through the decode kernel (no autograd). `states_out` maps each state node to
+    the tensor to write its new value into (the input state itself for an in-place update)."""
+    g, k, sizes = prog.g, prog.kernel, call.sizes
+    run_ = Launch(prog, "step", sizes, 1, call.device)
+    for n in k.inputs():
+        if n.role in (Role.SEQ, Role.PARAM):
+            x = part_view(call.tensors[g[n.name].arg], g[n.name].part)
+            axes = tuple(a for a in n.annotation.axes if a != (k.time,))
+            run_.add(f"in:{n.name}", x, dim_strides(x, axes, sizes, k.time))
+    outs = []
+    for o, axes in zip(k.outputs, k.out_axes):
+        axes = tuple(a for a in axes if a != (k.time,))
+        y = torch.empty([math.prod(sizes[d] for d in a) for a in axes], dtype=call.out_dtype,
+                        device=call.device)
+        run_.add(f"out:{o}", y, dim_strides(y, axes, sizes, k.time))
+        outs.append(y)
+    news = {}
+    for s in k.state_names:
+        axes = g[s].annotation.axes
+        if call.states is not None:
+            x = part_view(call.states[g[s].arg], g[s].part)
+            run_.add(f"h0:{s}", x, dim_strides(x, axes, sizes, k.time))
+        else:
+            run_.add(f"h0:{s}", outs[0], {})
+        if states_out is not None:
+            dst = states_out[s]
+            run_.add(f"hT:{s}", dst, dim_strides(dst, axes, sizes, k.time))
+            news[s] = dst
+        else:
+            dst = torch.empty([sizes[d] for d in k[s].dims], dtype=torch.float32,
+                              device=call.device)
+            run_.add(f"hT:{s}", dst, {d: dst.stride(i) for i, d in enumerate(k[s].dims)})
+            news[s] = dst
+    run_(HAS_H0=call.states is not None)
+    if states_out is not None:
+        return outs, None
+    return outs, _assemble_states(g, news, sizes, call.state_dtype)
+
+
+__all__ = ["run", "step", "CHUNK"]

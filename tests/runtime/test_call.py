@@ -1,0 +1,248 @@
+"""The compiled layer's calling convention (DESIGN.md section 1): arguments, outputs, states,
+reverse, cu_seqlens and the decode step. Expected values come from plain loops written here."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lrc
+from lrc import Param, Seq, State
+from tests.conftest import rel_err
+
+T, B, D, N = 37, 3, 5, 4
+TOL = 1e-10
+f64 = torch.float64
+
+
+def rn(*shape, dtype=f64):
+    return torch.randn(*shape, dtype=dtype)
+
+
+@lrc.recurrence
+def diag(x: Seq("b t d"), g: Seq("b t d"), Bm: Seq("b t n"), C: Seq("b t n"), A: Param("d n"),
+         h: State("b d n")):
+    h = lrc.exp(lrc.softplus(g) * A) * h + Bm * x
+    return (C * h).sum("n"), h
+
+
+def diag_loop(x, g, Bm, C, A, h):
+    ys = []
+    for t in range(x.shape[1]):
+        a = torch.exp(torch.nn.functional.softplus(g[:, t])[..., None] * A)
+        h = a * h + Bm[:, t, None, :] * x[:, t, :, None]
+        ys.append((C[:, t, None, :] * h).sum(-1))
+    return torch.stack(ys, 1), h
+
+
+def diag_inputs(b=B, t=T):
+    return rn(b, t, D), rn(b, t, D), rn(b, t, N), rn(b, t, N), -torch.rand(D, N, dtype=f64) - .2
+
+
+@lrc.recurrence
+def two(x: Seq("b t d"), w: Param("d"), num: State("b d"), den: State("b d")):
+    a = lrc.sigmoid(w)
+    num, den = a * num + lrc.exp(x) * x, a * den + lrc.exp(x)
+    return (num / den, num - den), (num, den)
+
+
+def two_loop(x, w, num, den):
+    a, y0, y1 = torch.sigmoid(w), [], []
+    for t in range(x.shape[1]):
+        num, den = a * num + torch.exp(x[:, t]) * x[:, t], a * den + torch.exp(x[:, t])
+        y0.append(num / den)
+        y1.append(num - den)
+    return (torch.stack(y0, 1), torch.stack(y1, 1)), (num, den)
+
+
+def close(a, b):
+    return rel_err(a, b) <= TOL
+
+
+# ---- arguments
+
+
+def test_positional_keyword_and_mixed_agree():
+    layer = lrc.compile(diag)
+    x, g, Bm, C, A = diag_inputs()
+    want, _ = diag_loop(x, g, Bm, C, A, torch.zeros(B, D, N, dtype=f64))
+    assert close(layer(x, g, Bm, C, A), want)
+    assert close(layer(A=A, C=C, Bm=Bm, g=g, x=x), want)
+    assert close(layer(x, g, C=C, A=A, Bm=Bm), want)
+
+
+def test_single_output_is_a_tensor_several_a_tuple():
+    y = lrc.compile(diag)(*diag_inputs())
+    assert isinstance(y, torch.Tensor) and y.shape == (B, T, D)
+    x, w = rn(B, T, D), rn(D)
+    ys = lrc.compile(two)(x, w)
+    assert isinstance(ys, tuple) and len(ys) == 2
+    (w0, w1), _ = two_loop(x, w, torch.zeros(B, D, dtype=f64), torch.zeros(B, D, dtype=f64))
+    assert close(ys[0], w0) and close(ys[1], w1)
+
+
+def test_return_final_state_and_initial_state_single():
+    layer = lrc.compile(diag)
+    args, h0 = diag_inputs(), rn(B, D, N)
+    y, hT = layer(*args, initial_state=h0, return_final_state=True)
+    want_y, want_h = diag_loop(*args, h0)
+    assert isinstance(hT, torch.Tensor) and hT.shape == (B, D, N)
+    assert close(y, want_y) and close(hT, want_h)
+    # initial_state=None means zeros
+    y0, h0T = layer(*args, initial_state=None, return_final_state=True)
+    zy, zh = diag_loop(*args, torch.zeros(B, D, N, dtype=f64))
+    assert close(y0, zy) and close(h0T, zh)
+
+
+def test_several_states_are_tuples_in_declaration_order():
+    layer = lrc.compile(two)
+    x, w = rn(B, T, D), rn(D)
+    num0, den0 = rn(B, D), rn(B, D).abs() + 1
+    (y0, y1), (numT, denT) = layer(x, w, initial_state=(num0, den0), return_final_state=True)
+    (w0, w1), (wn, wd) = two_loop(x, w, num0, den0)
+    assert close(y0, w0) and close(y1, w1) and close(numT, wn) and close(denT, wd)
+    assert close(layer(x, w, initial_state=[num0, den0])[0], w0)   # a list works too
+
+
+def test_chaining_final_state_equals_one_long_run():
+    layer = lrc.compile(diag)
+    args = diag_inputs()
+    y, hT = layer(*args, return_final_state=True)
+    first = [a[:, :20] if a.dim() == 3 else a for a in args]
+    rest = [a[:, 20:] if a.dim() == 3 else a for a in args]
+    y1, h1 = layer(*first, return_final_state=True)
+    y2, h2 = layer(*rest, initial_state=h1, return_final_state=True)
+    assert close(torch.cat([y1, y2], 1), y) and close(h2, hT)
+
+
+# ---- reverse
+
+
+def test_reverse_equals_flipping_time():
+    layer = lrc.compile(diag)
+    args, h0 = diag_inputs(), rn(B, D, N)
+    y, hT = layer(*args, initial_state=h0, reverse=True, return_final_state=True)
+    flipped = [a.flip(1) if a.dim() == 3 else a for a in args]
+    want_y, want_h = diag_loop(*flipped, h0)
+    assert close(y, want_y.flip(1)) and close(hT, want_h)
+
+
+@lrc.recurrence
+def bdt(x: Seq("b d t"), h: State("b d")):
+    h = 0.8 * h + x
+    return h * h, h
+
+
+def test_reverse_with_time_not_second():
+    layer = lrc.compile(bdt)
+    x = rn(B, D, T)
+    y = layer(x, reverse=True)
+    h, ys = torch.zeros(B, D, dtype=f64), [None] * T
+    for t in reversed(range(T)):
+        h = 0.8 * h + x[:, :, t]
+        ys[t] = h * h
+    assert close(y, torch.stack(ys, -1))
+
+
+# ---- cu_seqlens
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cu_seqlens_equals_separate_runs(reverse):
+    layer = lrc.compile(diag)
+    lens = [7, 1, 13, 16]
+    args = diag_inputs(b=1, t=sum(lens))
+    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32)
+    h0 = rn(len(lens), D, N)
+    y, hT = layer(*args, cu_seqlens=cu, initial_state=h0, reverse=reverse,
+                  return_final_state=True)
+    assert y.shape == (1, sum(lens), D) and hT.shape == (len(lens), D, N)
+    for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        part = [a[:, s:e] if a.dim() == 3 else a for a in args]
+        if reverse:
+            part = [a.flip(1) if a.dim() == 3 else a for a in part]
+        want_y, want_h = diag_loop(*part, h0[i:i + 1])
+        if reverse:
+            want_y = want_y.flip(1)
+        assert close(y[:, s:e], want_y), f"sequence {i}"
+        assert close(hT[i:i + 1], want_h), f"sequence {i}"
+
+
+def test_cu_seqlens_zero_initial_states_and_several_states():
+    layer = lrc.compile(two)
+    lens = [5, 11, 3]
+    x, w = rn(1, sum(lens), D), rn(D)
+    cu = torch.tensor([0, 5, 16, 19], dtype=torch.int64)
+    (y0, y1), (numT, denT) = layer(x, w, cu_seqlens=cu, return_final_state=True)
+    assert numT.shape == (3, D)
+    for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        z = torch.zeros(1, D, dtype=f64)
+        (w0, w1), (wn, wd) = two_loop(x[:, s:e], w, z, z)
+        assert close(y0[:, s:e], w0) and close(y1[:, s:e], w1)
+        assert close(numT[i:i + 1], wn) and close(denT[i:i + 1], wd)
+
+
+def test_cu_seqlens_empty_sequence_keeps_its_initial_state():
+    layer = lrc.compile(diag)
+    args = diag_inputs(b=1, t=10)
+    h0 = rn(3, D, N)
+    cu = torch.tensor([0, 4, 4, 10])
+    y, hT = layer(*args, cu_seqlens=cu, initial_state=h0, return_final_state=True)
+    assert close(hT[1], h0[1])
+    part = [a[:, 4:] if a.dim() == 3 else a for a in args]
+    assert close(y[:, 4:], diag_loop(*part, h0[2:3])[0])
+
+
+# ---- the decode step
+
+
+def test_prefill_then_steps_equals_forward():
+    layer = lrc.compile(diag)
+    args, h0, k = diag_inputs(), rn(B, D, N), 5
+    y, hT = layer(*args, initial_state=h0, return_final_state=True)
+    pre = [a[:, :T - k] if a.dim() == 3 else a for a in args]
+    _, state = layer(*pre, initial_state=h0, return_final_state=True)
+    for i in range(T - k, T):
+        tok = [a[:, i] if a.dim() == 3 else a for a in args]
+        y_i, state = layer.step(*tok, state=state)
+        assert y_i.shape == (B, D)
+        assert close(y_i, y[:, i]), f"step {i}"
+    assert close(state, hT)
+
+
+def test_step_state_none_is_zeros_and_keywords_work():
+    layer = lrc.compile(diag)
+    x, g, Bm, C, A = (a[:, 0] if a.dim() == 3 else a for a in diag_inputs())
+    y, h = layer.step(x, g, Bm, C, A)
+    y2, h2 = layer.step(x=x, g=g, Bm=Bm, C=C, A=A, state=torch.zeros(B, D, N, dtype=f64))
+    want_y, want_h = diag_loop(x[:, None], g[:, None], Bm[:, None], C[:, None], A,
+                               torch.zeros(B, D, N, dtype=f64))
+    assert close(y, want_y[:, 0]) and close(h, want_h)
+    assert close(y2, y) and close(h2, h)
+
+
+def test_step_several_states_and_outputs():
+    layer = lrc.compile(two)
+    x, w = rn(B, 1, D), rn(D)
+    num0, den0 = rn(B, D), rn(B, D).abs() + 1
+    (y0, y1), (num, den) = layer.step(x[:, 0], w, state=(num0, den0))
+    (w0, w1), (wn, wd) = two_loop(x, w, num0, den0)
+    assert close(y0, w0[:, 0]) and close(y1, w1[:, 0]) and close(num, wn) and close(den, wd)
+
+
+def test_step_inplace_updates_the_given_tensors():
+    layer = lrc.compile(two)
+    x, w = rn(B, 1, D), rn(D)
+    num0, den0 = rn(B, D), rn(B, D).abs() + 1
+    num, den = num0.clone(), den0.clone()
+    _, (n2, d2) = layer.step(x[:, 0], w, state=(num, den), inplace=True)
+    _, (wn, wd) = two_loop(x, w, num0, den0)
+    assert n2 is num and d2 is den
+    assert close(num, wn) and close(den, wd)
+    single = lrc.compile(diag)
+    h = rn(B, D, N)
+    h_copy = h.clone()
+    tok = [a[:, 0] if a.dim() == 3 else a for a in diag_inputs()]
+    _, out = single.step(*tok, state=h, inplace=True)
+    assert out is h and not torch.equal(h, h_copy)
+    want = diag_loop(*[a[:, None] for a in tok[:4]], tok[4], h_copy)[1]
+    assert close(h, want)
