@@ -106,6 +106,7 @@ class Values:
     def __init__(self, g: Graph, tiling: Tiling, w: Writer):
         self.g, self.tiling, self.w = g, tiling, w
         self.vals: dict[str, Val] = {}
+        self.pending: dict[sp.Symbol, sp.Basic] = {}  # common subexpressions, emitted on use
 
     def __getitem__(self, name: str) -> Val:
         return self.vals[name]
@@ -117,7 +118,19 @@ class Values:
         self.vals[name] = val
 
     def expr(self, e: sp.Basic) -> str:
+        self.need(e)
         return triton_expr(e, {s.name: self.vals[s.name].var for s in e.free_symbols})
+
+    def need(self, e: sp.Basic) -> None:
+        """Emit the common subexpressions `e` uses that are not computed yet."""
+        for s in sorted(e.free_symbols, key=lambda x: x.name):
+            if s in self.pending and s.name not in self.vals:
+                sub = self.pending[s]
+                self.need(sub)
+                var = ident(s.name)
+                dims, timed, part = self.of(sub)
+                self.w(f"{var} = {triton_expr(sub, {x.name: self.vals[x.name].var for x in sub.free_symbols})}")
+                self.vals[s.name] = Val(var, dims, timed, part)
 
     def of(self, e: sp.Basic) -> tuple[frozenset[str], bool, frozenset[str]]:
         """Dims, time variation and partial dims of an expression over current values."""
@@ -150,10 +163,12 @@ class Values:
         self.vals[node.name] = Val(var, frozenset([d]), False)
         return self.vals[node.name]
 
-    def map(self, node: Map, var: str | None = None) -> Val:
-        var = var or ident(node.name)
-        dims, timed, part = self.of(node.expr)
-        self.w(f"{var} = {self.expr(node.expr)}", node.name)
+    def map(self, node: Map, expr: sp.Basic | None = None) -> Val:
+        var = ident(node.name)
+        expr = node.expr if expr is None else expr
+        text = self.expr(expr)
+        dims, timed, part = self.of(expr)
+        self.w(f"{var} = {text}", node.name)
         if not node.expr.free_symbols:
             self.w(f"{var} = {var} + tl.zeros([1] * {1 + len(self.tiling.tile)}, tl.float32)")
         self.vals[node.name] = Val(var, dims, timed, part)

@@ -77,11 +77,17 @@ def interpreted():
     import triton.language as tl
     import triton.language.standard as std
 
-    if triton.knobs.runtime.interpret:  # TRITON_INTERPRET=1: everything is interpreted already
-        yield
-        return
+    from triton.runtime import interpreter
+
     with _LOCK:
-        saved = []
+        saved = [(interpreter.ScanOps, "generic_scan", interpreter.ScanOps.generic_scan)]
+        interpreter.ScanOps.generic_scan = _sliced_scan
+        if triton.knobs.runtime.interpret:  # TRITON_INTERPRET=1: Triton's helpers are ready
+            try:
+                yield
+            finally:
+                interpreter.ScanOps.generic_scan = saved[0][2]
+            return
         for mod in (tl, std, tl.math):
             for name, val in list(vars(mod).items()):
                 if isinstance(val, JITFunction):
@@ -97,6 +103,30 @@ def interpreted():
         finally:
             for mod, name, val in saved:
                 setattr(mod, name, val)
+
+
+def _sliced_scan(self, inputs):
+    """The interpreter's associative scan, one combine call per step along the axis on whole
+    slices (Triton's own calls it once per element, in Python: minutes for a chunk)."""
+    import numpy as np
+    import triton.language as tl
+
+    data = [x.handle.data for x in inputs]
+    n = data[0].shape[self.axis]
+    acc = [np.take(d, [0], axis=self.axis) for d in data]
+    outs = [[a] for a in acc]
+    for i in range(1, n):
+        prev = tuple(self.to_tensor(a, x.dtype) for a, x in zip(acc, inputs))
+        cur = tuple(self.to_tensor(np.take(d, [i], axis=self.axis), x.dtype)
+                    for d, x in zip(data, inputs))
+        ret = self.combine_fn.fn(*prev, *cur)
+        ret = ret if isinstance(ret, tuple) else (ret,)
+        acc = [r.handle.data if isinstance(r, tl.core.tensor) else np.full_like(a, r)
+               for r, a in zip(ret, acc)]
+        for o, a in zip(outs, acc):
+            o.append(a)
+    return [self.to_tensor(np.concatenate(o, axis=self.axis), x.dtype)
+            for o, x in zip(outs, inputs)]
 
 
 def _warm_gluon() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import networkx as nx
+import sympy as sp
 
 from ..ir.dims import Role
 from ..ir.graph import Graph
@@ -124,6 +125,10 @@ def _units(g: Graph, blocks: tuple[Block, ...], nodes: list[str]) -> list:
     return list(nx.lexicographical_topological_sort(dep, key=lambda u: rank[u]))
 
 
+class ShareBody:
+    count = 0  # numbers common-subexpression temporaries uniquely within a module
+
+
 class ChunkBody:
     """Emits the work of one chunk for one graph: node values, block scans, old-state shifts."""
 
@@ -133,15 +138,33 @@ class ChunkBody:
         self.reverse, self.tag, self.allow_partial = reverse, tag, allow_partial
         self.carry_in: dict[str, str] = {}
         self.step = False
+        self.reduced: dict[sp.Basic, sp.Basic] = {}
+
+    def share(self, nodes: list[str], blocks: list[Block]) -> None:
+        """Common subexpressions of this stretch of work (sympy's cse), emitted when first used."""
+        exprs = [self.g[n].expr for n in nodes if isinstance(self.g[n], Map)]
+        for b in blocks:
+            exprs += [c for row in b.coef for c in row] + list(b.inp)
+        if not exprs:
+            return
+        ShareBody.count += 1
+        names = sp.numbered_symbols(f"c{ShareBody.count}_", real=True)
+        repl, reduced = sp.cse(exprs, symbols=names, order="none")
+        self.vals.pending.update(dict(repl))
+        self.reduced.update(zip(exprs, reduced))
+
+    def r(self, e: sp.Basic) -> sp.Basic:
+        return self.reduced.get(e, e)
 
     def direct(self, i: int, b: Block) -> None:
         """One step, no scan (decode): new = coef @ old + inp from the loaded states."""
         vals, w = self.vals, self.w
         dims = self.g[b.states[0]].dims
         for k, (new, row, inp) in enumerate(zip(b.news, b.coef, b.inp)):
-            terms = [f"({vals.expr(c)}) * {self.state_var(s)}" for c, s in zip(row, b.states)]
+            terms = [f"({vals.expr(self.r(c))}) * {self.state_var(s)}"
+                     for c, s in zip(row, b.states)]
             nv = ident(new) + f"_{self.tag}"
-            w(f"{nv} = {' + '.join(terms)} + ({vals.expr(inp)}) + "
+            w(f"{nv} = {' + '.join(terms)} + ({vals.expr(self.r(inp))}) + "
               f"tl.zeros({vals.tiling.shape(dims, False)}, tl.float32)", new)
             vals.set(new, Val(nv, frozenset(dims), False))
 
@@ -155,7 +178,7 @@ class ChunkBody:
             if vals.of(e)[2]:
                 raise Unsupported(f"state {', '.join(b.states)}: its update reads a sum spread "
                                   "over programs")
-        full = lambda e: f"({vals.expr(e)} + z_{self.tag}{i})"
+        full = lambda e: f"({vals.expr(self.r(e))} + z_{self.tag}{i})"
         w(f"z_{self.tag}{i} = tl.zeros({t.shape(dims, True)}, tl.float32)")
         if b.size == 1:
             (a,), (inp,) = b.coef[0], b.inp
@@ -209,7 +232,10 @@ class ChunkBody:
         olds = {s: n for b in self.blocks for s, n in zip(b.states, b.news)}
         todo = [n for n in nodes if n not in news]
         active = tuple(b if any(n in nodes for n in b.news) else None for b in self.blocks)
-        for u in _units(self.g, active, todo):
+        units = _units(self.g, active, todo)
+        self.share([u for u in units if not isinstance(u, tuple) and u not in self.vals],
+                   [self.blocks[u[1]] for u in units if isinstance(u, tuple)])
+        for u in units:
             if isinstance(u, tuple):
                 (self.direct if self.step else self.scan)(u[1], self.blocks[u[1]])
                 continue
@@ -220,7 +246,7 @@ class ChunkBody:
                 if a in olds and a not in self.vals:
                     self.old(a, olds[a])
             if isinstance(node, Map):
-                self.vals.map(node)
+                self.vals.map(node, self.r(node.expr))
             elif isinstance(node, Sum):
                 self.vals.sum(node, self.allow_partial)
             else:

@@ -18,8 +18,8 @@ def choose_tiling(k: Graph, part: Partition) -> Tiling:
     tile = set(reduced)
     seqs = [n for n in k.inputs(Role.SEQ) if n.annotation.axes]
     inner = None
-    for n in seqs:
-        last = [d for d in n.annotation.axes[-1] if d in space]
+    for n in seqs:  # the first innermost dim of a Seq input that is not already whole
+        last = [d for d in n.annotation.axes[-1] if d in space and d not in tile]
         if last:
             inner = last[-1]
             break

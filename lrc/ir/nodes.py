@@ -51,13 +51,16 @@ class Map:
     src: Src | None = field(default=None, compare=False)
     complex: bool = None  # type: ignore[assignment]  # None: decided from expr
 
+    _args: tuple[str, ...] = field(default=(), init=False, compare=False, repr=False)
+
     def __post_init__(self) -> None:
         if self.complex is None:
             object.__setattr__(self, "complex", is_complex(self.expr))
+        object.__setattr__(self, "_args", tuple(sorted(s.name for s in self.expr.free_symbols)))
 
     @property
     def args(self) -> tuple[str, ...]:
-        return tuple(sorted(s.name for s in self.expr.free_symbols))
+        return self._args
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ class Tracer:
                 if ann.role is role:
                     order += [d for d in ann.dims if d != time and d not in order]
         self.dims = order
-        self.aliases: dict[str, str] = {}
+        self.aliases: set[tuple[str, str]] = set()   # every (new, old) pair: sizes must agree
         self.index_ops: dict[str, TraceOp] = {}
 
     def order(self, dims: Iterable[str]) -> tuple[str, ...]:
@@ -45,7 +45,7 @@ class Tracer:
         if new not in self.dims:
             self.dims.append(new)
         if new != old:
-            self.aliases.setdefault(new, old)
+            self.aliases.add((new, old))
 
     def index_op(self, dim: str) -> TraceOp:
         if dim not in self.index_ops:
@@ -131,7 +131,10 @@ def trace(fn: Callable[..., Any], *, time: str = "t", name: str | None = None) -
                       name=a) for a, ann in anns.items()}
     token = _TRACER.set(tracer)
     try:
-        ret = fn(*(SymTensor(ops[a]) for a in anns))
+        params = inspect.signature(fn).parameters
+        kwonly = {a for a, p in params.items() if p.kind is p.KEYWORD_ONLY}
+        ret = fn(*(SymTensor(ops[a]) for a in anns if a not in kwonly),
+                 **{a: SymTensor(ops[a]) for a in kwonly})
         outs, news = _unpack(ret, anns, fn)
         g = build_graph(name or fn.__name__, tracer, anns, ops, outs, news)
     finally:
@@ -305,7 +308,7 @@ def build_graph(name: str, tracer: Tracer, anns: dict[str, Annotation],
     params = tuple(a for a, ann in anns.items() if ann.role is not Role.STATE)
     out_axes = tuple(output_axes(anns, tracer.time, op.dims) for op in outs)
     return Graph(name, toposort(tuple(nodes)), params, tuple(states), tuple(out_names), out_axes,
-                 tracer.time, tuple(tracer.dims), tuple(sorted(tracer.aliases.items())),
+                 tracer.time, tuple(tracer.dims), tuple(sorted(tracer.aliases)),
                  tuple(sources.items()))
 
 

@@ -20,15 +20,21 @@ def dce(g: Graph) -> Graph:
 def fuse_maps(g: Graph) -> Graph:
     """Inline each Map read by exactly one node, itself a Map (x -> expr(x) in the user)."""
     keep = set(g.outputs) | set(g.new_state_names)
-    while True:
-        users = {n.name: g.users(n.name) for n in g.nodes}
-        target = next((n for n in g.nodes if isinstance(n, Map) and n.name not in keep
-                       and len(users[n.name]) == 1 and isinstance(g[users[n.name][0]], Map)),
-                      None)
-        if target is None:
-            return g
-        user = g[users[target.name][0]]
-        fused = Map(user.name, user.dims, user.expr.xreplace({node_symbol(target): target.expr}),
-                    user.src, user.complex)
-        g = g.replace(nodes=tuple(fused if n.name == user.name else n
-                                  for n in g.nodes if n.name != target.name))
+    users = {n.name: g.users(n.name) for n in g.nodes}
+    fold = {n.name for n in g.nodes if isinstance(n, Map) and n.name not in keep
+            and len(users[n.name]) == 1 and isinstance(g[users[n.name][0]], Map)}
+    if not fold:
+        return g
+    exprs: dict[str, object] = {}
+    nodes = []
+    for n in g.nodes:
+        if isinstance(n, Map):
+            subs = {node_symbol(g[a]): exprs[a] for a in n.args if a in fold}
+            expr = n.expr.xreplace(subs) if subs else n.expr
+            if n.name in fold:
+                exprs[n.name] = expr
+                continue
+            if subs:
+                n = Map(n.name, n.dims, expr, n.src, n.complex)
+        nodes.append(n)
+    return g.replace(nodes=tuple(nodes))

@@ -175,8 +175,16 @@ class ScanFunction(torch.autograd.Function):
             buf, n_parts = bufs[name]
             gsum = buf.sum(tuple(range(n_parts))) if n_parts else buf
             out_grads.append(_to_layout(gsum, k, name, sizes).to(x.dtype))
-        h0_grads = [dh0 if ctx.has_h0 else None for dh0 in dh0s]
+        h0_grads = [dims_to_layout(dh0, k[s].dims, info["state_axes"][s], sizes)
+                    if ctx.has_h0 else None for dh0, s in zip(dh0s, k.state_names)]
         return (None, None, *out_grads, *h0_grads)
+
+
+def dims_to_layout(x: torch.Tensor, dims, axes: Axes, sizes: dict[str, int]) -> torch.Tensor:
+    """A tensor held as (*dims) -> laid out as `axes` (no time axis)."""
+    flat = list(dims)
+    x = x.permute([flat.index(d) for a in axes for d in a])
+    return x.reshape([math.prod(sizes[d] for d in a) for a in axes])
 
 
 def _to_layout(g: torch.Tensor, k: Graph, name: str, sizes: dict[str, int]) -> torch.Tensor:
@@ -198,21 +206,26 @@ def evaluate(g: Graph, names, env: dict[str, torch.Tensor], sizes: dict[str, int
             env[n.name] = interpret.eval_node(g, n, env, sizes, like)
 
 
-def canonical_inputs(g: Graph, call: Call, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def canonical_inputs(g: Graph, call: Call, dtype: torch.dtype, with_time: bool = True
+                     ) -> dict[str, torch.Tensor]:
     """The graph's Seq/Param inputs as canonical tensors (for pre/post work in PyTorch)."""
     out = {}
     for node in g.inputs():
         if node.role in (Role.SEQ, Role.PARAM):
             x = part_view(call.tensors[node.arg], node.part)
             ann = node.annotation
-            out[node.name] = to_canonical(g, x.to(dtype), ann, call.sizes, True)
+            out[node.name] = to_canonical(g, x.to(dtype), ann, call.sizes, with_time)
     return out
 
 
-def kernel_input(prog: ScanProgram, name: str, call: Call, env) -> torch.Tensor:
+def kernel_input(prog: ScanProgram, name: str, call: Call, env, with_time: bool = True
+                 ) -> torch.Tensor:
     """The tensor the kernel reads for its input `name`: the user's, or a pre result."""
     g, k = prog.g, prog.kernel
     if name in g and isinstance(g[name], Input):
         return part_view(call.tensors[g[name].arg], g[name].part)
     axes = k[name].annotation.axes
-    return from_canonical(g, env[name], axes, call.sizes, (g.time,) in axes).contiguous()
+    timed = (g.time,) in axes
+    if not with_time:
+        axes = tuple(a for a in axes if a != (g.time,))
+    return from_canonical(g, env[name], axes, call.sizes, timed and with_time).contiguous()

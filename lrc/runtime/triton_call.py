@@ -11,16 +11,12 @@ from ..ir.graph import Graph
 from .bind import batch_dim, from_canonical, to_canonical
 from .call import Call
 from .scan_runtime import (CHUNK, Launch, ScanFunction, canonical_inputs, dim_strides,
-                           evaluate, kernel_input, part_view)
+                           dims_to_layout, evaluate, kernel_input, part_view)
 
 
 def _to_user_state(x: torch.Tensor, g: Graph, s: str, sizes: dict[str, int]) -> torch.Tensor:
     """A state held as (*node dims) -> the user's annotated layout."""
-    node = g[s]
-    flat = list(node.dims)
-    axes = node.annotation.axes
-    x = x.permute([flat.index(d) for a in axes for d in a])
-    return x.reshape([math.prod(sizes[d] for d in a) for a in axes])
+    return dims_to_layout(x, g[s].dims, g[s].annotation.axes, sizes)
 
 
 def _assemble_states(g: Graph, values: dict[str, torch.Tensor], sizes, dtype) -> list:
@@ -116,20 +112,26 @@ def _ann(axes):
 def step(prog: ScanProgram, call: Call, states_out: dict | None = None):
     """One token through the decode kernel (no autograd). `states_out` maps each state node to
     the tensor to write its new value into (the input state itself for an in-place update)."""
-    g, k, sizes = prog.g, prog.kernel, call.sizes
+    g, k, sizes, part = prog.g, prog.kernel, call.sizes, prog.part
     run_ = Launch(prog, "step", sizes, 1, call.device)
+    env: dict[str, torch.Tensor] = {}
+    like = next(iter(call.tensors.values()))
+    if part.pre or part.post:
+        env = canonical_inputs(g, call, torch.float32, with_time=False)
+        evaluate(g, set(part.pre), env, sizes, like)
     for n in k.inputs():
         if n.role in (Role.SEQ, Role.PARAM):
-            x = part_view(call.tensors[g[n.name].arg], g[n.name].part)
+            x = kernel_input(prog, n.name, call, env, with_time=False)
             axes = tuple(a for a in n.annotation.axes if a != (k.time,))
             run_.add(f"in:{n.name}", x, dim_strides(x, axes, sizes, k.time))
-    outs = []
+    kouts = {}
     for o, axes in zip(k.outputs, k.out_axes):
         axes = tuple(a for a in axes if a != (k.time,))
-        y = torch.empty([math.prod(sizes[d] for d in a) for a in axes], dtype=call.out_dtype,
+        dtype = call.out_dtype if o in g.outputs else torch.float32
+        y = torch.empty([math.prod(sizes[d] for d in a) for a in axes], dtype=dtype,
                         device=call.device)
         run_.add(f"out:{o}", y, dim_strides(y, axes, sizes, k.time))
-        outs.append(y)
+        kouts[o] = y
     news = {}
     for s in k.state_names:
         axes = g[s].annotation.axes
@@ -137,7 +139,7 @@ def step(prog: ScanProgram, call: Call, states_out: dict | None = None):
             x = part_view(call.states[g[s].arg], g[s].part)
             run_.add(f"h0:{s}", x, dim_strides(x, axes, sizes, k.time))
         else:
-            run_.add(f"h0:{s}", outs[0], {})
+            run_.add(f"h0:{s}", next(iter(kouts.values())), {})
         if states_out is not None:
             dst = states_out[s]
             run_.add(f"hT:{s}", dst, dim_strides(dst, axes, sizes, k.time))
@@ -148,6 +150,17 @@ def step(prog: ScanProgram, call: Call, states_out: dict | None = None):
             run_.add(f"hT:{s}", dst, {d: dst.stride(i) for i, d in enumerate(k[s].dims)})
             news[s] = dst
     run_(HAS_H0=call.states is not None)
+    if part.post:
+        for o, axes in zip(k.outputs, k.out_axes):
+            if o not in g.outputs or o in part.post:
+                axes = tuple(a for a in axes if a != (k.time,))
+                env[o] = to_canonical(g, kouts[o], _ann(axes), sizes, False)
+        evaluate(g, set(part.post), env, sizes, like)
+        for o, axes in zip(g.outputs, g.out_axes):
+            if o in part.post:
+                axes = tuple(a for a in axes if a != (g.time,))
+                kouts[o] = from_canonical(g, env[o], axes, sizes, False).to(call.out_dtype)
+    outs = [kouts[o] for o in g.outputs]
     if states_out is not None:
         return outs, None
     return outs, _assemble_states(g, news, sizes, call.state_dtype)

@@ -49,3 +49,14 @@ def test_canonical_order_is_seq_then_state_then_param_then_renames():
     assert g.aliases == (("m", "n"),)
     assert g["h"].dims == ("b", "d")            # canonical order, not the annotation's
     assert g.params == ("x", "A") and g.state_args == ("h", "g")
+
+
+@lrc.recurrence
+def keyword_only_state(x: Seq("b t d"), *, h: State("b d")):
+    return h, 0.5 * h + x
+
+
+def test_states_may_be_keyword_only():
+    g = keyword_only_state.graph
+    assert g.params == ("x",) and g.state_args == ("h",)
+    assert str(g["h'"].expr) == "0.5*h + x"

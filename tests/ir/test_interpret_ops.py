@@ -4,12 +4,16 @@ Same oracle as test_interpret.py: each spec is checked against a loop written he
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as nnf
 
 import lrc
 from lrc import Param, Seq, State, where
+from lrc.ir import Shift, verify
+from lrc.runtime.reference import call_graph
 from tests.conftest import rel_err
 from tests.ir.test_interpret import TOL, B, D, N, T, check, f64, hgrn, rn, run
 
@@ -54,6 +58,27 @@ def test_shift_method_zero_fill():
     h, ys = h0, []
     for t in range(T):
         h = 0.5 * _shifted(h) + e0 * x[:, t, :, None]
+        ys.append((K * h).sum(-1))
+    check(y, torch.stack(ys, 1))
+    check(hT, h)
+
+
+@pytest.mark.parametrize("offset", [-1, 2, -2, N, -N - 1])
+def test_shift_offsets(offset):
+    """A pass may write Shift(offset=k): out[i] = arg[i - k], zero out of range."""
+    g = shift_method.graph
+    g = g.replace(nodes=tuple(dataclasses.replace(n, offset=offset) if isinstance(n, Shift)
+                              else n for n in g.nodes))
+    assert verify(g) is g
+    x, K, e0, h0 = rn(B, T, D), rn(D, N), rn(N), rn(B, D, N)
+    (y,), (hT,) = call_graph(g, x, K, e0, initial_state=h0)
+    h, ys = h0, []
+    for t in range(T):
+        moved = torch.zeros_like(h)
+        for i in range(N):
+            if 0 <= i - offset < N:
+                moved[..., i] = h[..., i - offset]
+        h = 0.5 * moved + e0 * x[:, t, :, None]
         ys.append((K * h).sum(-1))
     check(y, torch.stack(ys, 1))
     check(hT, h)
@@ -190,7 +215,7 @@ def test_unchanged_constant_and_swapped_states():
         ys.append(a + 2 * b_ + keep + z + x[:, t])
         a, b_, z = b_, a, torch.zeros_like(z)
     check(y, torch.stack(ys, 1))
-    for got, want in zip(finals, (a, b_, keep, z)):
+    for got, want in zip(finals, (a, b_, keep, z), strict=True):
         check(got, want)
 
 

@@ -311,6 +311,7 @@ def test_zoo(name):
                           grads=True, start=scaled_initial_state, restore=unscaled_states)
     for s in running_maxes(g2):
         assert isinstance(g2[dict(g2.states)[s]].expr, sp.Max)
+    assert stabilize(g2) == g2  # idempotent: a rescaled group is not rescaled again
 
 
 def test_random_specs():

@@ -1,5 +1,6 @@
 """The compiled layer's calling convention (DESIGN.md section 1): arguments, outputs, states,
-reverse, cu_seqlens and the decode step. Expected values come from plain loops written here."""
+reverse, cu_seqlens and the decode step, on the reference backend. Expected values come from
+plain loops written here."""
 from __future__ import annotations
 
 import pytest
@@ -16,6 +17,11 @@ f64 = torch.float64
 
 def rn(*shape, dtype=f64):
     return torch.randn(*shape, dtype=dtype)
+
+
+def compiled(spec):
+    """The layer on the reference backend: the calling convention every backend must match."""
+    return lrc.compile(spec, backend="reference")
 
 
 @lrc.recurrence
@@ -62,7 +68,7 @@ def close(a, b):
 
 
 def test_positional_keyword_and_mixed_agree():
-    layer = lrc.compile(diag)
+    layer = compiled(diag)
     x, g, Bm, C, A = diag_inputs()
     want, _ = diag_loop(x, g, Bm, C, A, torch.zeros(B, D, N, dtype=f64))
     assert close(layer(x, g, Bm, C, A), want)
@@ -71,17 +77,17 @@ def test_positional_keyword_and_mixed_agree():
 
 
 def test_single_output_is_a_tensor_several_a_tuple():
-    y = lrc.compile(diag)(*diag_inputs())
+    y = compiled(diag)(*diag_inputs())
     assert isinstance(y, torch.Tensor) and y.shape == (B, T, D)
     x, w = rn(B, T, D), rn(D)
-    ys = lrc.compile(two)(x, w)
+    ys = compiled(two)(x, w)
     assert isinstance(ys, tuple) and len(ys) == 2
     (w0, w1), _ = two_loop(x, w, torch.zeros(B, D, dtype=f64), torch.zeros(B, D, dtype=f64))
     assert close(ys[0], w0) and close(ys[1], w1)
 
 
 def test_return_final_state_and_initial_state_single():
-    layer = lrc.compile(diag)
+    layer = compiled(diag)
     args, h0 = diag_inputs(), rn(B, D, N)
     y, hT = layer(*args, initial_state=h0, return_final_state=True)
     want_y, want_h = diag_loop(*args, h0)
@@ -94,7 +100,7 @@ def test_return_final_state_and_initial_state_single():
 
 
 def test_several_states_are_tuples_in_declaration_order():
-    layer = lrc.compile(two)
+    layer = compiled(two)
     x, w = rn(B, T, D), rn(D)
     num0, den0 = rn(B, D), rn(B, D).abs() + 1
     (y0, y1), (numT, denT) = layer(x, w, initial_state=(num0, den0), return_final_state=True)
@@ -104,7 +110,7 @@ def test_several_states_are_tuples_in_declaration_order():
 
 
 def test_chaining_final_state_equals_one_long_run():
-    layer = lrc.compile(diag)
+    layer = compiled(diag)
     args = diag_inputs()
     y, hT = layer(*args, return_final_state=True)
     first = [a[:, :20] if a.dim() == 3 else a for a in args]
@@ -118,7 +124,7 @@ def test_chaining_final_state_equals_one_long_run():
 
 
 def test_reverse_equals_flipping_time():
-    layer = lrc.compile(diag)
+    layer = compiled(diag)
     args, h0 = diag_inputs(), rn(B, D, N)
     y, hT = layer(*args, initial_state=h0, reverse=True, return_final_state=True)
     flipped = [a.flip(1) if a.dim() == 3 else a for a in args]
@@ -133,7 +139,7 @@ def bdt(x: Seq("b d t"), h: State("b d")):
 
 
 def test_reverse_with_time_not_second():
-    layer = lrc.compile(bdt)
+    layer = compiled(bdt)
     x = rn(B, D, T)
     y = layer(x, reverse=True)
     h, ys = torch.zeros(B, D, dtype=f64), [None] * T
@@ -148,7 +154,7 @@ def test_reverse_with_time_not_second():
 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_cu_seqlens_equals_separate_runs(reverse):
-    layer = lrc.compile(diag)
+    layer = compiled(diag)
     lens = [7, 1, 13, 16]
     args = diag_inputs(b=1, t=sum(lens))
     cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32)
@@ -156,7 +162,7 @@ def test_cu_seqlens_equals_separate_runs(reverse):
     y, hT = layer(*args, cu_seqlens=cu, initial_state=h0, reverse=reverse,
                   return_final_state=True)
     assert y.shape == (1, sum(lens), D) and hT.shape == (len(lens), D, N)
-    for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+    for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
         part = [a[:, s:e] if a.dim() == 3 else a for a in args]
         if reverse:
             part = [a.flip(1) if a.dim() == 3 else a for a in part]
@@ -168,13 +174,13 @@ def test_cu_seqlens_equals_separate_runs(reverse):
 
 
 def test_cu_seqlens_zero_initial_states_and_several_states():
-    layer = lrc.compile(two)
+    layer = compiled(two)
     lens = [5, 11, 3]
     x, w = rn(1, sum(lens), D), rn(D)
     cu = torch.tensor([0, 5, 16, 19], dtype=torch.int64)
     (y0, y1), (numT, denT) = layer(x, w, cu_seqlens=cu, return_final_state=True)
     assert numT.shape == (3, D)
-    for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+    for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
         z = torch.zeros(1, D, dtype=f64)
         (w0, w1), (wn, wd) = two_loop(x[:, s:e], w, z, z)
         assert close(y0[:, s:e], w0) and close(y1[:, s:e], w1)
@@ -182,7 +188,7 @@ def test_cu_seqlens_zero_initial_states_and_several_states():
 
 
 def test_cu_seqlens_empty_sequence_keeps_its_initial_state():
-    layer = lrc.compile(diag)
+    layer = compiled(diag)
     args = diag_inputs(b=1, t=10)
     h0 = rn(3, D, N)
     cu = torch.tensor([0, 4, 4, 10])
@@ -196,7 +202,7 @@ def test_cu_seqlens_empty_sequence_keeps_its_initial_state():
 
 
 def test_prefill_then_steps_equals_forward():
-    layer = lrc.compile(diag)
+    layer = compiled(diag)
     args, h0, k = diag_inputs(), rn(B, D, N), 5
     y, hT = layer(*args, initial_state=h0, return_final_state=True)
     pre = [a[:, :T - k] if a.dim() == 3 else a for a in args]
@@ -210,7 +216,7 @@ def test_prefill_then_steps_equals_forward():
 
 
 def test_step_state_none_is_zeros_and_keywords_work():
-    layer = lrc.compile(diag)
+    layer = compiled(diag)
     x, g, Bm, C, A = (a[:, 0] if a.dim() == 3 else a for a in diag_inputs())
     y, h = layer.step(x, g, Bm, C, A)
     y2, h2 = layer.step(x=x, g=g, Bm=Bm, C=C, A=A, state=torch.zeros(B, D, N, dtype=f64))
@@ -221,7 +227,7 @@ def test_step_state_none_is_zeros_and_keywords_work():
 
 
 def test_step_several_states_and_outputs():
-    layer = lrc.compile(two)
+    layer = compiled(two)
     x, w = rn(B, 1, D), rn(D)
     num0, den0 = rn(B, D), rn(B, D).abs() + 1
     (y0, y1), (num, den) = layer.step(x[:, 0], w, state=(num0, den0))
@@ -230,7 +236,7 @@ def test_step_several_states_and_outputs():
 
 
 def test_step_inplace_updates_the_given_tensors():
-    layer = lrc.compile(two)
+    layer = compiled(two)
     x, w = rn(B, 1, D), rn(D)
     num0, den0 = rn(B, D), rn(B, D).abs() + 1
     num, den = num0.clone(), den0.clone()
@@ -238,7 +244,7 @@ def test_step_inplace_updates_the_given_tensors():
     _, (wn, wd) = two_loop(x, w, num0, den0)
     assert n2 is num and d2 is den
     assert close(num, wn) and close(den, wd)
-    single = lrc.compile(diag)
+    single = compiled(diag)
     h = rn(B, D, N)
     h_copy = h.clone()
     tok = [a[:, 0] if a.dim() == 3 else a for a in diag_inputs()]
@@ -246,3 +252,29 @@ def test_step_inplace_updates_the_given_tensors():
     assert out is h and not torch.equal(h, h_copy)
     want = diag_loop(*[a[:, None] for a in tok[:4]], tok[4], h_copy)[1]
     assert close(h, want)
+
+
+# ---- output layouts: a Seq's holding exactly the output's dims, else a Seq's holding more,
+# else the dims in argument order
+
+
+@lrc.recurrence
+def layouts(x: Seq("d t b"), z: Seq("n b t d"), A: Param("k d"), h: State("b d k")):
+    h = 0.5 * h + A * x
+    return (h.sum("k"), (z * x).sum("d"), h), h
+
+
+def test_output_layouts():
+    x, z, A, h0 = rn(D, T, B), rn(N, B, T, D), rn(2, D), rn(B, D, 2)
+    y0, y1, y2 = compiled(layouts)(x, z, A, initial_state=h0)
+    assert y0.shape == (D, T, B)            # x holds exactly (b, d) + time
+    assert y1.shape == (N, B, T)            # z holds (n, b) + time, and more
+    assert y2.shape == (D, T, B, 2)         # no Seq holds k: Seq dims first, then the rest
+    h, w0, w1, w2 = h0, [], [], []
+    for t in range(T):
+        h = 0.5 * h + A.T * x[:, t].T[:, :, None]
+        w0.append(h.sum(-1).T)
+        w1.append((z[:, :, t] * x[:, t].T).sum(-1))
+        w2.append(h.permute(1, 0, 2))
+    assert close(y0, torch.stack(w0, 1)) and close(y1, torch.stack(w1, 2))
+    assert close(y2, torch.stack(w2, 1))

@@ -6,9 +6,9 @@ import torch
 
 import lrc
 from lrc import CallError, Param, Seq, State
-from tests.runtime.test_call import diag, diag_inputs, rn, two
+from tests.runtime.test_call import compiled, diag, diag_inputs, rn, two
 
-layer = lrc.compile(diag)    # diag(x, g, Bm, C, A; h): x, g (b t d); Bm, C (b t n); A (d n)
+layer = compiled(diag)    # diag(x, g, Bm, C, A; h): x, g (b t d); Bm, C (b t n); A (d n)
 
 
 def refused(fn, *args, **kw) -> str:
@@ -66,11 +66,11 @@ def test_initial_state_shape_and_count():
     msg = refused(layer, *args, initial_state=(torch.zeros(3, 5, 4), torch.zeros(3, 5, 4)))
     assert "initial_state must hold 1 tensors (h), got 2" in msg
     x, w = rn(2, 9, 5), rn(5)
-    msg = refused(lrc.compile(two), x, w, initial_state=torch.zeros(2, 5))
+    msg = refused(compiled(two), x, w, initial_state=torch.zeros(2, 5))
     assert "must hold 2 tensors (num, den), got 1" in msg
-    msg = refused(lrc.compile(two), x, w, initial_state=(torch.zeros(2, 5), 0.0))
+    msg = refused(compiled(two), x, w, initial_state=(torch.zeros(2, 5), 0.0))
     assert "state 'den' must be a tensor" in msg
-    msg = refused(lrc.compile(two).step, x[:, 0], w, state=torch.zeros(2, 5))
+    msg = refused(compiled(two).step, x[:, 0], w, state=torch.zeros(2, 5))
     assert "state= must hold 2 tensors" in msg
 
 
@@ -105,9 +105,9 @@ def unsized(x: Seq("b t d"), h: State("b d n")):
 
 
 def test_dim_only_in_a_state_needs_the_initial_state():
-    msg = refused(lrc.compile(unsized), rn(2, 5, 3))
+    msg = refused(compiled(unsized), rn(2, 5, 3))
     assert "size of dim 'n'" in msg and "initial_state" in msg
-    y = lrc.compile(unsized)(rn(2, 5, 3), initial_state=rn(2, 3, 4))
+    y = compiled(unsized)(rn(2, 5, 3), initial_state=rn(2, 3, 4))
     assert y.shape == (2, 5, 3)
 
 
@@ -117,7 +117,7 @@ def grouped(x: Seq("b t (g r)"), y: Seq("b t g"), h: State("b g r")):
 
 
 def test_grouped_axis_sizes():
-    f = lrc.compile(grouped)
+    f = compiled(grouped)
     msg = refused(f, rn(2, 5, 7), rn(2, 5, 3))
     assert "argument 'x'" in msg and "(g r)" in msg and "size 7" in msg and "multiple of 3" in msg
     assert f(rn(2, 5, 6), rn(2, 5, 3)).shape == (2, 5, 6)   # the layout of x: b t (g r)
@@ -129,7 +129,7 @@ def ungroupable(x: Seq("b t (g r)"), h: State("b g r")):
 
 
 def test_grouped_axis_that_cannot_be_split():
-    msg = refused(lrc.compile(ungroupable), rn(2, 5, 6))
+    msg = refused(compiled(ungroupable), rn(2, 5, 6))
     assert "argument 'x'" in msg and "cannot split axis (g r)" in msg
 
 
@@ -157,7 +157,7 @@ def no_batch(x: Seq("t d"), h: State("d")):
 
 
 def test_cu_seqlens_needs_a_batch_dim():
-    msg = refused(lrc.compile(no_batch), rn(10, 3), cu_seqlens=torch.tensor([0, 4, 10]))
+    msg = refused(compiled(no_batch), rn(10, 3), cu_seqlens=torch.tensor([0, 4, 10]))
     assert "cu_seqlens needs a batch dim" in msg
 
 
@@ -181,7 +181,31 @@ def with_param_only_dim(x: Seq("b t"), w: Param("k"), h: State("b")):
 
 
 def test_scalar_and_reduced_dims():
-    f = lrc.compile(with_param_only_dim)
+    f = compiled(with_param_only_dim)
     y = f(rn(2, 5), rn(4))
     assert y.shape == (2, 5)
     assert "argument 'w'" in refused(f, rn(2, 5), rn(4, 1))
+
+
+@lrc.recurrence
+def two_renames(x: Seq("b t n"), z: Seq("b t d"), h: State("b n")):
+    a, c = x.rename(n="m"), z.rename(d="m")     # so n and d must have one size
+    return (a * c).sum("m") + h, 0.5 * h + x
+
+
+def test_renames_onto_one_dim_need_equal_sizes():
+    f = compiled(two_renames)
+    for d in (3, 1):      # size 1 must not broadcast silently
+        msg = refused(f, rn(2, 5, 4), rn(2, 5, d))
+        assert "'m'" in msg and "'n'" in msg and "'d'" in msg and "size 4" in msg
+    x, z = rn(2, 5, 4), rn(2, 5, 4)
+    want = (x * z).sum(-1)[..., None] + _two_renames_states(x)
+    assert torch.allclose(f(x, z), want, rtol=1e-12, atol=1e-12)
+
+
+def _two_renames_states(x):
+    h, hs = torch.zeros(2, 4, dtype=x.dtype), []
+    for t in range(x.shape[1]):
+        hs.append(h)
+        h = 0.5 * h + x[:, t]
+    return torch.stack(hs, 1)

@@ -7,7 +7,7 @@ import torch
 import lrc
 from lrc import Param, Seq, State
 from tests.conftest import rel_err
-from tests.runtime.test_call import diag, diag_inputs, diag_loop, rn, two, two_loop
+from tests.runtime.test_call import compiled, diag, diag_inputs, diag_loop, rn, two, two_loop
 
 f64 = torch.float64
 
@@ -17,7 +17,7 @@ def _tiny(*shape, dtype=f64):
 
 
 def test_gradcheck_every_seq_param_and_initial_state():
-    layer = lrc.compile(diag)
+    layer = compiled(diag)
     b, t, d, n = 2, 4, 2, 3
     x, g, Bm, C = _tiny(b, t, d), _tiny(b, t, d), _tiny(b, t, n), _tiny(b, t, n)
     A = (-torch.rand(d, n, dtype=f64) - 0.2).requires_grad_()
@@ -33,7 +33,7 @@ def test_gradcheck_every_seq_param_and_initial_state():
 
 
 def test_gradcheck_several_states_and_cu_seqlens():
-    layer = lrc.compile(two)
+    layer = compiled(two)
     x, w = _tiny(1, 6, 2) * 0.5, _tiny(2)
     num0, den0 = _tiny(2, 2), (torch.rand(2, 2, dtype=f64) + 1).requires_grad_()
     cu = torch.tensor([0, 2, 6])
@@ -53,7 +53,7 @@ def lru(x: Seq("b t d"), lam: Param("d", complex=True), Bc: Param("d", complex=T
 
 
 def test_gradcheck_complex_params_and_state():
-    layer = lrc.compile(lru)
+    layer = compiled(lru)
     x = _tiny(2, 4, 3)
     lam = (torch.rand(3, dtype=f64) * 0.5 * torch.exp(1j * torch.rand(3, dtype=f64) * 3)
            ).requires_grad_()
@@ -64,7 +64,7 @@ def test_gradcheck_complex_params_and_state():
 
 
 def test_gradients_match_autograd_through_the_loop():
-    layer = lrc.compile(diag)
+    layer = compiled(diag)
     args = [a.requires_grad_() for a in diag_inputs()]
     h0 = rn(3, 5, 4).requires_grad_()
     w = rn(3, 37, 5)
@@ -72,7 +72,7 @@ def test_gradients_match_autograd_through_the_loop():
     got = torch.autograd.grad((y * w).sum(), args + [h0])
     y2, _ = diag_loop(*args, h0)
     want = torch.autograd.grad((y2 * w).sum(), args + [h0])
-    for i, (a, e) in enumerate(zip(got, want)):
+    for i, (a, e) in enumerate(zip(got, want, strict=True)):
         assert rel_err(a, e) <= 1e-10, f"gradient {i}"
 
 
@@ -82,7 +82,7 @@ def test_gradients_match_autograd_through_the_loop():
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2),
                                        (torch.float16, 2e-3)])
 def test_low_precision_inputs(dtype, tol):
-    layer = lrc.compile(diag)
+    layer = compiled(diag)
     args = [a.to(dtype) for a in diag_inputs()]
     y, hT = layer(*args, return_final_state=True)
     assert y.dtype == dtype and hT.dtype == torch.float32
@@ -97,21 +97,21 @@ def test_low_precision_inputs(dtype, tol):
 
 
 def test_float64_inputs_give_float64_states():
-    y, hT = lrc.compile(diag)(*diag_inputs(), return_final_state=True)
+    y, hT = compiled(diag)(*diag_inputs(), return_final_state=True)
     assert y.dtype == f64 and hT.dtype == f64
 
 
 def test_mixed_fp32_inputs_and_fp64_param_give_fp32_outputs_fp64_state():
     args = diag_inputs()
     args = [a.float() for a in args[:4]] + [args[4]]
-    y, hT = lrc.compile(diag)(*args, return_final_state=True)
+    y, hT = compiled(diag)(*args, return_final_state=True)
     assert y.dtype == torch.float32 and hT.dtype == f64
 
 
 @pytest.mark.parametrize("dtype,cdtype", [(torch.float32, torch.complex64),
                                           (f64, torch.complex128)])
 def test_complex_params_given_as_complex_tensors(dtype, cdtype):
-    layer = lrc.compile(lru)
+    layer = compiled(lru)
     x = rn(2, 37, 3).to(dtype)
     lam = (torch.rand(3) * 0.9 * torch.exp(1j * torch.rand(3) * 3)).to(cdtype)
     Bc, C = torch.randn(3, dtype=cdtype), torch.randn(3, dtype=cdtype)
@@ -130,7 +130,7 @@ def test_complex_params_given_as_complex_tensors(dtype, cdtype):
 
 def test_several_states_dtypes():
     x, w = rn(2, 9, 5).half(), rn(5).half()
-    (y0, y1), (num, den) = lrc.compile(two)(x, w, return_final_state=True)
+    (y0, y1), (num, den) = compiled(two)(x, w, return_final_state=True)
     assert y0.dtype == y1.dtype == torch.float16
     assert num.dtype == den.dtype == torch.float32
     (w0, _), (wn, _) = two_loop(x.double(), w.double(), torch.zeros(2, 5, dtype=f64),

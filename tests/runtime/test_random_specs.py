@@ -6,8 +6,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import lrc
 from tests.conftest import rel_err
+from tests.runtime.test_call import compiled
 from tests.strategies import random_specs
 
 TOL = 1e-10
@@ -34,7 +34,7 @@ def time_axis(rs, i):
 @SETTINGS
 @given(random_specs(), st.integers(1, 10), st.integers(0, 2**16))
 def test_reverse_equals_flipping_time(rs, T, seed):
-    layer = lrc.compile(rs.spec)
+    layer = compiled(rs.spec)
     inp = rs.make_inputs(T=T, seed=seed)
     y, fin = layer(*inp.args, initial_state=inp.state, reverse=True, return_final_state=True)
     y2, fin2 = layer(*inp.flip_time().args, initial_state=inp.state, return_final_state=True)
@@ -46,7 +46,7 @@ def test_reverse_equals_flipping_time(rs, T, seed):
 @SETTINGS
 @given(random_specs(), st.integers(0, 8), st.integers(1, 4), st.integers(0, 2**16))
 def test_prefill_then_steps_equals_forward(rs, T, k, seed):
-    layer = lrc.compile(rs.spec)
+    layer = compiled(rs.spec)
     inp = rs.make_inputs(T=T + k, seed=seed)
     y, fin = layer(*inp.args, initial_state=inp.state, return_final_state=True)
     state = inp.state
@@ -64,7 +64,7 @@ def test_prefill_then_steps_equals_forward(rs, T, k, seed):
 @given(random_specs(), st.lists(st.integers(0, 6), min_size=1, max_size=4), st.booleans(),
        st.integers(0, 2**16))
 def test_cu_seqlens_equals_separate_runs(rs, lens, reverse, seed):
-    layer = lrc.compile(rs.spec)
+    layer = compiled(rs.spec)
     total = sum(lens)
     if total == 0:
         lens, total = lens + [1], total + 1
@@ -72,24 +72,24 @@ def test_cu_seqlens_equals_separate_runs(rs, lens, reverse, seed):
     cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0).tolist()))
     y, fin = layer(*inp.args, initial_state=inp.state, cu_seqlens=cu, reverse=reverse,
                    return_final_state=True)
-    for k, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+    for k, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
         state_k = inp.state_of(k)
+        fin_k = tuple(f.narrow(a, k, 1)
+                      for f, a in zip(as_tuple(fin), inp.batch_axes, strict=True))
         if e == s:      # an empty sequence keeps its initial state
-            assert_close(tuple(f.narrow(a, k, 1) for f, a in
-                               zip(as_tuple(fin), inp.batch_axes)), state_k, "empty")
+            assert_close(fin_k, state_k, "empty sequence's final state")
             continue
         yk, fk = layer(*inp.slice_time(s, e).args, initial_state=state_k, reverse=reverse,
                        return_final_state=True)
         got = tuple(o.narrow(time_axis(rs, j), s, e - s) for j, o in enumerate(as_tuple(y)))
         assert_close(got, yk, f"sequence {k} output")
-        assert_close(tuple(f.narrow(a, k, 1) for f, a in zip(as_tuple(fin), inp.batch_axes)),
-                     fk, f"sequence {k} final state")
+        assert_close(fin_k, fk, f"sequence {k} final state")
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_specs(), st.integers(0, 2**16))
 def test_state_none_is_zeros_and_low_precision_dtypes(rs, seed):
-    layer = lrc.compile(rs.spec)
+    layer = compiled(rs.spec)
     inp = rs.make_inputs(T=5, seed=seed)
     zeros = tuple(torch.zeros_like(s) for s in inp.state)
     assert_close(layer(*inp.args), layer(*inp.args, initial_state=zeros), "zero state")

@@ -1,0 +1,167 @@
+"""The generated scan kernels against the float64 reference: forward, every gradient, final and
+initial state, reverse, cu_seqlens, decode after prefill, bf16 inputs.
+
+Under Triton's interpreter at small odd sizes here; the `gpu` tests repeat them compiled for the
+GPU at real sizes (run on the GPU machine).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lrc
+from lrc.zoo import ZOO
+from tests.conftest import rel_err
+
+# the zoo systems whose transitions are diagonal: the scan kernels run them all
+SCAN_ZOO = ["mamba1", "mamba2", "s4d_zoh", "s4d_bilinear", "lru", "rglru", "rwkv6", "gla",
+            "retnet"]
+FWD, GRAD, BF16 = 1e-4, 1e-3, 1e-2
+
+
+def as_tuple(x):
+    return x if isinstance(x, tuple) else (x,)
+
+
+def layers(name: str):
+    spec = ZOO[name].spec
+    return lrc.compile(spec, backend="triton"), lrc.compile(spec, backend="reference")
+
+
+def loss_of(outs, finals, gys, ghs):
+    total = sum((o.float() * g).sum() for o, g in zip(outs, gys))
+    for f, g in zip(finals, ghs):
+        total = total + ((f * g).real.sum() if f.is_complex() else (f * g).sum())
+    return total
+
+
+def check(name: str, b: int, t: int, device: str = "cpu", dtype=torch.float32, tol=FWD,
+          gtol=GRAD, reverse: bool = False, with_state: bool = True, **dims):
+    """Forward, final state and every gradient (inputs and initial state) vs the reference."""
+    entry = ZOO[name]
+    kern, ref = layers(name)
+    args = entry.example(b=b, t=t, dtype=torch.float64, device=device, **dims)
+    state = entry.initial_state(b=b, dtype=torch.float64, device=device, **dims) \
+        if with_state else None
+    ours = {k: v.to(dtype if not v.is_complex() else torch.complex64).requires_grad_(True)
+            for k, v in args.items()}
+    theirs = {k: v.detach().clone().requires_grad_(True) for k, v in args.items()}
+    s_ours = s_ref = None
+    if state is not None:
+        st = as_tuple(state)
+        s_ours = tuple(x.to(torch.float32 if not x.is_complex() else torch.complex64)
+                       .requires_grad_(True) for x in st)
+        s_ref = tuple(x.detach().clone().requires_grad_(True) for x in st)
+    y, h = kern(**ours, initial_state=s_ours, return_final_state=True, reverse=reverse)
+    y2, h2 = ref(**theirs, initial_state=s_ref, return_final_state=True, reverse=reverse)
+    outs, outs2, fins, fins2 = as_tuple(y), as_tuple(y2), as_tuple(h), as_tuple(h2)
+    for a, e in zip(outs + fins, outs2 + fins2):
+        assert torch.isfinite(torch.view_as_real(a) if a.is_complex() else a.float()).all()
+        assert rel_err(a, e) <= tol, f"{name}: forward {rel_err(a, e):.2e}"
+    gys = [torch.randn_like(o, dtype=torch.float64) for o in outs2]
+    ghs = [torch.randn_like(f) for f in fins2]
+    leaves = list(ours.values()) + list(s_ours or ())
+    leaves2 = list(theirs.values()) + list(s_ref or ())
+    g1 = torch.autograd.grad(loss_of(outs, fins, [g.to(o.dtype) for g, o in zip(gys, outs)],
+                                     [g.to(f.dtype) for g, f in zip(ghs, fins)]), leaves)
+    g2 = torch.autograd.grad(loss_of(outs2, fins2, gys, ghs), leaves2)
+    names = list(ours) + [f"initial_state[{i}]" for i in range(len(s_ours or ()))]
+    for nm, a, e in zip(names, g1, g2):
+        assert rel_err(a, e) <= gtol, f"{name}: grad of {nm} {rel_err(a, e):.2e}"
+
+
+@pytest.mark.parametrize("name", SCAN_ZOO)
+def test_forward_and_gradients(name):
+    check(name, b=2, t=37)
+
+
+@pytest.mark.parametrize("name", ["mamba1", "lru", "gla"])
+def test_reverse(name):
+    check(name, b=1, t=21, reverse=True)
+
+
+@pytest.mark.parametrize("name", ["rglru", "s4d_zoh"])
+def test_without_initial_state(name):
+    check(name, b=2, t=19, with_state=False)
+
+
+@pytest.mark.parametrize("name", ["mamba1", "rglru"])
+def test_bf16_inputs(name):
+    check(name, b=2, t=33, dtype=torch.bfloat16, tol=BF16, gtol=BF16 * 3)
+
+
+@pytest.mark.parametrize("name", ["mamba1", "lru", "rwkv6"])
+def test_step_after_prefill(name):
+    """Prefill T tokens with the forward kernel, then decode k with the step kernel: the same
+    outputs as the forward over T + k."""
+    entry = ZOO[name]
+    kern, _ = layers(name)
+    args = entry.example(b=2, t=23, dtype=torch.float32)
+    spec = entry.spec
+    time = spec.graph.time
+    seq = {n.arg: [a for a in n.annotation.axes].index((time,)) for n in
+           spec.graph.inputs(lrc.ir.Role.SEQ)}
+    y_all = as_tuple(kern(**args))
+    pre = {k: (v.narrow(seq[k], 0, 20) if k in seq else v) for k, v in args.items()}
+    _, state = kern(**pre, return_final_state=True)
+    for i in range(20, 23):
+        tok = {k: (v.select(seq[k], i) if k in seq else v) for k, v in args.items()}
+        y_i, state = kern.step(**tok, state=state)
+        for a, full in zip(as_tuple(y_i), y_all):
+            oax = [a_ for a_ in spec.graph.out_axes[0]].index((time,))
+            assert rel_err(a, full.select(oax, i)) <= FWD
+
+
+def test_step_in_place():
+    entry = ZOO["mamba1"]
+    kern, ref = layers("mamba1")
+    args = entry.example(b=2, t=1, dtype=torch.float32)
+    tok = {k: (v[..., 0] if v.dim() == 3 else v) for k, v in args.items()}
+    state = entry.initial_state(b=2, dtype=torch.float32)
+    s = state.clone()
+    y, new = kern.step(**tok, state=s, inplace=True)
+    y2, new2 = ref.step(**tok, state=state)
+    assert new is s
+    assert rel_err(s, new2) <= FWD and rel_err(y, y2) <= FWD
+
+
+def test_cu_seqlens():
+    """Packed sequences: each runs from its own initial state, like separate calls."""
+    entry = ZOO["rglru"]
+    kern, ref = layers("rglru")
+    args = entry.example(b=1, t=29, dtype=torch.float32)
+    cu = torch.tensor([0, 7, 8, 29])
+    state = torch.randn(3, entry.sizes["d"])
+    y, h = kern(**args, cu_seqlens=cu, initial_state=state, return_final_state=True)
+    y2, h2 = ref(**args, cu_seqlens=cu, initial_state=state, return_final_state=True)
+    assert rel_err(y, y2) <= FWD and rel_err(h, h2) <= FWD
+
+
+def test_source_is_what_runs():
+    kern, _ = layers("mamba1")
+    for which in ("forward", "backward", "step"):
+        src = kern.source(which)
+        assert src in kern.source("module")
+        assert "@triton.jit" in src and "tl.associative_scan" in src or which == "step"
+    assert "# h'" in kern.source("forward")  # lines name the IR node they implement
+
+
+# ---- the same on the GPU, at real sizes
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", SCAN_ZOO)
+def test_gpu_forward_and_gradients(name):
+    check(name, b=2, t=2049, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mamba1", "rglru", "gla"])
+def test_gpu_long(name):
+    check(name, b=1, t=16384, device="cuda", reverse=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mamba1", "rglru"])
+def test_gpu_bf16(name):
+    check(name, b=2, t=4097, device="cuda", dtype=torch.bfloat16, tol=BF16, gtol=BF16 * 3)
