@@ -429,6 +429,9 @@ class RandomSpec:
     def __repr__(self) -> str:
         return f"RandomSpec(sizes={self.sizes}):\n{self.source}"
 
+    def _repr_pretty_(self, p, cycle) -> None:  # how hypothesis prints a falsifying example
+        p.text(repr(self))
+
     def __iter__(self):
         return iter((self.spec, self.make_inputs))
 

@@ -194,6 +194,39 @@ class Values:
         self.vals[node.name] = val
         return val
 
+    def rename(self, node) -> Val:
+        """Dims renamed in registers: the axes of old and new dims trade places."""
+        x, t = self.vals[node.arg], self.tiling
+        var = ident(node.name)
+        perm = list(range(1 + len(t.tile)))
+        mapping = dict(node.mapping)
+        for old, new in mapping.items():
+            if old in x.dims and (old not in t.tile or new not in t.tile):
+                raise Unsupported(f"{node.name}: renaming {old}->{new} needs both dims whole "
+                                  "in one program")
+        moved = {t.axis(new): t.axis(old) for old, new in mapping.items() if old in x.dims}
+        back = {t.axis(old): t.axis(new) for old, new in mapping.items() if old in x.dims}
+        for j in range(len(perm)):
+            perm[j] = moved.get(j, back.get(j, j))
+        self.w(f"{var} = tl.permute({x.var}, ({', '.join(map(str, perm))}))", node.name)
+        dims = frozenset(mapping.get(d, d) for d in x.dims)
+        self.vals[node.name] = Val(var, dims, x.timed, x.partial)
+        return self.vals[node.name]
+
+    def shift(self, node) -> Val:
+        """out[i] = x[i - k] along a whole tile dim (zero outside), by a gather."""
+        x, t, d, k = self.vals[node.arg], self.tiling, node.dim, node.offset
+        if d not in t.tile or d in t.split:
+            raise Unsupported(f"{node.name}: a shift along {d!r} needs the dim whole in one "
+                              "program")
+        var = ident(node.name)
+        full = self.full(x, x.dims | {d}, x.timed)
+        self.w(f"{var} = tl.gather({full}, tl.broadcast_to(tl.minimum(tl.maximum(o_{d} - {k}, "
+               f"0), BLOCK_{d} - 1), {full}.shape), {t.axis(d)})", node.name)
+        self.w(f"{var} = tl.where((o_{d} - {k} >= 0) & (o_{d} - {k} < size_{d}), {var}, 0.0)")
+        self.vals[node.name] = Val(var, x.dims | {d}, x.timed, x.partial)
+        return self.vals[node.name]
+
     def full(self, val: Val, dims, timed: bool) -> str:
         """`val` broadcast to the register shape of `dims` (with time if `timed`)."""
         return f"({val.var} + tl.zeros({self.tiling.shape(dims, timed)}, tl.float32))"

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import networkx as nx
+
 from ..ir.dims import Role
 from ..ir.graph import Graph
-from ..ir.nodes import Input, Map, Rename, Shift
+from ..ir.nodes import Input, Map
 
 
 @dataclass(frozen=True)
@@ -34,15 +36,20 @@ class Unsupported(NotImplementedError):
 
 def partition(g: Graph) -> Partition:
     """Split `g` (real, after the pipeline) into pre, core and post (see the module docstring)."""
-    space = g.order({d for s in g.state_names for d in g[s].dims})
-    inside = set(space)
     sdep = g.state_dependent
+    # every dim the state update itself runs over: the states', and those its mixing or
+    # shifting goes through (a dense matrix's second dim)
+    feeds: set[str] = set()
+    for new in g.new_state_names:
+        feeds |= {a for a in nx.ancestors(g.nx, new) if a in sdep} | {new}
+    space = g.order({d for n in feeds for d in g[n].dims})
+    inside = set(space)
     core: set[str] = set()
     post: set[str] = set()
     for n in g.nodes:
         if isinstance(n, Input):
             continue
-        if n.name in sdep:
+        if n.name in sdep or n.name in g.new_state_names:  # a new state may read no state
             if set(n.dims) <= inside and not any(a in post for a in n.args):
                 core.add(n.name)
             else:
@@ -66,13 +73,16 @@ def partition(g: Graph) -> Partition:
         else:
             pre.add(name)
             todo.extend(node.args)
+    # PyTorch computes a pre node from scratch: its ancestors too (some also run in the kernel)
+    for name in list(pre):
+        pre |= {a for a in nx.ancestors(g.nx, name) if not isinstance(g[a], Input)}
     pre = {n for n in pre if not isinstance(g[n], Input)}
-    for name in core:
-        node = g[name]
-        if isinstance(node, (Rename, Shift)):
-            raise Unsupported(f"node {name} ({type(node).__name__.lower()}): the scan kernel "
-                              "supports diagonal transitions; mixing or shifting the state is "
-                              "not generated yet")
+    # outputs that read no state run in PyTorch after the kernel, like post's readouts; so do
+    # the state-free nodes post reads
+    post |= {o for o in g.outputs if o not in core and o not in post}
+    for name in list(post):
+        post |= {a for a in nx.ancestors(g.nx, name)
+                 if not isinstance(g[a], Input) and a not in core}
     order = [n.name for n in g.nodes]
     reads = {a for n in core for a in g[n].args}
     k_in = [n for n in order if n in reads and n not in core

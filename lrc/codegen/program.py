@@ -11,7 +11,9 @@ from . import module as modules
 from .blocks import Block, blocks
 from .emit import Tiling, ident
 from .partition import Partition, kernel_graph, partition
-from .scan import Signature, backward_source, forward_source, module_source, step_source
+from .partition import Unsupported
+from .scan import (Signature, backward_source, forward_source, loop_source, module_source,
+                   step_source)
 from .tiling import choose_tiling
 
 
@@ -40,19 +42,27 @@ class ScanProgram:
         g = self.g
         self.part = partition(g)
         self.kernel = kernel_graph(self.part)
-        self.blocks = blocks(self.kernel)
         self.tiling = choose_tiling(self.kernel, self.part)
         self.backward = vjp(self.kernel)
         verify(self.kernel)
         verify(self.backward.graph)
-        self.bblocks = blocks(self.backward.graph)
         base = ident(g.name)
-        fwd, fsig = forward_source(self.kernel, self.blocks, self.tiling, f"{base}_forward")
-        bwd, bsig, self.partials = backward_source(self.kernel, self.blocks,
-                                                   self.backward.graph, self.bblocks,
-                                                   self.backward, self.tiling,
-                                                   f"{base}_backward")
-        stp, ssig = step_source(self.kernel, self.blocks, self.tiling, f"{base}_step")
+        try:  # diagonal transitions: chunked associative scans
+            self.blocks = blocks(self.kernel)
+            self.bblocks = blocks(self.backward.graph)
+            self.mode = "scan"
+            fwd, fsig = forward_source(self.kernel, self.blocks, self.tiling, f"{base}_forward")
+            bwd, bsig, self.partials = backward_source(self.kernel, self.blocks,
+                                                       self.backward.graph, self.bblocks,
+                                                       self.backward, self.tiling,
+                                                       f"{base}_backward")
+        except Unsupported as why:  # any other linear transition: one token at a time
+            self.blocks = self.bblocks = ()
+            self.mode = f"loop ({why})"
+            fwd, fsig, _ = loop_source(self.kernel, self.tiling, f"{base}_forward")
+            bwd, bsig, self.partials = loop_source(self.backward.graph, self.tiling,
+                                                   f"{base}_backward", self.backward)
+        stp, ssig = step_source(self.kernel, self.tiling, f"{base}_step")
         self.sources = {"forward": fwd, "backward": bwd, "step": stp}
         self.signatures = {"forward": fsig, "backward": bsig, "step": ssig}
         self.source = module_source([fwd, bwd, stp], f"Scan kernels for {g.name}.")

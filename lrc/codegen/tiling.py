@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..ir.dims import Role
 from ..ir.graph import Graph
-from ..ir.nodes import Sum
+from ..ir.nodes import Rename, Shift, Sum
 from .emit import Tiling
 from .partition import Partition, Unsupported
 
@@ -14,7 +14,10 @@ def choose_tiling(k: Graph, part: Partition) -> Tiling:
     """Reduced dims whole in the tile; the innermost dim of the first Seq input split across
     programs (coalesced loads); the other dims one index per program."""
     space = part.space
-    reduced = {n.dim for n in k.nodes if isinstance(n, Sum) and n.dim in space}
+    reduced = {n.dim for n in k.nodes if isinstance(n, (Sum, Shift)) and n.dim in space}
+    for n in k.nodes:  # a rename trades two axes: both must be whole
+        if isinstance(n, Rename):
+            reduced |= {d for pair in n.mapping for d in pair if d in space}
     tile = set(reduced)
     seqs = [n for n in k.inputs(Role.SEQ) if n.annotation.axes]
     inner = None
@@ -38,10 +41,11 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def block_sizes(t: Tiling, sizes: dict[str, int], chunk: int,
-                budget: int = MAX_TILE) -> dict[str, int]:
+def block_sizes(t: Tiling, sizes: dict[str, int], chunk: int, budget: int = MAX_TILE,
+                programs: int = 1) -> dict[str, int]:
     """BLOCK per tile dim: whole dims at their size (rounded up to a power of two), split dims
-    as large as the register budget allows."""
+    as large as the register budget allows, then smaller (not under 16) until there are at
+    least `programs` programs to fill the GPU."""
     blocks = {d: next_pow2(sizes[d]) for d in t.tile if d not in t.split}
     used = chunk
     for b in blocks.values():
@@ -53,6 +57,9 @@ def block_sizes(t: Tiling, sizes: dict[str, int], chunk: int,
         room = max(1, budget // used)
         blocks[d] = max(1, min(next_pow2(sizes[d]), 1 << (room.bit_length() - 1)))
         used *= blocks[d]
+    for d in t.split:
+        while blocks[d] > 16 and grid_size(t, sizes, blocks) < programs:
+            blocks[d] //= 2
     return blocks
 
 

@@ -147,6 +147,9 @@ EVAL: dict[type, Callable[..., Value]] = {
     sp.Or: _fold(operator.or_),
     sp.Not: lambda x: ~x,
     expm1: lambda x: torch.expm1(_tensor(x, x)),
+    # derivatives of maximum/minimum/abs (the backward of a running max)
+    sp.Heaviside: lambda x, *h0: torch.heaviside(_tensor(x, x), torch.tensor(0.5, dtype=torch.float64, device=_tensor(x, x).device)),
+    sp.sign: lambda x: torch.sign(_tensor(x, x)),
     log1p: lambda x: torch.log1p(_tensor(x, x)),
     softplus: lambda x: torch.logaddexp(_tensor(x, x), torch.zeros_like(_tensor(x, x))),
     sigmoid: lambda x: torch.sigmoid(_tensor(x, x)),
@@ -201,6 +204,8 @@ def is_complex(expr: sp.Basic) -> bool:
     """Whether the value may be complex: complex symbols or I, outside re/im/abs."""
     if isinstance(expr, sp.Symbol):
         return not expr.is_real
+    if expr.is_extended_real:  # sympy proved it real (|z|^2 = z conj(z), arg z, ...)
+        return False
     if isinstance(expr, (sp.re, sp.im, sp.Abs, sp.core.relational.Relational,
                          sp.logic.boolalg.Boolean)):
         return False
@@ -210,6 +215,14 @@ def is_complex(expr: sp.Basic) -> bool:
         return not expr.is_real
     if isinstance(expr, sp.Piecewise):
         return any(is_complex(v) for v, _ in expr.args)
+    if isinstance(expr, sp.Mul):  # z * conj(z) is real
+        rest = list(expr.args)
+        for a in expr.args:
+            c = sp.conjugate(a)
+            if a in rest and c in rest and c != a:
+                rest.remove(a)
+                rest.remove(c)
+        return any(is_complex(a) for a in rest)
     return any(is_complex(a) for a in expr.args)
 
 
@@ -251,3 +264,7 @@ def _ite(c: Value, a: Value, b: Value) -> Value:
 
 
 EVAL[sp.ITE] = _ite
+
+
+# zoh_b as dt * phi1(dt*A): the same (exp(dt*A) - 1) / A, but finite at A = 0, where it is dt
+EVAL[zoh_b] = lambda dt, a: dt * _phi1(dt * a)

@@ -69,7 +69,7 @@ def eval_node(g: Graph, node: Node, env: dict[str, torch.Tensor], sizes: dict[st
         # were not old ones: x has size 1 there, so which goes where does not matter
         vacated = sorted(set(pairs.values()) - set(pairs))
         free = sorted(set(pairs) - set(pairs.values()))
-        for j, src in list(pairs.items()) + list(zip(vacated, free)):
+        for j, src in list(pairs.items()) + list(zip(vacated, free, strict=True)):
             perm[j] = src
         return x.permute(perm)
     raise NotImplementedError(type(node).__name__)

@@ -38,6 +38,8 @@ def verify(g: Graph) -> Graph:
             _check(isinstance(node.role, Role), f"{where}: bad role {node.role!r}")
             _check(node.part in ("", "re", "im"), f"{where}: bad part {node.part!r}")
             _check(not (node.part and node.complex), f"{where}: a part must be real")
+            _check(bool(node.part) or node.complex == node.annotation.complex,
+                   f"{where}: complex flag disagrees with {node.annotation!r}")
             if node.role is not Role.INDEX:
                 want = tuple(sorted((d for d in node.annotation.dims if d != g.time),
                                     key=lambda d: pos[d]))
@@ -78,7 +80,7 @@ def verify(g: Graph) -> Graph:
     _check(len(g.states) == len(g.inputs(Role.STATE)), "every State input needs a new state")
     _check(set(g.state_names) == {n.name for n in g.inputs(Role.STATE)},
            "g.states must list every State input once")
-    _check(len(g.outputs) == len(g.out_axes) and g.outputs, "outputs and out_axes disagree")
+    _check(len(g.outputs) == len(g.out_axes), "outputs and out_axes disagree")
     for o, axes in zip(g.outputs, g.out_axes):
         _check(o in names, f"output {o!r} does not exist")
         _check(not seen[o].complex, f"output {o!r} is complex")

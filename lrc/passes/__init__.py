@@ -1,12 +1,16 @@
 """Graph -> Graph passes, each a pure function in its own file, run in PIPELINE order."""
 from .complex import lower_complex
+from .derivatives import derive_backward
 from .expand import expand_discretizations
 from .linearity import check_linear
+from .lowering import choose_lowering
 from .stability import log_space_decays, max_trick, segment_decay, stabilize
+from .structure import classify
 
-# lower_complex is not listed yet: it runs after the structure classification, which must see
-# complex diagonals as diagonal
-PIPELINE = (check_linear, expand_discretizations, stabilize)
+# pipeline.stages() is the same list with the lowering option bound; explain() prints each step
+PIPELINE = (check_linear, expand_discretizations, log_space_decays, classify, choose_lowering,
+            max_trick, lower_complex, derive_backward)
 
-__all__ = ["PIPELINE", "check_linear", "expand_discretizations", "log_space_decays",
-           "lower_complex", "max_trick", "segment_decay", "stabilize"]
+__all__ = ["PIPELINE", "check_linear", "choose_lowering", "classify", "derive_backward",
+           "expand_discretizations", "log_space_decays", "lower_complex", "max_trick",
+           "segment_decay", "stabilize"]

@@ -11,21 +11,23 @@ from .derivatives import derive_backward
 from .expand import expand_discretizations
 from .linearity import check_linear
 from .lowering import choose_lowering
-from .stability import stabilize
+from .stability import log_space_decays, max_trick
 from .structure import classify
 
 Pass = Callable[[Graph], Graph]
 
 
 def stages(lowering: str | None = None) -> list[tuple[str, Pass]]:
-    """The passes in order. Structure and lowering are read before complex numbers are split
-    (a complex diagonal is a diagonal); the backward is derived from the real graph."""
+    """The passes in order. Structure and lowering are read before the running-max rescaling
+    (which makes RWKV-4's update non-affine) and before complex numbers are split (a complex
+    diagonal is a diagonal); the backward is derived from the real graph."""
     return [
         ("check_linear", check_linear),
         ("expand_discretizations", expand_discretizations),
-        ("stabilize", stabilize),
+        ("log_space_decays", log_space_decays),
         ("classify", classify),
         ("choose_lowering", lambda g: choose_lowering(g, lowering)),
+        ("max_trick", max_trick),
         ("lower_complex", lower_complex),
         ("derive_backward", derive_backward),
     ]

@@ -83,7 +83,7 @@ def make_call(g: Graph, args: tuple, kwargs: dict, *, initial_state=None, revers
             per = dict(sizes, **{batch_dim(g): len(segments)})
             bind_sizes(g, {k: (v, g.annotation(k)) for k, v in states.items()}, with_time=False,
                        fixed=per)
-    seq_dtypes = [tensors[n.name].dtype for n in g.inputs(Role.SEQ)]
+    seq_dtypes = [tensors[n.arg].dtype for n in g.inputs(Role.SEQ)]  # arg: a pass may split it
     out_dtype = seq_dtypes[0]
     for d in seq_dtypes[1:]:
         out_dtype = torch.promote_types(out_dtype, d)

@@ -9,7 +9,9 @@ from ..codegen.partition import Unsupported
 from ..ir.errors import CallError
 from ..ir.trace import Spec
 from ..passes import pipeline
+from ..passes.stability import running_maxes, scaled_initial_state, unscaled_states
 from . import reference
+from .cache import cached, canonical_key
 from .call import make_call
 from .plan import Plan
 
@@ -26,22 +28,20 @@ class Layer:
     def __init__(self, spec: Spec, backend: str, lowering: str | None = None):
         self.spec = spec
         self.graph = spec.graph
-        compiled = pipeline.run(spec.graph, lowering)
+        compiled, program, why = cached(canonical_key(spec.graph, lowering=lowering),
+                                        lambda: _build(spec.graph, lowering))
+        self.compiled = compiled
         self.lowered = compiled.lowered
         self.plan = Plan(compiled.planned)
-        self.program = None
+        self.program = program
+        self.programs: dict[str, Any] = {}  # chunked / conv programs, built on first use
+        # states the pipeline added (RWKV-4's running max): the user never sees them
+        self.aux = running_maxes(self.lowered)
         self.backend = "reference" if backend == "auto" else backend
-        if backend == "triton":  # "auto" joins once the test suites name their backends
-            try:
-                from ..codegen.program import ScanProgram
-
-                self.program = ScanProgram(self.lowered)
-                self.backend = "triton"
-            except Unsupported as e:
-                if backend == "triton":
-                    raise
-                self.backend = "reference"
-                self.plan.note = f"runs on the reference backend: {e}"
+        if backend == "triton" and program is None:  # "auto" joins once suites name backends
+            raise Unsupported(why)
+        if program is None:
+            self.plan.note = f"no generated kernels: {why}"
 
     def __repr__(self) -> str:
         return f"<lrc.Layer {self.spec.name} backend={self.backend!r}>"
@@ -53,10 +53,15 @@ class Layer:
         if self.backend == "triton":
             from . import triton_call
 
-            call = make_call(self.lowered, args, kwargs, initial_state=initial_state,
+            call = make_call(self.lowered, args, kwargs, initial_state=self._in(initial_state),
                              reverse=reverse, cu_seqlens=cu_seqlens)
-            self.plan.choose(call.sizes, call.T, _itemsize(call))
-            outs, finals = triton_call.run(self.program, call)
+            chosen = self.plan.choose(call.sizes, call.T, _itemsize(call))
+            other = self._lowering(chosen) if chosen != "scan" else None
+            if other is not None:
+                outs, finals = other.run(call)
+            else:
+                outs, finals = triton_call.run(self.program, call)
+            finals = self._out(finals)
         else:
             call = make_call(self.graph, args, kwargs, initial_state=initial_state,
                              reverse=reverse, cu_seqlens=cu_seqlens)
@@ -78,16 +83,23 @@ class Layer:
             from . import triton_call
             from .scan_runtime import part_view
 
-            call = make_call(self.lowered, args, kwargs, initial_state=state, step=True)
+            call = make_call(self.lowered, args, kwargs, initial_state=self._in(state),
+                             step=True)
             g = self.lowered
             dst = None
-            if inplace:
+            if inplace and not self.aux:
                 for x in call.states.values():
                     if x.dtype not in (torch.float32, torch.complex64):
                         raise CallError("layer.step(inplace=True) needs float32 (complex64) "
                                         f"states, got {x.dtype}")
                 dst = {s: part_view(call.states[g[s].arg], g[s].part) for s in g.state_names}
             outs, news = triton_call.step(self.program, call, dst)
+            if news is not None:
+                news = self._out(news)
+                if inplace:  # rescaled states cannot be written in place: copy them back
+                    olds = tuple(state) if isinstance(state, (tuple, list)) else (state,)
+                    for old, new in zip(olds, news):
+                        old.copy_(new)
         else:
             call = make_call(self.graph, args, kwargs, initial_state=state, step=True)
             outs, news = reference.run(call, step=True)
@@ -95,9 +107,34 @@ class Layer:
                 for old, new in zip(call.states.values(), news):
                     old.copy_(new)
         if inplace:
-            news = list(call.states.values())
+            news = list(tuple(state) if isinstance(state, (tuple, list)) else (state,))
         out = outs[0] if len(outs) == 1 else tuple(outs)
         return out, (news[0] if len(news) == 1 else tuple(news))
+
+    def _in(self, state: Any) -> Any:
+        """The user's states -> the kernel graph's (a running max starts at 0)."""
+        if not self.aux or state is None:
+            return state
+        return scaled_initial_state(self.lowered, tuple(state) if isinstance(
+            state, (tuple, list)) else (state,))
+
+    def _out(self, finals: list) -> list:
+        """The kernel graph's states -> the user's (rescaled by exp(running max))."""
+        return unscaled_states(self.lowered, finals) if self.aux else finals
+
+    def _lowering(self, name: str):
+        """The program of the chunked or conv lowering (None where it is not generated yet:
+        the scan runs instead, and the plan says so)."""
+        if name not in self.programs:
+            import importlib
+
+            try:
+                mod = importlib.import_module(f"..codegen.{name}", __package__)
+                self.programs[name] = mod.Program(self.compiled)
+            except (ImportError, AttributeError, Unsupported) as e:
+                self.programs[name] = None
+                self.plan.note = f"{name} was chosen but the scan runs: {e}"
+        return self.programs[name]
 
     def source(self, which: str = "forward") -> str:
         """The Triton source that runs: 'forward', 'backward', 'step', or 'module' (the whole
@@ -116,6 +153,17 @@ class Layer:
         from ..ir.draw import draw
 
         return draw(self.graph, path)
+
+
+def _build(g, lowering):
+    """Pipeline and kernels for a graph (what the disk cache stores)."""
+    from ..codegen.program import ScanProgram
+
+    compiled = pipeline.run(g, lowering)
+    try:
+        return compiled, ScanProgram(compiled.lowered), ""
+    except Unsupported as e:
+        return compiled, None, str(e)
 
 
 def _itemsize(call) -> int:

@@ -14,6 +14,7 @@ class Plan:
 
     graph: Graph                    # the structure-annotated graph (user-level: complex kept)
     shapes: tuple | None = field(default=None)  # (sizes, T, itemsize) of the last call
+    note: str = ""                  # what runs, when it is not the chosen lowering
 
     @property
     def lowering(self) -> Lowering:
@@ -35,6 +36,8 @@ class Plan:
             else:
                 lines.append(f"    {name}: no, {lw.why_not(name)}")
         lines.append("    step (decode): the recurrence, one token")
+        if self.note:
+            lines.append(f"  note: {self.note}")
         if self.shapes is not None:
             sizes, T, itemsize = self.shapes
             lines += ["  " + ln for ln in format_choice(g, sizes, T, itemsize).splitlines()]

@@ -44,6 +44,10 @@ def part_view(x: torch.Tensor, part: str) -> torch.Tensor:
     return torch.view_as_real(x)[..., 0 if part == "re" else 1]
 
 
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 class Launch:
     """One kernel launch: fills the signature's parameters from named tensors."""
 
@@ -51,14 +55,16 @@ class Launch:
                  device: torch.device):
         self.prog, self.which, self.sizes, self.T = prog, which, sizes, T
         self.interpret = device.type != "cuda"
+        self.programs = 1 if self.interpret else 4 * _sm_count(device)
+        self.tc = 1 if which == "step" or prog.mode != "scan" else CHUNK
+        self.blocks = block_sizes(prog.tiling, sizes, self.tc, programs=self.programs)
         self.tensors: dict[str, tuple[torch.Tensor, dict]] = {}
 
     def add(self, key: str, x: torch.Tensor, strides: dict) -> None:
         self.tensors[key] = (x, strides)
 
     def __call__(self, **consts) -> None:
-        prog, t = self.prog, self.prog.tiling
-        blocks = block_sizes(t, self.sizes, CHUNK)
+        prog, t, blocks = self.prog, self.prog.tiling, self.blocks
         params = []
         for p in prog.signatures[self.which].params:
             if p[0] == "ptr":
@@ -67,8 +73,7 @@ class Launch:
                 params.append(self.tensors[p[1]][1].get(p[2], 0))
             else:
                 params.append(self.T if p[1] == "T" else self.sizes[p[1]])
-        consts.update({f"BLOCK_{d}": b for d, b in blocks.items()}, TC=CHUNK if
-                      self.which != "step" else 1)
+        consts.update({f"BLOCK_{d}": b for d, b in blocks.items()}, TC=self.tc)
         fn = prog.kernel_fn(self.which, self.interpret)
         grid = (grid_size(t, self.sizes, blocks),)
         with modules.interpreted() if self.interpret else nullcontext():
@@ -101,23 +106,30 @@ class ScanFunction(torch.autograd.Function):
             y = torch.empty(shape, dtype=dtype, device=device)
             run.add(f"out:{o}", y, dim_strides(y, axes, sizes, k.time))
             outs.append(y)
-        n_chunks = -(-T // CHUNK)
+        loop = prog.mode != "scan"  # the one-token loop saves every state, the scan one per chunk
+        n_saved = T if loop else -(-T // CHUNK)
         finals, chks = [], []
         for s, h0 in zip(k.state_names, h0s):
             dims = k[s].dims
             shape = [sizes[d] for d in dims]
             hT = torch.empty(shape, dtype=torch.float32, device=device)
-            chk = torch.empty([n_chunks] + shape, dtype=torch.float32, device=device)
+            chk = torch.empty([n_saved] + shape, dtype=torch.float32, device=device)
             if h0.numel():
                 run.add(f"h0:{s}", h0, dim_strides(h0, info["state_axes"][s], sizes, k.time))
             else:
                 run.add(f"h0:{s}", hT, {})
             run.add(f"hT:{s}", hT, _state_strides(hT, dims, False))
-            run.add(f"chk:{s}", chk, _state_strides(chk, dims, True))
+            st = _state_strides(chk, dims, True)
+            if loop:
+                st["#t"] = st.pop("#c")
+            run.add(f"all:{s}" if loop else f"chk:{s}", chk, st)
             finals.append(hT)
             chks.append(chk)
         has_h0 = bool(h0s) and h0s[0].numel() > 0
-        run(HAS_H0=has_h0, SAVE=True, REVERSE=info["reverse"])
+        if loop:
+            run(HAS_H0=has_h0, REVERSE=info["reverse"])
+        else:
+            run(HAS_H0=has_h0, SAVE=True, REVERSE=info["reverse"])
         ctx.prog, ctx.info, ctx.has_h0 = prog, info, has_h0
         ctx.save_for_backward(*ins, *chks)
         return (*outs, *finals)
@@ -139,8 +151,14 @@ class ScanFunction(torch.autograd.Function):
                 shape = [T if a == (k.time,) else math.prod(sizes[d] for d in a) for a in axes]
                 gy = torch.zeros(shape, dtype=torch.float32, device=device)
             run.add(f"in:{cot}", gy, dim_strides(gy, axes, sizes, k.time))
+        loop = prog.mode != "scan"
         for s, chk in zip(k.state_names, chks):
-            run.add(f"chk:{s}", chk, _state_strides(chk, k[s].dims, True))
+            st = _state_strides(chk, k[s].dims, True)
+            if loop:  # the saved states are the adjoint step's Seq inputs
+                st["#t"] = st.pop("#c")
+                run.add(f"in:{dict(bw.forward_states)[s]}", chk, st)
+            else:
+                run.add(f"chk:{s}", chk, st)
         d_finals = grads[n_out:]
         has_dht = any(gh is not None for gh in d_finals)
         dh0s = []
@@ -148,12 +166,16 @@ class ScanFunction(torch.autograd.Function):
             dims = k[s].dims
             if gh is None:
                 gh = torch.zeros([sizes[d] for d in dims], dtype=torch.float32, device=device)
-            run.add(f"dhT:{adj}", gh, _state_strides(gh, dims, False))
             dh0 = torch.empty([sizes[d] for d in dims], dtype=torch.float32, device=device)
-            run.add(f"dh0:{s}", dh0, _state_strides(dh0, dims, False))
+            if loop:
+                run.add(f"h0:{adj}", gh, _state_strides(gh, dims, False))
+                run.add(f"hT:{adj}", dh0, _state_strides(dh0, dims, False))
+            else:
+                run.add(f"dhT:{adj}", gh, _state_strides(gh, dims, False))
+                run.add(f"dh0:{s}", dh0, _state_strides(dh0, dims, False))
             dh0s.append(dh0)
         bufs = {}
-        blocks = block_sizes(prog.tiling, sizes, CHUNK)
+        blocks = run.blocks
         for x, out in bw.seq_grads + bw.param_grads:
             parts = prog.partials[out]
             timed = k[x].role is Role.SEQ
@@ -169,7 +191,10 @@ class ScanFunction(torch.autograd.Function):
             st.update({d: buf.stride(off + i) for i, d in enumerate(k[x].dims)})
             run.add(f"grad:{x}", buf, st)
             bufs[x] = (buf, len(parts))
-        run(HAS_DHT=has_dht, REVERSE=info["reverse"], BACK=not info["reverse"])
+        if loop:
+            run(HAS_H0=has_dht, REVERSE=not info["reverse"])
+        else:
+            run(HAS_DHT=has_dht, REVERSE=info["reverse"], BACK=not info["reverse"])
         out_grads = []
         for name, x in zip(info["inputs"], ins):
             buf, n_parts = bufs[name]

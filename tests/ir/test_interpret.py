@@ -272,3 +272,24 @@ def test_complex_state_given_a_real_value():
         h = hn.to(torch.complex128)
     check(y, torch.stack(ys, 1))
     check(hT, h)
+
+
+@lrc.recurrence
+def broadcast_state(x: Seq("b t d"), h: State("b d n")):
+    s = x.sum("d") * 0.5                   # over (b): broadcast to the state's (b, d, n)
+    return (s, (h * x).sum("n")), s
+
+
+def test_new_state_broadcast_from_fewer_dims():
+    x, h0 = rn(B, T, D), rn(B, D, N)
+    (y0, y1), (hT,) = run(broadcast_state, x, initial_state=h0)
+    assert y0.shape == (B, T)              # the output keeps its own dims
+    h, w0, w1 = h0, [], []
+    for t in range(T):
+        s = x[:, t].sum(-1) * 0.5
+        w0.append(s)
+        w1.append((h * x[:, t, :, None]).sum(-1))
+        h = s[:, None, None].expand(B, D, N)
+    check(y0, torch.stack(w0, 1))
+    check(y1, torch.stack(w1, 1))
+    check(hT, h)

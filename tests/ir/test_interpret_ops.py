@@ -107,6 +107,24 @@ def test_where():
     check(hT, h)
 
 
+@lrc.recurrence
+def nested_where(x: Seq("b t d"), z: Seq("b t d"), h: State("b d")):
+    m = where(x > 0, x, z)                 # comparing m: sympy writes ITE(x > 0, ..., ...)
+    h = where(m > 0.5, 0.9 * h, 0.5 * h) + x
+    return h, h
+
+
+def test_comparison_of_a_where():
+    x, z, h0 = rn(B, T, D), rn(B, T, D), rn(B, D)
+    (y,), _ = run(nested_where, x, z, initial_state=h0)
+    h, ys = h0, []
+    for t in range(T):
+        m = torch.where(x[:, t] > 0, x[:, t], z[:, t])
+        h = torch.where(m > 0.5, 0.9 * h, 0.5 * h) + x[:, t]
+        ys.append(h)
+    check(y, torch.stack(ys, 1))
+
+
 # ---- grouped dims: Mamba-2's heads (g r) sharing B and C within a group
 
 

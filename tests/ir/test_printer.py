@@ -97,3 +97,10 @@ def test_format_helpers():
     x = sp.Symbol("%17", real=True)
     assert format_expr(2 * x + 1, {"%17": "%0"}) == "2*%0 + 1"
     assert format_expr(sp.Piecewise((x, x > 0), (0, True))) == "where(%17 > 0, %17, 0)"
+
+
+def test_shared_work_becomes_one_node():
+    """exp(-exp(w)) feeds both new states: one Map node for it, none for its insides."""
+    text = str(wkv.graph)
+    assert "%1[d] = exp(-exp(w))" in text
+    assert sum(line.startswith("  %") for line in text.splitlines()) == 2

@@ -125,3 +125,21 @@ def test_dplr_euler():
         ys.append((C * h).real.sum(-1))
     check(y, torch.stack(ys, 1))
     check(hT, h)
+
+
+def test_zoh_is_finite_where_a_is_zero():
+    """(exp(dt A) - 1) / A -> dt as A -> 0: ZOH of a zero eigenvalue is an integrator."""
+    x, log_dt, Bp, C, h0 = rn(B, T, D), rn(D) * 0.5 - 2, rn(D, N), rn(D, N), rn(B, D, N)
+    A = -torch.rand(D, N, dtype=f64) - 0.1
+    A[:, 0] = 0.0
+    A[0, 1] = -1e-9
+    (y,), (hT,) = run(_diag_spec("zoh"), x, log_dt, A, Bp, C, initial_state=h0)
+    dt = torch.exp(log_dt)[:, None]
+    Abar = torch.exp(dt * A)
+    Bbar = torch.where(A == 0, dt, torch.expm1(dt * A) / torch.where(A == 0, 1.0, A)) * Bp
+    h, ys = h0, []
+    for t in range(T):
+        h = Abar * h + Bbar * x[:, t, :, None]
+        ys.append((C * h).sum(-1))
+    check(y, torch.stack(ys, 1))
+    check(hT, h)

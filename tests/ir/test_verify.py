@@ -222,3 +222,8 @@ def test_every_node_kind_is_checked_for_its_argument():
     inner = g[s.arg]
     assert isinstance(inner, Map)
     broken(with_node(g, inner.name, dims=("b", "d", "n")), f"node {inner.name!r}")
+
+
+def test_input_complex_flag_must_match_its_annotation():
+    broken(with_node(hgrn.graph, "x", complex=True), "node 'x'", "complex flag", 'Seq("b t d")')
+    broken(with_node(lru.graph, "Bc", complex=False), "node 'Bc'", "complex flag")

@@ -13,12 +13,12 @@ from sympy.codegen.cfunctions import expm1, log1p
 
 import lrc
 from lrc import Param, Seq, State, cos, exp, log, sin, sqrt, where
-from lrc.ir import Input, Map, Rename, Role, Shift, Sum, interpret, verify
+from lrc.ir import Input, Map, Rename, Role, Shift, Sum, verify
 from lrc.ir.functions import evaluate, phi1
 from lrc.passes import expand_discretizations, lower_complex, stabilize
 from lrc.passes.complex import SPLIT, part_names, split
 from lrc.passes.stability import scaled_initial_state, unscaled_states
-from lrc.runtime.bind import bind_sizes, to_canonical
+from lrc.runtime.reference import call_graph
 from tests.conftest import rel_err
 from tests.passes.test_expand import (
     B,
@@ -107,62 +107,9 @@ CASES = {
     "s4d_bilinear": (s4d_bilinear, lambda: _args(s4d_bilinear), lambda: _state(s4d_bilinear)),
     "lru": (lru, _lru_args, lambda: crn(B, N)),
     "moves": (moves, lambda: {"u": rn(B, T, D), "M": crn(D, D) * 0.2}, lambda: crn(B, D)),
-}
-# specs with a complex Seq input: call_graph cannot run them split yet (see test_call_graph_bug)
-SEQ_CASES = {
-    "real_out": (real_out, _c_args, lambda: crn(B, D)),
+    "real_out": (real_out, _c_args, lambda: crn(B, D)),      # a complex Seq input too
     "functions": (functions, _c_args, lambda: crn(B, D)),
 }
-
-
-def run_canonical(g, args: dict, state: torch.Tensor):
-    """The reference interpreter on g, fed canonical tensors directly (not through make_call)."""
-    tensors = {k: (v, g.annotation(k)) for k, v in args.items()}
-    sizes, T_ = bind_sizes(g, tensors, with_time=True)
-
-    def canon(x, ann, with_time, part):
-        x = to_canonical(g, x.to(torch.complex128 if ann.complex else f64), ann, sizes, with_time)
-        return x.real if part == "re" else x.imag if part == "im" else x
-
-    values = {n.name: canon(args[n.arg], n.annotation, n.role is Role.SEQ, n.part)
-              for n in g.inputs() if n.role in (Role.SEQ, Role.PARAM)}
-    states = {n.name: canon(state, n.annotation, False, n.part) for n in g.inputs(Role.STATE)}
-    outs, fins = interpret.run(g, values, states, sizes, T_)
-    parts = {g[s].part: f for s, f in zip(g.state_names, fins, strict=True)}
-    return outs, parts[""] if "" in parts else torch.complex(parts["re"], parts["im"])
-
-
-@pytest.mark.parametrize("case", sorted(SEQ_CASES))
-def test_complex_seq_inputs(case):
-    """Complex Seq inputs split too; run on the interpreter (gradients included)."""
-    spec, make_args, make_state = SEQ_CASES[case]
-    args, h0 = make_args(), make_state()
-    g1, g2 = expand_discretizations(spec.graph), verify(lowered(spec.graph))
-    assert not any(n.complex for n in g2.nodes)
-    assert {n.name for n in g2.inputs(Role.SEQ)} >= {"w.re", "w.im"}
-    results = []
-    for g in (g1, g2):
-        leaves = {k: v.clone().requires_grad_(True) for k, v in args.items()}
-        outs, fin = run_canonical(g, leaves, h0)
-        loss = sum(o.square().sum() for o in outs) + fin.abs().square().sum()
-        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-        results.append((outs + [fin], grads))
-    for a, e in zip(*(r[0] for r in results), strict=True):
-        assert rel_err(a, e) <= 1e-10
-    for a, e in zip(*(r[1] for r in results), strict=True):
-        if e is None:  # u only enters a where's condition
-            assert a is None
-            continue
-        assert a.is_complex() == e.is_complex() and rel_err(a, e) <= 1e-10
-
-
-@pytest.mark.xfail(raises=KeyError, strict=True,
-                   reason="core bug: lrc/runtime/call.py make_call looks Seq tensors up by node "
-                          "name (w.re) instead of arg (w) for a split complex Seq input")
-def test_call_graph_bug():
-    from lrc.runtime.reference import call_graph
-
-    call_graph(lowered(real_out.graph), **_c_args(), initial_state=crn(B, D))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -172,6 +119,9 @@ def test_reference_and_grads_preserved(case):
     assert not any(n.complex for n in g2.nodes)
     assert not any(isinstance(n, Map) and sp.I in sp.preorder_traversal(n.expr)
                    for n in g2.nodes)
+    for n in spec.graph.inputs():
+        if n.complex:  # Seq, Param and State alike
+            assert {g2[p].part for p in part_names(n.name)} == {"re", "im"}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -182,8 +132,6 @@ def test_initial_state_grads(case):
     grads = []
     for graph in (expand_discretizations(g), lowered(g)):
         h = h0.clone().requires_grad_(True)
-        from lrc.runtime.reference import call_graph
-
         outs, fins = call_graph(graph, **a, initial_state=h)
         loss = sum(o.square().sum() for o in outs) + sum(f.abs().square().sum() for f in fins)
         grads.append(torch.autograd.grad(loss, h)[0])
@@ -223,12 +171,9 @@ def test_sum_rename_shift_parts():
 
 
 def test_phi1_at_and_near_zero():
-    """ZOH with a complex A that is exactly 0 and tiny: finite, and the complex graph's values.
-
-    The baseline is the expanded complex graph: the zoh_b marker's own evaluation rule is
-    NaN at A = 0 (see test_expand.py::test_marker_eval_zoh_b_at_zero)."""
-    # tiny |dt*A| below 1e-11: the interpreter's real phi1 uses 1 + x/2 below 1e-6, whose
-    # gradient is off by x/3, so the baseline's own gradient is exact only there
+    """ZOH with a complex A that is exactly 0 and tiny: finite, and the complex graph's values."""
+    # tiny |dt*A| below 1e-11: the interpreter's phi1 (the baseline) is 1 + x/2 below
+    # |x| = 1e-6, whose gradient is off by x/3, so its own gradient is exact only there
     a = stable_a(D, N) * torch.where(torch.rand(D, N) < 0.5, 1.0,
                                      10.0 ** torch.randint(-30, -11, (D, N)).double())
     a[0, 0], a[1, 1] = 0, 1e-200
@@ -247,7 +192,7 @@ EXPRS = {
     "pow-3": z ** -3, "pow5": z ** 5, "sqrt": sp.sqrt(z), "pow_real": z ** (x / 3),
     "real_base": 2 ** z, "exp": sp.exp(z), "log": sp.log(z), "expm1": expm1(z / 4),
     "log1p": log1p(z / 4), "phi1": phi1(z), "sin": sp.sin(z), "cos": sp.cos(z),
-    "abs": sp.Abs(z), "re": sp.re(z) * x, "im": sp.im(z), "conj": sp.conjugate(z),
+    "abs": sp.Abs(z), "arg": sp.arg(z), "re": sp.re(z) * x, "im": sp.im(z), "conj": sp.conjugate(z),
     "where": sp.Piecewise((z, x > 0), (sp.conjugate(z) * 2, True)),
     "where_real": sp.Piecewise((sp.re(z), sp.im(z) > 0), (x, True)),
 }

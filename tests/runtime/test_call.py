@@ -8,6 +8,7 @@ import torch
 
 import lrc
 from lrc import Param, Seq, State
+from lrc.runtime.reference import call_graph
 from tests.conftest import rel_err
 
 T, B, D, N = 37, 3, 5, 4
@@ -278,3 +279,29 @@ def test_output_layouts():
         w2.append(h.permute(1, 0, 2))
     assert close(y0, torch.stack(w0, 1)) and close(y1, torch.stack(w1, 2))
     assert close(y2, torch.stack(w2, 1))
+
+
+# ---- graphs a pass made: a complex Seq split into real and imaginary parts
+
+
+@lrc.recurrence
+def complex_seq(u: Seq("b t d"), w: Seq("b t d", complex=True), lam: Param("d", complex=True),
+                h: State("b d", complex=True)):
+    h = 0.5 * lam * h + w * u
+    return (h * w.conj()).real, h
+
+
+def test_reference_runs_a_graph_with_a_split_complex_seq():
+    from lrc.passes import lower_complex
+
+    g = lower_complex(complex_seq.graph)
+    assert {n.part for n in g.inputs() if n.arg == "w"} == {"re", "im"}
+    u, w = rn(B, T, D), rn(B, T, D, dtype=torch.complex128)
+    lam, h0 = rn(D, dtype=torch.complex128), rn(B, D, dtype=torch.complex128)
+    (y,), (hT,) = call_graph(g, u, w, lam, initial_state=h0)
+    h, ys = h0, []
+    for t in range(T):
+        h = 0.5 * lam * h + w[:, t] * u[:, t]
+        ys.append((h * w[:, t].conj()).real)
+    assert y.dtype == f64 and hT.dtype == torch.complex128
+    assert close(y, torch.stack(ys, 1)) and close(hT, h)
