@@ -21,10 +21,17 @@ def choose_tiling(k: Graph, part: Partition) -> Tiling:
     tile = set(reduced)
     seqs = [n for n in k.inputs(Role.SEQ) if n.annotation.axes]
     inner = None
-    for n in seqs:  # the first innermost dim of a Seq input that is not already whole
+    # a Seq input's innermost axis that is not whole yet (coalesced loads); else the innermost
+    # such dim of any Seq input, time aside
+    for n in seqs:
         last = [d for d in n.annotation.axes[-1] if d in space and d not in tile]
         if last:
             inner = last[-1]
+            break
+    for n in seqs if inner is None else ():
+        dims = [d for d in n.annotation.dims if d in space and d not in tile]
+        if dims:
+            inner = dims[-1]
             break
     if inner is None and not tile:
         inner = space[-1]

@@ -7,8 +7,6 @@ as their real and imaginary parts (strided views of `torch.view_as_real`).
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
-
 import torch
 
 from ..codegen import module as modules
@@ -21,7 +19,11 @@ from ..ir.nodes import Input
 from .bind import from_canonical, to_canonical
 from .call import Call
 
-CHUNK = 16
+# launch settings, module-level so a benchmark can sweep them (benchmarks/sweep_scan.py)
+CHUNK = 16            # time steps per scan chunk (the forward's checkpoint interval)
+BUDGET = 4096         # register elements per value and chunk, for choosing block sizes
+NUM_WARPS = 4
+NUM_STAGES = 2
 
 
 def dim_strides(x: torch.Tensor, axes: Axes, sizes: dict[str, int], time: str) -> dict:
@@ -57,7 +59,8 @@ class Launch:
         self.interpret = device.type != "cuda"
         self.programs = 1 if self.interpret else 4 * _sm_count(device)
         self.tc = 1 if which == "step" or prog.mode != "scan" else CHUNK
-        self.blocks = block_sizes(prog.tiling, sizes, self.tc, programs=self.programs)
+        self.blocks = block_sizes(prog.tiling, sizes, self.tc, budget=BUDGET,
+                                  programs=self.programs)
         self.tensors: dict[str, tuple[torch.Tensor, dict]] = {}
 
     def add(self, key: str, x: torch.Tensor, strides: dict) -> None:
@@ -76,8 +79,11 @@ class Launch:
         consts.update({f"BLOCK_{d}": b for d, b in blocks.items()}, TC=self.tc)
         fn = prog.kernel_fn(self.which, self.interpret)
         grid = (grid_size(t, self.sizes, blocks),)
-        with modules.interpreted() if self.interpret else nullcontext():
-            fn[grid](*params, **consts)
+        if self.interpret:
+            with modules.interpreted():
+                fn[grid](*params, **consts)
+        else:
+            fn[grid](*params, num_warps=NUM_WARPS, num_stages=NUM_STAGES, **consts)
 
 
 def _state_strides(x: torch.Tensor, dims, chunked: bool) -> dict:

@@ -10,7 +10,7 @@ from ..ir.dims import Role
 from ..ir.graph import Graph
 from .bind import batch_dim, from_canonical, to_canonical
 from .call import Call
-from .scan_runtime import (CHUNK, Launch, ScanFunction, canonical_inputs, dim_strides,
+from .scan_runtime import (Launch, ScanFunction, canonical_inputs, dim_strides,
                            dims_to_layout, evaluate, kernel_input, part_view)
 
 
@@ -166,4 +166,4 @@ def step(prog: ScanProgram, call: Call, states_out: dict | None = None):
     return outs, _assemble_states(g, news, sizes, call.state_dtype)
 
 
-__all__ = ["run", "step", "CHUNK"]
+__all__ = ["run", "step"]
