@@ -5,7 +5,6 @@ the GPU, to choose the defaults in lrc/runtime/scan_runtime.py.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import sys
@@ -50,7 +49,8 @@ def timings(layer, args):
 
 if __name__ == "__main__":
     rows = []
-    grid = list(itertools.product([16, 32, 64], [2048, 4096, 8192], [4, 8], [2]))
+    grid = [(tc, b, w, 2) for tc in (16, 32, 64)
+            for b, w in ((2048, 4), (4096, 4), (4096, 8), (8192, 8))]
     for name, layer, args in cases():
         for tc, budget, warps, stages in grid:
             sr.CHUNK, sr.BUDGET, sr.NUM_WARPS, sr.NUM_STAGES = tc, budget, warps, stages
