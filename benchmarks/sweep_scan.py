@@ -49,8 +49,11 @@ def timings(layer, args):
 
 if __name__ == "__main__":
     rows = []
-    grid = [(tc, b, w, 2) for tc in (16, 32, 64)
-            for b, w in ((2048, 4), (4096, 4), (4096, 8), (8192, 8))]
+    grid = [(64, 4096, 4, 2), (256, 4096, 4, 2), (256, 8192, 8, 2), (512, 8192, 8, 2),
+            (512, 16384, 8, 2), (1024, 16384, 8, 2), (1024, 16384, 16, 2),
+            (256, 16384, 16, 2)]
+    if os.environ.get("SWEEP"):  # "tc,budget,warps,stages;..."
+        grid = [tuple(int(v) for v in c.split(",")) for c in os.environ["SWEEP"].split(";")]
     for name, layer, args in cases():
         for tc, budget, warps, stages in grid:
             sr.CHUNK, sr.BUDGET, sr.NUM_WARPS, sr.NUM_STAGES = tc, budget, warps, stages

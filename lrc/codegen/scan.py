@@ -358,7 +358,15 @@ def module_source(kernels: list[str], title: str) -> str:
 
 
 def _partial_axes(val: Val, t: Tiling) -> list[str]:
-    return [d for d in t.space if d in val.partial]
+    """Dims summed over one program's share that get a buffer axis (the grid dims); shares of a
+    split tile dim are added up in place with atomics instead."""
+    return [d for d in t.space if d in val.partial and d not in t.split]
+
+
+def _store(var: str, off: str, value: str, mask: str, atomic: bool) -> str:
+    if atomic:
+        return f"tl.atomic_add({var}_ptr + ONE + {off}, {value}, mask={mask})"
+    return f"tl.store({var}_ptr + ONE + {off}, {value}, mask={mask})"
 
 
 def _partial_index(d: str, t: Tiling) -> str:
@@ -443,7 +451,8 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     for (x, out) in backward.seq_grads + backward.param_grads:
         v = vals[out]
         parts = _partial_axes(v, t)
-        partials[out] = parts
+        atomic = bool(v.partial & set(t.split))
+        partials[out] = (parts, atomic)
         key, var = f"grad:{x}", f"{ident(out)}_g"
         sig.ptr(key, var)
         timed = k[x].role is Role.SEQ
@@ -454,16 +463,15 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
         off = " + ".join(terms) or "0"
         dims = k[x].dims
         if timed:
-            loop(f"tl.store({var}_ptr + ONE + {off}, {vals.full(v, dims, True)}, "
-                 f"mask={mask_of(t, dims, True)})", out)
+            loop(_store(var, off, vals.full(v, dims, True), mask_of(t, dims, True), atomic), out)
         else:
             acc = f"{var}_acc"
             pre(f"{acc} = tl.zeros({t.shape(dims, False)}, tl.float32)")
             loop(f"{acc} += tl.sum(tl.where(m_t, {vals.full(v, dims, True)}, 0.0), axis=0, "
                  "keep_dims=True)", out)
-            accs.append((acc, var, off, dims))
-    for acc, var, off, dims in accs:
-        post(f"tl.store({var}_ptr + ONE + {off}, {acc}, mask={mask_of(t, dims, False)})")
+            accs.append((acc, var, off, dims, atomic))
+    for acc, var, off, dims, atomic in accs:
+        post(_store(var, off, acc, mask_of(t, dims, False), atomic))
     for s, adj in backward.adjoints:
         post(f"tl.store({ident(s)}_dh0_ptr + ONE + {_state_offset(t, k, s, 'dh0', None)}, "
              f"{body_b.state_var(adj)}, mask={mask_of(t, k[s].dims, False)})",
@@ -595,7 +603,8 @@ def loop_source(g: Graph, tiling: Tiling, name: str, backward=None
                  f".to({ident(o)}_ptr.dtype.element_ty), mask={mask_of(t, dims, True)})", o)
             continue
         parts = _partial_axes(v, t)
-        partials[o] = parts
+        atomic = bool(v.partial & set(t.split))
+        partials[o] = (parts, atomic)
         timed = g[x].role is Role.SEQ
         key, var = f"grad:{x}", f"{ident(o)}_g"
         sig.ptr(key, var)
@@ -604,13 +613,12 @@ def loop_source(g: Graph, tiling: Tiling, name: str, backward=None
         terms = [f"{_partial_index(d, t)} * {var}_s__p_{d}" for d in parts]
         off = " + ".join(terms + index_terms(t, dims, var, timed)) or "0"
         if timed:
-            loop(f"tl.store({var}_ptr + ONE + {off}, {vals.full(v, dims, True)}, "
-                 f"mask={mask_of(t, dims, True)})", o)
+            loop(_store(var, off, vals.full(v, dims, True), mask_of(t, dims, True), atomic), o)
         else:
             acc = f"{var}_acc"
             pre(f"{acc} = tl.zeros({t.shape(dims, False)}, tl.float32)")
             loop(f"{acc} += {vals.full(v, dims, False)}", o)
-            post(f"tl.store({var}_ptr + ONE + {off}, {acc}, mask={mask_of(t, dims, False)})")
+            post(_store(var, off, acc, mask_of(t, dims, False), atomic))
     for s, new in g.states:
         loop(f"{body.state_var(s)} = {vals.full(vals[new], g[s].dims, False)}", f"{s} <- {new}")
     for s in g.state_names:

@@ -181,14 +181,13 @@ class ScanFunction(torch.autograd.Function):
                 run.add(f"dh0:{s}", dh0, _state_strides(dh0, dims, False))
             dh0s.append(dh0)
         bufs = {}
-        blocks = run.blocks
         for x, out in bw.seq_grads + bw.param_grads:
-            parts = prog.partials[out]
+            parts, atomic = prog.partials[out]
             timed = k[x].role is Role.SEQ
-            pshape = [sizes[d] if d not in prog.tiling.split else -(-sizes[d] // blocks[d])
-                      for d in parts]
-            shape = pshape + ([T] if timed else []) + [sizes[d] for d in k[x].dims]
-            buf = torch.empty(shape, dtype=torch.float32, device=device)
+            shape = [sizes[d] for d in parts] + ([T] if timed else []) + [sizes[d] for d in
+                                                                            k[x].dims]
+            buf = (torch.zeros if atomic else torch.empty)(shape, dtype=torch.float32,
+                                                            device=device)
             st = {f"#p_{d}": buf.stride(i) for i, d in enumerate(parts)}
             off = len(parts)
             if timed:

@@ -165,3 +165,14 @@ def test_gpu_long(name):
 @pytest.mark.parametrize("name", ["mamba1", "rglru"])
 def test_gpu_bf16(name):
     check(name, b=2, t=4097, device="cuda", dtype=torch.bfloat16, tol=BF16, gtol=BF16 * 3)
+
+
+@pytest.mark.parametrize("name", ["mamba1", "gla"])
+def test_split_blocks(name, monkeypatch):
+    """A small register budget splits dims over several programs: partial sums of gradients
+    across programs are added with atomics, and loads and stores stay masked right."""
+    from lrc.runtime import scan_runtime
+
+    monkeypatch.setattr(scan_runtime, "BUDGET", 64)
+    monkeypatch.setattr(scan_runtime, "CHUNK", 4)
+    check(name, b=2, t=11)

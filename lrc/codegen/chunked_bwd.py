@@ -1,0 +1,213 @@
+"""The chunked backward kernel: the forward's chunk algebra run in reverse, then the chain rule
+through the quantities' sympy derivatives, all in one kernel.
+
+One program per (grid index, value block), like the forward; it walks its chunks last to first
+carrying dS, the gradient of the state leaving the chunk, in registers, and reloads each chunk's
+entering state S_0 from the forward's checkpoints. Per chunk (Lam, Lq, A as in the forward):
+
+    du   = dy * gate,  d_gate = dy * u
+    d_v  = A^T du + (k * 2^(Lam_last - Lam)) dS
+    dA   = du v^T (masked);  d_q = dA-part + (du S_0^T) * 2^Lq;  d_k = dA-part + (v dS^T) * ...
+    dS  <- 2^Lam_last dS + (q * 2^Lq)^T du                              (the state entering)
+    d_l  = reverse cumsum of the log-decay cotangents (natural units; exp2 folds log2(e) in)
+
+then every input's gradient is sum_F dF * dF/dX over the quantities F that read it, reduced over
+the tile dims it lacks. A Seq gradient that several programs add to (an input shared across
+heads, such as Mamba-2's grouped B and C, or one lacking the value dim when the values are
+split over programs) is added atomically into a float32 buffer; Params accumulate over the
+chunks in registers and are added once per program.
+"""
+from __future__ import annotations
+
+import sympy as sp
+
+from ..ir.dims import Role
+from .chunked_emit import CONSTS, KEY, LOG_FLOOR, SPAN, Kernel, arg, input_symbol
+from .chunked_form import ChunkForm
+
+COTANGENT = {"q": "d_q", "k": "d_k", "v": "d_v", "l": "d_l", "gate": "d_gate", "skip": "dy",
+             "ek": "d_ek", "ev": "d_ev"}
+
+
+def atom_flag(name: str) -> str:
+    return f"ATOM_{arg(name)}"
+
+
+def _intra_grads(k: Kernel) -> None:
+    """d_q, d_k from dA (the intra-chunk part), and the log-decay cotangents it implies."""
+    w, f = k.w, k.form
+    if not f.per_key:
+        w("dad = dA * dm")
+        w("d_q = _dot(dad, q_k, DT, IEEE)")
+        w("d_k = _dot(tl.trans(dad), q_q, DT, IEEE)")
+        w("pa = dA * A  # dA_ij/dlog-decay: +A_ij for the readout step i, -A_ij for step j")
+        w("dlq = tl.sum(pa, 1, keep_dims=True)")
+        w("dlam = -tl.trans(tl.sum(pa, 0, keep_dims=True))")
+        return
+    w(f"if tl.max(hi - lo) <= {SPAN}:")
+    w.indent()
+    w("eqd = tl.exp2(lq - ref)")
+    w("ekd = tl.exp2(ref - lam)")
+    w("d_q = _dot(dA, q_k * ekd, DT, IEEE) * eqd")
+    w("d_k = _dot(tl.trans(dA), q_q * eqd, DT, IEEE) * ekd")
+    w.dedent()
+    w("else:")
+    w.indent()
+    w("d_q = tl.zeros([BT, BK], tl.float32)")
+    w("d_k = tl.zeros([BT, BK], tl.float32)")
+    w("for j in range(0, BT):")
+    w.indent()
+    k.column("j")
+    w("da_j = tl.sum(tl.where(o_cc == j, dA, 0.0), 1, keep_dims=True)")
+    w("d_q += da_j * k_j * w_j")
+    w("d_k = tl.where(o_c == j, tl.sum(da_j * q_q * w_j, 0, keep_dims=True), d_k)")
+    w.dedent()
+    w.dedent()
+    w("dlq = q_q * d_q  # q_ik k_jk 2^(Lq_ik - Lam_jk): d/dLq_ik = q_ik dq_ik")
+    w("dlam = -(q_k * d_k)")
+
+
+def _chain(k: Kernel, derivs: dict, names: dict[str, str]) -> dict[str, str]:
+    """Per input, the expression of its gradient tile this chunk (emitted as d_<input>)."""
+    from .printer import triton_expr
+
+    w, f, g = k.w, k.form, k.g
+    out = {}
+    for name in f.inputs:
+        node = g[name]
+        side = f.input_side(name)
+        terms = []
+        for q in f.quantities:
+            e = derivs.get((q.name, name))
+            if e is None:
+                continue
+            if q.name == "l":
+                m = "m_t & m_k" if f.per_key else "m_t"
+                wide = f.per_key
+            else:
+                m = "m_t & m_k" if q.side == KEY else "m_t & m_v"
+                wide = True
+            c = f"tl.where({m}, {COTANGENT[q.name]} * ({triton_expr(e, names)}), 0.0)"
+            if side is None and wide:
+                c = f"tl.sum({c}, 1, keep_dims=True)"
+            terms.append(c)
+        if not terms:
+            continue
+        var = f"d_{arg(name)}"
+        w(f"{var} = " + " + ".join(terms), f"gradient of {name}")
+        out[name] = var
+    return out
+
+
+def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[str]]:
+    """The backward kernel, its parameters, and the inputs whose gradient it writes."""
+    k = Kernel(form, name)
+    g, w, f = k.g, k.w, form
+    for n in f.inputs:
+        node = g[n]
+        k.tensor(f"in:{n}", arg(n), node.dims, node.role is Role.SEQ)
+    k.tensor("dy", "dy", g[f.output].dims, True)
+    sdims = g[f.state].dims
+    k.tensor("chk", "chk", [d for d in sdims if d != f.batch], False, chunked=True)
+    k.tensor("dhT", "dhT", sdims, False)
+    k.tensor("dh0", "dh0", sdims, False)
+    syms = {n: input_symbol(f, n) for n in f.inputs}
+    derivs = {}
+    for q in f.quantities:
+        for n in f.inputs:
+            if syms[n] in q.expr.free_symbols:
+                derivs[(q.name, n)] = sp.diff(q.expr, syms[n])
+    graded = [n for n in f.inputs if any(key[1] == n for key in derivs)]
+    for n in graded:
+        k.tensor(f"grad:{n}", f"g_{arg(n)}", g[n].dims, g[n].role is Role.SEQ)
+    k.params += [("ptr", "cu", "cu_ptr"), ("ptr", "coff", "coff_ptr")]
+    k.sizes()
+    k.prologue()
+    w("ZERO = tl.zeros([1, 1], tl.int64)  # makes every load a block")
+    k.load_inputs(Role.PARAM)
+    params = [n for n in graded if g[n].role is Role.PARAM]
+    for n in params:
+        side = f.input_side(n)
+        shape = "[1, BK]" if side == KEY else "[1, BV]" if side else "[1, 1]"
+        w(f"acc_{arg(n)} = tl.zeros({shape}, tl.float32)")
+    w("dS = tl.zeros([BK, BV], tl.float32)  # gradient of the state leaving the chunk")
+    w("if HAS_DHT:")
+    w(f"    dS += tl.load(dhT_ptr + {k.state_offset('dhT')}, mask=m_s, other=0.0)"
+      ".to(tl.float32)", "gradient of the final state")
+    w("for ci in range(0, n_c):")
+    w.indent()
+    k.rows("n_c - 1 - ci")
+    w(f"S0 = tl.load(chk_ptr + {k.state_offset('chk', chunk=True)}, mask=m_s, other=0.0)"
+      ".to(tl.float32)", "state entering the chunk (checkpoint)")
+    k.load_inputs(Role.SEQ)
+    w(f"dy = tl.load(dy_ptr + {k.offset('dy', g[f.output].dims, True)}, mask=m_t & m_v, "
+      "other=0.0).to(tl.float32)", f"gradient of {f.output}")
+    keys = list(derivs)
+    repl, red = k.cse([q.expr for q in f.quantities] + [derivs[x] for x in keys])
+    names = k.names()
+    k.emit_cse(repl, names)
+    nq = len(f.quantities)
+    k.quantities({q.name: e for q, e in zip(f.quantities, red[:nq])}, names)
+    reduced = dict(zip(keys, red[nq:]))
+    k.cumulative()
+    k.intra()
+    k.state_exps()
+    du = "dy"
+    if f.q("ek"):
+        w("esum = tl.sum(q_ek, 1, keep_dims=True)")
+    if f.q("gate"):
+        w("u = _dot(A, q_v, DT, IEEE) + _dot(q_q * eq, S0, DT, IEEE)"
+          + (" + esum * q_ev" if f.q("ek") else ""), "the readout, recomputed")
+        w("d_gate = dy * u")
+        w("du = dy * q_gate")
+        du = "du"
+    w(f"d_v = _dot(tl.trans(A), {du}, DT, IEEE) + _dot(q_k * ek, dS, DT, IEEE)")
+    if f.q("ek"):
+        w(f"d_ev = {du} * esum")
+        w(f"d_ek = tl.where(m_t & m_k, tl.sum({du} * q_ev, 1, keep_dims=True) + ZK, 0.0)")
+    w(f"dA = tl.where(causal, _dot({du}, tl.trans(q_v), DT, IEEE), 0.0)")
+    _intra_grads(k)
+    w(f"dqs = _dot({du}, tl.trans(S0), DT, IEEE)  # the readout of S_0")
+    w("d_q += dqs * eq")
+    w("gq = q_q * dqs * eq")
+    w("dlq += gq" if f.per_key else "dlq += tl.sum(gq, 1, keep_dims=True)")
+    w("dkt = _dot(q_v, tl.trans(dS), DT, IEEE)  # the state passed on")
+    w("d_k += dkt * ek")
+    w("gk = q_k * ek * dkt")
+    if f.per_key:
+        w("dlam -= gk")
+        w("dlast = tl.sum(gk, 0, keep_dims=True) + "
+          "tl.trans(tl.sum(S0 * dS, 1, keep_dims=True)) * elast")
+    else:
+        w("dlam -= tl.sum(gk, 1, keep_dims=True)")
+        w("dlast = tl.sum(tl.sum(gk, 1, keep_dims=True), 0, keep_dims=True) + "
+          "tl.sum(tl.sum(S0 * dS, 1, keep_dims=True), 0, keep_dims=True) * elast")
+    w(f"dS = dS * elast_r + _dot(tl.trans(q_q * eq), {du}, DT, IEEE)", "the state entering")
+    rc = "tl.cumsum(dlam + dlq, 0, reverse=True)"
+    w(f"d_l = {rc} - dlq + dlast" if f.old else f"d_l = {rc} + dlast",
+      "log-decay: Lam_i = sum_{j<=i} l_j")
+    lm = "m_t & m_k" if f.per_key else "m_t"
+    w(f"d_l = tl.where({lm} & (l_raw > {LOG_FLOOR}), d_l, 0.0)  # floored decays: no gradient")
+    grads = _chain(k, reduced, names)
+    for n, var in grads.items():
+        node = g[n]
+        gv = f"g_{arg(n)}"
+        if node.role is Role.PARAM:
+            w(f"acc_{arg(n)} += tl.sum({var}, 0, keep_dims=True)")
+            continue
+        off = k.offset(gv, node.dims, True)
+        m = k.mask(node.dims, True)
+        w(f"if {atom_flag(n)}:")
+        w(f"    tl.atomic_add({gv}_ptr + {off}, {var}, mask={m})")
+        w("else:")
+        w(f"    tl.store({gv}_ptr + {off}, {var}.to({gv}_ptr.dtype.element_ty), mask={m})")
+    w.dedent()
+    for n in params:
+        gv = f"g_{arg(n)}"
+        off = k.offset(gv, g[n].dims, False)
+        m = k.mask(g[n].dims, False)
+        guard = f", mask={m}" if m != "None" else ""
+        w(f"tl.atomic_add({gv}_ptr + {off} + ZERO, acc_{arg(n)}{guard})", f"gradient of {n}")
+    w(f"tl.store(dh0_ptr + {k.state_offset('dh0')}, dS, mask=m_s)", "gradient of the initial state")
+    consts = ["HAS_DHT"] + [atom_flag(n) for n in graded if g[n].role is Role.SEQ] + CONSTS
+    return k.source(consts), k.params, graded

@@ -1,0 +1,331 @@
+"""Pieces of the chunked kernels: signature, program indices, loads, the per-step quantities,
+cumulative log-decays and the intra-chunk matrix; and the forward kernel.
+
+One program owns one index of every grid dim (batch, heads) and one block of BV values, holds
+the (key x BV) state tile in registers, and walks its sequence in chunks of BT steps. Within a
+chunk, with Lam the inclusive cumulative log-decay (log2 units: exp2 with log2(e) folded in),
+
+    A_ij = sum_k q_ik k_jk 2^(Lq_ik - Lam_jk)   for j <= i (j < i when the output reads the old
+                                               state), 0 above: the causal mask
+    u    = A v + (q * 2^Lq) S_0 + (sum_k ek) ev         (tl.dot on tensor cores)
+    S_BT = 2^Lam_last S_0 + (k * 2^(Lam_last - Lam))^T v
+
+A scalar decay builds 2^(Lq_i - Lam_j) as a C x C matrix with the mask applied to the exponent
+(-inf above the diagonal, so exp2 gives exact zeros and never overflows: the Mamba-2 NaN). A
+per-key decay factors it through a per-key reference R, q * 2^(Lq - R) and k * 2^(R - Lam), when
+every exponent stays within +-SPAN/2 (exact, no overflow); a chunk whose decays span more falls
+back to an exact column-by-column loop. Log-decays are floored at LOG_FLOOR, below which exp
+underflows in float32 anyway, so cumulative sums stay finite.
+"""
+from __future__ import annotations
+
+import sympy as sp
+
+from ..ir.dims import Role
+from ..ir.nodes import node_symbol
+from .chunked_form import KEY, VALUE, ChunkForm
+from .emit import Writer, ident
+from .printer import HELPERS, triton_expr
+
+LOG_FLOOR = -200.0      # nats per step; e^-200 is below float32's smallest subnormal
+SPAN = 120.0            # log2 units: the widest per-key decay range the factored form takes
+LOG2E = 1.4426950408889634
+
+DOT = '''
+@triton.jit
+def _dot(a, b, DT: tl.constexpr, IEEE: tl.constexpr):
+    # tensor-core product: operands rounded to DT, accumulated in float32 (full-precision
+    # fp32 products when IEEE: tf32 would cost ~3e-4 relative error)
+    if IEEE:
+        return tl.dot(a.to(DT), b.to(DT), input_precision="ieee")
+    else:
+        return tl.dot(a.to(DT), b.to(DT))
+'''
+
+CONSTS = ["BT", "BK", "BV", "DT", "IEEE", "REVERSE", "VARLEN"]
+
+
+def arg(name: str) -> str:
+    """The kernel variable of input node `name` (prefixed: inputs may be called C or T)."""
+    return f"a_{ident(name)}"
+
+
+class Kernel:
+    """Collects one chunked kernel: its parameters (in launch order) and body lines."""
+
+    def __init__(self, form: ChunkForm, name: str):
+        self.form, self.name = form, name
+        self.params: list[tuple] = []   # ('ptr', key, var) / ('stride', key, dim, var) / ...
+        self.w = Writer()
+        self.g = form.g
+        self.key, self.value = form.key, form.value
+
+    # ---- signature
+
+    def tensor(self, key: str, var: str, dims, timed: bool, chunked: bool = False) -> None:
+        """A tensor parameter with one stride per named dim ('#t' time, '#c' chunk)."""
+        self.params.append(("ptr", key, f"{var}_ptr"))
+        if chunked:
+            self.params.append(("stride", key, "#c", f"{var}_sc"))
+        if timed:
+            self.params.append(("stride", key, "#t", f"{var}_st"))
+        for d in dims:
+            self.params.append(("stride", key, d, f"{var}_s_{d}"))
+
+    def sizes(self) -> None:
+        for d in self.form.grid + (self.key, self.value):
+            self.params.append(("size", d, f"size_{d}"))
+        self.params.append(("size", "T", "T"))
+
+    def source(self, consts: list[str]) -> str:
+        names = [p[-1] for p in self.params] + [f"{c}: tl.constexpr" for c in consts]
+        head = f"@triton.jit\ndef {self.name}(\n" + "".join(f"    {p},\n" for p in names) + "):\n"
+        return head + self.w.text() + "\n"
+
+    # ---- offsets
+
+    def offset(self, var: str, dims, timed: bool, batch: str = "i_bx") -> str:
+        """`var_ptr`'s offset for this program's grid indices, the tile's key/value index
+        vectors, and the chunk's time steps."""
+        terms = ["t64 * " + f"{var}_st"] if timed else []
+        for d in dims:
+            if d == self.key:
+                terms.append(f"o_k * {var}_s_{d}")
+            elif d == self.value:
+                terms.append(f"o_v * {var}_s_{d}")
+            elif d == self.form.batch:
+                terms.append(f"{batch} * {var}_s_{d}")
+            else:
+                terms.append(f"i_{d} * {var}_s_{d}")
+        return " + ".join(terms) or "0"
+
+    def state_offset(self, var: str, chunk: bool = False) -> str:
+        """Offset of the (BK x BV) state tile: keys along rows, values along columns."""
+        terms = [f"(c0 + c) * {var}_sc"] if chunk else []
+        for d in self.g[self.form.state].dims:
+            if d == self.key:
+                terms.append(f"o_kr * {var}_s_{d}")
+            elif d == self.value:
+                terms.append(f"o_v * {var}_s_{d}")
+            elif d == self.form.batch:
+                if not chunk:
+                    terms.append(f"i_b * {var}_s_{d}")
+            else:
+                terms.append(f"i_{d} * {var}_s_{d}")
+        return " + ".join(terms)
+
+    def mask(self, dims, timed: bool) -> str:
+        parts = (["m_t"] if timed else []) + (["m_k"] if self.key in dims else []) + (
+            ["m_v"] if self.value in dims else [])
+        return " & ".join(parts) or "None"
+
+    # ---- common body pieces
+
+    def prologue(self) -> None:
+        """Program id -> v-block and grid indices; index vectors and masks; the sequence."""
+        w, f = self.w, self.form
+        w("pid = tl.program_id(0)")
+        w(f"n_vb = tl.cdiv(size_{self.value}, BV)")
+        w("i_vb = pid % n_vb")
+        w("pid = pid // n_vb")
+        for d in reversed(f.grid):
+            w(f"i_{d} = (pid % size_{d}).to(tl.int64)")
+            w(f"pid = pid // size_{d}")
+        w("z64 = tl.program_id(0).to(tl.int64) * 0")
+        w("o_c = tl.arange(0, BT)[:, None]  # step within the chunk (rows)")
+        w("o_cc = tl.arange(0, BT)[None, :]  # step within the chunk (columns)")
+        w(f"o_k = tl.arange(0, BK)[None, :]  # key dim {self.key}")
+        w(f"m_k = o_k < size_{self.key}")
+        w("o_kr = tl.arange(0, BK)[:, None]  # key dim as the state tile's rows")
+        w(f"m_kr = o_kr < size_{self.key}")
+        w(f"o_v = i_vb * BV + tl.arange(0, BV)[None, :]  # value dim {self.value}")
+        w(f"m_v = o_v < size_{self.value}")
+        w("m_s = m_kr & m_v")
+        w("ZK = tl.zeros([BT, BK], tl.float32)")
+        w("ZV = tl.zeros([BT, BV], tl.float32)")
+        w("Z1 = tl.zeros([BT, 1], tl.float32)")
+        b = f.batch
+        # a sequence: [bos, bos + n_t) along time; packed sequences (cu_seqlens) each have one
+        w("bos = z64")
+        w("n_t = z64 + T")
+        w(f"i_b = i_{b}" if b else "i_b = z64")
+        w("i_bx = i_b")
+        w("c0 = i_b * tl.cdiv(T, BT)  # this sequence's first chunk in the checkpoints")
+        if b:
+            w("if VARLEN:")
+            w("    bos = tl.load(cu_ptr + i_b).to(tl.int64)")
+            w("    n_t = tl.load(cu_ptr + i_b + 1).to(tl.int64) - bos")
+            w("    i_bx = z64  # packed inputs have one batch row")
+            w("    c0 = tl.load(coff_ptr + i_b).to(tl.int64)")
+        w("n_c = tl.cdiv(n_t, BT)")
+
+    def rows(self, chunk: str) -> None:
+        """The chunk's steps: `tau` within the sequence, `t64` in memory (reversed scans read
+        the sequence back to front)."""
+        w = self.w
+        w(f"c = {chunk}")
+        w("tau = c * BT + o_c")
+        w("m_t = tau < n_t")
+        w("t64 = bos + tau")
+        w("if REVERSE:")
+        w("    t64 = bos + n_t - 1 - tau")
+
+    def load_inputs(self, role: Role) -> None:
+        g, w = self.g, self.w
+        for name in self.form.inputs:
+            node = g[name]
+            if node.role is not role:
+                continue
+            var, timed = arg(name), role is Role.SEQ
+            dims = node.dims
+            off = self.offset(var, dims, timed)
+            m = self.mask(dims, timed)
+            guard = f", mask={m}, other=0.0" if m != "None" else ""
+            w(f"{var} = tl.load({var}_ptr + {off} + ZERO{guard}).to(tl.float32)", name)
+
+    def cse(self, exprs: list[sp.Basic]) -> tuple[list[tuple[sp.Symbol, sp.Basic]], list]:
+        names = sp.numbered_symbols("e", real=True)
+        return sp.cse(exprs, symbols=names, order="none")
+
+    def names(self, extra: dict | None = None) -> dict[str, str]:
+        out = {name: arg(name) for name in self.form.inputs}
+        out.update(extra or {})
+        return out
+
+    def emit_cse(self, repl, names: dict[str, str]) -> None:
+        for sym, e in repl:
+            names[sym.name] = sym.name
+            self.w(f"{sym.name} = {triton_expr(e, names)}")
+
+    def quantities(self, exprs: dict[str, sp.Basic], names: dict[str, str]) -> None:
+        """q_<name> for every quantity, broadcast to its tile and zero outside the masks."""
+        f, w = self.form, self.w
+        for q in f.quantities:
+            text = triton_expr(exprs[q.name], names)
+            if q.name == "l":
+                shape, m = ("ZK", "m_t & m_k") if f.per_key else ("Z1", "m_t")
+                w(f"l_raw = {text} + {shape}", "log-decay")
+                w(f"q_l = tl.where({m}, tl.maximum(l_raw, {LOG_FLOOR}), 0.0)")
+                w(f"l2 = q_l * {LOG2E}  # log2 units")
+                continue
+            shape, m = ("ZK", "m_t & m_k") if q.side == KEY else ("ZV", "m_t & m_v")
+            w(f"q_{q.name} = tl.where({m}, {text} + {shape}, 0.0)", f"{q.name} = {q.expr}")
+
+    def cumulative(self) -> None:
+        """Lam (inclusive), Lq (what the readout sees), Lam_last, and the causal mask."""
+        w, f = self.w, self.form
+        w("lam = tl.cumsum(l2, 0)  # log2 decay from the chunk start through each step")
+        w("lq = lam - l2  # ... through the step before: the output reads the old state"
+          if f.old else "lq = lam")
+        w("lam_last = tl.sum(l2, 0, keep_dims=True)  # through the whole chunk")
+        w("causal = o_cc < o_c" if f.old else "causal = o_cc <= o_c")
+
+    def intra(self) -> None:
+        """A (BT x BT): the decayed, masked q k^T of the chunk."""
+        w, f = self.w, self.form
+        if not f.per_key:
+            w("dm = tl.exp2(tl.where(causal, lq - tl.trans(lam), float('-inf')))",
+              "decay from step j to step i, exact zeros above the diagonal")
+            w("A = _dot(q_q, tl.trans(q_k), DT, IEEE) * dm")
+            return
+        w("lo = tl.minimum(tl.min(lam, 0, keep_dims=True), tl.min(lq, 0, keep_dims=True))")
+        w("hi = tl.maximum(tl.max(lam, 0, keep_dims=True), tl.max(lq, 0, keep_dims=True))")
+        w("ref = (lo + hi) * 0.5  # per-key reference: both factors within 2^(+-span/2)")
+        w(f"if tl.max(hi - lo) <= {SPAN}:")
+        w.indent()
+        w("qd = q_q * tl.exp2(lq - ref)")
+        w("kd = q_k * tl.exp2(ref - lam)")
+        w("A = tl.where(causal, _dot(qd, tl.trans(kd), DT, IEEE), 0.0)")
+        w.dedent()
+        w("else:  # decays too steep to factor: one column at a time, exponents masked")
+        w.indent()
+        w("A = tl.zeros([BT, BT], tl.float32)")
+        w("for j in range(0, BT):")
+        w.indent()
+        self.column("j")
+        w("A = tl.where(o_cc == j, tl.sum(q_q * k_j * w_j, 1, keep_dims=True), A)")
+        w.dedent()
+        w.dedent()
+
+    def column(self, j: str) -> None:
+        """k_j, the decays w_j from step j to every step i (zero where masked)."""
+        w = self.w
+        w(f"k_j = tl.sum(tl.where(o_c == {j}, q_k, 0.0), 0, keep_dims=True)")
+        w(f"lam_j = tl.sum(tl.where(o_c == {j}, lam, 0.0), 0, keep_dims=True)")
+        op = "<" if self.form.old else "<="
+        w(f"w_j = tl.exp2(tl.where({j} {op} o_c, lq - lam_j, float('-inf')))")
+
+    def state_exps(self) -> None:
+        """Decays of the inter-chunk terms (at most 1 for decays at most 1)."""
+        w, f = self.w, self.form
+        w("eq = tl.exp2(lq)  # chunk start -> each step (what the readout of S_0 sees)")
+        w("ek = tl.exp2(lam_last - lam)  # each step -> chunk end")
+        w("elast = tl.exp2(lam_last)  # the whole chunk")
+        w("elast_r = tl.trans(elast)" if f.per_key else "elast_r = elast")
+
+
+def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
+    """The forward kernel and its parameters."""
+    k = Kernel(form, name)
+    g, w, f = k.g, k.w, form
+    for n in f.inputs:
+        node = g[n]
+        k.tensor(f"in:{n}", arg(n), node.dims, node.role is Role.SEQ)
+    k.tensor("out", "y", g[f.output].dims, True)
+    sdims = g[f.state].dims
+    k.tensor("h0", "h0", sdims, False)
+    k.tensor("hT", "hT", sdims, False)
+    k.tensor("chk", "chk", [d for d in sdims if d != f.batch], False, chunked=True)
+    k.params += [("ptr", "cu", "cu_ptr"), ("ptr", "coff", "coff_ptr")]
+    k.sizes()
+    k.prologue()
+    w("ZERO = tl.zeros([1, 1], tl.int64)  # makes every load a block")
+    k.load_inputs(Role.PARAM)
+    w("S = tl.zeros([BK, BV], tl.float32)")
+    w("if HAS_H0:")
+    w(f"    S += tl.load(h0_ptr + {k.state_offset('h0')}, mask=m_s, other=0.0)"
+      ".to(tl.float32)", "initial state")
+    w("for ci in range(0, n_c):")
+    w.indent()
+    k.rows("ci")
+    w("if SAVE:")
+    w(f"    tl.store(chk_ptr + {k.state_offset('chk', chunk=True)}, "
+      "S.to(chk_ptr.dtype.element_ty), mask=m_s)", "state entering the chunk")
+    k.load_inputs(Role.SEQ)
+    exprs = [q.expr for q in f.quantities]
+    repl, red = k.cse(exprs)
+    names = k.names()
+    k.emit_cse(repl, names)
+    k.quantities({q.name: e for q, e in zip(f.quantities, red)}, names)
+    k.cumulative()
+    k.intra()
+    k.state_exps()
+    w("u = _dot(A, q_v, DT, IEEE) + _dot(q_q * eq, S, DT, IEEE)", "sum_k q * S")
+    if f.q("ek"):
+        w("u += tl.sum(q_ek, 1, keep_dims=True) * q_ev", "the readout's state-free term")
+    y = "u"
+    if f.q("gate"):
+        y = "q_gate * u"
+    if f.q("skip"):
+        y += " + q_skip"
+    w(f"y = {y}", f.output)
+    w(f"tl.store(y_ptr + {k.offset('y', g[f.output].dims, True)}, "
+      "y.to(y_ptr.dtype.element_ty), mask=m_t & m_v)")
+    w("S = S * elast_r + _dot(tl.trans(q_k * ek), q_v, DT, IEEE)", f"{f.state} after the chunk")
+    w.dedent()
+    w(f"tl.store(hT_ptr + {k.state_offset('hT')}, S, mask=m_s)", "final state")
+    return k.source(["HAS_H0", "SAVE"] + CONSTS), k.params
+
+
+def module_source(kernels: list[str], title: str) -> str:
+    """The generated module: imports, helpers, the dot wrapper, the kernels."""
+    return (f'"""{title}\n\nGenerated by lrc; lines implementing an IR quantity end in a '
+            'comment naming it."""\nimport triton\nimport triton.language as tl\n'
+            + HELPERS + DOT + "\n\n" + "\n\n".join(kernels))
+
+
+def input_symbol(form: ChunkForm, name: str) -> sp.Symbol:
+    return node_symbol(form.g[name])
+
+
+__all__ = ["KEY", "VALUE", "Kernel", "forward_source", "module_source", "arg", "LOG_FLOOR"]
