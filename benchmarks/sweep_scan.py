@@ -23,6 +23,9 @@ OUT = os.environ.get("OUT", "/tmp")
 
 
 def cases():
+    from lrc.codegen import tiling
+
+    tiling.TIME_LAST = bool(int(os.environ.get("TIME_LAST", "0")))
     B, T, D = 8, 4096, 2048
     x = torch.randn(B, T, D, device="cuda", dtype=torch.bfloat16)
     a = torch.sigmoid(torch.randn(B, T, D, device="cuda")).to(torch.bfloat16)
@@ -64,7 +67,9 @@ if __name__ == "__main__":
                 continue
             rows.append(dict(case=name, TC=tc, budget=budget, warps=warps, stages=stages,
                              fwd_us=f * 1e3, fwdbwd_us=fb * 1e3))
-            print(f"{name:8s} TC{tc:3d} budget{budget:5d} warps{warps} stages{stages}: "
+            print(f"{name:8s} TL{os.environ.get('TIME_LAST', '0')} TC{tc:3d} budget{budget:5d} "
+                  f"warps{warps} stages{stages}: "
                   f"fwd {f * 1e3:8.1f} us  fwd+bwd {fb * 1e3:9.1f} us", flush=True)
-    with open(os.path.join(OUT, "sweep_scan.json"), "w") as fh:
+    tag = os.environ.get("TIME_LAST", "0")
+    with open(os.path.join(OUT, f"sweep_scan_tl{tag}.json"), "w") as fh:
         json.dump(rows, fh, indent=1)

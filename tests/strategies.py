@@ -26,7 +26,9 @@ the state, reductions, .real/.imag/abs). States sit anywhere among the arguments
 
 The oracle, `RandomSpec.expected(inputs)`, runs the same program on plain torch tensors in a
 Python loop (each value held over all dims in one fixed axis order) and shares no code with lrc.
-Print a RandomSpec to see its source; errors in a generated step point at its lines.
+Print a RandomSpec to see its source; errors in a generated step point at its lines. Values
+avoid exact zeros where a kink would make gradients ill-defined: index positions are offset by
+0.5 and complex states always take a complex input.
 """
 from __future__ import annotations
 
@@ -99,7 +101,8 @@ OPS: dict[str, tuple[str, Callable[..., torch.Tensor] | None]] = {
     "conj": ("{0}.conj()", lambda x: x.conj().resolve_conj()),
     "scale": ("{c!r} * {0}", None), "sum": ("{0}.sum({dims})", None),
     "rename": ('{0}.rename({old}="{new}")', None), "shift": ('lrc.shift({0}, "{dim}")', None),
-    "shift_fill": ('{0}.shift("{dim}", fill={1})', None), "index": ('lrc.index("{dim}")', None),
+    "shift_fill": ('{0}.shift("{dim}", fill={1})', None),
+    "index": ('lrc.index("{dim}") + 0.5', None),
 }
 UNARY = ("tanh", "sigmoid", "sin", "cos", "softplus", "silu", "relu", "logsigmoid", "abs", "neg",
          "exp", "expm1", "log", "log1p", "sqrt", "square")
@@ -254,7 +257,7 @@ class _Builder:
                 t = self.emit("shift_fill", h, f, dim=k)
             terms.append(self.emit("mul", self.decay(dims), t))
         inp = self.gate(dims)
-        if cplx and self.draw(st.booleans()):
+        if cplx:    # a complex input: no part of the state sits exactly at 0, abs's kink
             inp = (self.emit("mul", self.param("normal", self.subset(chans), True), inp)
                    if self.draw(st.booleans()) else self.emit("scale", inp, c=0.6 + 0.3j))
         terms.append(inp)
@@ -500,7 +503,7 @@ class RandomSpec:
             return attr["c"] * xs[0]
         if s.op == "index":
             n = self._size(attr["dim"], batch)
-            return torch.arange(n, dtype=torch.float64).reshape(
+            return torch.arange(n, dtype=torch.float64).add(0.5).reshape(
                 [n if d == attr["dim"] else 1 for d in FULL])
         x = xs[0].expand([self._size(d, batch) if d in self.dims[s.args[0]] else 1
                           for d in FULL])

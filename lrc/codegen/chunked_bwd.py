@@ -46,7 +46,7 @@ def _intra_grads(k: Kernel) -> None:
         return
     w(f"if tl.max(hi - lo) <= {SPAN}:")
     w.indent()
-    w("eqd = tl.exp2(lq - ref)")
+    w("eqd = tl.exp2(lq - ref)  # recomputed: registers are scarcer than exp2 here")
     w("ekd = tl.exp2(ref - lam)")
     w("d_q = _dot(dA, q_k * ekd, DT, IEEE) * eqd")
     w("d_k = _dot(tl.trans(dA), q_q * eqd, DT, IEEE) * ekd")

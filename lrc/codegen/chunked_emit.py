@@ -148,7 +148,8 @@ class Kernel:
         # a sequence: [bos, bos + n_t) along time; packed sequences (cu_seqlens) each have one
         w("bos = z64")
         w("n_t = z64 + T")
-        w(f"i_b = i_{b}" if b else "i_b = z64")
+        if b != "b":
+            w(f"i_b = i_{b}" if b else "i_b = z64")
         w("i_bx = i_b")
         w("c0 = i_b * tl.cdiv(T, BT)  # this sequence's first chunk in the checkpoints")
         if b:
@@ -184,7 +185,7 @@ class Kernel:
             w(f"{var} = tl.load({var}_ptr + {off} + ZERO{guard}).to(tl.float32)", name)
 
     def cse(self, exprs: list[sp.Basic]) -> tuple[list[tuple[sp.Symbol, sp.Basic]], list]:
-        names = sp.numbered_symbols("e", real=True)
+        names = sp.numbered_symbols("cse", real=True)
         return sp.cse(exprs, symbols=names, order="none")
 
     def names(self, extra: dict | None = None) -> dict[str, str]:
@@ -233,9 +234,10 @@ class Kernel:
         w("ref = (lo + hi) * 0.5  # per-key reference: both factors within 2^(+-span/2)")
         w(f"if tl.max(hi - lo) <= {SPAN}:")
         w.indent()
-        w("qd = q_q * tl.exp2(lq - ref)")
-        w("kd = q_k * tl.exp2(ref - lam)")
-        w("A = tl.where(causal, _dot(qd, tl.trans(kd), DT, IEEE), 0.0)")
+        w("eqd = tl.exp2(lq - ref)")
+        w("ekd = tl.exp2(ref - lam)")
+        w("A = tl.where(causal, _dot(q_q * eqd, tl.trans(q_k * ekd), DT, IEEE), 0.0)")
+        w("ek = ekd * tl.exp2(lam_last - ref)  # each step -> chunk end")
         w.dedent()
         w("else:  # decays too steep to factor: one column at a time, exponents masked")
         w.indent()
@@ -245,6 +247,7 @@ class Kernel:
         self.column("j")
         w("A = tl.where(o_cc == j, tl.sum(q_q * k_j * w_j, 1, keep_dims=True), A)")
         w.dedent()
+        w("ek = tl.exp2(lam_last - lam)  # each step -> chunk end")
         w.dedent()
 
     def column(self, j: str) -> None:
@@ -259,7 +262,8 @@ class Kernel:
         """Decays of the inter-chunk terms (at most 1 for decays at most 1)."""
         w, f = self.w, self.form
         w("eq = tl.exp2(lq)  # chunk start -> each step (what the readout of S_0 sees)")
-        w("ek = tl.exp2(lam_last - lam)  # each step -> chunk end")
+        if not f.per_key:
+            w("ek = tl.exp2(lam_last - lam)  # each step -> chunk end")
         w("elast = tl.exp2(lam_last)  # the whole chunk")
         w("elast_r = tl.trans(elast)" if f.per_key else "elast_r = elast")
 

@@ -40,14 +40,20 @@ class Tiling:
     tile: tuple[str, ...]
     split: tuple[str, ...]
     grid: tuple[str, ...]
+    time_last: bool = False  # the time-chunk axis last (fastest) instead of first
+
+    @property
+    def taxis(self) -> int:
+        """The register axis of the time chunk."""
+        return len(self.tile) if self.time_last else 0
 
     def axis(self, dim: str) -> int:
-        return 1 + self.tile.index(dim)
+        return self.tile.index(dim) + (0 if self.time_last else 1)
 
     def shape(self, dims, timed: bool) -> str:
-        parts = ["TC" if timed else "1"] + [f"BLOCK_{d}" if d in dims else "1"
-                                             for d in self.tile]
-        return "[" + ", ".join(parts) + "]"
+        tile = [f"BLOCK_{d}" if d in dims else "1" for d in self.tile]
+        t = ["TC" if timed else "1"]
+        return "[" + ", ".join(tile + t if self.time_last else t + tile) + "]"
 
 
 @dataclass(frozen=True)

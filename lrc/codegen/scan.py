@@ -73,12 +73,12 @@ def _prologue(w: Writer, tiling: Tiling) -> None:
         w(f"i_{d} = (pid % size_{d}).to(tl.int64)")
         w(f"pid = pid // size_{d}")
     rank = 1 + len(tiling.tile)
-    for k, d in enumerate(tiling.tile):
-        sl = ", ".join(":" if j == k + 1 else "None" for j in range(rank))
+    for d in tiling.tile:
+        sl = ", ".join(":" if j == tiling.axis(d) else "None" for j in range(rank))
         start = f"blk_{d} * BLOCK_{d} + " if d in tiling.split else ""
         w(f"o_{d} = ({start}tl.arange(0, BLOCK_{d}))[{sl}]")
         w(f"m_{d} = o_{d} < size_{d}")
-    sl = ", ".join(":" if j == 0 else "None" for j in range(rank))
+    sl = ", ".join(":" if j == tiling.taxis else "None" for j in range(rank))
     w(f"o_t = tl.arange(0, TC)[{sl}]")
     w(f"ONE = tl.zeros([{', '.join(['1'] * rank)}], tl.int64)  # makes any pointer a block")
 
@@ -185,14 +185,15 @@ class ChunkBody:
             w(f"a_{self.tag}{i} = tl.where(m_t, {full(a)}, 1.0)", f"decay of {b.states[0]}")
             w(f"b_{self.tag}{i} = tl.where(m_t, {full(inp)}, 0.0)", f"input of {b.states[0]}")
             w(f"A_{self.tag}{i}, B_{self.tag}{i} = tl.associative_scan((a_{self.tag}{i}, "
-              f"b_{self.tag}{i}), 0, _scan1, reverse={self.reverse})")
+              f"b_{self.tag}{i}), {t.taxis}, _scan1, reverse={self.reverse})")
             s = self.state_var(b.states[0])
             self.carry_in[b.states[0]] = f"{s}_in"
             w(f"{s}_in = {s}")
             new = ident(b.news[0]) + f"_{self.tag}"
             w(f"{new} = A_{self.tag}{i} * {s} + B_{self.tag}{i}", b.news[0])
             vals.set(b.news[0], Val(new, frozenset(dims), True))
-            w(f"{s} = tl.sum(tl.where(o_t == LAST_{self.tag}, {new}, 0.0), axis=0, keep_dims=True)")
+            w(f"{s} = tl.sum(tl.where(o_t == LAST_{self.tag}, {new}, 0.0), axis={t.taxis}, "
+              "keep_dims=True)")
             return
         names = [f"{x}_{self.tag}{i}" for x in ("a11", "a12", "a21", "a22", "b1", "b2")]
         coefs = [b.coef[0][0], b.coef[0][1], b.coef[1][0], b.coef[1][1]]
@@ -201,7 +202,7 @@ class ChunkBody:
         for nm, e in zip(names[4:], b.inp):
             w(f"{nm} = tl.where(m_t, {full(e)}, 0.0)")
         outs = [x.upper() for x in names]
-        w(f"{', '.join(outs)} = tl.associative_scan(({', '.join(names)}), 0, _scan2, "
+        w(f"{', '.join(outs)} = tl.associative_scan(({', '.join(names)}), {t.taxis}, _scan2, "
           f"reverse={self.reverse})", f"block {', '.join(b.states)}")
         s1, s2 = (self.state_var(s) for s in b.states)
         for s, sv in zip(b.states, (s1, s2)):
@@ -214,7 +215,7 @@ class ChunkBody:
             vals.set(new, Val(nv, frozenset(dims), True))
         for s, new in zip(b.states, b.news):
             w(f"{self.state_var(s)} = tl.sum(tl.where(o_t == LAST_{self.tag}, "
-              f"{vals[new].var}, 0.0), axis=0, keep_dims=True)")
+              f"{vals[new].var}, 0.0), axis={self.vals.tiling.taxis}, keep_dims=True)")
 
     def old(self, s: str, new: str) -> None:
         """The state before each step of the chunk: the new values shifted by one step."""
@@ -223,7 +224,8 @@ class ChunkBody:
         var = f"{ident(s)}_old_{self.tag}"
         tg = self.tag
         w(f"{var} = tl.where(o_t == FIRST_{tg}, {self.carry_in[s]}, tl.gather({nv.var}, "
-          f"tl.broadcast_to(SHIFT_{tg}, {nv.var}.shape), 0))", f"{s} before each step")
+          f"tl.broadcast_to(SHIFT_{tg}, {nv.var}.shape), {vals.tiling.taxis}))",
+          f"{s} before each step")
         vals.set(s, Val(var, nv.dims, True))
 
     def run(self, nodes: list[str]) -> None:
@@ -467,7 +469,8 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
         else:
             acc = f"{var}_acc"
             pre(f"{acc} = tl.zeros({t.shape(dims, False)}, tl.float32)")
-            loop(f"{acc} += tl.sum(tl.where(m_t, {vals.full(v, dims, True)}, 0.0), axis=0, "
+            loop(f"{acc} += tl.sum(tl.where(m_t, {vals.full(v, dims, True)}, 0.0), "
+                 f"axis={t.taxis}, "
                  "keep_dims=True)", out)
             accs.append((acc, var, off, dims, atomic))
     for acc, var, off, dims, atomic in accs:

@@ -8,6 +8,7 @@ from .emit import Tiling
 from .partition import Partition, Unsupported
 
 MAX_TILE = 4096  # register elements per value and chunk (TC x blocks), a budget per program
+TIME_LAST = False  # put the time-chunk axis last in registers (see benchmarks/sweep_scan.py)
 
 
 def choose_tiling(k: Graph, part: Partition) -> Tiling:
@@ -41,7 +42,7 @@ def choose_tiling(k: Graph, part: Partition) -> Tiling:
         split = (inner,)
     order = tuple(d for d in space if d in tile)
     grid = tuple(d for d in space if d not in tile)
-    return Tiling(space, order, split, grid)
+    return Tiling(space, order, split, grid, TIME_LAST)
 
 
 def next_pow2(n: int) -> int:

@@ -28,8 +28,10 @@ class Layer:
     def __init__(self, spec: Spec, backend: str, lowering: str | None = None):
         self.spec = spec
         self.graph = spec.graph
-        compiled, program, why = cached(canonical_key(spec.graph, lowering=lowering),
-                                        lambda: _build(spec.graph, lowering))
+        from ..codegen import tiling
+
+        key = canonical_key(spec.graph, lowering=lowering, time_last=tiling.TIME_LAST)
+        compiled, program, why = cached(key, lambda: _build(spec.graph, lowering))
         self.compiled = compiled
         self.lowered = compiled.lowered
         self.plan = Plan(compiled.planned)

@@ -1,0 +1,68 @@
+"""The chunked tensor-core lowering: a Program of generated forward and backward kernels.
+
+`Program(compiled)` reads the spec's chunked form (`chunked_form.extract`: raises Unsupported
+when it does not fit, and the scan runs instead), generates one module holding a forward and a
+backward kernel (`chunked_emit`, `chunked_bwd`: what each computes is documented there), and
+`run(call)` launches them as a differentiable PyTorch function in the user's layouts
+(`chunked_launch`): every stride is passed per named dim, so nothing is copied (Mamba-2's
+grouped B and C are read in place by every head of their group).
+
+What is materialized: the output, the final state, and, when a gradient will be asked for, the
+state entering every chunk (in the dot dtype); the backward reads those and writes the input
+gradients. Chunk and block sizes come from a small config set timed once per shape on the GPU
+(`chunked_tune`); under Triton's interpreter one small config runs.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+
+from ..ir.dims import Role
+from . import module as modules
+from .chunked_bwd import backward_source
+from .chunked_emit import forward_source, module_source
+from .chunked_form import ChunkForm, extract
+from .chunked_tune import Config
+from .emit import ident
+from .partition import Unsupported
+
+
+class Program:
+    """The chunked kernels of one compiled spec (see the module docstring).
+
+    form      the chunked form the kernels compute
+    sources   'forward', 'backward': each kernel's own source; `source` the whole module
+    override  a (forward, backward) pair of Configs to run instead of the tuned ones (tests pin
+              small chunks with it)
+    """
+
+    def __init__(self, compiled):
+        self.form: ChunkForm = extract(compiled)
+        g = self.form.g
+        for n in g.inputs(Role.SEQ) + g.inputs(Role.PARAM):
+            if n.part or n.complex:
+                raise Unsupported(f"input {n.arg} is complex")
+        base = ident(g.name)
+        self.names = {"forward": f"{base}_chunked_forward",
+                      "backward": f"{base}_chunked_backward"}
+        fwd, self.fparams = forward_source(self.form, self.names["forward"])
+        bwd, self.bparams, self.graded = backward_source(self.form, self.names["backward"])
+        self.sources = {"forward": fwd, "backward": bwd}
+        self.source = module_source([fwd, bwd], f"Chunked kernels for {g.name}.")
+        self.override: tuple[Config, Config] | None = None
+
+    def module(self, interpret: bool) -> ModuleType:
+        return modules.load(self.source, interpret)
+
+    def kernel(self, which: str, interpret: bool):
+        return getattr(self.module(interpret), self.names[which])
+
+    def run(self, call) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Outputs and final states of a whole-sequence call (differentiable)."""
+        from .chunked_launch import run
+
+        return run(self, call)
+
+
+__all__ = ["Program", "Config"]

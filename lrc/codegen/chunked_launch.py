@@ -1,0 +1,220 @@
+"""Launching the chunked kernels: parameters from the user's tensors, the autograd Function.
+
+Every tensor reaches the kernels as the user laid it out, with one stride per named dim
+(`dim_strides`); outputs and gradients are allocated in the same layouts. Packed sequences
+(cu_seqlens) run in one launch: the batch grid index is the sequence, and each program reads
+its sequence's rows of the packed inputs.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+
+from ..ir.dims import Role
+from ..runtime.scan_runtime import dim_strides
+from . import module as modules
+from .chunked_bwd import atom_flag
+from .chunked_tune import Config, candidates, choose, interpreted, pow2
+
+
+def _triton_dtype(dt: torch.dtype):
+    import triton.language as tl
+
+    return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}.get(dt, tl.float32)
+
+
+class Launcher:
+    """One call's launches: sizes, sequences, dtypes, and the tensors by parameter key."""
+
+    def __init__(self, prog, call):
+        f = prog.form
+        g = f.g
+        self.prog, self.form, self.g, self.call = prog, f, g, call
+        self.T, self.device = call.T, call.device
+        self.sizes = dict(call.sizes)           # tensor sizes (batch 1 when packed)
+        self.ksizes = dict(call.sizes)          # kernel sizes (batch = number of sequences)
+        self.varlen = call.segments is not None
+        if self.varlen:
+            self.ksizes[f.batch] = len(call.segments)
+        self.interpret = call.device.type != "cuda"
+        seq = {call.tensors[n.arg].dtype for n in g.inputs(Role.SEQ)}
+        low = [d for d in (torch.bfloat16, torch.float16) if d in seq]
+        self.dt = low[0] if low else torch.float32   # the narrowest input sets the dot dtype
+        self.chk_dtype = self.dt
+        self.V, self.K = self.ksizes[f.value], self.ksizes[f.key]
+        self.key = (prog.source, tuple(sorted(self.ksizes.items())), call.T, self.dt,
+                    tuple(call.segments or ()), call.reverse)
+        seg = call.segments or [(0, call.T)] * self.ksizes.get(f.batch, 1)
+        self.lens = [e - s for s, e in seg]
+        cu = [s for s, _ in seg] + [seg[-1][1]] if self.varlen else [0]
+        self.cu = torch.tensor(cu, dtype=torch.int64, device=call.device)
+
+    # ---- pieces
+
+    def strides(self, x: torch.Tensor, axes, sizes) -> dict:
+        return dim_strides(x, axes, sizes, self.g.time)
+
+    def chunks(self, bt: int) -> tuple[int, torch.Tensor]:
+        """Chunks over all sequences, and each sequence's first chunk index."""
+        n = [-(-ln // bt) for ln in self.lens]
+        offs = [sum(n[:i]) for i in range(len(n))] or [0]
+        return max(sum(n), 1), torch.tensor(offs, dtype=torch.int64, device=self.device)
+
+    def state_like(self, dtype=torch.float32, zero: bool = False) -> torch.Tensor:
+        st = self.g[self.form.state]
+        shape = [math.prod(self.ksizes[d] for d in a) for a in st.annotation.axes]
+        make = torch.zeros if zero else torch.empty
+        return make(shape, dtype=dtype, device=self.device)
+
+    def state_strides(self, x: torch.Tensor) -> dict:
+        if x.numel() == 0:
+            return {}
+        return self.strides(x, self.g[self.form.state].annotation.axes, self.ksizes)
+
+    def checkpoints(self, cfg: Config, save: bool) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        f = self.form
+        dims = [d for d in self.g[f.state].dims if d != f.batch]
+        n, offs = self.chunks(cfg.BT)
+        shape = [n if save else 1] + [self.ksizes[d] for d in dims]
+        chk = torch.empty(shape, dtype=self.chk_dtype, device=self.device)
+        st = {"#c": chk.stride(0), **{d: chk.stride(i + 1) for i, d in enumerate(dims)}}
+        return chk, st, offs
+
+    def grid(self, cfg: Config) -> tuple[int]:
+        n = -(-self.V // cfg.BV)
+        for d in self.form.grid:
+            n *= self.ksizes[d]
+        return (n,)
+
+    def launch(self, which: str, cfg: Config, tensors: dict, **consts) -> None:
+        params = self.prog.fparams if which == "forward" else self.prog.bparams
+        args = []
+        for p in params:
+            if p[0] == "ptr":
+                args.append(tensors[p[1]][0])
+            elif p[0] == "stride":
+                args.append(tensors[p[1]][1].get(p[2], 0))
+            else:
+                args.append(self.T if p[1] == "T" else self.ksizes[p[1]])
+        consts.update(BT=cfg.BT, BK=pow2(self.K), BV=cfg.BV, DT=_triton_dtype(self.dt),
+                      IEEE=self.dt == torch.float32, REVERSE=self.call.reverse,
+                      VARLEN=self.varlen)
+        if not self.interpret:
+            consts.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        fn = self.prog.kernel(which, self.interpret)
+        with modules.interpreted() if self.interpret else nullcontext():
+            fn[self.grid(cfg)](*args, **consts)
+
+    def inputs(self, ins) -> dict:
+        out = {}
+        for n, x in zip(self.form.inputs, ins):
+            out[f"in:{n}"] = (x, self.strides(x, self.g[n].annotation.axes, self.sizes))
+        return out
+
+    # ---- forward and backward
+
+    def forward(self, ins, h0: torch.Tensor, save: bool, cfg: Config | None = None):
+        """(y, hT, checkpoints, chunk starts, config) for inputs `ins` and initial state h0."""
+        f, g = self.form, self.g
+        axes = g.out_axes[0]
+        shape = [self.T if a == (g.time,) else math.prod(self.sizes[d] for d in a) for a in axes]
+
+        def go(cfg: Config):
+            y = torch.empty(shape, dtype=self.call.out_dtype, device=self.device)
+            hT = self.state_like()
+            chk, cst, offs = self.checkpoints(cfg, save)
+            t = self.inputs(ins)
+            t.update(out=(y, self.strides(y, axes, self.sizes)),
+                     hT=(hT, self.state_strides(hT)),
+                     h0=(h0, self.state_strides(h0)) if h0.numel() else (hT, {}),
+                     chk=(chk, cst), cu=(self.cu, {}), coff=(offs, {}))
+            self.launch("forward", cfg, t, HAS_H0=h0.numel() > 0, SAVE=save)
+            return y, hT, chk, offs
+
+        if cfg is None:
+            cfg = self.config("forward", go, save)
+        return (*go(cfg), cfg)
+
+    def config(self, which: str, go, flag, bt: int | None = None) -> Config:
+        if self.prog.override is not None:
+            return self.prog.override[0 if which == "forward" else 1]
+        if self.interpret:
+            c = interpreted(self.V)
+            return Config(bt or c.BT, c.BV, c.num_warps, c.num_stages)
+        return choose(self.key + (which, flag), candidates(which, self.V, self.form.per_key, bt),
+                      go)
+
+    def backward(self, ins, h0: torch.Tensor, chk, offs, dy, dhT, cfg_f: Config):
+        """Gradients of the graded inputs (in form.inputs order, None elsewhere) and of h0."""
+        f, g = self.form, self.g
+        graded = set(self.prog.graded)
+
+        def go(cfg: Config):
+            t = self.inputs(ins)
+            grads, consts = {}, {}
+            nvb = -(-self.V // cfg.BV)
+            for n, x in zip(f.inputs, ins):
+                if n not in graded:
+                    continue
+                node = g[n]
+                atomic = node.role is Role.PARAM or nvb > 1 and f.value not in node.dims or any(
+                    self.ksizes[d] > 1 for d in f.grid if d not in node.dims)
+                if node.role is Role.SEQ:
+                    consts[atom_flag(n)] = atomic
+                buf = (torch.zeros(x.shape, dtype=torch.float32, device=self.device) if atomic
+                       else torch.empty(x.shape, dtype=x.dtype, device=self.device))
+                t[f"grad:{n}"] = (buf, self.strides(buf, node.annotation.axes, self.sizes))
+                grads[n] = buf
+            dh0 = self.state_like()
+            dhTt = dhT if dhT is not None else dh0
+            t.update(dy=(dy, self.strides(dy, g.out_axes[0], self.sizes)),
+                     chk=(chk, {"#c": chk.stride(0), **{
+                         d: chk.stride(i + 1) for i, d in enumerate(
+                             [d for d in g[f.state].dims if d != f.batch])}}),
+                     dhT=(dhTt, self.state_strides(dhTt)), dh0=(dh0, self.state_strides(dh0)),
+                     cu=(self.cu, {}), coff=(offs, {}))
+            self.launch("backward", cfg, t, HAS_DHT=dhT is not None, **consts)
+            return grads, dh0
+
+        cfg = self.config("backward", go, dhT is not None, bt=cfg_f.BT)
+        grads, dh0 = go(cfg)
+        out = [grads[n].to(x.dtype) if n in grads else None for n, x in zip(f.inputs, ins)]
+        return out, dh0
+
+
+class ChunkedFunction(torch.autograd.Function):
+    """(initial state or empty, *inputs) -> (output, final state), with the generated backward."""
+
+    @staticmethod
+    def forward(ctx, launcher: Launcher, save: bool, h0: torch.Tensor, *ins: torch.Tensor):
+        y, hT, chk, offs, cfg = launcher.forward(ins, h0, save)
+        ctx.launcher, ctx.cfg, ctx.has_h0 = launcher, cfg, h0.numel() > 0
+        ctx.save_for_backward(h0, chk, offs, *ins)
+        return y, hT
+
+    @staticmethod
+    def backward(ctx, dy, dhT):
+        h0, chk, offs, *ins = ctx.saved_tensors
+        lc = ctx.launcher
+        if dy is None:
+            g = lc.g
+            shape = [lc.T if a == (g.time,) else math.prod(lc.sizes[d] for d in a)
+                     for a in g.out_axes[0]]
+            dy = torch.zeros(shape, dtype=torch.float32, device=lc.device)
+        grads, dh0 = lc.backward(ins, h0, chk, offs, dy, dhT, ctx.cfg)
+        dh0 = dh0.to(h0.dtype) if ctx.has_h0 else None
+        return (None, None, dh0, *grads)
+
+
+def run(prog, call) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Outputs and final states of a whole-sequence call (see Program.run)."""
+    f, g = prog.form, prog.form.g
+    ins = [call.tensors[g[n].arg] for n in f.inputs]
+    h0 = call.states[g[f.state].arg] if call.states is not None else None
+    save = torch.is_grad_enabled() and (any(x.requires_grad for x in ins) or (
+        h0 is not None and h0.requires_grad))
+    h0t = h0 if h0 is not None else torch.empty(0, device=call.device)
+    y, hT = ChunkedFunction.apply(Launcher(prog, call), save, h0t, *ins)
+    return [y], [hT.to(call.state_dtype)]

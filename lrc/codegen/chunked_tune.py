@@ -1,0 +1,68 @@
+"""Chunk and block sizes for the chunked kernels: a small config set, timed once per shape.
+
+On the GPU each candidate is compiled and timed (median of a few runs) the first time a shape
+is seen, and the fastest is remembered for the process; a candidate that fails to compile
+(registers, shared memory) is skipped. Under Triton's interpreter one small config runs: 16-step
+chunks, so a short test sequence still crosses chunk boundaries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+_CACHE: dict[tuple, "Config"] = {}
+
+
+@dataclass(frozen=True)
+class Config:
+    """BT steps per chunk, BV values per program; num_warps / num_stages for the compiler."""
+
+    BT: int
+    BV: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def pow2(n: int, least: int = 16) -> int:
+    """The smallest power of two >= max(n, least) (tl.dot wants 16 or more along each dim)."""
+    p = least
+    while p < n:
+        p *= 2
+    return p
+
+
+def interpreted(V: int) -> Config:
+    return Config(16, min(pow2(V), 32), 1, 1)
+
+
+def candidates(which: str, V: int, per_key: bool, bt: int | None = None) -> list[Config]:
+    """The configs tried on the GPU. The backward keeps the forward's chunk (its checkpoints)."""
+    bvs = sorted({min(pow2(V), b) for b in (32, 64, 128)})
+    if which == "forward":
+        out = [Config(64, bv, w, 2) for bv in bvs if bv >= 64 or bv == pow2(V) for w in (4, 8)]
+        if not per_key:
+            out.append(Config(128, min(pow2(V), 64), 8, 2))
+        return out
+    return [Config(bt or 64, bv, w, 1) for bv in bvs if bv <= 64 for w in (4, 8)]
+
+
+def choose(key: tuple, configs: list[Config], run: Callable[[Config], None]) -> Config:
+    """The fastest of `configs` for `key` (timed once per process), `run(config)` a launch."""
+    if key in _CACHE:
+        return _CACHE[key]
+    import triton.testing
+
+    best, best_t = None, float("inf")
+    for cfg in configs:
+        try:
+            run(cfg)  # compiles
+            t = triton.testing.do_bench(lambda: run(cfg), warmup=2, rep=10,
+                                        return_mode="median")
+        except Exception:  # noqa: BLE001 (out of registers / shared memory: not a candidate)
+            continue
+        if t < best_t:
+            best, best_t = cfg, t
+    if best is None:
+        raise RuntimeError(f"no chunked config compiled for {key[1:]}")
+    _CACHE[key] = best
+    return best
