@@ -27,6 +27,7 @@ class ScanProgram:
     """
 
     g: Graph
+    prefer_loop: bool = False  # run diagonal transitions one token at a time too
     part: Partition = field(init=False)
     kernel: Graph = field(init=False)
     blocks: tuple[Block, ...] = field(init=False)
@@ -48,6 +49,8 @@ class ScanProgram:
         verify(self.backward.graph)
         base = ident(g.name)
         try:  # diagonal transitions: chunked associative scans
+            if self.prefer_loop:
+                raise Unsupported("the one-token loop was asked for")
             self.blocks = blocks(self.kernel)
             self.bblocks = blocks(self.backward.graph)
             self.mode = "scan"

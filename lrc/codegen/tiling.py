@@ -9,6 +9,7 @@ from .partition import Partition, Unsupported
 
 MAX_TILE = 4096  # register elements per value and chunk (TC x blocks), a budget per program
 TIME_LAST = False  # put the time-chunk axis last in registers (see benchmarks/sweep_scan.py)
+PREFER_LOOP = False  # generate one-token loop kernels for diagonal transitions as well
 
 
 def choose_tiling(k: Graph, part: Partition) -> Tiling:

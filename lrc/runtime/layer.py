@@ -30,8 +30,10 @@ class Layer:
         self.graph = spec.graph
         from ..codegen import tiling
 
-        key = canonical_key(spec.graph, lowering=lowering, time_last=tiling.TIME_LAST)
-        compiled, program, why = cached(key, lambda: _build(spec.graph, lowering))
+        key = canonical_key(spec.graph, lowering=lowering, time_last=tiling.TIME_LAST,
+                            loop=tiling.PREFER_LOOP)
+        compiled, program, why = cached(key, lambda: _build(spec.graph, lowering,
+                                                            tiling.PREFER_LOOP))
         self.compiled = compiled
         self.lowered = compiled.lowered
         self.plan = Plan(compiled.planned)
@@ -157,13 +159,13 @@ class Layer:
         return draw(self.graph, path)
 
 
-def _build(g, lowering):
+def _build(g, lowering, prefer_loop=False):
     """Pipeline and kernels for a graph (what the disk cache stores)."""
     from ..codegen.program import ScanProgram
 
     compiled = pipeline.run(g, lowering)
     try:
-        return compiled, ScanProgram(compiled.lowered), ""
+        return compiled, ScanProgram(compiled.lowered, prefer_loop), ""
     except Unsupported as e:
         return compiled, None, str(e)
 
