@@ -38,8 +38,8 @@ def _intra_grads(k: Kernel) -> None:
     w, f = k.w, k.form
     if not f.per_key:
         w("dad = dA * dm")
-        w("d_q = _dot(dad, q_k, DT, IEEE)")
-        w("d_k = _dot(tl.trans(dad), q_q, DT, IEEE)")
+        w("d_q = _dot(dad, q_k, DT, IEEE, EMU)")
+        w("d_k = _dot(tl.trans(dad), q_q, DT, IEEE, EMU)")
         w("pa = dA * A  # dA_ij/dlog-decay: +A_ij for the readout step i, -A_ij for step j")
         w("dlq = tl.sum(pa, 1, keep_dims=True)")
         w("dlam = -tl.trans(tl.sum(pa, 0, keep_dims=True))")
@@ -48,8 +48,8 @@ def _intra_grads(k: Kernel) -> None:
     w.indent()
     w("eqd = tl.exp2(lq - ref)  # recomputed: registers are scarcer than exp2 here")
     w("ekd = tl.exp2(ref - lam)")
-    w("d_q = _dot(dA, q_k * ekd, DT, IEEE) * eqd")
-    w("d_k = _dot(tl.trans(dA), q_q * eqd, DT, IEEE) * ekd")
+    w("d_q = _dot(dA, q_k * ekd, DT, IEEE, EMU) * eqd")
+    w("d_k = _dot(tl.trans(dA), q_q * eqd, DT, IEEE, EMU) * ekd")
     w.dedent()
     w("else:")
     w.indent()
@@ -156,22 +156,22 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
     if f.q("ek"):
         w("esum = tl.sum(q_ek, 1, keep_dims=True)")
     if f.q("gate"):
-        w("u = _dot(A, q_v, DT, IEEE) + _dot(q_q * eq, S0, DT, IEEE)"
+        w("u = _dot(A, q_v, DT, IEEE, EMU) + _dot(q_q * eq, S0, DT, IEEE, EMU)"
           + (" + esum * q_ev" if f.q("ek") else ""), "the readout, recomputed")
         w("d_gate = dy * u")
         w("du = dy * q_gate")
         du = "du"
-    w(f"d_v = _dot(tl.trans(A), {du}, DT, IEEE) + _dot(q_k * ek, dS, DT, IEEE)")
+    w(f"d_v = _dot(tl.trans(A), {du}, DT, IEEE, EMU) + _dot(q_k * ek, dS, DT, IEEE, EMU)")
     if f.q("ek"):
         w(f"d_ev = {du} * esum")
         w(f"d_ek = tl.where(m_t & m_k, tl.sum({du} * q_ev, 1, keep_dims=True) + ZK, 0.0)")
-    w(f"dA = tl.where(causal, _dot({du}, tl.trans(q_v), DT, IEEE), 0.0)")
+    w(f"dA = tl.where(causal, _dot({du}, tl.trans(q_v), DT, IEEE, EMU), 0.0)")
     _intra_grads(k)
-    w(f"dqs = _dot({du}, tl.trans(S0), DT, IEEE)  # the readout of S_0")
+    w(f"dqs = _dot({du}, tl.trans(S0), DT, IEEE, EMU)  # the readout of S_0")
     w("d_q += dqs * eq")
     w("gq = q_q * dqs * eq")
     w("dlq += gq" if f.per_key else "dlq += tl.sum(gq, 1, keep_dims=True)")
-    w("dkt = _dot(q_v, tl.trans(dS), DT, IEEE)  # the state passed on")
+    w("dkt = _dot(q_v, tl.trans(dS), DT, IEEE, EMU)  # the state passed on")
     w("d_k += dkt * ek")
     w("gk = q_k * ek * dkt")
     if f.per_key:
@@ -182,7 +182,7 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
         w("dlam -= tl.sum(gk, 1, keep_dims=True)")
         w("dlast = tl.sum(tl.sum(gk, 1, keep_dims=True), 0, keep_dims=True) + "
           "tl.sum(tl.sum(S0 * dS, 1, keep_dims=True), 0, keep_dims=True) * elast")
-    w(f"dS = dS * elast_r + _dot(tl.trans(q_q * eq), {du}, DT, IEEE)", "the state entering")
+    w(f"dS = dS * elast_r + _dot(tl.trans(q_q * eq), {du}, DT, IEEE, EMU)", "the state entering")
     rc = "tl.cumsum(dlam + dlq, 0, reverse=True)"
     w(f"d_l = {rc} - dlq + dlast" if f.old else f"d_l = {rc} + dlast",
       "log-decay: Lam_i = sum_{j<=i} l_j")
@@ -200,7 +200,7 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
         w(f"if {atom_flag(n)}:")
         w(f"    tl.atomic_add({gv}_ptr + {off}, {var}, mask={m})")
         w("else:")
-        w(f"    tl.store({gv}_ptr + {off}, {var}.to({gv}_ptr.dtype.element_ty), mask={m})")
+        w(f"    tl.store({gv}_ptr + {off}, _cast({var}, {gv}_ptr.dtype.element_ty, EMU), mask={m})")
     w.dedent()
     for n in params:
         gv = f"g_{arg(n)}"

@@ -33,16 +33,29 @@ LOG2E = 1.4426950408889634
 
 DOT = '''
 @triton.jit
-def _dot(a, b, DT: tl.constexpr, IEEE: tl.constexpr):
-    # tensor-core product: operands rounded to DT, accumulated in float32 (full-precision
-    # fp32 products when IEEE: tf32 would cost ~3e-4 relative error)
+def _cast(x, DT: tl.constexpr, EMU: tl.constexpr):
+    # x.to(DT). The interpreter's float32 -> bfloat16 conversion truncates: under it (EMU)
+    # round to nearest even by hand first, as the GPU does
+    if EMU:
+        if DT == tl.bfloat16:
+            b = x.to(tl.uint32, bitcast=True)
+            x = ((b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+    return x.to(DT)
+
+
+@triton.jit
+def _dot(a, b, DT: tl.constexpr, IEEE: tl.constexpr, EMU: tl.constexpr):
+    # tensor-core product: operands rounded to DT, accumulated in float32. IEEE: exact fp32
+    # products of the rounded operands (tf32 would cost ~3e-4 relative error); this is also how
+    # the interpreter, whose 16-bit tl.dot is wrong, emulates a 16-bit product
     if IEEE:
-        return tl.dot(a.to(DT), b.to(DT), input_precision="ieee")
+        a32 = _cast(a, DT, EMU).to(tl.float32)
+        return tl.dot(a32, _cast(b, DT, EMU).to(tl.float32), input_precision="ieee")
     else:
         return tl.dot(a.to(DT), b.to(DT))
 '''
 
-CONSTS = ["BT", "BK", "BV", "DT", "IEEE", "REVERSE", "VARLEN"]
+CONSTS = ["BT", "BK", "BV", "DT", "IEEE", "EMU", "REVERSE", "VARLEN"]
 
 
 def arg(name: str) -> str:
@@ -227,7 +240,7 @@ class Kernel:
         if not f.per_key:
             w("dm = tl.exp2(tl.where(causal, lq - tl.trans(lam), float('-inf')))",
               "decay from step j to step i, exact zeros above the diagonal")
-            w("A = _dot(q_q, tl.trans(q_k), DT, IEEE) * dm")
+            w("A = _dot(q_q, tl.trans(q_k), DT, IEEE, EMU) * dm")
             return
         w("lo = tl.minimum(tl.min(lam, 0, keep_dims=True), tl.min(lq, 0, keep_dims=True))")
         w("hi = tl.maximum(tl.max(lam, 0, keep_dims=True), tl.max(lq, 0, keep_dims=True))")
@@ -236,7 +249,7 @@ class Kernel:
         w.indent()
         w("eqd = tl.exp2(lq - ref)")
         w("ekd = tl.exp2(ref - lam)")
-        w("A = tl.where(causal, _dot(q_q * eqd, tl.trans(q_k * ekd), DT, IEEE), 0.0)")
+        w("A = tl.where(causal, _dot(q_q * eqd, tl.trans(q_k * ekd), DT, IEEE, EMU), 0.0)")
         w("ek = ekd * tl.exp2(lam_last - ref)  # each step -> chunk end")
         w.dedent()
         w("else:  # decays too steep to factor: one column at a time, exponents masked")
@@ -294,7 +307,7 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     k.rows("ci")
     w("if SAVE:")
     w(f"    tl.store(chk_ptr + {k.state_offset('chk', chunk=True)}, "
-      "S.to(chk_ptr.dtype.element_ty), mask=m_s)", "state entering the chunk")
+      "_cast(S, chk_ptr.dtype.element_ty, EMU), mask=m_s)", "state entering the chunk")
     k.load_inputs(Role.SEQ)
     exprs = [q.expr for q in f.quantities]
     repl, red = k.cse(exprs)
@@ -304,7 +317,7 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     k.cumulative()
     k.intra()
     k.state_exps()
-    w("u = _dot(A, q_v, DT, IEEE) + _dot(q_q * eq, S, DT, IEEE)", "sum_k q * S")
+    w("u = _dot(A, q_v, DT, IEEE, EMU) + _dot(q_q * eq, S, DT, IEEE, EMU)", "sum_k q * S")
     if f.q("ek"):
         w("u += tl.sum(q_ek, 1, keep_dims=True) * q_ev", "the readout's state-free term")
     y = "u"
@@ -314,8 +327,8 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
         y += " + q_skip"
     w(f"y = {y}", f.output)
     w(f"tl.store(y_ptr + {k.offset('y', g[f.output].dims, True)}, "
-      "y.to(y_ptr.dtype.element_ty), mask=m_t & m_v)")
-    w("S = S * elast_r + _dot(tl.trans(q_k * ek), q_v, DT, IEEE)", f"{f.state} after the chunk")
+      "_cast(y, y_ptr.dtype.element_ty, EMU), mask=m_t & m_v)")
+    w("S = S * elast_r + _dot(tl.trans(q_k * ek), q_v, DT, IEEE, EMU)", f"{f.state} after the chunk")
     w.dedent()
     w(f"tl.store(hT_ptr + {k.state_offset('hT')}, S, mask=m_s)", "final state")
     return k.source(["HAS_H0", "SAVE"] + CONSTS), k.params

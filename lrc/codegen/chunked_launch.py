@@ -99,7 +99,8 @@ class Launcher:
             else:
                 args.append(self.T if p[1] == "T" else self.ksizes[p[1]])
         consts.update(BT=cfg.BT, BK=pow2(self.K), BV=cfg.BV, DT=_triton_dtype(self.dt),
-                      IEEE=self.dt == torch.float32, REVERSE=self.call.reverse,
+                      IEEE=self.dt == torch.float32 or self.interpret, EMU=self.interpret,
+                      REVERSE=self.call.reverse,
                       VARLEN=self.varlen)
         if not self.interpret:
             consts.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)

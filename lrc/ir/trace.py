@@ -244,7 +244,8 @@ def build_graph(name: str, tracer: Tracer, anns: dict[str, Annotation],
             for op in _walk(r, stop):
                 if op.kind == "fn" and op not in stop:
                     reach[op].add(id(r))
-        shared = [op for op, rs in reach.items() if len(rs) > 1]
+        # comparisons stay inline in each user: Map nodes hold numbers, not booleans
+        shared = [op for op, rs in reach.items() if len(rs) > 1 and not op.boolean]
         if not shared:
             break
         # cut only the outermost shared ops: the work inside one is shared through it

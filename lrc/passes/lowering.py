@@ -15,7 +15,7 @@ import sympy as sp
 
 from ..ir.graph import Graph
 from ..ir.nodes import Map
-from .analysis import expr_dims
+from .analysis import expr_dims, seq_dependent
 from .structure import Structure
 
 LOWERINGS = ("scan", "chunked", "conv")
@@ -31,6 +31,7 @@ class Device:
     sfu: float = 4.18e12          # exp2 per second: 132 SMs x 16/clk x 1.98 GHz
     lanes: int = 132 * 2048       # threads resident at full occupancy
     step_latency: float = 8e-9    # one dependent step of a sequential scan, seconds
+    launch: float = 4e-6          # host time of one eager kernel launch / PyTorch op, seconds
 
 
 H200 = Device()
@@ -182,20 +183,54 @@ def estimate(g: Graph, lowering: str, sizes: dict[str, int], T: int, itemsize: i
                  "exp": exps / dev.sfu}
         return _cost("chunked", io + extra_bytes, flops, exps, parts)
     if lowering == "conv":
-        channels = sum(_size(sizes, g[o].dims) for o in g.outputs)
-        # kernels are generated from the state matrix (Vandermonde, Cauchy), except a shift
-        # register's, which is its readout factor as it stands
-        kernel = sum(_size(sizes, [d for d in s.dims if d not in st.batch])
-                     for s in st.states if s.transition != "shift")
-        n = 2 * T
-        fft = channels * 3 * 2.5 * n * math.log2(n)
-        gen = kernel * T * 8.0
-        flops = fft + gen
-        byts = io + channels * n * 8 * 3
-        parts = {"memory": byts / dev.hbm, "fp32": flops / (2 * dev.fp32),
-                 "exp": kernel * T / dev.sfu}
-        return _cost("conv", byts, flops, kernel * T, parts)
+        return _conv_cost(g, st, sizes, T, io, itemsize, dev)
     raise ValueError(lowering)
+
+
+def _conv_cost(g: Graph, st: Structure, sizes: dict[str, int], T: int, io: float,
+               itemsize: int, dev: Device) -> Cost:
+    """What lrc.codegen.conv does per readout sum_c(q * state): a zero-padded FFT convolution of
+    size NF ~ T + kernel length (rows paired into one complex row), and the kernel's generation.
+
+    Per real row of the convolution: pack (reads the input, writes 4 NF bytes), FFT and its
+    inverse (read and write 4 NF each), the product with the kernel's spectrum (the same), and
+    unpack (reads 4 T, writes 4 T): 28 NF + 8 T + input bytes, memory-bound on the H200. A
+    diagonal kernel costs 2 FMA per (channel, mode, step); a DPLR one a float64 Cauchy sum per
+    (channel, step, mode, pair of low-rank vectors) and log2 T dense N x N products. Every
+    launch and every PyTorch op on the Params costs `dev.launch` of host time, which no
+    overlap hides at short T: what makes the scan win there.
+    """
+    byts, flops, flops64, exps, launches = io, 0.0, 0.0, 0.0, 0
+    for s in st.states:
+        reads = [r for o in st.outputs for r in o.readouts if r.state == s.name]
+        fill = [f for f in s.factors if f.varying]
+        for r in reads:
+            c = set(r.contract)
+            rows = _size(sizes, [d for d in s.dims if d not in c])
+            lk = T if s.transition != "shift" else min(T, _size(sizes, c))
+            nf = 1 << max(0, (T + lk - 2).bit_length())        # 2^k >= T + lk - 1
+            if s.transition == "diagonal" and any(c & set(f.dims) for f in fill):
+                # the input varies along the contracted dim: convolved per state element
+                rows = _size(sizes, s.dims) * (2 if g[s.name].complex else 1)
+            byts += rows * (28.0 * nf + 8.0 * T + itemsize * T)
+            flops += rows * 2.5 * nf * math.log2(max(nf, 2))     # the butterflies, 2 FFTs
+            kr = _size(sizes, [d for d in s.dims if d not in st.batch and d not in c])
+            n = _size(sizes, c)
+            if s.transition == "diagonal":
+                flops += 4.0 * kr * n * T
+                exps += kr * n * (64 + T / 64)
+            elif s.transition == "dplr":
+                flops64 += 8.0 * kr * T * n * (s.rank + 1) ** 2
+                flops64 += 8.0 * kr * n ** 3 * math.log2(max(T, 2))
+            launches += 12
+    varying = g.state_dependent | seq_dependent(g)
+    launches += sum(sp.count_ops(n.expr) for n in g.nodes
+                    if isinstance(n, Map) and n.name not in varying)
+    parts = {"memory": byts / dev.hbm, "fp32": flops / (2 * dev.fp32),
+             "fp64": flops64 / dev.fp32, "exp": exps / dev.sfu}
+    cost = _cost("conv", byts, flops + flops64, exps, parts)
+    return Cost("conv", cost.bytes, cost.flops, cost.exps,
+                cost.seconds + launches * dev.launch, cost.bound)
 
 
 def _cost(lowering: str, byts: float, flops: float, exps: float, parts: dict) -> Cost:

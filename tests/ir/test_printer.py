@@ -104,3 +104,17 @@ def test_shared_work_becomes_one_node():
     text = str(wkv.graph)
     assert "%1[d] = exp(-exp(w))" in text
     assert sum(line.startswith("  %") for line in text.splitlines()) == 2
+
+
+@lrc.recurrence
+def shared_condition(x: Seq("b t d"), z: Seq("b t d"), h: State("b d")):
+    c = x > 0.5                            # used by the new state and by the output
+    h = lrc.where(c, 0.9 * h, 0.5 * h) + z
+    return lrc.where(c, h, z), h
+
+
+def test_comparisons_are_never_nodes_of_their_own():
+    g = shared_condition.graph
+    assert all(not isinstance(n.expr, sp.core.relational.Relational)
+               for n in g.nodes if hasattr(n, "expr"))
+    assert str(g).count("x > 0.5") == 2

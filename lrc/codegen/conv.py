@@ -1,0 +1,424 @@
+"""The convolution lowering: a time-invariant spec run as FFT convolutions.
+
+`Program(compiled)` reads the planned graph (`conv_plan.analyze`); `run(call)` evaluates the
+sequence nodes over all time steps at once with the reference interpreter's rules (float32, torch
+autograd), and each convolution node as
+
+    gate * (conv(w, alpha K + beta delta) + alpha * (the initial state's term))
+
+with K generated from the Params in float64 (`conv_gen`: Vandermonde, Cauchy + Woodbury, or the
+readout factor of a shift register) and the convolution done by FFT (`conv_fft`). The input's
+FFT is launched before the kernel is generated. Final states come from the same sums: a
+transposed Vandermonde product for diagonal states, the state's impulse response for DPLR ones,
+the last inputs for shift registers; they are computed only when read.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import sympy as sp
+import torch
+
+from ..ir import interpret
+from ..ir.dims import Role
+from ..ir.functions import evaluate, is_complex
+from ..ir.nodes import Input
+from ..passes.analysis import expr_dims
+from ..runtime.bind import batch_dim, from_canonical, to_canonical
+from . import conv_fft, conv_gen
+from . import conv_kernels as ck
+from .conv_plan import ConvNode, ConvPlan, StateForm, analyze
+
+_C64 = {True: torch.complex128, False: torch.complex64}
+
+
+class Program:
+    """The convolution kernels of a pipeline-compiled spec (see the module docstring).
+
+    plan      which nodes are convolutions, and each state's form
+    sources   the generated Triton kernels this spec uses, by family; `source` the module
+    """
+
+    def __init__(self, compiled):
+        self.g = compiled.planned
+        self.plan: ConvPlan = analyze(self.g)
+        kinds = {s.kind for s in self.plan.states}
+        used = ["fft"] + (["vandermonde"] if "diagonal" in kinds else []) + (
+            ["cauchy"] if "dplr" in kinds else [])
+        self.sources = {k: ck.SOURCES[k] for k in used}
+        self.source = ck.source()
+
+    def run(self, call) -> tuple[list[torch.Tensor], Sequence[torch.Tensor]]:
+        """Outputs (user layouts, the call's dtype) and final states (computed when read)."""
+        if call.segments is None:
+            return _Run(self, call, call.tensors, call.states, call.T).results()
+        g = self.g
+        b = batch_dim(g)
+        seq = {n.arg for n in g.inputs(Role.SEQ)}
+        outs, fins = [], []
+        for i, (start, end) in enumerate(call.segments):
+            tensors = {k: (x.narrow(g.annotation(k).axes.index((g.time,)), start, end - start)
+                           if k in seq else x) for k, x in call.tensors.items()}
+            states = None if call.states is None else {
+                k: x.narrow(g.annotation(k).axes.index((b,)), i, 1)
+                for k, x in call.states.items()}
+            o, f = _Run(self, call, tensors, states, end - start).results()
+            outs.append(o)
+            fins.append(list(f))
+        cat_out = [torch.cat([o[j] for o in outs], axes.index((g.time,)))
+                   for j, axes in enumerate(g.out_axes)]
+        cat_fin = [torch.cat([f[j] for f in fins], g.annotation(a).axes.index((b,)))
+                   for j, a in enumerate(g.state_args)]
+        return cat_out, cat_fin
+
+
+class _Finals(Sequence):
+    """Final states, computed on first access (a forward that does not return them skips it)."""
+
+    def __init__(self, run: _Run):
+        self._run, self._values = run, None
+
+    def __len__(self) -> int:
+        return len(self._run.g.state_args)
+
+    def __getitem__(self, i):
+        if self._values is None:
+            self._values = self._run.finals()
+        return self._values[i]
+
+
+class _Run:
+    """One call: values by node name, canonical (time, *dims) as the reference interpreter
+    keeps them; `p64` the Params-only nodes in float64 (kernel generation)."""
+
+    def __init__(self, prog: Program, call, tensors, states, T: int):
+        self.g, self.plan, self.call, self.T = prog.g, prog.plan, call, T
+        self.sizes = call.sizes
+        self.tensors, self.states = tensors, states
+        self.env: dict[str, torch.Tensor] = {}
+        self.p64: dict[str, torch.Tensor] = {}
+        self.like = next(iter(tensors.values()))
+        self.cache: dict = {}
+
+    # ---- values
+
+    def results(self):
+        g = self.g
+        outs = []
+        for o, axes in zip(g.outputs, g.out_axes, strict=False):
+            y = self.value(o) if self.T else torch.zeros(
+                interpret.canonical_shape(g, g[o].dims, self.sizes, 0), device=self.like.device)
+            y = y.flip(0) if self.call.reverse else y
+            y = y.expand(interpret.canonical_shape(g, g[o].dims, self.sizes, y.shape[0]))
+            outs.append(from_canonical(g, y, axes, self.sizes, True)
+                        .to(self.call.out_dtype).contiguous())
+        return outs, _Finals(self)
+
+    def value(self, name: str) -> torch.Tensor:
+        """A node's value for the seq evaluation (float32 / complex64)."""
+        if name in self.env:
+            return self.env[name]
+        g, node = self.g, self.g[name]
+        if name in self.plan.params:
+            x = self.param(name)
+            v = x.to(_C64[False] if x.is_complex() else torch.float32)
+        elif self.plan.conv(name) is not None:
+            v = self.conv(self.plan.conv(name))
+        elif isinstance(node, Input):
+            x = self.tensors[node.arg]
+            x = x.to(_C64[False] if x.is_complex() else torch.float32)
+            v = to_canonical(g, x, node.annotation, self.sizes, True)
+            v = v.flip(0) if self.call.reverse else v
+        else:
+            for a in node.args:
+                self.value(a)
+            v = interpret.eval_node(g, node, self.env, self.sizes, self.like)
+        self.env[name] = v
+        return v
+
+    def param(self, name: str) -> torch.Tensor:
+        """A Params-only node in float64 / complex128 (canonical, time axis 1)."""
+        if name not in self.p64:
+            node = self.g[name]
+            if isinstance(node, Input) and node.role is Role.PARAM:
+                x = self.tensors[node.arg]
+                x = x.to(_C64[True] if (x.is_complex() or node.annotation.complex)
+                         else torch.float64)
+                v = to_canonical(self.g, x, node.annotation, self.sizes, False)
+            else:
+                for a in node.args:
+                    self.param(a)
+                v = interpret.eval_node(self.g, node, self.p64, self.sizes, self.like)
+            self.p64[name] = v
+        return self.p64[name]
+
+    def expr(self, e: sp.Basic, wide: bool = False) -> torch.Tensor:
+        """An expression over node symbols: Params in float64 when `wide` (and then it may
+        only read Params), else everything in float32."""
+        env = {}
+        for s in e.free_symbols:
+            env[s] = self.param(s.name) if wide else self.value(s.name)
+        v = evaluate(e, env)
+        if not isinstance(v, torch.Tensor):
+            dtype = (_C64[wide] if isinstance(v, complex) else
+                     torch.float64 if wide else torch.float32)
+            v = torch.as_tensor(v, dtype=dtype, device=self.like.device)
+        return v.reshape((1,) * (1 + len(self.g.dims) - v.dim()) + tuple(v.shape))
+
+    def h0(self, form: StateForm) -> torch.Tensor | None:
+        """The initial state in float64 (canonical, time axis 1), or None for zeros."""
+        if self.states is None:
+            return None
+        x = self.states[form.arg]
+        ann = self.g.annotation(form.arg)
+        x = x.to(_C64[True] if x.is_complex() or ann.complex else torch.float64)
+        return to_canonical(self.g, x, ann, self.sizes, False)
+
+    # ---- layouts: time-last canonical (*dims, L) <-> flat (groups..., L)
+
+    def flat(self, x: torch.Tensor, *groups) -> torch.Tensor:
+        """(*g.dims, L) with size 1 where absent -> (prod group 0, prod group 1, ..., L)."""
+        dims = self.g.dims
+        used = [d for grp in groups for d in grp]
+        x = x.expand([self.sizes[d] if d in used else 1 for d in dims] + [x.shape[-1]])
+        order = [dims.index(d) for d in used] + [i for i, d in enumerate(dims) if d not in used]
+        x = x.permute(order + [len(dims)])
+        return x.reshape([math.prod(self.sizes[d] for d in grp) for grp in groups] +
+                         [x.shape[-1]])
+
+    def unflat(self, y: torch.Tensor, *groups) -> torch.Tensor:
+        """The inverse of `flat` (the groups' dims in any order)."""
+        used = [d for grp in groups for d in grp]
+        y = y.reshape([self.sizes[d] for d in used] + [y.shape[-1]])
+        canon = self.g.order(used)
+        y = y.permute([used.index(d) for d in canon] + [len(used)])
+        return y.reshape([self.sizes[d] if d in used else 1 for d in self.g.dims] +
+                         [y.shape[-1]])
+
+    @staticmethod
+    def last(x: torch.Tensor) -> torch.Tensor:
+        """Canonical (time, *dims) -> time-last (*dims, time)."""
+        return x.movedim(0, -1)
+
+    # ---- convolution nodes
+
+    def kernel_dims(self, cv: ConvNode, form: StateForm) -> tuple[str, ...]:
+        exprs = [cv.q, form.bbar, form.decay, cv.alpha, cv.beta]
+        exprs += [e for t in form.lowrank for e in (t.u, t.direct, *(c for _, c in t.via))]
+        dims = set().union(*(expr_dims(self.g, e) for e in exprs)) - {cv.contract}
+        return self.g.order(dims)
+
+    def conv(self, cv: ConvNode) -> torch.Tensor:
+        form = self.plan.state(cv.state)
+        if form.spacewise:
+            return self.spacewise_readout(cv, form)
+        T, g = self.T, self.g
+        kd = self.kernel_dims(cv, form)
+        lk = T if form.kind != "shift" else min(T, self.sizes[form.mix] + (0 if cv.new else 1))
+        w = self.last(self.expr(form.w))
+        real = cv.real and not is_complex(cv.alpha) and not is_complex(cv.beta)
+        kshape = tuple(self.sizes[d] if d in kd else 1 for d in g.dims)
+        pending = conv_fft.start(w, kshape, lk, real, reverse=False)
+        k = self.unflat(self.kernel(cv, form, kd, lk), kd)
+        k = k.to(torch.float32 if not k.is_complex() else _C64[False])
+        alpha = self.last(self.expr(cv.alpha, wide=True)).to(k.dtype if real else _C64[False])
+        k = alpha * k
+        if cv.beta != 0:
+            onehot = torch.zeros(lk, dtype=k.dtype, device=k.device)
+            onehot[0] = 1
+            k = k + self.last(self.expr(cv.beta, wide=True)).to(k.dtype) * onehot
+        y = pending.finish(k)
+        y0 = self.initial_term(cv, form, kd)
+        if y0 is not None:
+            y = y + alpha * y0
+        y = y.movedim(-1, 0)
+        if cv.gate != 1:
+            y = y * self.expr(cv.gate)
+        return y
+
+    def log_decay(self, form: StateForm) -> torch.Tensor:
+        """log a as a complex128 canonical tensor (the exponent itself when a = exp(x))."""
+        d = form.decay
+        x = self.expr(d.args[0] if isinstance(d, sp.exp) else d, wide=True).to(_C64[True])
+        return x if isinstance(d, sp.exp) else torch.log(x)
+
+    def kernel(self, cv: ConvNode, form: StateForm, kd, lk: int) -> torch.Tensor:
+        """K (rows = kernel dims, lk): complex unless the readout is only read as Re."""
+        c, T = (cv.contract,), self.T
+        if form.kind == "diagonal":
+            la = self.flat(self.last(self.log_decay(form)), kd, c)[..., 0]
+            w = self.flat(self.last(self.expr(cv.q * form.bbar, wide=True)), kd, c)[..., 0]
+            k = conv_gen.vander(la, w, T - (0 if cv.new else 1), real=cv.real)
+            return k if cv.new else torch.cat([k.new_zeros(k.shape[0], 1), k], 1)
+        if form.kind == "dplr":
+            dp = self.dplr(form, kd)
+            q = self.flat(self.last(self.expr(cv.q, wide=True)), kd, c)[..., 0]
+            bbar = self.flat(self.last(self.expr(form.bbar, wide=True)), kd, c)[..., 0]
+            k = dp.kernel(q.to(_C64[True]), bbar.to(_C64[True]))
+            k = k if cv.new else conv_gen.shift_right(k)
+            return k.real if cv.real else k
+        q = self.flat(self.last(self.expr(cv.q, wide=True)), kd, c)[..., 0]   # shift register
+        q = q if cv.new else torch.cat([q.new_zeros(q.shape[0], 1), q], 1)
+        return q[:, :lk]
+
+    def dplr(self, form: StateForm, kd) -> conv_gen.Dplr:
+        """The state's diag(d) + U^T V over rows `kd`, with Abar^T (cached per call)."""
+        key = ("dplr", form.name, kd)
+        if key not in self.cache:
+            c = (form.mix,)
+            row = lambda e: self.flat(self.last(self.expr(e, wide=True)), kd, c)[..., 0] \
+                .to(_C64[True])  # noqa: E731
+            vs = []
+            for t in form.lowrank:
+                v = row(t.direct)
+                for i, coef in t.via:
+                    v = v + row(coef).sum(-1, keepdim=True) * vs[i]
+                vs.append(v)
+            U = torch.stack([row(t.u) for t in form.lowrank], 1)
+            self.cache[key] = conv_gen.Dplr(row(form.decay), U, torch.stack(vs, 1), self.T)
+        return self.cache[key]
+
+    def initial_term(self, cv: ConvNode, form: StateForm, kd) -> torch.Tensor | None:
+        """The readout's response to the initial state, time-last canonical, or None."""
+        h0 = self.h0(form)
+        if h0 is None:
+            return None
+        c = (cv.contract,)
+        bd = self.g.order(set(form.dims) - set(kd) - set(c))
+        rows = self.g.order(set(bd) | set(kd))
+        q = self.expr(cv.q, wide=True)
+        if form.kind == "diagonal":
+            la = self.log_decay(form)
+            w0 = q * h0 * (torch.exp(la) if cv.new else 1)
+            y = conv_gen.vander(self.flat(self.last(la), rows, c)[..., 0],
+                                self.flat(self.last(w0), rows, c)[..., 0], self.T, cv.real)
+        elif form.kind == "dplr":
+            dp = self.dplr(form, kd)
+            n_b = math.prod(self.sizes[d] for d in bd)
+            h = self.flat(self.last(h0), bd, kd, c)[..., 0]                 # (B, R, N)
+            right = (dp.A @ h[..., None])[..., 0] if cv.new else h
+            qr = self.flat(self.last(q), kd, c)[..., 0].to(_C64[True])
+            qr = qr.expand(n_b, *qr.shape).reshape(-1, qr.shape[-1])
+            y = dp.repeat(n_b).kernel(qr, right.reshape(-1, right.shape[-1]))
+            y = y.real if cv.real else y
+            y = y.reshape(n_b, -1, self.T)
+            rows = bd + kd
+        else:
+            y = self.shift_initial(cv, form, q, h0, bd, kd)
+            rows = bd + kd
+        y = self.unflat(y, rows) if form.kind != "shift" else y
+        return y.to(torch.float32 if not y.is_complex() else _C64[False])
+
+    def shift_initial(self, cv, form, q, h0, bd, kd) -> torch.Tensor:
+        """sum_{j >= 0} q[t + 1 + j] h0[j] (new state; q[t + j] for the old) over t < T."""
+        M, T, m = self.sizes[form.mix], self.T, (form.mix,)
+        qf = self.flat(self.last(q), kd, m)[..., 0]                       # (R, M)
+        hf = self.flat(self.last(h0), bd, kd, m)[..., 0]                  # (B, R, M)
+        n = conv_fft.fft_size(2 * M)
+        corr = torch.fft.ifft(torch.fft.fft(qf, n) * torch.fft.fft(hf.flip(-1), n))
+        corr = corr[..., M - 1:2 * M - 1]                                 # corr[s], s < M
+        corr = corr[..., (1 if cv.new else 0):]
+        corr = corr.real if not (qf.is_complex() or hf.is_complex()) or cv.real else corr
+        out = torch.zeros(*corr.shape[:-1], T, dtype=corr.dtype, device=corr.device)
+        s = min(T, corr.shape[-1])
+        out[..., :s] = corr[..., :s]
+        return self.unflat(out.reshape(-1, T), bd + kd)
+
+    def state_seq(self, form: StateForm) -> torch.Tensor:
+        """A spacewise state's whole sequence h'_t (canonical, complex64)."""
+        key = ("seq", form.name)
+        if key not in self.cache:
+            T, sd = self.T, form.dims
+            b = self.last(self.expr(form.bbar * form.w))
+            la = self.log_decay(form)
+            da = self.g.order(expr_dims(self.g, form.decay))
+            ones = torch.ones(1, dtype=_C64[True], device=la.device)
+            k = conv_gen.vander(self.flat(self.last(la), da),
+                                ones.expand(math.prod(self.sizes[d] for d in da), 1), T, False)
+            k = self.unflat(k, da).to(_C64[False])
+            pending = conv_fft.start(b, tuple(k.shape[:-1]), T, False, reverse=False)
+            h = pending.finish(k)
+            h0 = self.h0(form)
+            if h0 is not None:
+                y0 = conv_gen.vander(self.flat(self.last(la), sd),
+                                     self.flat(self.last(h0 * torch.exp(la)), sd), T, False)
+                h = h + self.unflat(y0, sd).to(_C64[False])
+            self.cache[key] = h.movedim(-1, 0)
+        return self.cache[key]
+
+    def spacewise_readout(self, cv: ConvNode, form: StateForm) -> torch.Tensor:
+        h = self.state_seq(form)
+        if not cv.new:
+            h0 = self.h0(form)
+            first = (h0.to(h.dtype) if h0 is not None else torch.zeros_like(h[:1])).expand_as(
+                h[:1])
+            h = torch.cat([first, h[:-1]], 0)
+        x = self.expr(cv.q) * h
+        if cv.gate != 1:
+            x = x * self.expr(cv.gate)
+        return x.sum(1 + self.g.dims.index(cv.contract), keepdim=True)
+
+    # ---- final states
+
+    def finals(self) -> list[torch.Tensor]:
+        g, out = self.g, []
+        values = {f.arg: self.final(f) for f in self.plan.states}
+        cdtype = _C64[self.call.state_dtype == torch.float64]
+        for arg in g.state_args:
+            ann = g.annotation(arg)
+            x = values[arg]
+            x = x.expand(interpret.canonical_shape(g, ann.dims, self.sizes, 1))
+            x = from_canonical(g, x, ann.axes, self.sizes, False)
+            out.append(x.to(cdtype) if ann.complex else x.real.to(self.call.state_dtype)
+                       if x.is_complex() else x.to(self.call.state_dtype))
+        return out
+
+    def final(self, form: StateForm) -> torch.Tensor:
+        """h_T, canonical (1, *dims)."""
+        T, h0 = self.T, self.h0(form)
+        if T == 0:
+            return h0 if h0 is not None else torch.zeros(
+                interpret.canonical_shape(self.g, form.dims, self.sizes), device=self.like.device)
+        if form.kind == "diagonal" and form.spacewise:
+            return self.state_seq(form)[-1:]
+        w = self.last(self.expr(form.w))
+        wd = self.g.order(set(expr_dims(self.g, form.w)) & set(form.dims))
+        if form.kind == "shift":
+            return self.shift_final(form, w, h0)
+        if form.kind == "diagonal":
+            rest = tuple(d for d in form.dims if d not in wd)
+            la = self.log_decay(form)
+            s = conv_gen.vander_dot(self.flat(self.last(la), wd, rest)[..., 0],
+                                    self.flat(w.flip(-1), wd))
+            h = self.unflat(s[..., None], wd, rest).movedim(-1, 0)
+            h = h * self.expr(form.bbar, wide=True)
+            return h if h0 is None else h + torch.exp(T * la) * h0
+        exprs = [form.bbar, form.decay] + [e for t in form.lowrank
+                                           for e in (t.u, t.direct, *(c for _, c in t.via))]
+        kd = self.g.order(set().union(*(expr_dims(self.g, e) for e in exprs)) - {form.mix})
+        dp = self.dplr(form, kd)
+        c = (form.mix,)
+        bbar = self.flat(self.last(self.expr(form.bbar, wide=True)), kd, c)[..., 0]
+        G = dp.state_kernel(bbar.to(_C64[True]))                          # (R, T, N)
+        bd = self.g.order(set(form.dims) - set(kd) - set(c))
+        x = self.flat(w.flip(-1), bd, kd).to(G.dtype)                       # (B, R, T)
+        h = torch.einsum("rln,brl->brn", G, x)
+        if h0 is not None:
+            hf = self.flat(self.last(h0), bd, kd, c)[..., 0]
+            h = h + (dp.AL @ hf[..., None])[..., 0]
+        return self.unflat(h[..., None], bd, kd, c).movedim(-1, 0)
+
+    def shift_final(self, form: StateForm, w: torch.Tensor, h0) -> torch.Tensor:
+        """h_T[m] = w_{T-1-m} for m < T, else h0[m - T]."""
+        M, T, ax = self.sizes[form.mix], self.T, self.g.dims.index(form.mix)
+        recent = w.flip(-1)[..., :min(M, T)]                  # (*dims with m of size 1, k)
+        recent = recent.squeeze(ax).movedim(-1, ax)
+        parts = [recent]
+        if M > T:
+            older = h0 if h0 is not None else torch.zeros(
+                interpret.canonical_shape(self.g, form.dims, self.sizes),
+                device=self.like.device)
+            parts.append(older[0].narrow(ax, 0, M - T).to(recent.dtype).expand(
+                *[recent.shape[i] if i != ax else M - T for i in range(recent.dim())]))
+        return torch.cat(parts, ax).unsqueeze(0)

@@ -1,0 +1,332 @@
+"""The generated chunked kernels against the float64 reference: forward, final state and every
+gradient (Seqs, Params, initial state), reverse, cu_seqlens, split value blocks, bf16, steep and
+extreme decays, random scalar and per-key decay specs.
+
+Under Triton's interpreter at small odd sizes with 16-step chunks (so T=37 crosses chunk
+boundaries); the `gpu` tests repeat them compiled at real sizes. 16-bit inputs are compared
+with the reference run on the same rounded inputs, so the error measured is the kernels'.
+"""
+from __future__ import annotations
+
+import linecache
+import math
+import random
+
+import pytest
+import torch
+
+import lrc
+from lrc.codegen.chunked_tune import Config
+from lrc.codegen.partition import Unsupported
+from lrc.zoo import ZOO
+from tests.conftest import rel_err
+
+CHUNKED_ZOO = ["mamba2", "retnet", "gla", "rwkv6"]
+FWD, GRAD, LOW = 1e-4, 1e-3, 1e-2
+
+
+def as_tuple(x):
+    return x if isinstance(x, tuple) else (x,)
+
+
+def layers(spec, override=None):
+    """The chunked layer (its Program pinned to `override` configs if given) and the
+    reference."""
+    kern = lrc.compile(spec, backend="triton", lowering="chunked")
+    prog = kern._lowering("chunked")
+    assert prog is not None, kern.plan.note
+    prog.override = override
+    return kern, lrc.compile(spec, backend="reference"), prog
+
+
+def check(spec, args, state=None, dtype=torch.float32, tol=FWD, gtol=GRAD, override=None,
+          device="cpu", **call):
+    """Forward, final state and the gradient of every input and of the initial state."""
+    kern, ref, _ = layers(spec, override)
+    low = dtype in (torch.float16, torch.bfloat16)
+    ours = {k: v.to(device=device, dtype=dtype if v.dtype.is_floating_point else v.dtype)
+            .requires_grad_(v.dtype.is_floating_point) for k, v in args.items()}
+    theirs = {k: v.detach().double().clone().requires_grad_(v.dtype.is_floating_point)
+              for k, v in ours.items()}
+    s1 = s2 = None
+    if state is not None:
+        s1 = state.to(device=device, dtype=torch.float32).requires_grad_(True)
+        s2 = s1.detach().double().clone().requires_grad_(True)
+    y, h = kern(**ours, initial_state=s1, return_final_state=True, **call)
+    y2, h2 = ref(**theirs, initial_state=s2, return_final_state=True, **call)
+    for what, a, e in (("output", y, y2), ("final state", h, h2)):
+        assert torch.isfinite(a.float()).all(), f"{what}: not finite"
+        assert rel_err(a, e) <= tol, f"{what}: {rel_err(a, e):.2e}"
+    gy, gh = torch.randn_like(y2), torch.randn_like(h2)
+    leaves = list(ours.values()) + ([s1] if s1 is not None else [])
+    leaves2 = list(theirs.values()) + ([s2] if s2 is not None else [])
+    g1 = torch.autograd.grad((y.double() * gy).sum() + (h.double() * gh).sum(), leaves)
+    g2 = torch.autograd.grad((y2 * gy).sum() + (h2 * gh).sum(), leaves2)
+    for name, a, e in zip(list(ours) + ["initial_state"], g1, g2):
+        assert torch.isfinite(a.float()).all(), f"grad of {name}: not finite"
+        assert rel_err(a, e) <= gtol, f"grad of {name}: {rel_err(a, e):.2e}"
+
+
+def zoo(name, b=2, t=37, state=True, **dims):
+    e = ZOO[name]
+    args = e.example(b=b, t=t, dtype=torch.float64, **dims)
+    return e.spec, args, (e.initial_state(b=b, dtype=torch.float64, **dims) if state else None)
+
+
+@pytest.mark.parametrize("name", CHUNKED_ZOO)
+def test_zoo_forward_and_gradients(name):
+    check(*zoo(name))
+
+
+@pytest.mark.parametrize("name", ["mamba2", "rwkv6"])
+def test_reverse(name):
+    check(*zoo(name, b=1, t=35), reverse=True)
+
+
+def test_without_initial_state():
+    spec, args, _ = zoo("gla", t=33)
+    check(spec, args)
+
+
+def test_chunked_equals_scan():
+    spec, args, state = zoo("mamba2", t=29)
+    kern, _, _ = layers(spec)
+    scan = lrc.compile(spec, backend="triton", lowering="scan")
+    a = {k: v.float() for k, v in args.items()}
+    y, h = kern(**a, initial_state=state.float(), return_final_state=True)
+    y2, h2 = scan(**a, initial_state=state.float(), return_final_state=True)
+    assert rel_err(y, y2) <= FWD and rel_err(h, h2) <= FWD
+
+
+@pytest.mark.parametrize("name", ["mamba2", "gla"])
+def test_cu_seqlens(name):
+    """Packed sequences, each from its own initial state (lengths cross chunk boundaries)."""
+    e = ZOO[name]
+    args = e.example(b=1, t=41, dtype=torch.float64)
+    state = e.initial_state(b=3, dtype=torch.float64)
+    check(e.spec, args, state, cu_seqlens=torch.tensor([0, 17, 18, 41]))
+
+
+def test_split_value_blocks():
+    """Values over several programs: gradients of inputs lacking the value dim are summed
+    atomically across them (and across heads sharing Mamba-2's grouped B and C)."""
+    spec, args, state = zoo("mamba2", b=1, t=21, p=37)
+    check(spec, args, state, override=(Config(16, 16), Config(16, 16)))
+
+
+@pytest.mark.parametrize("name", ["mamba2", "gla"])
+def test_bf16(name):
+    check(*zoo(name, t=45), dtype=torch.bfloat16, tol=LOW, gtol=LOW)
+
+
+def test_extreme_dt_bf16_is_finite():
+    """dt far out in softplus (decays of exp(-1e3) and of 1): bf16 stays finite and right."""
+    spec, args, state = zoo("mamba2", b=1, t=70)
+    args["dt"] = torch.where(torch.rand_like(args["dt"]) < 0.3, 1e3, -30.0) + args["dt"]
+    check(spec, args, state, dtype=torch.bfloat16, tol=LOW, gtol=LOW)
+
+
+def test_steep_per_key_decays():
+    """Per-key log-decays of -40 per step in some chunks: the factored form would overflow,
+    so those chunks take the exact column loop; the others the factored one."""
+    spec, args, state = zoo("gla", t=50)
+    steep = (torch.arange(50) // 16 == 1).double()[None, :, None, None]
+    args["gk"] = args["gk"] - 40 * steep * torch.rand_like(args["gk"])
+    check(spec, args, state)
+    check(spec, args, state, dtype=torch.bfloat16, tol=LOW, gtol=LOW)
+
+
+def test_unchunkable_spec_runs_the_scan():
+    spec = ZOO["mamba1"].spec
+    with pytest.raises(lrc.passes.lowering.LoweringError):
+        lrc.compile(spec, backend="triton", lowering="chunked")
+    kern = lrc.compile(spec, backend="triton")
+    with pytest.raises(Unsupported):
+        from lrc.codegen.chunked import Program
+
+        Program(kern.compiled)
+
+
+def test_sources_are_readable():
+    _, _, prog = layers(ZOO["mamba2"].spec)
+    for which in ("forward", "backward"):
+        src = prog.sources[which]
+        assert src in prog.source and "@triton.jit" in src and "_dot(" in src
+    assert "# v = x*softplus(dt + dt_bias)" in prog.sources["forward"]
+    assert "# gradient of dt_bias" in prog.sources["backward"]
+    assert "tl.atomic_add" in prog.sources["backward"]  # B and C are shared by a group
+
+
+# ---- random specs: scalar and per-key decays, gates, skips, bonuses, layouts, groups
+
+DECAYS = {  # name -> (expression, extra inputs (name, role, dims kind, maker)), per key?
+    "softplus": ("exp(-softplus(a + a_bias) * exp(a_log))", False),
+    "sigmoid": ("sigmoid(a)", False),
+    "gamma": ("gamma", False),
+    "gk": ("exp(gk)", True),
+    "sigmoid_k": ("sigmoid(a)", True),
+    "rwkv": ("exp(-exp(w0 + a))", True),
+}
+
+
+def random_spec(seed: int):
+    """A random chunkable spec written out as source, and a maker of its inputs."""
+    rng = random.Random(seed)
+    decay = rng.choice(sorted(DECAYS))
+    expr, per_key = DECAYS[decay]
+    grouped = rng.random() < 0.5
+    heads = ["g", "r"] if grouped else ["h"]
+    hax = "(g r)" if grouped else "h"
+    kh = "g" if grouped and rng.random() < 0.6 else hax   # q, k shared by a group
+    time_last = rng.random() < 0.3
+    args: dict[str, tuple[str, str]] = {}
+
+    def seq(name, *dims):
+        inner = list(dims)
+        rng.shuffle(inner)
+        axes = ["b"] + inner + ["t"] if time_last else ["b", "t"] + inner
+        args[name] = ("Seq", " ".join(axes))
+
+    seq("q", kh, "n")
+    seq("k", kh, "n")
+    seq("v", hax, "p")
+    if decay in ("softplus", "sigmoid"):
+        seq("a", hax)
+    if decay in ("sigmoid_k", "rwkv"):
+        seq("a", hax, "n")
+    if decay == "gk":
+        seq("gk", hax, "n")
+    for p, dims in {"softplus": [("a_bias", hax), ("a_log", hax)], "gamma": [("gamma", hax)],
+                    "rwkv": [("w0", f"{hax} n")]}.get(decay, []):
+        args[p] = ("Param", dims)
+    inp = rng.choice(["k * v", "beta * k * v", "sigmoid(k) * v * 0.5"])
+    if "beta" in inp:
+        seq("beta", hax)
+    old = rng.random() < 0.35
+    gate = rng.choice(["", "silu(z)", "sigmoid(zh)"])
+    if gate == "silu(z)":
+        seq("z", hax, "p")
+    if gate == "sigmoid(zh)":
+        seq("zh", hax)
+    skip = rng.random() < 0.5
+    if old:
+        args["u"] = ("Param", f"{hax} n")
+    if skip:
+        args["D"] = ("Param", hax)
+    sdims = ["n", "p"] if rng.random() < 0.5 else ["p", "n"]
+    sig = ", ".join(f'{n}: {r}("{d}")' for n, (r, d) in args.items())
+    lines = [f'def step({sig}, S: State("b {hax} {" ".join(sdims)}")):']
+    read = '(q * (S + u * k * v)).sum("n")' if old else '(q * S).sum("n")'
+    if old:
+        lines.append(f"    y = {read}")
+    lines.append(f"    S = {expr} * S + {inp}")
+    if not old:
+        lines.append(f"    y = {read}")
+    out = "y" + (f" * {gate}" if gate else "") + (" + D * v" if skip else "")
+    lines += [f"    return {out}, S", ""]
+    source = "\n".join(lines)
+    filename = f"<lrc-chunked-spec-{seed}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    ns = {"Seq": lrc.Seq, "Param": lrc.Param, "State": lrc.State, "exp": lrc.exp,
+          "softplus": lrc.softplus, "sigmoid": lrc.sigmoid, "silu": lrc.silu}
+    exec(compile(source, filename, "exec"), ns)
+    spec = lrc.recurrence(ns["step"], name=f"chunked_random_{seed}")
+    sizes = {"g": 2, "r": 2, "h": 3, "n": rng.choice([5, 16, 19]), "p": rng.choice([7, 16])}
+
+    def make(b: int, t: int) -> tuple[dict, torch.Tensor]:
+        out = {}
+        for name, (role, dims) in args.items():
+            shape = [math.prod(b if d == "b" else t if d == "t" else sizes[d]
+                               for d in ax.strip("()").split()) for ax in _axes(dims)]
+            x = torch.randn(shape, dtype=torch.float64)
+            if name in ("q", "k"):
+                x = x / math.sqrt(sizes["n"])
+            if name == "gk":
+                x = torch.nn.functional.logsigmoid(x) / 4
+            if name == "gamma":
+                x = 0.8 + 0.19 * torch.rand(shape, dtype=torch.float64)
+            if name == "a" and decay == "sigmoid":
+                x = x + 3
+            if name == "w0":
+                x = x - 1
+            out[name] = x
+        st = [math.prod(b if d == "b" else sizes[d] for d in ax.strip("()").split())
+              for ax in _axes(f"b {hax} {' '.join(sdims)}")]
+        return out, torch.randn(st, dtype=torch.float64) * 0.5
+
+    return spec, make, source
+
+
+def _axes(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"\([^)]*\)|\S+", text)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_specs(seed):
+    spec, make, source = random_spec(seed * 7919 + 11)
+    args, state = make(2, 37)
+    try:
+        check(spec, args, state)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{source}") from None
+
+
+# ---- the same on the GPU, at real sizes (the lead runs these)
+
+GPU_SIZES = {"mamba2": dict(g=2, r=4, p=64, n=128), "retnet": dict(h=4, k=128, v=128),
+             "gla": dict(h=4, k=128, v=128), "rwkv6": dict(h=4, k=64, v=64)}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", CHUNKED_ZOO)
+def test_gpu_forward_and_gradients(name):
+    check(*zoo(name, b=2, t=2049, **GPU_SIZES[name]), device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", CHUNKED_ZOO)
+def test_gpu_bf16(name):
+    check(*zoo(name, b=2, t=4097, **GPU_SIZES[name]), dtype=torch.bfloat16, tol=LOW, gtol=LOW,
+          device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mamba2", "gla"])
+def test_gpu_long(name):
+    check(*zoo(name, b=1, t=16384, **GPU_SIZES[name]), device="cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_extreme_dt_bf16_long():
+    spec, args, state = zoo("mamba2", b=1, t=16384, **GPU_SIZES["mamba2"])
+    args["dt"] = torch.where(torch.rand_like(args["dt"]) < 0.3, 1e3, -30.0) + args["dt"]
+    check(spec, args, state, dtype=torch.bfloat16, tol=LOW, gtol=LOW, device="cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_steep_per_key_bf16():
+    spec, args, state = zoo("gla", b=1, t=4096, **GPU_SIZES["gla"])
+    steep = (torch.arange(4096) // 64 % 3 == 1).double()[None, :, None, None]
+    args["gk"] = args["gk"] - 40 * steep * torch.rand_like(args["gk"])
+    check(spec, args, state, dtype=torch.bfloat16, tol=LOW, gtol=LOW, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mamba2", "rwkv6"])
+def test_gpu_reverse_and_cu_seqlens(name):
+    e = ZOO[name]
+    sizes = GPU_SIZES[name]
+    args = e.example(b=1, t=3000, dtype=torch.float64, **sizes)
+    state = e.initial_state(b=3, dtype=torch.float64, **sizes)
+    cu = torch.tensor([0, 1000, 1001, 3000], device="cuda")
+    check(e.spec, args, state, device="cuda", cu_seqlens=cu, reverse=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("seed", range(6))
+def test_gpu_random_specs(seed):
+    spec, make, _ = random_spec(seed * 7919 + 11)
+    args, state = make(2, 1500)
+    check(spec, args, state, device="cuda")

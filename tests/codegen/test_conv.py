@@ -1,0 +1,340 @@
+"""The convolution lowering against the float64 reference and the scan lowering: forward, final
+state, every gradient (inputs, Params, initial state), reverse, cu_seqlens, bf16, decode after a
+convolution prefill, the kernels themselves, and the cost model's choice.
+
+Under Triton's interpreter at small odd sizes and up to T = 8192 here; the `gpu` tests repeat
+them compiled for the GPU (run on the GPU machine).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import lrc
+from lrc import Param, Seq, State, sigmoid
+from lrc.codegen import conv_fft, conv_gen
+from lrc.codegen import conv_kernels as ck
+from lrc.codegen.conv import Program
+from lrc.passes import pipeline
+from lrc.passes.lowering import LoweringError
+from lrc.zoo import ZOO
+from tests.conftest import rel_err
+
+CONV_ZOO = ["s4d_zoh", "s4d_bilinear", "lru", "s4", "h3", "hyena"]
+FWD, GRAD, BF16 = 1e-4, 1e-3, 1e-2
+
+
+@lrc.recurrence
+def gated_old(u: Seq("b t h"), z: Seq("b t h"), a: Param("h n"), B: Param("h n"),
+              C: Param("h n"), D: Param("h"), x: State("b h n")):
+    """Not a zoo system: a real decay, an output that reads the state *before* the step under
+    a sigmoid gate, and a skip term outside it."""
+    y = sigmoid(z) * (C * x).sum("n")
+    x = sigmoid(a) * x + B * u
+    return y + D * u, x
+
+
+def as_tuple(x):
+    return x if isinstance(x, tuple) else (x,)
+
+
+def conv_layer(spec):
+    layer = lrc.compile(spec, backend="triton", lowering="conv")
+    assert layer.plan.lowering.forced == "conv"
+    return layer
+
+
+def inputs(spec, b, t, device="cpu", **dims):
+    """(args, initial state) in float64; the zoo's inits, or Gaussians for other specs."""
+    if spec.name in ZOO:
+        e = ZOO[spec.name]
+        return (e.example(b=b, t=t, dtype=torch.float64, device=device, **dims),
+                e.initial_state(b=b, dtype=torch.float64, device=device, **dims))
+    h, n = dims.get("h", 5), dims.get("n", 3)
+    g = lambda *s: torch.randn(*s, dtype=torch.float64, device=device)  # noqa: E731
+    return ({"u": g(b, t, h), "z": g(b, t, h), "a": g(h, n) + 1, "B": g(h, n), "C": g(h, n),
+             "D": g(h)}, 0.5 * g(b, h, n))
+
+
+def low(x: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    return x.to(dtype if not x.is_complex() else torch.complex64)
+
+
+def loss_of(outs, finals, gys, ghs):
+    total = sum((o.double() * g).sum() for o, g in zip(outs, gys))
+    for f, g in zip(finals, ghs):
+        total = total + (f.to(g.dtype) * g).real.sum()
+    return total
+
+
+def check(spec, b: int, t: int, device: str = "cpu", dtype=torch.float32, tol=FWD,
+          gtol=GRAD, reverse: bool = False, with_state: bool = True, **dims):
+    """Conv vs reference: outputs, final states and every gradient."""
+    kern, ref = conv_layer(spec), lrc.compile(spec, backend="reference")
+    args, state = inputs(spec, b, t, device, **dims)
+    ours = {k: low(v, dtype).requires_grad_(True) for k, v in args.items()}
+    theirs = {k: v.detach().clone().requires_grad_(True) for k, v in args.items()}
+    s_ours = s_ref = None
+    if with_state:
+        s_ours = tuple(low(x).requires_grad_(True) for x in as_tuple(state))
+        s_ref = tuple(x.detach().clone().requires_grad_(True) for x in as_tuple(state))
+    y, h = kern(**ours, initial_state=s_ours, return_final_state=True, reverse=reverse)
+    y2, h2 = ref(**theirs, initial_state=s_ref, return_final_state=True, reverse=reverse)
+    outs, outs2, fins, fins2 = as_tuple(y), as_tuple(y2), as_tuple(h), as_tuple(h2)
+    assert kern.plan.note == "", kern.plan.note  # the convolution ran, not a fallback
+    for what, a, e in zip(["output"] * len(outs) + ["final state"] * len(fins),
+                          outs + fins, outs2 + fins2):
+        want = torch.complex64 if e.is_complex() else dtype if what == "output" else (
+            torch.float32)
+        assert a.dtype == want, f"{spec.name}: {what} has dtype {a.dtype}, not {want}"
+        assert rel_err(a, e) <= tol, f"{spec.name}: {what} {rel_err(a, e):.2e}"
+    gys = [torch.randn_like(o) for o in outs2]
+    ghs = [torch.randn_like(f) for f in fins2]
+    leaves = list(ours.values()) + list(s_ours or ())
+    g1 = torch.autograd.grad(loss_of(outs, fins, gys, ghs), leaves)
+    g2 = torch.autograd.grad(loss_of(outs2, fins2, gys, ghs),
+                             list(theirs.values()) + list(s_ref or ()))
+    names = list(ours) + [f"initial_state[{i}]" for i in range(len(s_ours or ()))]
+    for nm, a, e in zip(names, g1, g2):
+        assert rel_err(a, e) <= gtol, f"{spec.name}: grad of {nm} {rel_err(a, e):.2e}"
+    return kern, ours, outs
+
+
+@pytest.mark.parametrize("name", CONV_ZOO)
+def test_forward_and_gradients(name):
+    check(ZOO[name].spec, b=3, t=37)
+
+
+@pytest.mark.parametrize("name", CONV_ZOO)
+def test_conv_equals_scan(name):
+    """The two generated lowerings agree with each other (and both with the reference)."""
+    spec = ZOO[name].spec
+    args, state = inputs(spec, 2, 45)
+    args32 = {k: low(v) for k, v in args.items()}
+    st32 = tuple(low(x) for x in as_tuple(state))
+    y_c = as_tuple(conv_layer(spec)(**args32, initial_state=st32))
+    y_s = as_tuple(lrc.compile(spec, backend="triton", lowering="scan")(**args32,
+                                                                       initial_state=st32))
+    y_r = as_tuple(lrc.compile(spec, backend="reference")(**args, initial_state=state))
+    for c, s, r in zip(y_c, y_s, y_r):
+        assert rel_err(c, r) <= FWD and rel_err(s, r) <= FWD and rel_err(c, s) <= 2 * FWD
+
+
+def test_custom_spec_reading_the_old_state():
+    check(gated_old, b=2, t=41, h=6, n=5)
+
+
+@pytest.mark.parametrize("name", ["s4d_bilinear", "s4", "hyena"])
+def test_reverse(name):
+    """reverse=True: the anti-causal half of a bidirectional layer."""
+    check(ZOO[name].spec, b=2, t=23, reverse=True)
+
+
+@pytest.mark.parametrize("name", ["s4d_zoh", "h3"])
+def test_without_initial_state(name):
+    check(ZOO[name].spec, b=2, t=19, with_state=False)
+
+
+def test_bf16_inputs():
+    check(ZOO["s4d_zoh"].spec, b=2, t=33, dtype=torch.bfloat16, tol=BF16, gtol=BF16 * 3)
+
+
+@pytest.mark.parametrize("name,dims", [("s4d_zoh", {}), ("hyena", {"l": 8192}),
+                                       ("s4", {"n": 4, "h": 2})])
+def test_long(name, dims):
+    """T = 8192 under the interpreter (Hyena's filter as long as the sequence)."""
+    check(ZOO[name].spec, b=1, t=8192 if name != "s4" else 4096, with_state=False, **dims)
+
+
+def test_cu_seqlens():
+    spec = ZOO["h3"].spec
+    args, _ = inputs(spec, 1, 29)
+    cu = torch.tensor([0, 7, 8, 29])
+    e = ZOO["h3"]
+    state = e.initial_state(b=3, dtype=torch.float64)
+    y, h = conv_layer(spec)(**{k: low(v) for k, v in args.items()}, cu_seqlens=cu,
+                            initial_state=tuple(low(x) for x in state),
+                            return_final_state=True)
+    y2, h2 = lrc.compile(spec, backend="reference")(**args, cu_seqlens=cu, initial_state=state,
+                                                    return_final_state=True)
+    assert rel_err(y, y2) <= FWD
+    for a, b in zip(h, h2):
+        assert rel_err(a, b) <= FWD
+
+
+def test_s4_decodes_what_it_trained_as_conv():
+    """S4 trained as a convolution decodes as a recurrence: prefill T tokens through the conv
+    (its final state), then step k tokens; the outputs equal the conv over T + k."""
+    e, T, k = ZOO["s4"], 30, 5
+    layer = conv_layer(e.spec)
+    args = {key: low(v) for key, v in e.example(b=2, t=T + k, dtype=torch.float64).items()}
+    state0 = low(e.initial_state(b=2, dtype=torch.float64))
+    y_all = layer(**args, initial_state=state0)
+    pre = {key: (v[..., :T] if key == "u" else v) for key, v in args.items()}
+    _, state = layer(**pre, initial_state=state0, return_final_state=True)
+    ref = lrc.compile(e.spec, backend="reference")
+    state_ref = state.clone()
+    for i in range(T, T + k):
+        tok = {key: (v[..., i] if key == "u" else v) for key, v in args.items()}
+        y_i, state = layer.step(**tok, state=state)
+        y_r, state_ref = ref.step(**tok, state=state_ref)
+        assert rel_err(y_i, y_all[..., i]) <= FWD
+        assert rel_err(y_r, y_all[..., i]) <= FWD
+
+
+def test_cost_model_and_forcing():
+    """The cost model picks the scan at short T and the convolution for a long explicit filter;
+    `lowering="conv"` forces it; a selective spec refuses it with the reason."""
+    g = pipeline.run(ZOO["hyena"].spec.graph).planned
+    lw = g.meta("lowering")
+    assert lw.choose(g, {"b": 8, "d": 1024, "l": 4096}, 4096, 2)[0] == "conv"
+    assert lw.choose(g, {"b": 8, "d": 1024, "l": 16}, 64, 2)[0] == "scan"
+    s4d = pipeline.run(ZOO["s4d_zoh"].spec.graph).planned
+    costs = s4d.meta("lowering").choose(s4d, {"b": 8, "h": 2048, "n": 32}, 4096, 4)[1]
+    assert costs["conv"].bound == "memory" and costs["conv"].bytes > 4e9  # ~ 30 passes of 2T
+    with pytest.raises(LoweringError, match="selective"):
+        lrc.compile(ZOO["mamba1"].spec, backend="triton", lowering="conv")
+
+
+def test_program_sources():
+    prog = Program(pipeline.run(ZOO["s4"].spec.graph, "conv"))
+    assert set(prog.sources) == {"fft", "cauchy"}
+    assert "def conv_cauchy(" in prog.sources["cauchy"] and "@triton.jit" in prog.source
+    prog = Program(pipeline.run(ZOO["s4d_zoh"].spec.graph, "conv"))
+    assert set(prog.sources) == {"fft", "vandermonde"}
+    [cv] = prog.plan.convs
+    assert cv.real and str(cv.beta) == "D" and cv.alpha == 2  # the skip folded into K
+
+
+# ---- the pieces: generated kernels and the FFT convolution
+
+
+def test_vandermonde_kernels_and_gradients():
+    R, N, L = 3, 5, 77
+    la = torch.complex(-torch.rand(R, N, dtype=torch.float64) * 0.2 - 0.01,
+                       torch.randn(R, N, dtype=torch.float64)).requires_grad_(True)
+    w = torch.randn(R, N, dtype=torch.complex128, requires_grad=True)
+    powers = torch.exp(la[..., None] * torch.arange(L, dtype=torch.float64))
+    ref = (w[..., None] * powers).sum(1)
+    k = conv_gen.vander(la, w, L, real=False)
+    assert rel_err(k, ref) <= 1e-6
+    gk = torch.randn(R, L, dtype=torch.float64)
+    g1 = torch.autograd.grad((k.real * gk).sum(), [la, w])
+    g2 = torch.autograd.grad((ref.real * gk).sum(), [la, w])
+    for a, b in zip(g1, g2):
+        assert rel_err(a, b) <= 1e-5
+    x = torch.randn(R, L, dtype=torch.float64, requires_grad=True)
+    s = conv_gen.vander_dot(la, x.float())
+    s_ref = (x[:, None, :] * powers).sum(-1)
+    assert rel_err(s, s_ref) <= 1e-6
+    gs = torch.randn(R, N, dtype=torch.complex128)
+    g1 = torch.autograd.grad((s * gs).real.sum(), [la, x])
+    g2 = torch.autograd.grad((s_ref * gs).real.sum(), [la, x])
+    for a, b in zip(g1, g2):
+        assert rel_err(a, b) <= 1e-5
+
+
+def test_dplr_kernel_by_cauchy_and_woodbury():
+    """K_l = q^T (diag(d) + U^T V)^l b by the generating function == by repeated products,
+    and every gradient."""
+    R, N, r, L = 2, 7, 2, 31
+    d = torch.complex(torch.rand(R, N, dtype=torch.float64) * 0.8,
+                      torch.randn(R, N, dtype=torch.float64) * 0.3)
+    leaves = [d] + [0.3 * torch.randn(R, r, N, dtype=torch.complex128) for _ in range(2)] + [
+        torch.randn(R, N, dtype=torch.complex128) for _ in range(2)]
+    leaves = [x.requires_grad_(True) for x in leaves]
+    dp = conv_gen.Dplr(*leaves[:3], L)
+    k = dp.kernel(leaves[3], leaves[4])
+    A = torch.diag_embed(leaves[0]) + leaves[1].transpose(-1, -2) @ leaves[2]
+    h, ref, states = leaves[4], [], []
+    for _ in range(L):
+        ref.append((leaves[3] * h).sum(-1))
+        states.append(h)
+        h = (A @ h[..., None])[..., 0]
+    ref = torch.stack(ref, -1)
+    assert rel_err(k, ref) <= 1e-10
+    assert rel_err(dp.state_kernel(leaves[4]), torch.stack(states, 1)) <= 1e-10
+    g = torch.randn(R, L, dtype=torch.complex128)
+    for a, b in zip(torch.autograd.grad((k * g).real.sum(), leaves),
+                    torch.autograd.grad((ref * g).real.sum(), leaves)):
+        assert rel_err(a, b) <= 1e-9
+
+
+def direct_conv(w, k, reverse):
+    T, lk = w.shape[-1], k.shape[-1]
+    dtype = torch.complex128 if (w.is_complex() or k.is_complex()) else torch.float64
+    out = torch.zeros(torch.broadcast_shapes(w.shape, k.shape[:-1] + (T,)), dtype=dtype)
+    x = w.flip(-1) if reverse else w
+    for lag in range(min(lk, T)):
+        out[..., lag:] += k[..., lag:lag + 1].to(dtype) * x[..., :T - lag].to(dtype)
+    return out.flip(-1) if reverse else out
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("complex_kernel", [False, True])
+def test_fft_convolution(reverse, complex_kernel):
+    """Paired real rows (odd count, strided input) or the complex path; forward and backward."""
+    B, H, T, lk = 5, 3, 29, 13
+    w = torch.randn(B, T, H, dtype=torch.float64).permute(0, 2, 1)[:, :, None, :]
+    w.requires_grad_(True)
+    kd = torch.complex128 if complex_kernel else torch.float64
+    k = torch.randn(1, H, 1, lk, dtype=kd, requires_grad=True)
+    y = conv_fft.start(w.float(), k.shape[:-1], lk, not complex_kernel, reverse).finish(
+        low(k))
+    ref = direct_conv(w, k, reverse)
+    assert rel_err(y, ref) <= 1e-6
+    gy = torch.randn_like(ref)
+    g1 = torch.autograd.grad((y.to(gy.dtype) * gy).real.sum(), [w, k])
+    g2 = torch.autograd.grad((ref * gy).real.sum(), [w, k])
+    for a, b in zip(g1, g2):
+        assert rel_err(a, b) <= 1e-5
+
+
+def test_fft_sizes():
+    for m in (1, 7, 100, 4098, 8191, 12289):
+        n = conv_fft.fft_size(m)
+        assert n >= m and n < 1.3 * m + 2
+        while n % 2 == 0 or n % 3 == 0 or n % 5 == 0:
+            n //= 2 if n % 2 == 0 else 3 if n % 3 == 0 else 5
+        assert n == 1
+
+
+def test_cauchy_kernel_matches_torch():
+    R, J, N, L = 2, 3, 9, 40
+    d = 0.9 * torch.polar(torch.rand(R, N, dtype=torch.float64),
+                          torch.rand(R, N, dtype=torch.float64) * 6)
+    p = torch.randn(R, J, N, dtype=torch.complex128)
+    z = torch.polar(torch.ones(L, dtype=torch.float64),
+                    -2 * math.pi * torch.arange(L, dtype=torch.float64) / L)
+    ref = torch.einsum("rjn,rnk->rjk", p, 1 / (1 - z * d[..., None]))
+    assert rel_err(ck.cauchy(d, p, L), ref) <= 1e-12
+
+
+# ---- the same on the GPU, at real sizes
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", CONV_ZOO)
+def test_gpu_forward_and_gradients(name):
+    dims = {"hyena": {"l": 2049, "d": 16}, "s4": {"n": 32, "h": 8}}.get(name, {})
+    check(ZOO[name].spec, b=2, t=2049, device="cuda", **dims)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,dims", [("s4d_zoh", {"h": 64, "n": 32}),
+                                       ("s4", {"n": 64, "h": 4}),
+                                       ("hyena", {"l": 8192, "d": 32}),
+                                       ("h3", {"d": 32})])
+def test_gpu_long(name, dims):
+    check(ZOO[name].spec, b=2, t=8192, device="cuda", with_state=False, **dims)
+
+
+@pytest.mark.gpu
+def test_gpu_conv_equals_scan_at_scale():
+    e = ZOO["s4d_zoh"]
+    args = e.example(b=4, t=4096, h=256, n=32, dtype=torch.float32, device="cuda")
+    y_c = conv_layer(e.spec)(**args)
+    y_s = lrc.compile(e.spec, backend="triton", lowering="scan")(**args)
+    assert rel_err(y_c, y_s) <= FWD
