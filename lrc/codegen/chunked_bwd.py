@@ -42,7 +42,7 @@ def _intra_grads(k: Kernel) -> None:
         w("d_k = _dot(tl.trans(dad), q_q, DT, IEEE, EMU)")
         w("pa = dA * A  # dA_ij/dlog-decay: +A_ij for the readout step i, -A_ij for step j")
         w("dlq = tl.sum(pa, 1, keep_dims=True)")
-        w("dlam = -tl.trans(tl.sum(pa, 0, keep_dims=True))")
+        w("dlam = -tl.sum(pa, 0)[:, None]")
         return
     w(f"if tl.max(hi - lo) <= {SPAN}:")
     w.indent()
@@ -68,13 +68,14 @@ def _intra_grads(k: Kernel) -> None:
 
 
 def _chain(k: Kernel, derivs: dict, names: dict[str, str]) -> dict[str, str]:
-    """Per input, the expression of its gradient tile this chunk (emitted as d_<input>)."""
+    """Per input, its gradient tile this chunk (emitted as d_<input>): sum_F dF * dF/dX over
+    the quantities F that read it, reduced over the tile dims it lacks."""
     from .printer import triton_expr
 
-    w, f, g = k.w, k.form, k.g
-    out = {}
+    w, f = k.w, k.form
+    out: dict[str, str] = {}
+    seen: dict[str, str] = {}  # gradient expression -> the variable already holding it
     for name in f.inputs:
-        node = g[name]
         side = f.input_side(name)
         terms = []
         for q in f.quantities:
@@ -87,14 +88,19 @@ def _chain(k: Kernel, derivs: dict, names: dict[str, str]) -> dict[str, str]:
             else:
                 m = "m_t & m_k" if q.side == KEY else "m_t & m_v"
                 wide = True
-            c = f"tl.where({m}, {COTANGENT[q.name]} * ({triton_expr(e, names)}), 0.0)"
+            factor = "" if e == 1 else f" * ({triton_expr(e, names)})"
+            c = f"tl.where({m}, {COTANGENT[q.name]}{factor}, 0.0)"
             if side is None and wide:
                 c = f"tl.sum({c}, 1, keep_dims=True)"
             terms.append(c)
         if not terms:
             continue
-        var = f"d_{arg(name)}"
-        w(f"{var} = " + " + ".join(terms), f"gradient of {name}")
+        var, text = f"d_{arg(name)}", " + ".join(terms)
+        if text in seen:  # dt and dt_bias in softplus(dt + dt_bias): one tile for both
+            w(f"{var} = {seen[text]}", f"gradient of {name}")
+        else:
+            w(f"{var} = {text}", f"gradient of {name}")
+            seen[text] = var
         out[name] = var
     return out
 
@@ -105,7 +111,7 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
     g, w, f = k.g, k.w, form
     for n in f.inputs:
         node = g[n]
-        k.tensor(f"in:{n}", arg(n), node.dims, node.role is Role.SEQ)
+        k.tensor(f"in:{n}", arg(n), node.dims, f.seq(n))
     k.tensor("dy", "dy", g[f.output].dims, True)
     sdims = g[f.state].dims
     k.tensor("chk", "chk", [d for d in sdims if d != f.batch], False, chunked=True)
@@ -119,13 +125,13 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
                 derivs[(q.name, n)] = sp.diff(q.expr, syms[n])
     graded = [n for n in f.inputs if any(key[1] == n for key in derivs)]
     for n in graded:
-        k.tensor(f"grad:{n}", f"g_{arg(n)}", g[n].dims, g[n].role is Role.SEQ)
+        k.tensor(f"grad:{n}", f"g_{arg(n)}", g[n].dims, f.seq(n))
     k.params += [("ptr", "cu", "cu_ptr"), ("ptr", "coff", "coff_ptr")]
     k.sizes()
     k.prologue()
     w("ZERO = tl.zeros([1, 1], tl.int64)  # makes every load a block")
     k.load_inputs(Role.PARAM)
-    params = [n for n in graded if g[n].role is Role.PARAM]
+    params = [n for n in graded if not f.seq(n)]
     for n in params:
         side = f.input_side(n)
         shape = "[1, BK]" if side == KEY else "[1, BV]" if side else "[1, 1]"
@@ -147,8 +153,8 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
     names = k.names()
     k.emit_cse(repl, names)
     nq = len(f.quantities)
-    k.quantities({q.name: e for q, e in zip(f.quantities, red[:nq])}, names)
-    reduced = dict(zip(keys, red[nq:]))
+    k.quantities({q.name: e for q, e in zip(f.quantities, red[:nq], strict=False)}, names)
+    reduced = dict(zip(keys, red[nq:], strict=False))
     k.cumulative()
     k.intra()
     k.state_exps()
@@ -183,7 +189,8 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
         w("dlast = tl.sum(tl.sum(gk, 1, keep_dims=True), 0, keep_dims=True) + "
           "tl.sum(tl.sum(S0 * dS, 1, keep_dims=True), 0, keep_dims=True) * elast")
     w(f"dS = dS * elast_r + _dot(tl.trans(q_q * eq), {du}, DT, IEEE, EMU)", "the state entering")
-    rc = "tl.cumsum(dlam + dlq, 0, reverse=True)"
+    rc = ("tl.cumsum(dlam + dlq, 0, reverse=True)" if f.per_key else
+          "tl.cumsum(tl.sum(dlam + dlq, 1), 0, reverse=True)[:, None]")
     w(f"d_l = {rc} - dlq + dlast" if f.old else f"d_l = {rc} + dlast",
       "log-decay: Lam_i = sum_{j<=i} l_j")
     lm = "m_t & m_k" if f.per_key else "m_t"
@@ -192,7 +199,7 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
     for n, var in grads.items():
         node = g[n]
         gv = f"g_{arg(n)}"
-        if node.role is Role.PARAM:
+        if not f.seq(n):
             w(f"acc_{arg(n)} += tl.sum({var}, 0, keep_dims=True)")
             continue
         off = k.offset(gv, node.dims, True)
@@ -209,5 +216,5 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
         guard = f", mask={m}" if m != "None" else ""
         w(f"tl.atomic_add({gv}_ptr + {off} + ZERO, acc_{arg(n)}{guard})", f"gradient of {n}")
     w(f"tl.store(dh0_ptr + {k.state_offset('dh0')}, dS, mask=m_s)", "gradient of the initial state")
-    consts = ["HAS_DHT"] + [atom_flag(n) for n in graded if g[n].role is Role.SEQ] + CONSTS
+    consts = ["HAS_DHT"] + [atom_flag(n) for n in graded if f.seq(n)] + CONSTS
     return k.source(consts), k.params, graded

@@ -109,7 +109,7 @@ class Kernel:
             elif d == self.form.batch:
                 terms.append(f"{batch} * {var}_s_{d}")
             else:
-                terms.append(f"i_{d} * {var}_s_{d}")
+                terms.append(f"ix_{d} * {var}_s_{d}")
         return " + ".join(terms) or "0"
 
     def state_offset(self, var: str, chunk: bool = False) -> str:
@@ -122,9 +122,9 @@ class Kernel:
                 terms.append(f"o_v * {var}_s_{d}")
             elif d == self.form.batch:
                 if not chunk:
-                    terms.append(f"i_b * {var}_s_{d}")
+                    terms.append(f"i_seq * {var}_s_{d}")
             else:
-                terms.append(f"i_{d} * {var}_s_{d}")
+                terms.append(f"ix_{d} * {var}_s_{d}")
         return " + ".join(terms)
 
     def mask(self, dims, timed: bool) -> str:
@@ -142,7 +142,7 @@ class Kernel:
         w("i_vb = pid % n_vb")
         w("pid = pid // n_vb")
         for d in reversed(f.grid):
-            w(f"i_{d} = (pid % size_{d}).to(tl.int64)")
+            w(f"ix_{d} = (pid % size_{d}).to(tl.int64)  # grid dim {d}")
             w(f"pid = pid // size_{d}")
         w("z64 = tl.program_id(0).to(tl.int64) * 0")
         w("o_c = tl.arange(0, BT)[:, None]  # step within the chunk (rows)")
@@ -161,16 +161,15 @@ class Kernel:
         # a sequence: [bos, bos + n_t) along time; packed sequences (cu_seqlens) each have one
         w("bos = z64")
         w("n_t = z64 + T")
-        if b != "b":
-            w(f"i_b = i_{b}" if b else "i_b = z64")
-        w("i_bx = i_b")
-        w("c0 = i_b * tl.cdiv(T, BT)  # this sequence's first chunk in the checkpoints")
+        w(f"i_seq = ix_{b}" if b else "i_seq = z64")
+        w("i_bx = i_seq  # the batch row of inputs and outputs")
+        w("c0 = i_seq * tl.cdiv(T, BT)  # this sequence's first chunk in the checkpoints")
         if b:
             w("if VARLEN:")
-            w("    bos = tl.load(cu_ptr + i_b).to(tl.int64)")
-            w("    n_t = tl.load(cu_ptr + i_b + 1).to(tl.int64) - bos")
+            w("    bos = tl.load(cu_ptr + i_seq).to(tl.int64)")
+            w("    n_t = tl.load(cu_ptr + i_seq + 1).to(tl.int64) - bos")
             w("    i_bx = z64  # packed inputs have one batch row")
-            w("    c0 = tl.load(coff_ptr + i_b).to(tl.int64)")
+            w("    c0 = tl.load(coff_ptr + i_seq).to(tl.int64)")
         w("n_c = tl.cdiv(n_t, BT)")
 
     def rows(self, chunk: str) -> None:
@@ -185,9 +184,9 @@ class Kernel:
         w("    t64 = bos + n_t - 1 - tau")
 
     def load_inputs(self, role: Role) -> None:
-        g, w = self.g, self.w
+        w = self.w
         for name in self.form.inputs:
-            node = g[name]
+            node = self.form.input(name)
             if node.role is not role:
                 continue
             var, timed = arg(name), role is Role.SEQ
@@ -228,7 +227,12 @@ class Kernel:
     def cumulative(self) -> None:
         """Lam (inclusive), Lq (what the readout sees), Lam_last, and the causal mask."""
         w, f = self.w, self.form
-        w("lam = tl.cumsum(l2, 0)  # log2 decay from the chunk start through each step")
+        if f.per_key:
+            w("lam = tl.cumsum(l2, 0)  # log2 decay from the chunk start through each step")
+        else:  # scanned as a vector: Triton 3.6 cannot lower a scan over a (BT, 1) tile
+            w("lam_t = tl.cumsum(tl.sum(l2, 1), 0)  # log2 decay from the chunk start through "
+              "each step")
+            w("lam = lam_t[:, None]")
         w("lq = lam - l2  # ... through the step before: the output reads the old state"
           if f.old else "lq = lam")
         w("lam_last = tl.sum(l2, 0, keep_dims=True)  # through the whole chunk")
@@ -238,7 +242,7 @@ class Kernel:
         """A (BT x BT): the decayed, masked q k^T of the chunk."""
         w, f = self.w, self.form
         if not f.per_key:
-            w("dm = tl.exp2(tl.where(causal, lq - tl.trans(lam), float('-inf')))",
+            w("dm = tl.exp2(tl.where(causal, lq - lam_t[None, :], float('-inf')))",
               "decay from step j to step i, exact zeros above the diagonal")
             w("A = _dot(q_q, tl.trans(q_k), DT, IEEE, EMU) * dm")
             return
@@ -287,7 +291,7 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     g, w, f = k.g, k.w, form
     for n in f.inputs:
         node = g[n]
-        k.tensor(f"in:{n}", arg(n), node.dims, node.role is Role.SEQ)
+        k.tensor(f"in:{n}", arg(n), node.dims, f.seq(n))
     k.tensor("out", "y", g[f.output].dims, True)
     sdims = g[f.state].dims
     k.tensor("h0", "h0", sdims, False)
@@ -313,7 +317,7 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     repl, red = k.cse(exprs)
     names = k.names()
     k.emit_cse(repl, names)
-    k.quantities({q.name: e for q, e in zip(f.quantities, red)}, names)
+    k.quantities({q.name: e for q, e in zip(f.quantities, red, strict=False)}, names)
     k.cumulative()
     k.intra()
     k.state_exps()
@@ -328,7 +332,8 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     w(f"y = {y}", f.output)
     w(f"tl.store(y_ptr + {k.offset('y', g[f.output].dims, True)}, "
       "_cast(y, y_ptr.dtype.element_ty, EMU), mask=m_t & m_v)")
-    w("S = S * elast_r + _dot(tl.trans(q_k * ek), q_v, DT, IEEE, EMU)", f"{f.state} after the chunk")
+    w("S = S * elast_r + _dot(tl.trans(q_k * ek), q_v, DT, IEEE, EMU)",
+      f"{f.state} after the chunk")
     w.dedent()
     w(f"tl.store(hT_ptr + {k.state_offset('hT')}, S, mask=m_s)", "final state")
     return k.source(["HAS_H0", "SAVE"] + CONSTS), k.params

@@ -20,7 +20,7 @@ import sympy as sp
 
 from ..ir.dims import Role
 from ..ir.graph import Graph
-from ..ir.nodes import Input, Sum, node_symbol
+from ..ir.nodes import Input, Map, Sum, node_symbol
 from ..passes.analysis import expr_dims, inline
 from ..passes.stability import log_decay
 from .partition import Unsupported
@@ -65,6 +65,15 @@ class ChunkForm:
     def q(self, name: str) -> Quantity | None:
         return next((x for x in self.quantities if x.name == name), None)
 
+    def input(self, name: str) -> Input:
+        node = self.g[name]
+        assert isinstance(node, Input), name
+        return node
+
+    def seq(self, name: str) -> bool:
+        """Whether input `name` is a Seq (else a Param)."""
+        return self.input(name).role is Role.SEQ
+
     def input_side(self, name: str) -> str | None:
         """'key' or 'value' for an input over the key or value dim, None for neither."""
         dims = self.g[name].dims
@@ -77,7 +86,8 @@ def _split(g: Graph, expr: sp.Basic, key: str, value: str, what: str) -> tuple[s
     if isinstance(expr, sp.Add):
         raise Unsupported(f"{what} {expr} is a sum of terms, not one outer product of a key "
                           "factor and a value factor")
-    keys, rest = [], []
+    keys: list[sp.Basic] = []
+    rest: list[sp.Basic] = []
     for f in sp.Mul.make_args(expr):
         dims = expr_dims(g, f)
         if key in dims and value in dims:
@@ -100,7 +110,10 @@ def _only_inputs(g: Graph, q: Quantity) -> None:
 def _readout(g: Graph, output: str, state: str, new: str):
     """(Sum node symbol, readout factor q, extra, reads-old) of the one output reading `state`."""
     keep = lambda n: n.name == new
-    E = inline(g, g[output].expr, keep)
+    out = g[output]
+    if not isinstance(out, Map):
+        raise Unsupported(f"output {output} returns the state itself")
+    E = inline(g, out.expr, keep)
     sdep = g.state_dependent
     syms = [s for s in E.free_symbols if s.name in sdep]
     if len(syms) != 1 or not isinstance(g[syms[0].name], Sum):
@@ -108,6 +121,7 @@ def _readout(g: Graph, output: str, state: str, new: str):
                           f"dim; it reads {sorted(s.name for s in syms)}")
     ssym = syms[0]
     node = g[ssym.name]
+    assert isinstance(node, Sum)
     arg = inline(g, node_symbol(g[node.arg]), keep)
     targets = [s for s in arg.free_symbols if s.name in (state, new)]
     others = [s for s in arg.free_symbols if s.name in sdep and s not in targets]
@@ -140,7 +154,10 @@ def extract(compiled) -> ChunkForm:
     grid = tuple(d for d in g[state].dims if d not in (key, value))
     batch = st.batch[0] if st.batch and st.batch[0] in grid else None
     S = node_symbol(g[state])
-    E = inline(g, g[new].expr)
+    update = g[new]
+    if not isinstance(update, Map):
+        raise Unsupported(f"state {info.arg} is returned unchanged")
+    E = inline(g, update.expr)
     a = sp.diff(E, S)
     b = E.xreplace({S: sp.Integer(0)})
     if S in a.free_symbols or S in b.free_symbols:
@@ -152,7 +169,7 @@ def extract(compiled) -> ChunkForm:
         raise Unsupported(f"the decay {a} varies along the value dim {value!r}")
     kx, vx = _split(g, b, key, value, f"the input term of {info.arg}")
     readers = [o for o in g.outputs if any(s.name in g.state_dependent
-                                          for s in inline(g, g[o].expr).free_symbols)]
+                                          for s in inline(g, node_symbol(g[o])).free_symbols)]
     if len(g.outputs) != 1 or len(readers) != 1:
         raise Unsupported("the chunked kernels take one output, reading the state")
     out = g.outputs[0]

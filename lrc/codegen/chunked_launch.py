@@ -110,7 +110,7 @@ class Launcher:
 
     def inputs(self, ins) -> dict:
         out = {}
-        for n, x in zip(self.form.inputs, ins):
+        for n, x in zip(self.form.inputs, ins, strict=False):
             out[f"in:{n}"] = (x, self.strides(x, self.g[n].annotation.axes, self.sizes))
         return out
 
@@ -118,7 +118,7 @@ class Launcher:
 
     def forward(self, ins, h0: torch.Tensor, save: bool, cfg: Config | None = None):
         """(y, hT, checkpoints, chunk starts, config) for inputs `ins` and initial state h0."""
-        f, g = self.form, self.g
+        g = self.g
         axes = g.out_axes[0]
         shape = [self.T if a == (g.time,) else math.prod(self.sizes[d] for d in a) for a in axes]
 
@@ -144,8 +144,8 @@ class Launcher:
         if self.interpret:
             c = interpreted(self.V)
             return Config(bt or c.BT, c.BV, c.num_warps, c.num_stages)
-        return choose(self.key + (which, flag), candidates(which, self.V, self.form.per_key, bt),
-                      go)
+        return choose(self.key + (which, flag),
+                      candidates(which, self.V, self.form.per_key, bool(flag), bt), go)
 
     def backward(self, ins, h0: torch.Tensor, chk, offs, dy, dhT, cfg_f: Config):
         """Gradients of the graded inputs (in form.inputs order, None elsewhere) and of h0."""
@@ -156,10 +156,10 @@ class Launcher:
             t = self.inputs(ins)
             grads, consts = {}, {}
             nvb = -(-self.V // cfg.BV)
-            for n, x in zip(f.inputs, ins):
+            for n, x in zip(f.inputs, ins, strict=False):
                 if n not in graded:
                     continue
-                node = g[n]
+                node = f.input(n)
                 atomic = node.role is Role.PARAM or nvb > 1 and f.value not in node.dims or any(
                     self.ksizes[d] > 1 for d in f.grid if d not in node.dims)
                 if node.role is Role.SEQ:
@@ -181,7 +181,8 @@ class Launcher:
 
         cfg = self.config("backward", go, dhT is not None, bt=cfg_f.BT)
         grads, dh0 = go(cfg)
-        out = [grads[n].to(x.dtype) if n in grads else None for n, x in zip(f.inputs, ins)]
+        out = [grads[n].to(x.dtype) if n in grads else None
+               for n, x in zip(f.inputs, ins, strict=True)]
         return out, dh0
 
 

@@ -7,10 +7,10 @@ chunks, so a short test sequence still crosses chunk boundaries.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-_CACHE: dict[tuple, "Config"] = {}
+_CACHE: dict[tuple, Config] = {}
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,15 @@ def interpreted(V: int) -> Config:
     return Config(16, min(pow2(V), 32), 1, 1)
 
 
-def candidates(which: str, V: int, per_key: bool, bt: int | None = None) -> list[Config]:
-    """The configs tried on the GPU. The backward keeps the forward's chunk (its checkpoints)."""
+def candidates(which: str, V: int, per_key: bool, save: bool = False,
+               bt: int | None = None) -> list[Config]:
+    """The configs tried on the GPU. The backward keeps the forward's chunk (its checkpoints),
+    so a forward that saves them for a backward stays at 64-step chunks; inference alone may
+    take 128 (fewer sequential steps) where the decay is scalar."""
     bvs = sorted({min(pow2(V), b) for b in (32, 64, 128)})
     if which == "forward":
         out = [Config(64, bv, w, 2) for bv in bvs if bv >= 64 or bv == pow2(V) for w in (4, 8)]
-        if not per_key:
+        if not per_key and not save:
             out.append(Config(128, min(pow2(V), 64), 8, 2))
         return out
     return [Config(bt or 64, bv, w, 1) for bv in bvs if bv <= 64 for w in (4, 8)]
@@ -56,7 +59,7 @@ def choose(key: tuple, configs: list[Config], run: Callable[[Config], None]) -> 
     for cfg in configs:
         try:
             run(cfg)  # compiles
-            t = triton.testing.do_bench(lambda: run(cfg), warmup=2, rep=10,
+            t = triton.testing.do_bench(lambda c=cfg: run(c), warmup=2, rep=10,
                                         return_mode="median")
         except Exception:  # noqa: BLE001 (out of registers / shared memory: not a candidate)
             continue

@@ -22,13 +22,13 @@ import torch
 
 from ..ir import interpret
 from ..ir.dims import Role
-from ..ir.functions import evaluate, is_complex
+from ..ir.functions import is_complex
 from ..ir.nodes import Input
 from ..passes.analysis import expr_dims
 from ..runtime.bind import batch_dim, from_canonical, to_canonical
 from . import conv_fft, conv_gen
 from . import conv_kernels as ck
-from .conv_plan import ConvNode, ConvPlan, StateForm, analyze
+from .conv_plan import ConvNode, ConvPlan, StateForm, Tape, analyze
 
 _C64 = {True: torch.complex128, False: torch.complex64}
 
@@ -48,6 +48,28 @@ class Program:
             ["cauchy"] if "dplr" in kinds else [])
         self.sources = {k: ck.SOURCES[k] for k in used}
         self.source = ck.source()
+        self.convs = {cv.node: cv for cv in self.plan.convs}
+        # states formed as whole sequences: their new values and old values by node name
+        self.formed = {n: (f, new) for f in self.plan.states if f.spacewise
+                       for n, new in ((f.new, True), (f.name, False))}
+        # per convolution node: the kernel's dims, and whether kernel and result are real
+        self.kdims = {cv.node: self._kernel_dims(cv, self.plan.state(cv.state))
+                      for cv in self.plan.convs}
+        self.real = {cv.node: cv.real and not is_complex(cv.alpha) and not is_complex(cv.beta)
+                     for cv in self.plan.convs}
+        self.tapes: dict[sp.Basic, Tape] = {}
+
+    def tape(self, e: sp.Basic) -> Tape:
+        """The compiled form of an expression the run evaluates (compiled on first use)."""
+        if e not in self.tapes:
+            self.tapes[e] = Tape(e)
+        return self.tapes[e]
+
+    def _kernel_dims(self, cv: ConvNode, form: StateForm) -> tuple[str, ...]:
+        exprs = [cv.q, form.bbar, form.decay, cv.alpha, cv.beta]
+        exprs += [e for t in form.lowrank for e in (t.u, t.direct, *(c for _, c in t.via))]
+        dims = set().union(*(expr_dims(self.g, e) for e in exprs)) - {cv.contract}
+        return self.g.order(dims)
 
     def run(self, call) -> tuple[list[torch.Tensor], Sequence[torch.Tensor]]:
         """Outputs (user layouts, the call's dtype) and final states (computed when read)."""
@@ -93,7 +115,7 @@ class _Run:
     keeps them; `p64` the Params-only nodes in float64 (kernel generation)."""
 
     def __init__(self, prog: Program, call, tensors, states, T: int):
-        self.g, self.plan, self.call, self.T = prog.g, prog.plan, call, T
+        self.prog, self.g, self.plan, self.call, self.T = prog, prog.g, prog.plan, call, T
         self.sizes = call.sizes
         self.tensors, self.states = tensors, states
         self.env: dict[str, torch.Tensor] = {}
@@ -123,8 +145,11 @@ class _Run:
         if name in self.plan.params:
             x = self.param(name)
             v = x.to(_C64[False] if x.is_complex() else torch.float32)
-        elif self.plan.conv(name) is not None:
-            v = self.conv(self.plan.conv(name))
+        elif name in self.prog.formed:
+            form, new = self.prog.formed[name]
+            v = self.state_seq(form) if new else self.state_prev(form)
+        elif name in self.prog.convs:
+            v = self.conv(self.prog.convs[name])
         elif isinstance(node, Input):
             x = self.tensors[node.arg]
             x = x.to(_C64[False] if x.is_complex() else torch.float32)
@@ -154,17 +179,17 @@ class _Run:
         return self.p64[name]
 
     def expr(self, e: sp.Basic, wide: bool = False) -> torch.Tensor:
-        """An expression over node symbols: Params in float64 when `wide` (and then it may
-        only read Params), else everything in float32."""
-        env = {}
-        for s in e.free_symbols:
-            env[s] = self.param(s.name) if wide else self.value(s.name)
-        v = evaluate(e, env)
-        if not isinstance(v, torch.Tensor):
+        """An expression over node symbols, canonical: Params in float64 when `wide` (and then
+        it may only read Params), else everything in float32."""
+        tape = self.prog.tape(e)
+        get = self.param if wide else self.value
+        v = tape({name: get(name) for name in tape.names})
+        rank = 1 + len(self.g.dims)
+        if not isinstance(v, torch.Tensor):  # a constant: a fill, not a host-to-device copy
             dtype = (_C64[wide] if isinstance(v, complex) else
                      torch.float64 if wide else torch.float32)
-            v = torch.as_tensor(v, dtype=dtype, device=self.like.device)
-        return v.reshape((1,) * (1 + len(self.g.dims) - v.dim()) + tuple(v.shape))
+            return torch.full((1,) * rank, v, dtype=dtype, device=self.like.device)
+        return v.reshape((1,) * (rank - v.dim()) + tuple(v.shape))
 
     def h0(self, form: StateForm) -> torch.Tensor | None:
         """The initial state in float64 (canonical, time axis 1), or None for zeros."""
@@ -203,30 +228,23 @@ class _Run:
 
     # ---- convolution nodes
 
-    def kernel_dims(self, cv: ConvNode, form: StateForm) -> tuple[str, ...]:
-        exprs = [cv.q, form.bbar, form.decay, cv.alpha, cv.beta]
-        exprs += [e for t in form.lowrank for e in (t.u, t.direct, *(c for _, c in t.via))]
-        dims = set().union(*(expr_dims(self.g, e) for e in exprs)) - {cv.contract}
-        return self.g.order(dims)
-
     def conv(self, cv: ConvNode) -> torch.Tensor:
         form = self.plan.state(cv.state)
-        if form.spacewise:
-            return self.spacewise_readout(cv, form)
         T, g = self.T, self.g
-        kd = self.kernel_dims(cv, form)
+        kd, real = self.prog.kdims[cv.node], self.prog.real[cv.node]
         lk = T if form.kind != "shift" else min(T, self.sizes[form.mix] + (0 if cv.new else 1))
         w = self.last(self.expr(form.w))
-        real = cv.real and not is_complex(cv.alpha) and not is_complex(cv.beta)
         kshape = tuple(self.sizes[d] if d in kd else 1 for d in g.dims)
         pending = conv_fft.start(w, kshape, lk, real, reverse=False)
         k = self.unflat(self.kernel(cv, form, kd, lk), kd)
         k = k.to(torch.float32 if not k.is_complex() else _C64[False])
-        alpha = self.last(self.expr(cv.alpha, wide=True)).to(k.dtype if real else _C64[False])
-        k = alpha * k
+        alpha = 1
+        if cv.alpha != 1:
+            alpha = self.last(self.expr(cv.alpha, wide=True)).to(k.dtype if real else
+                                                                  _C64[False])
+            k = alpha * k
         if cv.beta != 0:
-            onehot = torch.zeros(lk, dtype=k.dtype, device=k.device)
-            onehot[0] = 1
+            onehot = (torch.arange(lk, device=k.device) == 0).to(k.dtype)  # no host copy
             k = k + self.last(self.expr(cv.beta, wide=True)).to(k.dtype) * onehot
         y = pending.finish(k)
         y0 = self.initial_term(cv, form, kd)
@@ -326,38 +344,62 @@ class _Run:
         return self.unflat(out.reshape(-1, T), bd + kd)
 
     def state_seq(self, form: StateForm) -> torch.Tensor:
-        """A spacewise state's whole sequence h'_t (canonical, complex64)."""
+        """A formed state's whole sequence h'_t (canonical)."""
         key = ("seq", form.name)
         if key not in self.cache:
-            T, sd = self.T, form.dims
-            b = self.last(self.expr(form.bbar * form.w))
-            la = self.log_decay(form)
-            da = self.g.order(expr_dims(self.g, form.decay))
-            ones = torch.ones(1, dtype=_C64[True], device=la.device)
-            k = conv_gen.vander(self.flat(self.last(la), da),
-                                ones.expand(math.prod(self.sizes[d] for d in da), 1), T, False)
-            k = self.unflat(k, da).to(_C64[False])
-            pending = conv_fft.start(b, tuple(k.shape[:-1]), T, False, reverse=False)
-            h = pending.finish(k)
-            h0 = self.h0(form)
-            if h0 is not None:
-                y0 = conv_gen.vander(self.flat(self.last(la), sd),
-                                     self.flat(self.last(h0 * torch.exp(la)), sd), T, False)
-                h = h + self.unflat(y0, sd).to(_C64[False])
-            self.cache[key] = h.movedim(-1, 0)
+            g, T, sd = self.g, self.T, form.dims
+            full = interpret.canonical_shape(g, sd, self.sizes, T)
+            if form.kind == "shift":
+                h = self.shift_seq(form)
+            elif form.decay == 0:                                   # no memory: h' = b
+                h = self.expr(form.bbar * form.w).expand(full)
+            else:
+                h = self.decay_seq(form)
+            if not g[form.name].complex and h.is_complex():
+                h = h.real
+            self.cache[key] = h.expand(full)
         return self.cache[key]
 
-    def spacewise_readout(self, cv: ConvNode, form: StateForm) -> torch.Tensor:
+    def state_prev(self, form: StateForm) -> torch.Tensor:
+        """h_{t-1}: the initial state, then the sequence shifted by one step."""
         h = self.state_seq(form)
-        if not cv.new:
-            h0 = self.h0(form)
-            first = (h0.to(h.dtype) if h0 is not None else torch.zeros_like(h[:1])).expand_as(
-                h[:1])
-            h = torch.cat([first, h[:-1]], 0)
-        x = self.expr(cv.q) * h
-        if cv.gate != 1:
-            x = x * self.expr(cv.gate)
-        return x.sum(1 + self.g.dims.index(cv.contract), keepdim=True)
+        h0 = self.h0(form)
+        first = torch.zeros_like(h[:1]) if h0 is None else h0.to(h.dtype).expand_as(h[:1])
+        return torch.cat([first, h[:-1]], 0)
+
+    def decay_seq(self, form: StateForm) -> torch.Tensor:
+        """h'_t = sum_l a^l b_{t-l} + a^{t+1} h0 per state element, by FFT convolution."""
+        T, sd = self.T, form.dims
+        b = self.last(self.expr(form.bbar * form.w))
+        la = self.log_decay(form)
+        da = self.g.order(expr_dims(self.g, form.decay))
+        ones = torch.ones(1, dtype=_C64[True], device=la.device)
+        k = conv_gen.vander(self.flat(self.last(la), da),
+                            ones.expand(math.prod(self.sizes[d] for d in da), 1), T, False)
+        k = self.unflat(k, da).to(_C64[False])
+        h = conv_fft.start(b, tuple(k.shape[:-1]), T, False, reverse=False).finish(k)
+        h0 = self.h0(form)
+        if h0 is not None:
+            y0 = conv_gen.vander(self.flat(self.last(la), sd),
+                                 self.flat(self.last(h0 * torch.exp(la)), sd), T, False)
+            h = h + self.unflat(y0, sd).to(_C64[False])
+        return h.movedim(-1, 0)
+
+    def shift_seq(self, form: StateForm) -> torch.Tensor:
+        """h'_t[m] = fill_{t-m} (m <= t), h0[m - t - 1] before: a gather of the inputs."""
+        g, T, M = self.g, self.T, self.sizes[form.mix]
+        ax = 1 + g.dims.index(form.mix)
+        rest = [d for d in form.dims if d != form.mix]
+        fill = self.expr(form.w).expand(interpret.canonical_shape(g, rest, self.sizes, T))
+        h0 = self.h0(form)
+        h0 = (torch.zeros(interpret.canonical_shape(g, form.dims, self.sizes), device=fill.device)
+              if h0 is None else h0)
+        ext = torch.cat([h0.to(torch.promote_types(h0.dtype, fill.dtype) if fill.is_complex()
+                               else fill.dtype)[0].movedim(ax - 1, 0).flip(0),
+                         fill.squeeze(ax)], 0)                    # (M + T, *other dims)
+        t = torch.arange(T, device=fill.device)
+        idx = M + t[:, None] - torch.arange(M, device=fill.device)[None, :]
+        return ext[idx].movedim(1, ax)
 
     # ---- final states
 
@@ -380,7 +422,7 @@ class _Run:
         if T == 0:
             return h0 if h0 is not None else torch.zeros(
                 interpret.canonical_shape(self.g, form.dims, self.sizes), device=self.like.device)
-        if form.kind == "diagonal" and form.spacewise:
+        if form.spacewise:
             return self.state_seq(form)[-1:]
         w = self.last(self.expr(form.w))
         wd = self.g.order(set(expr_dims(self.g, form.w)) & set(form.dims))

@@ -24,9 +24,19 @@ from . import module as modules
 
 VANDER = '''
 @triton.jit
+def _power(ar, ai, x):
+    # a^x = exp(x ar) (cos + i sin)(x ai): the phase in float64, reduced mod 2 pi there, then
+    # float32 (cos and sin of [-pi, pi]; the magnitude's exponent needs no more than float32)
+    ph = ai * x
+    ph = (ph - 6.283185307179586 * tl.floor(ph * 0.15915494309189535 + 0.5)).to(tl.float32)
+    mag = tl.exp((ar * x).to(tl.float32))
+    return mag * tl.cos(ph), mag * tl.sin(ph)
+
+
+@triton.jit
 def conv_vander_sum(la_re, la_im, w_re, w_im, out, N, L, s_la, s_w, s_o,
-                    BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
-    # out[r, l] = Re(sum_n w[r, n] a[r, n]^l) for l < L, a = exp(la)
+                    BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, STEPS: tl.constexpr):
+    # out[r, l] = Re(sum_n w[r, n] a[r, n]^l) for this program's STEPS * BLOCK_L positions
     r = tl.program_id(0).to(tl.int64)
     n = tl.arange(0, BLOCK_N)
     j = tl.arange(0, BLOCK_L)
@@ -35,59 +45,55 @@ def conv_vander_sum(la_re, la_im, w_re, w_im, out, N, L, s_la, s_w, s_o,
     ai = tl.load(la_im + r * s_la + n, mask=mn, other=0.0).to(tl.float64)
     wr = tl.load(w_re + r * s_w + n, mask=mn, other=0.0).to(tl.float32)
     wi = tl.load(w_im + r * s_w + n, mask=mn, other=0.0).to(tl.float32)
-    jf = j.to(tl.float64)
-    mag = tl.exp(ar[:, None] * jf[None, :])
-    ph = ai[:, None] * jf[None, :]
-    er = (mag * tl.cos(ph)).to(tl.float32)  # a^j, j < BLOCK_L
-    ei = (mag * tl.sin(ph)).to(tl.float32)
-    for l0 in range(0, L, BLOCK_L):
-        bm = tl.exp(ar * l0)
-        br = (bm * tl.cos(ai * l0)).to(tl.float32)  # a^l0
-        bi = (bm * tl.sin(ai * l0)).to(tl.float32)
+    er, ei = _power(ar[None, :], ai[None, :], j.to(tl.float64)[:, None])  # a^j: (l, n) tile
+    start = tl.program_id(1) * (STEPS * BLOCK_L)
+    for step in range(STEPS):
+        l0 = start + step * BLOCK_L
+        br, bi = _power(ar, ai, l0.to(tl.float64))                        # a^l0
         cr = wr * br - wi * bi
         ci = wr * bi + wi * br
-        k = tl.sum(cr[:, None] * er - ci[:, None] * ei, axis=0)
+        k = tl.sum(cr[None, :] * er - ci[None, :] * ei, axis=1)
         tl.store(out + r * s_o + l0 + j, k, mask=(l0 + j) < L)
 
 
 @triton.jit
-def conv_vander_dot(la_re, la_im, x, s0_re, s0_im, s1_re, s1_im, N, L, s_la, s_x, s_s,
-                    BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
-    # s0[r, n] = sum_l x[r, l] a[r, n]^l,  s1[r, n] = sum_l l x[r, l] a[r, n]^l
+def conv_vander_dot(la_re, la_im, x, s, N, L, R, s_la, s_x,
+                    BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, STEPS: tl.constexpr):
+    # this program's share of s0[r, n] = sum_l x[r, l] a[r, n]^l and s1 = sum_l l x a^l:
+    # s[(0 | 1 | 2 | 3), chunk, r, n] = (Re s0, Im s0, Re s1, Im s1)
     r = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1).to(tl.int64)
     n = tl.arange(0, BLOCK_N)
     j = tl.arange(0, BLOCK_L)
     mn = n < N
     ar = tl.load(la_re + r * s_la + n, mask=mn, other=0.0).to(tl.float64)
     ai = tl.load(la_im + r * s_la + n, mask=mn, other=0.0).to(tl.float64)
-    jf = j.to(tl.float64)
-    mag = tl.exp(ar[:, None] * jf[None, :])
-    ph = ai[:, None] * jf[None, :]
-    er = (mag * tl.cos(ph)).to(tl.float32)
-    ei = (mag * tl.sin(ph)).to(tl.float32)
+    er, ei = _power(ar[None, :], ai[None, :], j.to(tl.float64)[:, None])
     a0r = tl.zeros([BLOCK_N], dtype=tl.float32)
     a0i = tl.zeros([BLOCK_N], dtype=tl.float32)
     a1r = tl.zeros([BLOCK_N], dtype=tl.float32)
     a1i = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for l0 in range(0, L, BLOCK_L):
+    start = c * (STEPS * BLOCK_L)
+    for step in range(STEPS):
+        l0 = start + step * BLOCK_L
         xl = tl.load(x + r * s_x + l0 + j, mask=(l0 + j) < L, other=0.0).to(tl.float32)
         jx = j.to(tl.float32) * xl
         # this block's sums relative to l0, then rotated by a^l0
-        i0r = tl.sum(er * xl[None, :], axis=1)
-        i0i = tl.sum(ei * xl[None, :], axis=1)
-        i1r = tl.sum(er * jx[None, :], axis=1) + l0 * i0r
-        i1i = tl.sum(ei * jx[None, :], axis=1) + l0 * i0i
-        bm = tl.exp(ar * l0)
-        br = (bm * tl.cos(ai * l0)).to(tl.float32)
-        bi = (bm * tl.sin(ai * l0)).to(tl.float32)
+        i0r = tl.sum(er * xl[:, None], axis=0)
+        i0i = tl.sum(ei * xl[:, None], axis=0)
+        i1r = tl.sum(er * jx[:, None], axis=0) + l0.to(tl.float32) * i0r
+        i1i = tl.sum(ei * jx[:, None], axis=0) + l0.to(tl.float32) * i0i
+        br, bi = _power(ar, ai, l0.to(tl.float64))
         a0r += br * i0r - bi * i0i
         a0i += br * i0i + bi * i0r
         a1r += br * i1r - bi * i1i
         a1i += br * i1i + bi * i1r
-    tl.store(s0_re + r * s_s + n, a0r, mask=mn)
-    tl.store(s0_im + r * s_s + n, a0i, mask=mn)
-    tl.store(s1_re + r * s_s + n, a1r, mask=mn)
-    tl.store(s1_im + r * s_s + n, a1i, mask=mn)
+    part = (c * R + r) * N + n
+    plane = tl.num_programs(1).to(tl.int64) * R * N
+    tl.store(s + part, a0r, mask=mn)
+    tl.store(s + plane + part, a0i, mask=mn)
+    tl.store(s + 2 * plane + part, a1r, mask=mn)
+    tl.store(s + 3 * plane + part, a1i, mask=mn)
 '''
 
 CAUCHY = '''
@@ -245,9 +251,13 @@ def _pow2(n: int, lo: int = 1) -> int:
     return max(lo, triton.next_power_of_2(max(n, 1)))
 
 
-def _block_l(n: int, L: int) -> int:
-    # about 4K elements per tile; at least 16 positions, at most the length rounded up
-    return min(_pow2(L, 16), _pow2(max(16, 4096 // _pow2(n)), 16))
+def _vander_blocks(N: int, L: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_L, STEPS, programs along L): tiles of about 2K elements, a^j computed
+    once per program and reused for STEPS blocks, enough programs along L to fill the GPU."""
+    bn = _pow2(N)
+    bl = min(_pow2(L, 16), _pow2(max(16, 2048 // bn), 16))
+    steps = min(8, triton.cdiv(L, bl))
+    return bn, bl, steps, triton.cdiv(L, bl * steps)
 
 
 def _parts(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,8 +272,9 @@ def vander_sum(la: torch.Tensor, w: torch.Tensor, L: int) -> torch.Tensor:
     (lr, li), (wr, wi) = _parts(la, torch.float64), _parts(w, torch.float32)
     out = torch.empty(R, L, device=la.device, dtype=torch.float32)
     if R and L:
-        _launch("conv_vander_sum", (R,), la.device, lr, li, wr, wi, out, N, L, N, N, L,
-                BLOCK_N=_pow2(N), BLOCK_L=_block_l(N, L))
+        bn, bl, steps, chunks = _vander_blocks(N, L)
+        _launch("conv_vander_sum", (R, chunks), la.device, lr, li, wr, wi, out, N, L, N, N, L,
+                BLOCK_N=bn, BLOCK_L=bl, STEPS=steps)
     return out
 
 
@@ -274,10 +285,12 @@ def vander_dot(la: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     L = x.shape[-1]
     lr, li = _parts(la, torch.float64)
     x = x.float().contiguous()
-    s = torch.empty(4, R, N, device=la.device, dtype=torch.float32)
-    if R and N:
-        _launch("conv_vander_dot", (R,), la.device, lr, li, x, s[0], s[1], s[2], s[3], N, L,
-                N, L, N, BLOCK_N=_pow2(N), BLOCK_L=_block_l(N, L))
+    bn, bl, steps, chunks = _vander_blocks(N, L)
+    s = torch.zeros(4, chunks, R, N, device=la.device, dtype=torch.float32)
+    if R and N and L:
+        _launch("conv_vander_dot", (R, chunks), la.device, lr, li, x, s, N, L, R, N, L,
+                BLOCK_N=bn, BLOCK_L=bl, STEPS=steps)
+    s = s.sum(1)
     return torch.complex(s[0], s[1]), torch.complex(s[2], s[3])
 
 

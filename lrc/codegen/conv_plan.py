@@ -10,7 +10,9 @@ over all time steps at once; the nodes between the states and their readouts are
 Transitions: `diagonal` (h' = a h + ...), `dplr` (a h + sum_r U_r sum_c(V_r h) + ..., the
 low-rank sums nested as S4's Woodbury step nests them) and `shift` (h' = shift(h) with the input
 entering at position 0: the kernel is the readout factor itself). A diagonal state whose input
-varies along the contracted dim (LRU's B u) is convolved per state element ('spacewise').
+varies along the contracted dim (LRU's B u), or that an output reads other than through a
+readout, is formed as a whole sequence ('spacewise': convolved per state element; a shift
+register's by gathering its inputs) and the nodes reading it are evaluated over all time.
 
 An output Map that is g * (alpha * Re(R) + beta * w), with R a readout of input w, alpha and
 beta Params-only and g any sequence factor, is computed as one convolution with the kernel
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 import networkx as nx
 import sympy as sp
 
+from ..ir import functions as fn
 from ..ir.dims import Role
 from ..ir.graph import Graph
 from ..ir.nodes import Input, Map, Shift, Sum, node_symbol
@@ -57,7 +60,7 @@ class StateForm:
     w: sp.Basic                    # the rest: the convolution's input (a sequence)
     lowrank: tuple[LowRank, ...] = ()
     mix: str = ""                  # dplr: the dim the low-rank sums run over; shift: its dim
-    spacewise: bool = False        # convolved per state element, then read out
+    spacewise: bool = False        # formed as a whole sequence (per state element)
 
 
 @dataclass(frozen=True)
@@ -100,28 +103,41 @@ def analyze(g: Graph) -> ConvPlan:
     sdep, varying = g.state_dependent, seq_dependent(g)
     params = frozenset(n.name for n in g.nodes if n.name not in sdep and n.name not in varying)
     news = {new: s for s, new in g.states}
-    readouts = _readouts(g, news)
-    seq: set[str] = set()
-    for n in g.nodes:
-        if n.name not in sdep:
-            continue
-        if n.name in readouts or (not isinstance(n, Input) and
-                                  all(a not in sdep or a in seq for a in n.args)):
-            seq.add(n.name)
-    for o in g.outputs:
-        if o in sdep and o not in seq:
-            raise Unsupported(f"output {o!r} reads a state other than through a readout "
-                              "sum_c(q * state) with q free of states: no convolution gives it")
-    # sequence nodes stay symbols (the convolution's input is then a node already computed);
-    # Maps of Params and of the states' insides are inlined
+    every = _readouts(g, news)
+    # states formed as whole sequences: grown until every output can be computed
+    formed: set[str] = set()
+    while True:
+        readouts = {r: v for r, v in every.items() if v[0] not in formed}
+        seq = _sequence_nodes(g, readouts, formed)
+        forms = {}
+        for st, new in g.states:
+            own = _sequence_nodes(g, readouts, formed - {st})
+            keep = lambda n, own=own: n.name not in params and (  # noqa: E731
+                n.name not in sdep or n.name in own)
+            forms[st] = _state_form(g, st, new, params, own, keep)
+        grow = {st for st, f in forms.items() if f.kind == "diagonal" and f.decay == 0}
+        for o in g.outputs:
+            if o in sdep and o not in seq:
+                grow |= {a for a in nx.ancestors(g.nx, o) | {o} if isinstance(g[a], Input)
+                         and g[a].role is Role.STATE}
+        for st, _, q, c in readouts.values():
+            gate = _split(q, params)[1]
+            if forms[st].kind == "diagonal" and (c in expr_dims(g, forms[st].w) or
+                                                 c in expr_dims(g, gate)):
+                grow.add(st)  # the input varies along the contracted dim (LRU's B u)
+        if not grow - formed:
+            break
+        formed |= grow
+    for st in formed:
+        if forms[st].kind == "dplr":
+            raise Unsupported(f"state {forms[st].arg!r}: a DPLR state is only read through "
+                              "sum_c(q * state); forming its whole sequence is not generated")
+        forms[st] = _replace(forms[st], spacewise=True)
     keep = lambda n: n.name not in params and (n.name not in sdep or n.name in seq)  # noqa: E731
-    forms = {s: _state_form(g, s, new, params, seq, keep) for s, new in g.states}
     convs = []
-    for r, (s, new, q, c) in readouts.items():
-        form = forms[s]
+    for r, (st, new, q, c) in readouts.items():
+        form = forms[st]
         qp, gate = _split(q, params)
-        if form.kind == "diagonal" and (c in expr_dims(g, form.w) or c in expr_dims(g, gate)):
-            forms[s] = form = _replace(form, spacewise=True)
         if form.kind != "diagonal" and c != form.mix:
             raise Unsupported(f"readout {r!r} of state {form.arg!r} sums over {c!r}, not the "
                               f"dim its {form.kind} transition runs along ({form.mix!r})")
@@ -129,21 +145,27 @@ def analyze(g: Graph) -> ConvPlan:
             raise Unsupported(f"state {form.arg!r}: its input or readout gate varies along the "
                               f"contracted dim {c!r}; a {form.kind} kernel needs neither to")
         real = _only_real(g, r)
-        node = ConvNode(r, s, new, c, qp, gate, real=real, readout=r)
-        fold = (None if form.spacewise or gate != ONE else
-                _fold(g, r, form.w, real, params, keep))
+        node = ConvNode(r, st, new, c, qp, gate, real=real, readout=r)
+        fold = None if gate != ONE else _fold(g, r, form.w, real, params, keep)
         if fold is not None:
             o, fgate, alpha, beta = fold
-            node = ConvNode(o, s, new, c, qp, fgate, alpha, beta, real, readout=r)
+            node = ConvNode(o, st, new, c, qp, fgate, alpha, beta, real, readout=r)
             seq.discard(r)
         convs.append(node)
     return ConvPlan(g, tuple(forms.values()), tuple(convs), params, frozenset(seq))
 
 
-def _replace(form: StateForm, **kw) -> StateForm:
-    from dataclasses import replace
-
-    return replace(form, **kw)
+def _sequence_nodes(g: Graph, readouts, formed) -> set[str]:
+    """State-dependent nodes computable over all time: readouts (convolutions), the formed
+    states and their new values, and whatever reads only those, inputs and Params."""
+    sdep = g.state_dependent
+    given = set(readouts) | set(formed) | {new for st, new in g.states if st in formed}
+    seq: set[str] = set()
+    for n in g.nodes:
+        if n.name in sdep and (n.name in given or (not isinstance(n, Input) and all(
+                a not in sdep or a in seq for a in n.args))):
+            seq.add(n.name)
+    return seq
 
 
 def _readouts(g: Graph, news: dict[str, str]) -> dict[str, tuple[str, bool, sp.Basic, str]]:
@@ -214,8 +236,10 @@ def _state_form(g: Graph, s: str, new: str, params: frozenset[str], seq: set[str
     if shifts:
         return _shift_form(g, s, new, arg, shifts, decay, sums, b)
     bbar, w = _split(b, params)
-    if decay is None:
-        raise Unsupported(f"state {arg!r} does not carry itself (no coefficient of {s!r})")
+    if decay is None and sums:
+        raise Unsupported(f"state {arg!r}: low-rank terms without a diagonal")
+    if decay is None:  # h' = b: no memory (formed as its input sequence)
+        return StateForm(s, arg, new, "diagonal", g[s].dims, ZERO, bbar, w)
     if not sums:
         return StateForm(s, arg, new, "diagonal", g[s].dims, decay, bbar, w)
     dims = {g[x.name].dim for x in sums}
@@ -293,3 +317,54 @@ def _fold(g: Graph, r: str, w: sp.Basic, real: bool, params: frozenset[str], kee
     if sp.simplify(gate - alpha_gate[1]) != 0:
         return None
     return o.name, gate, alpha_gate[0], beta
+
+
+class Tape:
+    """An expression compiled once into steps (shared subexpressions computed once), run with
+    the reference interpreter's rules (`lrc.ir.functions`) over values bound by symbol name.
+    What the conv lowering evaluates on every call, without walking sympy trees each time."""
+
+    def __init__(self, expr: sp.Basic):
+        self.steps: list[tuple] = []
+        index: dict[sp.Basic, int] = {}
+
+        def visit(e: sp.Basic) -> int:
+            if e in index:
+                return index[e]
+            if isinstance(e, sp.Symbol):
+                step: tuple = ("symbol", e.name)
+            elif type(e) in fn._CONSTANTS:
+                step = ("const", fn._CONSTANTS[type(e)])
+            elif e.is_Number:
+                step = ("const", complex(e) if not e.is_real else float(e))
+            elif isinstance(e, sp.Pow):
+                step = ("pow", e, visit(e.base), visit(e.exp))
+            elif isinstance(e, sp.Piecewise):
+                step = ("where", [visit(x) for pair in e.args for x in pair])
+            elif type(e) in fn.EVAL:
+                step = ("call", fn.EVAL[type(e)], [visit(a) for a in e.args])
+            else:
+                raise NotImplementedError(f"no evaluation rule for {type(e).__name__}: {e}")
+            index[e] = len(self.steps)
+            self.steps.append(step)
+            return index[e]
+
+        self.out = visit(expr)
+        self.names = tuple(sorted(s.name for s in expr.free_symbols))
+
+    def __call__(self, env: dict[str, object]):
+        """The value (a tensor, or a Python number for a constant expression)."""
+        vals: list = []
+        for step in self.steps:
+            kind = step[0]
+            if kind == "symbol":
+                vals.append(env[step[1]])
+            elif kind == "const":
+                vals.append(step[1])
+            elif kind == "pow":
+                vals.append(fn._pow(vals[step[2]], vals[step[3]], step[1]))
+            elif kind == "where":
+                vals.append(fn._where(*(vals[i] for i in step[1])))
+            else:
+                vals.append(step[1](*(vals[i] for i in step[2])))
+        return vals[self.out]

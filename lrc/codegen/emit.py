@@ -106,6 +106,11 @@ def mask_of(tiling: Tiling, dims, timed: bool) -> str:
     return " & ".join(parts) if parts else "None"
 
 
+def guard(mask: str) -> str:
+    """A load's `mask=..., other=0.0` arguments (none when nothing needs masking)."""
+    return f", mask={mask}, other=0.0" if mask != "None" else ""
+
+
 class Values:
     """Node name -> Val, and the code that computes Map and Sum nodes from their arguments."""
 

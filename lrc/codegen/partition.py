@@ -14,7 +14,7 @@ import networkx as nx
 
 from ..ir.dims import Role
 from ..ir.graph import Graph
-from ..ir.nodes import Input, Map
+from ..ir.nodes import Input, Map, node_symbol
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Partition:
     post: tuple[str, ...]
     kernel_inputs: tuple[str, ...]    # Input nodes and pre nodes the core reads
     kernel_outputs: tuple[str, ...]   # core nodes written out per step (outputs, or post's needs)
+    old_states: tuple[str, ...] = ()  # states whose values before each step post reads
 
 
 class Unsupported(NotImplementedError):
@@ -89,14 +90,17 @@ def partition(g: Graph) -> Partition:
             and not (isinstance(g[n], Input) and g[n].role is Role.STATE)]
     needed_by_post = {a for n in post for a in g[n].args if a in core}
     k_out = [n for n in order if n in core and (n in g.outputs or n in needed_by_post)]
-    post_inputs = {a for n in post for a in g[n].args if isinstance(g[a], Input)
-                   and g[a].role is Role.STATE}
-    if post_inputs:
-        raise Unsupported(f"an output reads the old state {sorted(post_inputs)[0]!r} over dims "
-                          "beyond the state's")
+    # post work reading an old state gets it from the kernel too, as the output `s@old`
+    olds = tuple(s for s in g.state_names if any(s in g[n].args for n in post))
+    k_out += [old_name(s) for s in olds]
     return Partition(g, space, tuple(n for n in order if n in pre),
                      tuple(n for n in order if n in core), tuple(n for n in order if n in post),
-                     tuple(k_in), tuple(k_out))
+                     tuple(k_in), tuple(k_out), olds)
+
+
+def old_name(state: str) -> str:
+    """The kernel output holding a state's value before each step."""
+    return f"{state}@old"
 
 
 def kernel_graph(part: Partition) -> Graph:
@@ -121,13 +125,16 @@ def kernel_graph(part: Partition) -> Graph:
             nodes.append(Input(name, role, node.dims, Annotation(role, axes, False), False))
     nodes += [g[s] for s in g.state_names]
     nodes += [g[n] for n in part.core]
+    nodes += [Map(old_name(s), g[s].dims, node_symbol(g[s]), None, g[s].complex)
+              for s in part.old_states]
     outs = tuple(part.kernel_outputs)
     axes = []
+    olds = {old_name(s_): s_ for s_ in part.old_states}
     for o in outs:
         if o in g.outputs:
             axes.append(g.out_axes[g.outputs.index(o)])
         else:
-            axes.append(((g.time,),) + tuple((d,) for d in g[o].dims))
+            axes.append(((g.time,),) + tuple((d,) for d in g[olds.get(o, o)].dims))
     params = tuple(dict.fromkeys(n.arg for n in nodes if isinstance(n, Input)
                                  and n.role in (Role.SEQ, Role.PARAM)))
     from ..ir.graph import toposort

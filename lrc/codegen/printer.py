@@ -124,14 +124,25 @@ class TritonPrinter(StrPrinter):
         op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[expr.rel_op]
         return f"({self._print(expr.lhs)} {op} {self._print(expr.rhs)})"
 
+    def _print_ITE(self, expr) -> str:
+        c, a, b = (self._print(x) for x in expr.args)
+        return f"tl.where({c}, {a}, {b})"
+
+    # boolean connectives as tl.where: `&` of a scalar and a block fails under the interpreter
     def _print_And(self, expr) -> str:
-        return "(" + " & ".join(self._print(a) for a in expr.args) + ")"
+        out = self._print(expr.args[-1])
+        for a in reversed(expr.args[:-1]):
+            out = f"tl.where({self._print(a)}, {out}, False)"
+        return out
 
     def _print_Or(self, expr) -> str:
-        return "(" + " | ".join(self._print(a) for a in expr.args) + ")"
+        out = self._print(expr.args[-1])
+        for a in reversed(expr.args[:-1]):
+            out = f"tl.where({self._print(a)}, True, {out})"
+        return out
 
     def _print_Not(self, expr) -> str:
-        return f"(~{self._print(expr.args[0])})"
+        return f"tl.where({self._print(expr.args[0])}, False, True)"
 
     def _print_Max(self, expr) -> str:
         return self._fold("tl.maximum", expr.args)

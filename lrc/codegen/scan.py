@@ -20,7 +20,7 @@ from ..ir.graph import Graph
 from ..ir.nodes import Input, Map, Rename, Shift, Sum
 from ..passes.analysis import time_varying
 from .blocks import Block
-from .emit import Tiling, Val, Values, Writer, ident, index_terms, mask_of
+from .emit import Tiling, Val, Values, Writer, guard, ident, index_terms, mask_of
 from .partition import Unsupported
 from .printer import HELPERS
 
@@ -304,15 +304,16 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
             vals.index(n)
     body = ChunkBody(g, blocks, vals, w, "REVERSE", "f")
     core = [n.name for n in g.nodes if not isinstance(n, Input)]
-    hoisted = [n for n in core if n not in varying]
+    news = set(g.new_state_names)  # a new state is scanned per chunk, even a constant one
+    hoisted = [n for n in core if n not in varying and n not in news]
     body.run(hoisted)
     for s in g.state_names:
         sv, dims = body.state_var(s), g[s].dims
         w(f"{sv} = tl.zeros({t.shape(dims, False)}, tl.float32)")
         w("if HAS_H0:")
         w.indent()
-        w(f"{sv} += tl.load({ident(s)}_h0_ptr + {_state_offset(t, g, s, 'h0', None)}, "
-          f"mask={mask_of(t, dims, False)}, other=0.0).to(tl.float32)", f"initial {s}")
+        w(f"{sv} += tl.load({ident(s)}_h0_ptr + {_state_offset(t, g, s, 'h0', None)}"
+          f"{guard(mask_of(t, dims, False))}).to(tl.float32)", f"initial {s}")
         w.dedent()
     w("n_chunks = tl.cdiv(T, TC)")
     w("for ci in range(0, n_chunks):")
@@ -331,7 +332,7 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
     w.dedent()
     for n in g.inputs(Role.SEQ):
         vals.load(n, True)
-    body.run([n for n in core if n in varying])
+    body.run([n for n in core if n in varying or n in news])
     for o in g.outputs:
         v = vals[o]
         dims = g[o].dims
@@ -421,8 +422,8 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
         pre(f"{sv} = tl.zeros({t.shape(dims, False)}, tl.float32)")
         pre("if HAS_DHT:")
         pre(f"    {sv} += tl.load({ident(adj)}_dhT_ptr + "
-            f"{_state_offset(t, bg, adj, 'dhT', None)}, mask={mask_of(t, dims, False)}, "
-            "other=0.0).to(tl.float32)", f"gradient of the final {s}")
+            f"{_state_offset(t, bg, adj, 'dhT', None)}{guard(mask_of(t, dims, False))})"
+            ".to(tl.float32)", f"gradient of the final {s}")
     head = Writer()
     head("n_chunks = tl.cdiv(T, TC)")
     head("for ci in range(0, n_chunks):")
@@ -435,8 +436,8 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     head("t64 = t.to(tl.int64)")
     for s in k.state_names:
         sv = body_f.state_var(s)
-        loop(f"{sv} = tl.load({ident(s)}_chk_ptr + {_state_offset(t, k, s, 'chk', 'c')}, "
-             f"mask={mask_of(t, k[s].dims, False)}, other=0.0)", f"checkpoint of {s}")
+        loop(f"{sv} = tl.load({ident(s)}_chk_ptr + {_state_offset(t, k, s, 'chk', 'c')}"
+             f"{guard(mask_of(t, k[s].dims, False))})", f"checkpoint of {s}")
     for n in bg.inputs(Role.SEQ):
         if n.name not in fstates.values():
             vals.load(n, True)
@@ -515,8 +516,8 @@ def step_source(k: Graph, tiling: Tiling, name: str) -> tuple[str, Signature]:
         sv, dims = body.state_var(s), k[s].dims
         w(f"{sv} = tl.zeros({t.shape(dims, False)}, tl.float32)")
         w("if HAS_H0:")
-        w(f"    {sv} += tl.load({ident(s)}_h0_ptr + {_state_offset(t, k, s, 'h0', None)}, "
-          f"mask={mask_of(t, dims, False)}, other=0.0).to(tl.float32)", f"state {s}")
+        w(f"    {sv} += tl.load({ident(s)}_h0_ptr + {_state_offset(t, k, s, 'h0', None)}"
+          f"{guard(mask_of(t, dims, False))}).to(tl.float32)", f"state {s}")
         vals.set(s, Val(sv, frozenset(dims), False))
     body.run([n.name for n in k.nodes if not isinstance(n, Input)])
     for o in k.outputs:
@@ -577,8 +578,8 @@ def loop_source(g: Graph, tiling: Tiling, name: str, backward=None
         sv, dims = body.state_var(s), g[s].dims
         pre(f"{sv} = tl.zeros({t.shape(dims, False)}, tl.float32)")
         pre("if HAS_H0:")
-        pre(f"    {sv} += tl.load({ident(s)}_h0_ptr + {_state_offset(t, g, s, 'h0', None)}, "
-            f"mask={mask_of(t, dims, False)}, other=0.0).to(tl.float32)", f"initial {s}")
+        pre(f"    {sv} += tl.load({ident(s)}_h0_ptr + {_state_offset(t, g, s, 'h0', None)}"
+            f"{guard(mask_of(t, dims, False))}).to(tl.float32)", f"initial {s}")
     head = Writer()
     head("for ti in range(0, T):")
     head("    tt = ti")

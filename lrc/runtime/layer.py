@@ -28,24 +28,46 @@ class Layer:
     def __init__(self, spec: Spec, backend: str, lowering: str | None = None):
         self.spec = spec
         self.graph = spec.graph
-        from ..codegen import tiling
-
-        key = canonical_key(spec.graph, lowering=lowering, time_last=tiling.TIME_LAST,
-                            loop=tiling.PREFER_LOOP)
-        compiled, program, why = cached(key, lambda: _build(spec.graph, lowering,
-                                                            tiling.PREFER_LOOP))
-        self.compiled = compiled
-        self.lowered = compiled.lowered
-        self.plan = Plan(compiled.planned)
-        self.program = program
+        self.lowering = lowering
         self.programs: dict[str, Any] = {}  # chunked / conv programs, built on first use
-        # states the pipeline added (RWKV-4's running max): the user never sees them
-        self.aux = running_maxes(self.lowered)
-        self.backend = "reference" if backend == "auto" else backend
-        if backend == "triton" and program is None:  # "auto" joins once suites name backends
-            raise Unsupported(why)
+        self._built = None
+        self.backend = backend
+        if backend == "reference":  # the interpreter needs nothing from the pipeline
+            if lowering is not None:
+                self._build()  # still say when a forced lowering cannot run this spec
+            return
+        compiled, program, why = self._build()
         if program is None:
-            self.plan.note = f"no generated kernels: {why}"
+            if backend == "triton":
+                raise Unsupported(why)
+            self.backend = "reference"  # "auto": the kernels where they exist
+            self.plan.note = f"runs on the reference backend; no generated kernels: {why}"
+        else:
+            self.backend = "triton"
+
+    def _build(self):
+        """Pipeline and kernels (from the disk cache when an earlier process made them)."""
+        if self._built is None:
+            from ..codegen import tiling
+
+            g, lowering = self.spec.graph, self.lowering
+            key = canonical_key(g, lowering=lowering, time_last=tiling.TIME_LAST,
+                                loop=tiling.PREFER_LOOP)
+            compiled, program, why = cached(key, lambda: _build(g, lowering,
+                                                                tiling.PREFER_LOOP))
+            self._built = (compiled, program, why)
+            self.compiled, self.lowered, self.program = compiled, compiled.lowered, program
+            self.plan = Plan(compiled.planned)
+            # states the pipeline added (RWKV-4's running max): the user never sees them
+            self.aux = running_maxes(self.lowered)
+        return self._built
+
+    def __getattr__(self, name: str) -> Any:
+        # plan, lowered, program, ... of a reference layer: made on first use
+        if name in ("plan", "compiled", "lowered", "program", "aux"):
+            self._build()
+            return self.__dict__[name]
+        raise AttributeError(name)
 
     def __repr__(self) -> str:
         return f"<lrc.Layer {self.spec.name} backend={self.backend!r}>"

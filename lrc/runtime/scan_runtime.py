@@ -232,7 +232,8 @@ def evaluate(g: Graph, names, env: dict[str, torch.Tensor], sizes: dict[str, int
              like: torch.Tensor) -> None:
     """Compute nodes `names` of `g` into `env`, over all time steps at once (PyTorch)."""
     for n in g.nodes:
-        if n.name in names and n.name not in env:
+        index = isinstance(n, Input) and n.role is Role.INDEX
+        if (n.name in names or index) and n.name not in env:
             env[n.name] = interpret.eval_node(g, n, env, sizes, like)
 
 

@@ -5,7 +5,9 @@ import math
 
 import torch
 
+from ..codegen.partition import old_name
 from ..codegen.program import ScanProgram
+from ..ir import interpret
 from ..ir.dims import Role
 from ..ir.graph import Graph
 from .bind import batch_dim, from_canonical, to_canonical
@@ -94,10 +96,14 @@ def _run(prog: ScanProgram, call: Call, tensors, states, T: int):
         for o, axes in zip(k.outputs, k.out_axes):
             if o not in g.outputs or o in part.post:
                 env[o] = to_canonical(g, results[o], _ann(axes), sizes, True)
+        for s in part.old_states:
+            env[s] = env[old_name(s)]
         evaluate(g, set(part.post), env, sizes, like)
         for o, axes in zip(g.outputs, g.out_axes):
             if o in part.post:
-                results[o] = from_canonical(g, env[o], axes, sizes, True).to(call.out_dtype)
+                # an output constant in time (or along a dim) is computed once: repeat it
+                x = env[o].expand(interpret.canonical_shape(g, g[o].dims, sizes, T))
+                results[o] = from_canonical(g, x, axes, sizes, True).to(call.out_dtype)
     outs = [results[o] for o in g.outputs]
     fins = _assemble_states(g, dict(zip(k.state_names, finals)), sizes, call.state_dtype)
     return outs, fins
@@ -155,11 +161,14 @@ def step(prog: ScanProgram, call: Call, states_out: dict | None = None):
             if o not in g.outputs or o in part.post:
                 axes = tuple(a for a in axes if a != (k.time,))
                 env[o] = to_canonical(g, kouts[o], _ann(axes), sizes, False)
+        for s in part.old_states:
+            env[s] = env[old_name(s)]
         evaluate(g, set(part.post), env, sizes, like)
         for o, axes in zip(g.outputs, g.out_axes):
             if o in part.post:
                 axes = tuple(a for a in axes if a != (g.time,))
-                kouts[o] = from_canonical(g, env[o], axes, sizes, False).to(call.out_dtype)
+                x = env[o].expand(interpret.canonical_shape(g, g[o].dims, sizes, 1))
+                kouts[o] = from_canonical(g, x, axes, sizes, False).to(call.out_dtype)
     outs = [kouts[o] for o in g.outputs]
     if states_out is not None:
         return outs, None

@@ -43,7 +43,6 @@ def check(spec, args, state=None, dtype=torch.float32, tol=FWD, gtol=GRAD, overr
           device="cpu", **call):
     """Forward, final state and the gradient of every input and of the initial state."""
     kern, ref, _ = layers(spec, override)
-    low = dtype in (torch.float16, torch.bfloat16)
     ours = {k: v.to(device=device, dtype=dtype if v.dtype.is_floating_point else v.dtype)
             .requires_grad_(v.dtype.is_floating_point) for k, v in args.items()}
     theirs = {k: v.detach().double().clone().requires_grad_(v.dtype.is_floating_point)
@@ -62,7 +61,7 @@ def check(spec, args, state=None, dtype=torch.float32, tol=FWD, gtol=GRAD, overr
     leaves2 = list(theirs.values()) + ([s2] if s2 is not None else [])
     g1 = torch.autograd.grad((y.double() * gy).sum() + (h.double() * gh).sum(), leaves)
     g2 = torch.autograd.grad((y2 * gy).sum() + (h2 * gh).sum(), leaves2)
-    for name, a, e in zip(list(ours) + ["initial_state"], g1, g2):
+    for name, a, e in zip(list(ours) + ["initial_state"], g1, g2, strict=False):
         assert torch.isfinite(a.float()).all(), f"grad of {name}: not finite"
         assert rel_err(a, e) <= gtol, f"grad of {name}: {rel_err(a, e):.2e}"
 
@@ -104,7 +103,7 @@ def test_cu_seqlens(name):
     e = ZOO[name]
     args = e.example(b=1, t=41, dtype=torch.float64)
     state = e.initial_state(b=3, dtype=torch.float64)
-    check(e.spec, args, state, cu_seqlens=torch.tensor([0, 17, 18, 41]))
+    check(e.spec, args, state, cu_seqlens=torch.tensor([0, 17, 18, 41]), reverse=name == "gla")
 
 
 def test_split_value_blocks():
@@ -175,9 +174,8 @@ def random_spec(seed: int):
     decay = rng.choice(sorted(DECAYS))
     expr, per_key = DECAYS[decay]
     grouped = rng.random() < 0.5
-    heads = ["g", "r"] if grouped else ["h"]
     hax = "(g r)" if grouped else "h"
-    kh = "g" if grouped and rng.random() < 0.6 else hax   # q, k shared by a group
+    kh = "g" if grouped else hax   # q, k shared by the heads of a group
     time_last = rng.random() < 0.3
     args: dict[str, tuple[str, str]] = {}
 
@@ -235,7 +233,7 @@ def random_spec(seed: int):
 
     def make(b: int, t: int) -> tuple[dict, torch.Tensor]:
         out = {}
-        for name, (role, dims) in args.items():
+        for name, (_, dims) in args.items():
             shape = [math.prod(b if d == "b" else t if d == "t" else sizes[d]
                                for d in ax.strip("()").split()) for ax in _axes(dims)]
             x = torch.randn(shape, dtype=torch.float64)
@@ -263,9 +261,13 @@ def _axes(text: str) -> list[str]:
     return re.findall(r"\([^)]*\)|\S+", text)
 
 
-@pytest.mark.parametrize("seed", range(6))
+# seeds drawing every decay kind, time first and last, old and new readouts, groups, gates
+SEEDS = [1, 2, 3, 5, 7, 16, 27, 29]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_random_specs(seed):
-    spec, make, source = random_spec(seed * 7919 + 11)
+    spec, make, source = random_spec(seed)
     args, state = make(2, 37)
     try:
         check(spec, args, state)
@@ -325,8 +327,8 @@ def test_gpu_reverse_and_cu_seqlens(name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", SEEDS)
 def test_gpu_random_specs(seed):
-    spec, make, _ = random_spec(seed * 7919 + 11)
+    spec, make, _ = random_spec(seed)
     args, state = make(2, 1500)
     check(spec, args, state, device="cuda")

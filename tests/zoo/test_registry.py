@@ -49,7 +49,7 @@ def test_example_is_complete_and_runs(name):
         if is_seq(entry, k):
             assert v.shape[time_axis(entry, k)] == 37
         assert v.dtype == (torch.complex128 if v.is_complex() else torch.float64)
-    out, fin = lrc.compile(entry.spec)(**args, return_final_state=True)
+    out, fin = lrc.compile(entry.spec, backend="reference")(**args, return_final_state=True)
     for s, s0 in zip(as_tuple(fin), as_tuple(entry.initial_state()), strict=True):
         assert s.shape == s0.shape and s.dtype == s0.dtype
 
@@ -57,7 +57,7 @@ def test_example_is_complete_and_runs(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_long_sequence_stays_bounded(name):
     entry = ZOO[name]
-    out = as_tuple(lrc.compile(entry.spec)(**entry.example(b=1, t=400)))
+    out = as_tuple(lrc.compile(entry.spec, backend="reference")(**entry.example(b=1, t=400)))
     for y in out:
         assert torch.isfinite(y).all() and y.abs().max() < 1e3
 
@@ -69,7 +69,7 @@ def test_low_precision_example(name, dtype):
     args = entry.example(t=11, dtype=dtype)
     for v in args.values():
         assert v.dtype in (dtype, torch.complex64)
-    for y in as_tuple(lrc.compile(entry.spec)(**args)):
+    for y in as_tuple(lrc.compile(entry.spec, backend="reference")(**args)):
         assert y.dtype == dtype and torch.isfinite(y.float()).all()
 
 
@@ -77,7 +77,7 @@ def test_low_precision_example(name, dtype):
 def test_decode_matches_forward(name):
     """Prefill 8 tokens, then step 5: the same outputs as the forward over 13."""
     entry = ZOO[name]
-    layer = lrc.compile(entry.spec)
+    layer = lrc.compile(entry.spec, backend="reference")
     args = entry.example(t=13)
     s0 = entry.initial_state()
     full = as_tuple(layer(**args, initial_state=s0))
@@ -99,7 +99,7 @@ def test_decode_matches_forward(name):
 def test_gradients_reach_every_argument(name):
     entry = ZOO[name]
     args = {k: v.requires_grad_() for k, v in entry.example(t=9).items()}
-    loss = sum(y.square().sum() for y in as_tuple(lrc.compile(entry.spec)(**args)))
+    loss = sum(y.square().sum() for y in as_tuple(lrc.compile(entry.spec, backend="reference")(**args)))
     grads = torch.autograd.grad(loss, list(args.values()))
     for k, g in zip(args, grads, strict=True):
         assert torch.isfinite(g).all() and g.abs().max() > 0, k
@@ -109,7 +109,7 @@ def test_gradients_reach_every_argument(name):
 def test_packed_sequences(name):
     """cu_seqlens: two packed sequences give what two separate calls give."""
     entry = ZOO[name]
-    layer = lrc.compile(entry.spec)
+    layer = lrc.compile(entry.spec, backend="reference")
     args = entry.example(b=1, t=17)
     cut = 6
 
