@@ -193,17 +193,25 @@ def gla_peer(a):
 def retnet_peer(a):
     from fla.ops.simple_gla import chunk_simple_gla
 
-    g = torch.log(a["gamma"].detach().float())[None, None, :].expand(
-        a["q"].shape[0], a["q"].shape[1], -1).contiguous()
-    f = lambda: chunk_simple_gla(a["q"], a["k"], a["v"], g=g, scale=1.0)  # noqa: E731
-    return "fla chunk_simple_gla (fixed g)", f, lambda: f()[0]
+    g_gamma = torch.log(a["gamma"].detach().float())
+    f = lambda: chunk_simple_gla(a["q"], a["k"], a["v"], g_gamma=g_gamma, scale=1.0)  # noqa
+    return "fla chunk_simple_gla (g_gamma)", f, lambda: f()[0]
+
+
+def rwkv6_peer(a):
+    from fla.ops.rwkv6 import chunk_rwkv6
+
+    def f():  # fla takes the log-decay; lrc evaluates it from time_decay and w in-kernel
+        w = -torch.exp(a["time_decay"].float() + a["w"].float())
+        return chunk_rwkv6(a["r"], a["k"], a["v"], w, a["u"], scale=1.0)
+    return "fla chunk_rwkv6 (+ decay in torch)", f, lambda: f()[0]
 
 
 CASES = {
     "mamba2": case_mamba2,
     "gla": lambda: qkv_case("gla", gla_peer),
     "retnet": lambda: qkv_case("retnet", retnet_peer),
-    "rwkv6": lambda: qkv_case("rwkv6", None),
+    "rwkv6": lambda: qkv_case("rwkv6", rwkv6_peer),
 }
 
 

@@ -10,12 +10,16 @@ chunk, with Lam the inclusive cumulative log-decay (log2 units: exp2 with log2(e
     u    = A v + (q * 2^Lq) S_0 + (sum_k ek) ev         (tl.dot on tensor cores)
     S_BT = 2^Lam_last S_0 + (k * 2^(Lam_last - Lam))^T v
 
-A scalar decay builds 2^(Lq_i - Lam_j) as a C x C matrix with the mask applied to the exponent
-(-inf above the diagonal, so exp2 gives exact zeros and never overflows: the Mamba-2 NaN). A
-per-key decay factors it through a per-key reference R, q * 2^(Lq - R) and k * 2^(R - Lam), when
-every exponent stays within +-SPAN/2 (exact, no overflow); a chunk whose decays span more falls
-back to an exact column-by-column loop. Log-decays are floored at LOG_FLOOR, below which exp
-underflows in float32 anyway, so cumulative sums stay finite.
+A scalar decay builds 2^(Lq_i - Lam_j) as a BT x BT matrix with the mask applied to the
+exponent (-inf above the diagonal, so exp2 gives exact zeros and never overflows: the Mamba-2
+NaN; this also keeps decays above 1 exact, which clamping the difference at 0 would not). A
+per-key decay factors it through a per-key reference R, q * 2^(Lq - R) and k * 2^(R - Lam): one
+product when every exponent stays within +-SPAN/2 (exact, no overflow). A chunk whose decays
+span more is cut into four blocks: each block against itself factored at its own reference,
+and each block's rows against the earlier blocks' columns referenced at the step before the
+block, where both exponents are <= 0. Only blocks too steep even for that (decays below
+2^(-SPAN / (BT/4)) per step) take an exact loop over columns. Log-decays are floored at
+LOG_FLOOR, below which exp underflows in float32 anyway, so cumulative sums stay finite.
 """
 from __future__ import annotations
 
@@ -256,7 +260,21 @@ class Kernel:
         w("A = tl.where(causal, _dot(q_q * eqd, tl.trans(q_k * ekd), DT, IEEE, EMU), 0.0)")
         w("ek = ekd * tl.exp2(lam_last - ref)  # each step -> chunk end")
         w.dedent()
-        w("else:  # decays too steep to factor: one column at a time, exponents masked")
+        w("else:  # steep decays: four blocks of BT/4 steps")
+        w.indent()
+        self.blocks()
+        w(f"if bspan <= {SPAN}:")
+        w.indent()
+        w("A = tl.where(causal & (blk_c == blk), _dot(q_q * tl.exp2(lq - m_row), "
+          "tl.trans(q_k * tl.exp2(m_row - lam)), DT, IEEE, EMU), 0.0)", "within each block")
+        w("for I in tl.static_range(1, 4):")
+        w.indent()
+        self.boundary("I")
+        w("A += tl.where(causal & (blk == I) & (blk_c < I), _dot(q_q * e_a, tl.trans(q_k * e_b), "
+          "DT, IEEE, EMU), 0.0)", "block I's rows, earlier blocks' columns")
+        w.dedent()
+        w.dedent()
+        w("else:  # too steep even for blocks: one column at a time, exponents masked")
         w.indent()
         w("A = tl.zeros([BT, BT], tl.float32)")
         w("for j in range(0, BT):")
@@ -264,8 +282,35 @@ class Kernel:
         self.column("j")
         w("A = tl.where(o_cc == j, tl.sum(q_q * k_j * w_j, 1, keep_dims=True), A)")
         w.dedent()
+        w.dedent()
         w("ek = tl.exp2(lam_last - lam)  # each step -> chunk end")
         w.dedent()
+
+    def blocks(self) -> None:
+        """The chunk as four blocks: blk (rows) / blk_c (columns), m_row the reference of each
+        row's block (its mid-range per key), bspan the widest block range."""
+        w = self.w
+        w("blk = o_c // (BT // 4)")
+        w("blk_c = o_cc // (BT // 4)")
+        w("m_row = tl.zeros([BT, BK], tl.float32)")
+        w("bspan = tl.max(hi - lo) * 0.0")
+        w("for I in tl.static_range(0, 4):")
+        w.indent()
+        w("lo_i = tl.min(tl.where(blk == I, tl.minimum(lam, lq), float('inf')), 0, "
+          "keep_dims=True)")
+        w("hi_i = tl.max(tl.where(blk == I, tl.maximum(lam, lq), float('-inf')), 0, "
+          "keep_dims=True)")
+        w("m_row = tl.where(blk == I, (lo_i + hi_i) * 0.5, m_row)")
+        w("bspan = tl.maximum(bspan, tl.max(hi_i - lo_i))")
+        w.dedent()
+
+    def boundary(self, i: str) -> None:
+        """Factors for block i's rows against all earlier columns, referenced at the step
+        before the block: both exponents are <= 0, so nothing overflows however steep."""
+        w = self.w
+        w(f"r_i = tl.sum(tl.where(o_c == {i} * (BT // 4) - 1, lam, 0.0), 0, keep_dims=True)")
+        w(f"e_a = tl.exp2(tl.where(blk == {i}, lq - r_i, float('-inf')))")
+        w(f"e_b = tl.exp2(tl.where(blk < {i}, r_i - lam, float('-inf')))")
 
     def column(self, j: str) -> None:
         """k_j, the decays w_j from step j to every step i (zero where masked)."""

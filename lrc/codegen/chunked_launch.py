@@ -7,6 +7,7 @@ its sequence's rows of the packed inputs.
 """
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import nullcontext
 
@@ -17,6 +18,13 @@ from ..runtime.scan_runtime import dim_strides
 from . import module as modules
 from .chunked_bwd import atom_flag
 from .chunked_tune import Config, candidates, choose, interpreted, pow2
+
+
+@functools.cache
+def _unused(device: torch.device) -> torch.Tensor:
+    """What the kernels get for cu_seqlens and chunk offsets when nothing is packed (unread:
+    one tensor per device, so an ordinary call copies nothing from the host)."""
+    return torch.zeros(1, dtype=torch.int64, device=device)
 
 
 def _triton_dtype(dt: torch.dtype):
@@ -44,12 +52,17 @@ class Launcher:
         self.dt = low[0] if low else torch.float32   # the narrowest input sets the dot dtype
         self.chk_dtype = self.dt
         self.V, self.K = self.ksizes[f.value], self.ksizes[f.key]
-        self.key = (prog.source, tuple(sorted(self.ksizes.items())), call.T, self.dt,
-                    tuple(call.segments or ()), call.reverse)
+        # tuned once per shape; packed batches change every step, so they key on the number
+        # of sequences and the total length's power of two
+        length = pow2(call.T, 1) if self.varlen else call.T
+        self.key = (prog.source, tuple(sorted(self.ksizes.items())), length, self.dt,
+                    self.varlen, call.reverse)
         seg = call.segments or [(0, call.T)] * self.ksizes.get(f.batch, 1)
         self.lens = [e - s for s, e in seg]
-        cu = [s for s, _ in seg] + [seg[-1][1]] if self.varlen else [0]
-        self.cu = torch.tensor(cu, dtype=torch.int64, device=call.device)
+        self.cu = _unused(call.device)
+        if self.varlen:
+            cu = [s for s, _ in seg] + [seg[-1][1]]
+            self.cu = torch.tensor(cu, dtype=torch.int64, device=call.device)
 
     # ---- pieces
 
@@ -59,7 +72,9 @@ class Launcher:
     def chunks(self, bt: int) -> tuple[int, torch.Tensor]:
         """Chunks over all sequences, and each sequence's first chunk index."""
         n = [-(-ln // bt) for ln in self.lens]
-        offs = [sum(n[:i]) for i in range(len(n))] or [0]
+        if not self.varlen:
+            return max(sum(n), 1), _unused(self.device)
+        offs = [sum(n[:i]) for i in range(len(n))]
         return max(sum(n), 1), torch.tensor(offs, dtype=torch.int64, device=self.device)
 
     def state_like(self, dtype=torch.float32, zero: bool = False) -> torch.Tensor:

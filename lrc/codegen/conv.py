@@ -55,6 +55,9 @@ class Program:
         # per convolution node: the kernel's dims, and whether kernel and result are real
         self.kdims = {cv.node: self._kernel_dims(cv, self.plan.state(cv.state))
                       for cv in self.plan.convs}
+        self.kshape_dims = {cv.node: self.g.order(set(self.kdims[cv.node]) | set(
+            expr_dims(self.g, cv.alpha)) | set(expr_dims(self.g, cv.beta)))
+            for cv in self.plan.convs}
         self.real = {cv.node: cv.real and not is_complex(cv.alpha) and not is_complex(cv.beta)
                      for cv in self.plan.convs}
         self.tapes: dict[sp.Basic, Tape] = {}
@@ -66,7 +69,8 @@ class Program:
         return self.tapes[e]
 
     def _kernel_dims(self, cv: ConvNode, form: StateForm) -> tuple[str, ...]:
-        exprs = [cv.q, form.bbar, form.decay, cv.alpha, cv.beta]
+        """The dims the generated kernel varies along (before alpha and beta)."""
+        exprs = [cv.q, form.bbar, form.decay]
         exprs += [e for t in form.lowrank for e in (t.u, t.direct, *(c for _, c in t.via))]
         dims = set().union(*(expr_dims(self.g, e) for e in exprs)) - {cv.contract}
         return self.g.order(dims)
@@ -132,7 +136,7 @@ class _Run:
             y = self.value(o) if self.T else torch.zeros(
                 interpret.canonical_shape(g, g[o].dims, self.sizes, 0), device=self.like.device)
             y = y.flip(0) if self.call.reverse else y
-            y = y.expand(interpret.canonical_shape(g, g[o].dims, self.sizes, y.shape[0]))
+            y = y.expand(interpret.canonical_shape(g, g[o].dims, self.sizes, self.T))
             outs.append(from_canonical(g, y, axes, self.sizes, True)
                         .to(self.call.out_dtype).contiguous())
         return outs, _Finals(self)
@@ -191,6 +195,11 @@ class _Run:
             return torch.full((1,) * rank, v, dtype=dtype, device=self.like.device)
         return v.reshape((1,) * (rank - v.dim()) + tuple(v.shape))
 
+    def seq_expr(self, e: sp.Basic) -> torch.Tensor:
+        """An expression as a sequence: (T, *dims) even where it is constant in time."""
+        v = self.expr(e)
+        return v if v.shape[0] == self.T else v.expand(self.T, *v.shape[1:])
+
     def h0(self, form: StateForm) -> torch.Tensor | None:
         """The initial state in float64 (canonical, time axis 1), or None for zeros."""
         if self.states is None:
@@ -233,12 +242,13 @@ class _Run:
         T, g = self.T, self.g
         kd, real = self.prog.kdims[cv.node], self.prog.real[cv.node]
         lk = T if form.kind != "shift" else min(T, self.sizes[form.mix] + (0 if cv.new else 1))
-        w = self.last(self.expr(form.w))
-        kshape = tuple(self.sizes[d] if d in kd else 1 for d in g.dims)
+        w = self.last(self.seq_expr(form.w))
+        kshape = tuple(self.sizes[d] if d in self.prog.kshape_dims[cv.node] else 1
+                       for d in g.dims)
         pending = conv_fft.start(w, kshape, lk, real, reverse=False)
         k = self.unflat(self.kernel(cv, form, kd, lk), kd)
         k = k.to(torch.float32 if not k.is_complex() else _C64[False])
-        alpha = 1
+        alpha: torch.Tensor | float = 1.0
         if cv.alpha != 1:
             alpha = self.last(self.expr(cv.alpha, wide=True)).to(k.dtype if real else
                                                                   _C64[False])
@@ -287,7 +297,7 @@ class _Run:
             c = (form.mix,)
             row = lambda e: self.flat(self.last(self.expr(e, wide=True)), kd, c)[..., 0] \
                 .to(_C64[True])  # noqa: E731
-            vs = []
+            vs: list[torch.Tensor] = []
             for t in form.lowrank:
                 v = row(t.direct)
                 for i, coef in t.via:
@@ -352,7 +362,7 @@ class _Run:
             if form.kind == "shift":
                 h = self.shift_seq(form)
             elif form.decay == 0:                                   # no memory: h' = b
-                h = self.expr(form.bbar * form.w).expand(full)
+                h = self.seq_expr(form.bbar * form.w).expand(full)
             else:
                 h = self.decay_seq(form)
             if not g[form.name].complex and h.is_complex():
@@ -370,7 +380,7 @@ class _Run:
     def decay_seq(self, form: StateForm) -> torch.Tensor:
         """h'_t = sum_l a^l b_{t-l} + a^{t+1} h0 per state element, by FFT convolution."""
         T, sd = self.T, form.dims
-        b = self.last(self.expr(form.bbar * form.w))
+        b = self.last(self.seq_expr(form.bbar * form.w))
         la = self.log_decay(form)
         da = self.g.order(expr_dims(self.g, form.decay))
         ones = torch.ones(1, dtype=_C64[True], device=la.device)
@@ -424,7 +434,7 @@ class _Run:
                 interpret.canonical_shape(self.g, form.dims, self.sizes), device=self.like.device)
         if form.spacewise:
             return self.state_seq(form)[-1:]
-        w = self.last(self.expr(form.w))
+        w = self.last(self.seq_expr(form.w))
         wd = self.g.order(set(expr_dims(self.g, form.w)) & set(form.dims))
         if form.kind == "shift":
             return self.shift_final(form, w, h0)

@@ -28,7 +28,7 @@ import sympy as sp
 from ..ir import functions as fn
 from ..ir.dims import Role
 from ..ir.graph import Graph
-from ..ir.nodes import Input, Map, Shift, Sum, node_symbol
+from ..ir.nodes import Input, Map, Rename, Shift, Sum, node_symbol
 from ..passes.analysis import expr_dims, factors, inline, seq_dependent
 from .partition import Unsupported
 
@@ -109,12 +109,22 @@ def analyze(g: Graph) -> ConvPlan:
     while True:
         readouts = {r: v for r, v in every.items() if v[0] not in formed}
         seq = _sequence_nodes(g, readouts, formed)
-        forms = {}
-        for st, new in g.states:
+        forms, grow = {}, set()
+        for st, new_node in g.states:
             own = _sequence_nodes(g, readouts, formed - {st})
             keep = lambda n, own=own: n.name not in params and (  # noqa: E731
                 n.name not in sdep or n.name in own)
-            forms[st] = _state_form(g, st, new, params, own, keep)
+            # another state read directly (not through a readout): form that one first
+            update = inline(g, g[new_node].expr, keep)  # type: ignore[union-attr]
+            others = {news.get(x.name, x.name) for x in update.free_symbols
+                      if x.name in sdep and x.name not in own and x.name != st and
+                      (x.name in news or isinstance(g[x.name], Input))}
+            grow |= others - formed
+            if not others - formed:
+                forms[st] = _state_form(g, st, new_node, params, own, keep)
+        if grow:
+            formed |= grow
+            continue
         grow = {st for st, f in forms.items() if f.kind == "diagonal" and f.decay == 0}
         for o in g.outputs:
             if o in sdep and o not in seq:
@@ -133,7 +143,8 @@ def analyze(g: Graph) -> ConvPlan:
             raise Unsupported(f"state {forms[st].arg!r}: a DPLR state is only read through "
                               "sum_c(q * state); forming its whole sequence is not generated")
         forms[st] = _replace(forms[st], spacewise=True)
-    keep = lambda n: n.name not in params and (n.name not in sdep or n.name in seq)  # noqa: E731
+    keep_seq = lambda n: n.name not in params and (  # noqa: E731
+        n.name not in sdep or n.name in seq)
     convs = []
     for r, (st, new, q, c) in readouts.items():
         form = forms[st]
@@ -146,13 +157,19 @@ def analyze(g: Graph) -> ConvPlan:
                               f"contracted dim {c!r}; a {form.kind} kernel needs neither to")
         real = _only_real(g, r)
         node = ConvNode(r, st, new, c, qp, gate, real=real, readout=r)
-        fold = None if gate != ONE else _fold(g, r, form.w, real, params, keep)
+        fold = None if gate != ONE else _fold(g, r, form.w, real, params, keep_seq)
         if fold is not None:
             o, fgate, alpha, beta = fold
             node = ConvNode(o, st, new, c, qp, fgate, alpha, beta, real, readout=r)
             seq.discard(r)
         convs.append(node)
     return ConvPlan(g, tuple(forms.values()), tuple(convs), params, frozenset(seq))
+
+
+def _replace(form: StateForm, **kw) -> StateForm:
+    from dataclasses import replace
+
+    return replace(form, **kw)
 
 
 def _sequence_nodes(g: Graph, readouts, formed) -> set[str]:
@@ -199,7 +216,8 @@ def _readouts(g: Graph, news: dict[str, str]) -> dict[str, tuple[str, bool, sp.B
 
 def _split(expr: sp.Basic, params: frozenset[str]) -> tuple[sp.Basic, sp.Basic]:
     """expr = (Params-only factors) * (the rest)."""
-    fixed, rest = [], []
+    fixed: list[sp.Basic] = []
+    rest: list[sp.Basic] = []
     for f in factors(expr):
         (fixed if all(s.name in params for s in f.free_symbols) else rest).append(f)
     return sp.Mul(*fixed), sp.Mul(*rest)
@@ -227,12 +245,13 @@ def _state_form(g: Graph, s: str, new: str, params: frozenset[str], seq: set[str
         elif isinstance(node, Shift) and node.arg == s and node.offset == 1:
             shifts.append((node, coef[x]))
         elif isinstance(node, Sum) and _reads_only(g, node.name, s):
+            if any(isinstance(g[a], Rename) for a in nx.ancestors(g.nx, node.name)):
+                raise Unsupported(f"state {arg!r}: a dense (renamed-dim) transition; the conv "
+                                  "lowering generates diagonal, DPLR and shift kernels only")
             sums.append(x)
         else:
             raise Unsupported(f"state {arg!r}: its update reads node {x.name!r} "
                               f"({type(node).__name__}), which no convolution kernel covers")
-    if b == 0:
-        raise Unsupported(f"state {arg!r} has no input term: nothing to convolve")
     if shifts:
         return _shift_form(g, s, new, arg, shifts, decay, sums, b)
     bbar, w = _split(b, params)

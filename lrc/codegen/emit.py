@@ -140,8 +140,36 @@ class Values:
                 self.need(sub)
                 var = ident(s.name)
                 dims, timed, part = self.of(sub)
-                self.w(f"{var} = {triton_expr(sub, {x.name: self.vals[x.name].var for x in sub.free_symbols})}")
+                self.w(f"{var} = {self.gated(sub, part)}")
                 self.vals[s.name] = Val(var, dims, timed, part)
+
+    def gated(self, e: sp.Basic, part: frozenset[str]) -> str:
+        """`e` as Triton text where a sum spread over programs (partial along `part`) meets
+        complete values: a term complete along some of `part` is added by the first program
+        along those dims only, so the host's sum over programs counts it once."""
+        names = {x.name: self.vals[x.name].var for x in e.free_symbols}
+        syms = sorted(e.free_symbols, key=lambda x: x.name)
+        if not part or all(self.vals[x.name].partial == part for x in syms):
+            return triton_expr(e, names)
+        partial = [x for x in syms if self.vals[x.name].partial]
+        rest = e.xreplace({x: sp.Integer(0) for x in partial})
+        terms = []
+        for x in partial:
+            coef = sp.diff(e, x)
+            if any(self.vals[y.name].partial for y in coef.free_symbols):
+                raise Unsupported("a product of two sums spread over programs")
+            terms.append((coef * x, part - self.vals[x.name].partial))
+        if rest != 0:
+            terms.append((rest, part))
+        out = []
+        for term, over in terms:
+            text = triton_expr(term, names)
+            if over:
+                first = " & ".join(f"({'blk_' if d in self.tiling.split else 'i_'}{d} == 0)"
+                                   for d in sorted(over))
+                text = f"tl.where({first}, {text}, 0.0)"
+            out.append(f"({text})")
+        return " + ".join(out)
 
     def of(self, e: sp.Basic) -> tuple[frozenset[str], bool, frozenset[str]]:
         """Dims, time variation and partial dims of an expression over current values."""
@@ -177,9 +205,9 @@ class Values:
     def map(self, node: Map, expr: sp.Basic | None = None) -> Val:
         var = ident(node.name)
         expr = node.expr if expr is None else expr
-        text = self.expr(expr)
+        self.need(expr)
         dims, timed, part = self.of(expr)
-        self.w(f"{var} = {text}", node.name)
+        self.w(f"{var} = {self.gated(expr, part)}", node.name)
         if not node.expr.free_symbols:
             self.w(f"{var} = {var} + tl.zeros([1] * {1 + len(self.tiling.tile)}, tl.float32)")
         self.vals[node.name] = Val(var, dims, timed, part)

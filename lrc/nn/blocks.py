@@ -33,7 +33,8 @@ class GriffinRecurrentBlock(nn.Module):
     """Griffin's temporal-mixing recurrent block (De et al. 2024, Fig. 2):
     out = W_o(gelu(W_g x) * RG-LRU(conv(W_x x))), the RG-LRU's gates linear in its input."""
 
-    def __init__(self, d_model: int, d_rnn: int | None = None, conv_width: int = 4):
+    def __init__(self, d_model: int, d_rnn: int | None = None, conv_width: int = 4,
+                 backend: str = "auto"):
         super().__init__()
         d_rnn = d_rnn or d_model
         self.gate_proj = nn.Linear(d_model, d_rnn)
@@ -42,7 +43,7 @@ class GriffinRecurrentBlock(nn.Module):
         # Griffin uses block-diagonal gate maps (one block per head); dense is the one-head case
         self.gate_r = nn.Linear(d_rnn, d_rnn)
         self.gate_i = nn.Linear(d_rnn, d_rnn)
-        self.rglru = Recurrence.from_zoo("rglru", d=d_rnn)
+        self.rglru = Recurrence.from_zoo("rglru", backend=backend, d=d_rnn)
         self.out_proj = nn.Linear(d_rnn, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,14 +57,15 @@ class GriffinRecurrentBlock(nn.Module):
 class _MambaDirection(nn.Module):
     """One direction of Vim's mixer: conv, the x -> (dt, B, C) projections, the Mamba-1 scan."""
 
-    def __init__(self, d_inner: int, d_state: int, dt_rank: int, conv_width: int):
+    def __init__(self, d_inner: int, d_state: int, dt_rank: int, conv_width: int,
+                 backend: str = "auto"):
         super().__init__()
         self.d_state, self.dt_rank = d_state, dt_rank
         self.conv = CausalConv1d(d_inner, conv_width)
         self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(dt_rank, d_inner, bias=False)      # the bias is the scan's
         nn.init.uniform_(self.dt_proj.weight, -dt_rank ** -0.5, dt_rank ** -0.5)
-        self.scan = Recurrence.from_zoo("mamba1", d=d_inner, n=d_state)
+        self.scan = Recurrence.from_zoo("mamba1", backend=backend, d=d_inner, n=d_state)
 
     def forward(self, x: torch.Tensor, reverse: bool) -> torch.Tensor:
         u = F.silu(self.conv(x, reverse=reverse))                   # (b, t, d_inner)
@@ -81,13 +83,13 @@ class BiMamba(nn.Module):
     The backward branch is the same spec run with reverse=True (no flipped copies)."""
 
     def __init__(self, d_model: int, d_state: int = 16, expand: int = 2,
-                 dt_rank: int | None = None, conv_width: int = 4):
+                 dt_rank: int | None = None, conv_width: int = 4, backend: str = "auto"):
         super().__init__()
         d_inner = expand * d_model
         dt_rank = dt_rank or math.ceil(d_model / 16)
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
-        self.fwd = _MambaDirection(d_inner, d_state, dt_rank, conv_width)
-        self.bwd = _MambaDirection(d_inner, d_state, dt_rank, conv_width)
+        self.fwd = _MambaDirection(d_inner, d_state, dt_rank, conv_width, backend)
+        self.bwd = _MambaDirection(d_inner, d_state, dt_rank, conv_width, backend)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

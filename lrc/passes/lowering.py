@@ -230,8 +230,9 @@ def _conv_cost(g: Graph, st: Structure, sizes: dict[str, int], T: int, io: float
     parts = {"memory": byts / dev.hbm, "fp32": flops / (2 * dev.fp32),
              "fp64": flops64 / dev.fp32, "exp": exps / dev.sfu}
     cost = _cost("conv", byts, flops + flops64, exps, parts)
-    return Cost("conv", cost.bytes, cost.flops, cost.exps,
-                cost.seconds + launches * dev.launch, cost.bound)
+    host = launches * dev.launch
+    return Cost("conv", cost.bytes, cost.flops, cost.exps, cost.seconds + host,
+                "launch" if host > cost.seconds else cost.bound)
 
 
 def _cost(lowering: str, byts: float, flops: float, exps: float, parts: dict) -> Cost:

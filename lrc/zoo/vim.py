@@ -18,9 +18,9 @@ from .mamba1 import mamba1
 
 
 def bidirectional(fwd: Mapping[str, torch.Tensor], bwd: Mapping[str, torch.Tensor],
-                  layer: lrc.Layer | None = None) -> torch.Tensor:
+                  layer: lrc.Layer | None = None, backend: str = "auto") -> torch.Tensor:
     """Vim's y = scan(fwd) + reverse-scan(bwd); fwd and bwd are Mamba-1 arguments by name."""
-    layer = layer if layer is not None else lrc.compile(mamba1)
+    layer = layer if layer is not None else lrc.compile(mamba1, backend=backend)
     return layer(**fwd) + layer(**bwd, reverse=True)
 
 

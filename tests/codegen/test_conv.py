@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from hypothesis import HealthCheck, assume, given, settings
 
 import lrc
 from lrc import Param, Seq, State, sigmoid
@@ -21,6 +22,7 @@ from lrc.passes import pipeline
 from lrc.passes.lowering import LoweringError
 from lrc.zoo import ZOO
 from tests.conftest import rel_err
+from tests.strategies import random_specs
 
 CONV_ZOO = ["s4d_zoh", "s4d_bilinear", "lru", "s4", "h3", "hyena"]
 FWD, GRAD, BF16 = 1e-4, 1e-3, 1e-2
@@ -63,8 +65,8 @@ def low(x: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
 
 
 def loss_of(outs, finals, gys, ghs):
-    total = sum((o.double() * g).sum() for o, g in zip(outs, gys))
-    for f, g in zip(finals, ghs):
+    total = sum((o.double() * g).sum() for o, g in zip(outs, gys, strict=True))
+    for f, g in zip(finals, ghs, strict=True):
         total = total + (f.to(g.dtype) * g).real.sum()
     return total
 
@@ -86,7 +88,7 @@ def check(spec, b: int, t: int, device: str = "cpu", dtype=torch.float32, tol=FW
     outs, outs2, fins, fins2 = as_tuple(y), as_tuple(y2), as_tuple(h), as_tuple(h2)
     assert kern.plan.note == "", kern.plan.note  # the convolution ran, not a fallback
     for what, a, e in zip(["output"] * len(outs) + ["final state"] * len(fins),
-                          outs + fins, outs2 + fins2):
+                          outs + fins, outs2 + fins2, strict=True):
         want = torch.complex64 if e.is_complex() else dtype if what == "output" else (
             torch.float32)
         assert a.dtype == want, f"{spec.name}: {what} has dtype {a.dtype}, not {want}"
@@ -98,7 +100,7 @@ def check(spec, b: int, t: int, device: str = "cpu", dtype=torch.float32, tol=FW
     g2 = torch.autograd.grad(loss_of(outs2, fins2, gys, ghs),
                              list(theirs.values()) + list(s_ref or ()))
     names = list(ours) + [f"initial_state[{i}]" for i in range(len(s_ours or ()))]
-    for nm, a, e in zip(names, g1, g2):
+    for nm, a, e in zip(names, g1, g2, strict=True):
         assert rel_err(a, e) <= gtol, f"{spec.name}: grad of {nm} {rel_err(a, e):.2e}"
     return kern, ours, outs
 
@@ -119,12 +121,49 @@ def test_conv_equals_scan(name):
     y_s = as_tuple(lrc.compile(spec, backend="triton", lowering="scan")(**args32,
                                                                        initial_state=st32))
     y_r = as_tuple(lrc.compile(spec, backend="reference")(**args, initial_state=state))
-    for c, s, r in zip(y_c, y_s, y_r):
+    for c, s, r in zip(y_c, y_s, y_r, strict=True):
         assert rel_err(c, r) <= FWD and rel_err(s, r) <= FWD and rel_err(c, s) <= 2 * FWD
 
 
 def test_custom_spec_reading_the_old_state():
     check(gated_old, b=2, t=41, h=6, n=5)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(random_specs())
+def test_random_time_invariant_specs(rs):
+    """Hypothesis-generated linear specs the conv lowering is eligible for: outputs, final
+    states and gradients against the independent loop and the reference (or, for transitions
+    it has no kernel for, the plan says so and the scan runs)."""
+    g = pipeline.run(rs.spec.graph).planned
+    assume("conv" in g.meta("lowering").eligible)
+    kern = lrc.compile(rs.spec, backend="triton", lowering="conv")
+    inp = rs.make_inputs(T=9, dtype=torch.float64)
+    ours = [low(x).requires_grad_(True) for x in inp.args]
+    y, h = kern(*ours, initial_state=inp.to(torch.float32).state, return_final_state=True)
+    if kern.plan.note:
+        assert "dense" in kern.plan.note or "shift register" in kern.plan.note, kern.plan.note
+        return
+    want_y, want_h = rs.expected(inp)
+    for a, e in zip(as_tuple(y) + as_tuple(h), tuple(want_y) + tuple(want_h), strict=True):
+        assert rel_err(a, e) <= FWD, rs.source
+    if not any(o.requires_grad for o in as_tuple(y)):
+        return  # the outputs read only the initial state
+    theirs = [x.detach().clone().requires_grad_(True) for x in inp.args]
+    state = inp.to(torch.float32).state  # the values ours got, widened
+    y2 = as_tuple(lrc.compile(rs.spec, backend="reference")(
+        *theirs, initial_state=tuple(x.to(torch.complex128 if x.is_complex() else
+                                          torch.float64) for x in state)))
+    gys = [torch.randn_like(o) for o in y2]
+    loss = sum((a.double() * b).sum() for a, b in zip(as_tuple(y), gys, strict=True))
+    g1 = torch.autograd.grad(loss, ours, allow_unused=True)
+    g2 = torch.autograd.grad(sum((a * b).sum() for a, b in zip(y2, gys, strict=True)), theirs,
+                             allow_unused=True)
+    for a, e in zip(g1, g2, strict=True):
+        if e is None or a is None:
+            assert (a if e is None else e) is None or (a if e is None else e).abs().max() == 0
+            continue
+        assert rel_err(a, e) <= GRAD, rs.source
 
 
 @pytest.mark.parametrize("name", ["s4d_bilinear", "s4", "hyena"])
@@ -193,7 +232,7 @@ def test_long(name, t, dims, device="cpu"):
     gy = torch.randn_like(y2)
     g1 = torch.autograd.grad((y.double() * gy).sum(), list(ours.values()))
     g2 = torch.autograd.grad((y2 * gy).sum(), list(wide.values()))
-    for nm, a, b in zip(ours, g1, g2):
+    for nm, a, b in zip(ours, g1, g2, strict=True):
         assert rel_err(a, b) <= GRAD, f"{name}: grad of {nm} {rel_err(a, b):.2e}"
 
 
@@ -218,7 +257,7 @@ def test_cu_seqlens():
     y2, h2 = lrc.compile(spec, backend="reference")(**args, cu_seqlens=cu, initial_state=state,
                                                     return_final_state=True)
     assert rel_err(y, y2) <= FWD
-    for a, b in zip(h, h2):
+    for a, b in zip(h, h2, strict=True):
         assert rel_err(a, b) <= FWD
 
 
@@ -281,7 +320,7 @@ def test_vandermonde_kernels_and_gradients():
     gk = torch.randn(R, L, dtype=torch.float64)
     g1 = torch.autograd.grad((k.real * gk).sum(), [la, w])
     g2 = torch.autograd.grad((ref.real * gk).sum(), [la, w])
-    for a, b in zip(g1, g2):
+    for a, b in zip(g1, g2, strict=True):
         assert rel_err(a, b) <= 1e-5
     x = torch.randn(R, L, dtype=torch.float64, requires_grad=True)
     s = conv_gen.vander_dot(la, x.float())
@@ -291,7 +330,7 @@ def test_vandermonde_kernels_and_gradients():
     gs = torch.randn(R, N, dtype=torch.complex128)
     g1 = torch.autograd.grad((s * gs).real.sum(), [la, x])
     g2 = torch.autograd.grad((s_ref * gs).real.sum(), [la, x])
-    for a, b in zip(g1, g2):
+    for a, b in zip(g1, g2, strict=True):
         assert rel_err(a, b) <= 1e-5
 
 
@@ -317,7 +356,7 @@ def test_dplr_kernel_by_cauchy_and_woodbury():
     assert rel_err(dp.state_kernel(leaves[4]), torch.stack(states, 1)) <= 1e-10
     g = torch.randn(R, L, dtype=torch.complex128)
     for a, b in zip(torch.autograd.grad((k * g).real.sum(), leaves),
-                    torch.autograd.grad((ref * g).real.sum(), leaves)):
+                    torch.autograd.grad((ref * g).real.sum(), leaves), strict=True):
         assert rel_err(a, b) <= 1e-9
 
 
@@ -347,7 +386,7 @@ def test_fft_convolution(reverse, complex_kernel):
     gy = torch.randn_like(ref)
     g1 = torch.autograd.grad((y.to(gy.dtype) * gy).real.sum(), [w, k])
     g2 = torch.autograd.grad((ref * gy).real.sum(), [w, k])
-    for a, b in zip(g1, g2):
+    for a, b in zip(g1, g2, strict=True):
         assert rel_err(a, b) <= 1e-5
 
 

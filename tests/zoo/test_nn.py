@@ -24,7 +24,7 @@ def test_recurrence_module_matches_compiled_layer(name):
     entry = ZOO[name]
     args = entry.example(t=15)
     seqs, params = split(entry, args)
-    mod = Recurrence(entry.spec, **params)
+    mod = Recurrence(entry.spec, backend="reference", **params)
     assert [n for n, _ in mod.named_parameters()] == list(params)
     s0 = entry.initial_state()
     got = mod(**seqs, initial_state=s0, return_final_state=True)
@@ -38,7 +38,7 @@ def test_recurrence_module_matches_compiled_layer(name):
 
 
 def test_recurrence_module_trains():
-    mod = Recurrence.from_zoo("lru", dtype=torch.float64, d=3, n=5)
+    mod = Recurrence.from_zoo("lru", backend="reference", dtype=torch.float64, d=3, n=5)
     u = torch.randn(2, 21, 3, dtype=torch.float64)
     opt = torch.optim.Adam(mod.parameters(), lr=1e-2)
     before = {n: p.detach().clone() for n, p in mod.named_parameters()}
@@ -51,7 +51,7 @@ def test_recurrence_module_trains():
 
 
 def test_recurrence_module_step_and_reverse():
-    mod = Recurrence.from_zoo("rglru", dtype=torch.float64, d=5)
+    mod = Recurrence.from_zoo("rglru", backend="reference", dtype=torch.float64, d=5)
     x, r, i = (torch.randn(2, 9, 5, dtype=torch.float64) for _ in range(3))
     y = mod(x, r, i)
     state = None
@@ -88,7 +88,7 @@ def test_causal_conv():
 
 
 def test_griffin_block_against_loop():
-    blk = GriffinRecurrentBlock(6, d_rnn=5).double()
+    blk = GriffinRecurrentBlock(6, d_rnn=5, backend="reference").double()
     x = torch.randn(2, 13, 6, dtype=torch.float64)
     u = blk.conv(blk.in_proj(x))
     (h,), _ = test_rglru.loop({"x": u, "gate_r": blk.gate_r(u), "gate_i": blk.gate_i(u),
@@ -98,7 +98,7 @@ def test_griffin_block_against_loop():
 
 
 def test_bimamba_against_flipped_loops():
-    vm = BiMamba(4, d_state=3).double()
+    vm = BiMamba(4, d_state=3, backend="reference").double()
     x = torch.randn(2, 11, 4, dtype=torch.float64)
     xi, z = vm.in_proj(x).chunk(2, -1)
     ys = []
