@@ -18,7 +18,7 @@ import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import lrc  # noqa: E402
-from lrc import Param, Seq, State  # noqa: E402
+from lrc import Seq, State  # noqa: E402
 from lrc.zoo import ZOO  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")

@@ -1,5 +1,7 @@
-"""lrc in one screen: define Mamba-1's selective scan as one time step, see what lrc made of it,
-run it, check it against a plain PyTorch loop, and decode a few tokens."""
+"""lrc in one screen: define Mamba-1's selective scan as one time step, see what lrc made of it
+(the IR, the plan, the generated Triton kernel), run it, check it against a plain PyTorch loop,
+decode a few tokens, and take gradients. On a CPU the generated kernels run under Triton's
+interpreter; on a GPU they are compiled."""
 import torch
 
 import lrc
@@ -21,6 +23,12 @@ def main() -> None:
 
     layer = lrc.compile(mamba1)
     print(f"\n== compiled: {layer} ==")
+    print(layer.plan)
+    print("\n== the generated forward kernel (first lines of the time loop) ==")
+    src = layer.source("forward").splitlines()
+    start = next(i for i, line in enumerate(src) if "for ci in range" in line)
+    print("\n".join(src[start:start + 22]))
+    print("   ...")
     b, t, d, n = 2, 64, 8, 4
     u, dt = torch.randn(b, t, d), torch.randn(b, t, d) - 1
     B, C = torch.randn(b, t, n), torch.randn(b, t, n)

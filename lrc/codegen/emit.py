@@ -180,7 +180,7 @@ class Values:
 
     def load(self, node: Input, timed: bool) -> Val:
         """Load an input (its dims inside the index space), cast to float32."""
-        g, t = self.g, self.tiling
+        t = self.tiling
         var = ident(node.name)
         dims = [d for d in node.dims if d in t.space]
         outside = [d for d in node.dims if d not in t.space]

@@ -269,7 +269,8 @@ def index(dim: str) -> SymTensor:
 
 def shift(x: SymTensor, dim: str, fill: Any = 0) -> SymTensor:
     """out[i] = x[i-1] along `dim`, out[0] = fill: one step of a shift register (H3, Hyena)."""
-    tr, src = _tracer(), user_src()
+    _tracer()  # only inside a trace
+    src = user_src()
     if not isinstance(x, SymTensor):
         raise SpecError("shift(x, dim): x must be a symbolic tensor", src)
     _check_bool(x, "shift", src)

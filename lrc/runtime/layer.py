@@ -32,6 +32,9 @@ class Layer:
         self.programs: dict[str, Any] = {}  # chunked / conv programs, built on first use
         self._built = None
         self.backend = backend
+        from .ops import register
+
+        self.op_id = register(self)
         if backend == "reference":  # the interpreter needs nothing from the pipeline
             if lowering is not None:
                 self._build()  # still say when a forced lowering cannot run this spec
@@ -76,6 +79,20 @@ class Layer:
                  return_final_state: bool = False, reverse: bool = False,
                  cu_seqlens: torch.Tensor | None = None, **kwargs: torch.Tensor) -> Any:
         """Run over the time dim: the outputs, and with return_final_state the final states."""
+        if torch.compiler.is_compiling() and cu_seqlens is None:
+            from .ops import compiled_call  # one opaque op for torch.compile to trace
+
+            outs, finals = compiled_call(self, args, kwargs, initial_state, reverse)
+        else:
+            outs, finals = self.run(args, kwargs, initial_state, reverse, cu_seqlens)
+        out = outs[0] if len(outs) == 1 else tuple(outs)
+        if not return_final_state:
+            return out
+        return out, (finals[0] if len(finals) == 1 else tuple(finals))
+
+    def run(self, args: tuple, kwargs: dict, initial_state: Any = None, reverse: bool = False,
+            cu_seqlens: torch.Tensor | None = None) -> tuple[list, list]:
+        """(outputs, final states) as lists, on this layer's backend."""
         if self.backend == "triton":
             from . import triton_call
 
@@ -92,10 +109,7 @@ class Layer:
             call = make_call(self.graph, args, kwargs, initial_state=initial_state,
                              reverse=reverse, cu_seqlens=cu_seqlens)
             outs, finals = reference.run(call)
-        out = outs[0] if len(outs) == 1 else tuple(outs)
-        if not return_final_state:
-            return out
-        return out, (finals[0] if len(finals) == 1 else tuple(finals))
+        return outs, finals
 
     def step(self, *args: torch.Tensor, state: Any = None, inplace: bool = False,
              **kwargs: torch.Tensor) -> tuple[Any, Any]:
@@ -162,9 +176,17 @@ class Layer:
                 self.plan.note = f"{name} was chosen but the scan runs: {e}"
         return self.programs[name]
 
-    def source(self, which: str = "forward") -> str:
+    def source(self, which: str = "forward", lowering: str = "scan") -> str:
         """The Triton source that runs: 'forward', 'backward', 'step', or 'module' (the whole
-        generated file, helpers included)."""
+        generated file, helpers included); of the scan kernels, or of lowering='chunked' or
+        'conv' where those are generated for this spec."""
+        if lowering != "scan":
+            prog = self._lowering(lowering)
+            if prog is None:
+                raise ValueError(f"{self.spec.name} has no {lowering} kernels: {self.plan.note}")
+            if which == "module":
+                return getattr(prog, "source", "\n\n".join(prog.sources.values()))
+            return prog.sources[which]
         if self.program is None:
             raise ValueError(f"{self.spec.name} has no generated kernels: {self.plan.note}")
         if which == "module":

@@ -20,7 +20,9 @@ from .bind import from_canonical, to_canonical
 from .call import Call
 
 # launch settings, module-level so a benchmark can sweep them (benchmarks/sweep_scan.py)
-CHUNK = 16            # time steps per scan chunk (the forward's checkpoint interval)
+CHUNK = None          # time steps per scan chunk (the forward's checkpoint interval); None:
+                      # 64 for elementwise states, 16 when each element carries a whole dim
+                      # (the best of benchmarks/results/sweep_scan_*.json on the H200)
 BUDGET = 4096         # register elements per value and chunk, for choosing block sizes
 NUM_WARPS = 4
 NUM_STAGES = 2
@@ -46,6 +48,15 @@ def part_view(x: torch.Tensor, part: str) -> torch.Tensor:
     return torch.view_as_real(x)[..., 0 if part == "re" else 1]
 
 
+def chunk_of(prog: ScanProgram, sizes: dict[str, int]) -> int:
+    """The scan's chunk length for these sizes (see CHUNK)."""
+    if CHUNK is not None:
+        return CHUNK
+    t = prog.tiling
+    whole = math.prod(sizes[d] for d in t.tile if d not in t.split)
+    return 64 if whole <= 4 else 16
+
+
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
@@ -58,7 +69,7 @@ class Launch:
         self.prog, self.which, self.sizes, self.T = prog, which, sizes, T
         self.interpret = device.type != "cuda"
         self.programs = 1 if self.interpret else 4 * _sm_count(device)
-        self.tc = 1 if which == "step" or prog.mode != "scan" else CHUNK
+        self.tc = 1 if which == "step" or prog.mode != "scan" else chunk_of(prog, sizes)
         self.blocks = block_sizes(prog.tiling, sizes, self.tc, budget=BUDGET,
                                   programs=self.programs)
         self.tensors: dict[str, tuple[torch.Tensor, dict]] = {}
@@ -113,7 +124,7 @@ class ScanFunction(torch.autograd.Function):
             run.add(f"out:{o}", y, dim_strides(y, axes, sizes, k.time))
             outs.append(y)
         loop = prog.mode != "scan"  # the one-token loop saves every state, the scan one per chunk
-        n_saved = T if loop else -(-T // CHUNK)
+        n_saved = T if loop else -(-T // run.tc)
         finals, chks = [], []
         for s, h0 in zip(k.state_names, h0s):
             dims = k[s].dims

@@ -1,0 +1,94 @@
+"""PNG plots of the benchmark JSON in benchmarks/results (made by bench.py, bench_conv.py,
+sweep_scan.py on the GPU).
+
+    python benchmarks/plot.py            # writes benchmarks/results/*.png
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+HBM = 4.28e12
+
+
+def load(name):
+    with open(os.path.join(HERE, name)) as fh:
+        return json.load(fh)
+
+
+def floors(case: str) -> dict[str, float]:
+    """HBM byte floors (us) of the reference shapes, as DESIGN.md section 7 counts them."""
+    if case.startswith("diag B8 T4096 D2048"):
+        el = 8 * 4096 * 2048
+        return {"fwd": 3 * el * 2 / HBM * 1e6, "fwdbwd": 8 * el * 2 / HBM * 1e6}
+    if case.startswith("mamba1"):
+        return {"fwd": 260.0}  # the SFU floor: 1.07e9 exp
+    return {}
+
+
+def bars(rows, path, title):
+    by_case = defaultdict(list)
+    for r in rows:
+        if r.get("mode") in ("fwd", "fwdbwd") and "ms" in r and not r["impl"].startswith("  "):
+            by_case[r["case"]].append(r)
+    cases = sorted(by_case)
+    fig, axes = plt.subplots(len(cases), 1, figsize=(11, 2.4 + 2.2 * len(cases)),
+                             squeeze=False)
+    for ax, case in zip(axes[:, 0], cases):
+        rs = by_case[case]
+        labels = [f"{r['impl']} ({r['mode']})" for r in rs]
+        vals = [r["ms"] * 1e3 for r in rs]
+        colors = ["#2a9d8f" if r["impl"].startswith("lrc") else "#e76f51" for r in rs]
+        ax.barh(range(len(rs)), vals, color=colors)
+        ax.set_yticks(range(len(rs)))
+        ax.set_yticklabels(labels, fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("microseconds (median, lower is better)")
+        for mode, us in floors(case).items():
+            ax.axvline(us, ls="--", c="k", lw=0.8)
+            ax.text(us, len(rs) - 0.5, f" floor {mode} {us:.0f} us", fontsize=7)
+        ax.set_title(case, fontsize=9)
+    fig.suptitle(title + "  (green: lrc, red: peers; one H200, Triton 3.6)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(os.path.join(HERE, path), dpi=110)
+    plt.close(fig)
+
+
+def crossover(rows, path):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    sweeps = sorted({r["case"] for r in rows if "sweep" in r["case"]})
+    for ax, case in zip(axes, sweeps):
+        for kind, color in (("conv", "#2a9d8f"), ("scan", "#e76f51")):
+            pts = sorted((int(r["impl"].split("T=")[1]), r["ms"] * 1e3, r["predicted_us"])
+                         for r in rows if r["case"] == case and r["impl"].startswith(f"lrc {kind}"))
+            if not pts:
+                continue
+            ts, meas, pred = zip(*pts)
+            ax.plot(ts, meas, "o-", c=color, label=f"{kind} measured")
+            ax.plot(ts, pred, "x--", c=color, label=f"{kind} predicted (old model)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("T")
+        ax.set_ylabel("forward, microseconds")
+        ax.set_title(case, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(HERE, path), dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    bars(load("bench_scan_peers.json") + load("bench_mamba1.json"), "scan_vs_peers.png",
+         "Scan lowering vs the peers")
+    conv = load("bench_conv.json")
+    bars([r for r in conv if "sweep" not in r["case"]], "conv_vs_peer.png",
+         "Conv lowering vs PyTorch eager S4D")
+    crossover(conv, "conv_scan_crossover.png")
+    print("wrote", sorted(f for f in os.listdir(HERE) if f.endswith(".png")))
