@@ -9,13 +9,14 @@ from .ir.structured import bilinear, discretize, dplr, euler, mamba_mix, zoh
 from .ir.tensor import (abs, cos, exp, expm1, index, log, log1p, logsigmoid, maximum, minimum,
                         relu, shift, sigmoid, silu, sin, softplus, sqrt, tanh, where)
 from .ir.trace import Spec, recurrence
+from .passes.pipeline import explain
 from .runtime import Layer, compile
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CallError", "Layer", "Param", "Seq", "Spec", "SpecError", "State", "abs", "bilinear",
-    "compile", "cos", "discretize", "dplr", "euler", "exp", "expm1", "index", "log", "log1p",
+    "compile", "cos", "discretize", "dplr", "euler", "exp", "explain", "expm1", "index", "log", "log1p",
     "logsigmoid", "mamba_mix", "maximum", "minimum", "recurrence", "relu", "shift", "sigmoid",
     "silu", "sin", "softplus", "sqrt", "tanh", "where", "zoh",
 ]
