@@ -12,8 +12,8 @@ from .blocks import Block, blocks
 from .emit import Tiling, ident
 from .partition import Partition, kernel_graph, partition
 from .partition import Unsupported
-from .scan import (Signature, backward_source, forward_source, loop_source, module_source,
-                   step_source)
+from .loop import loop_source, step_source
+from .scan import Signature, backward_source, forward_source, module_source
 from .tiling import choose_tiling
 
 
