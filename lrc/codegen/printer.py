@@ -150,6 +150,10 @@ class TritonPrinter(StrPrinter):
     def _print_Min(self, expr) -> str:
         return self._fold("tl.minimum", expr.args)
 
+    def _print_cabs(self, expr) -> str:
+        a, b = (self._print(x) for x in expr.args)
+        return f"tl.sqrt({a} * {a} + {b} * {b})"
+
     def _print_Heaviside(self, expr) -> str:
         x = self._print(expr.args[0])
         return f"tl.where({x} > 0, 1.0, tl.where({x} < 0, 0.0, 0.5))"

@@ -50,6 +50,21 @@ class phi1(sp.Function):  # noqa: N801
         return self.args[0].is_extended_real
 
 
+class cabs(sp.Function):  # noqa: N801
+    """|a + ib| = sqrt(a^2 + b^2) of a complex value split in parts; its derivative at 0 is 0
+    (the subgradient torch's abs uses), not the 0/0 of sqrt's."""
+
+    nargs = 2
+
+    def fdiff(self, argindex=1):
+        a, b = self.args
+        part = (a, b)[argindex - 1]
+        return sp.Piecewise((sp.Integer(0), sp.Eq(a, 0) & sp.Eq(b, 0)), (part / self, True))
+
+    def _eval_is_extended_real(self):
+        return True
+
+
 def _marker(name: str, doc: str) -> type[sp.Function]:
     """A discretization helper kept whole until the expansion pass rewrites it."""
     return type(name, (sp.Function,), {"__doc__": doc, "nargs": 2})
@@ -115,6 +130,13 @@ def _tmin(a: Value, b: Value) -> Value:
     return torch.minimum(_tensor(a, b), _tensor(b, a))
 
 
+def _cabs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """hypot(a, b) whose autograd gradient at (0, 0) is 0, as cabs.fdiff says (not NaN)."""
+    zero = (a == 0) & (b == 0)
+    r = torch.hypot(torch.where(zero, torch.ones_like(a), a), torch.where(zero, 0 * b, b))
+    return torch.where(zero, torch.zeros_like(r), r)
+
+
 def _phi1(x: Value) -> Value:
     x = _tensor(x, x)
     small = x.abs() < 1e-6
@@ -154,6 +176,7 @@ EVAL: dict[type, Callable[..., Value]] = {
     softplus: lambda x: torch.logaddexp(_tensor(x, x), torch.zeros_like(_tensor(x, x))),
     sigmoid: lambda x: torch.sigmoid(_tensor(x, x)),
     phi1: _phi1,
+    cabs: lambda a, b: _cabs(_tensor(a, b), _tensor(b, a)),
     # the discretization helpers by their textbook formulas (the expansion pass must agree)
     zoh_a: lambda dt, a: torch.exp(_tensor(dt * a, a)),
     zoh_b: lambda dt, a: torch.expm1(_tensor(dt * a, a)) / a,

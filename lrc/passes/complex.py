@@ -21,7 +21,7 @@ from collections.abc import Callable
 import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
 
-from ..ir.functions import phi1
+from ..ir.functions import cabs, phi1
 from ..ir.graph import Graph
 from ..ir.nodes import Input, Map, Node, node_symbol, symbol
 from .expand import prune
@@ -174,7 +174,7 @@ SPLIT: dict[type, Callable[[sp.Basic, list[Parts]], Parts]] = {
     # arg(a+ib) -> atan2(b, a)
     sp.arg: lambda e, ps: (sp.atan2(ps[0][1], ps[0][0]), ZERO),
     # |a+ib| -> sqrt(a^2 + b^2)
-    sp.Abs: lambda e, ps: (sp.sqrt(ps[0][0]**2 + ps[0][1]**2), ZERO),
+    sp.Abs: lambda e, ps: (cabs(ps[0][0], ps[0][1]), ZERO),  # its gradient at 0 is 0
     # re(a+ib) -> a
     sp.re: lambda e, ps: (ps[0][0], ZERO),
     # im(a+ib) -> b
