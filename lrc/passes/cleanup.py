@@ -3,17 +3,20 @@ from __future__ import annotations
 
 import networkx as nx
 
+from ..ir.dims import Role
 from ..ir.graph import Graph
 from ..ir.nodes import Input, Map, node_symbol
 
 
 def dce(g: Graph) -> Graph:
-    """Remove nodes that no output or new state needs (inputs stay: they are the signature)."""
+    """Remove nodes that no output or new state needs (Seq, Param and State inputs stay: they
+    are the signature; an unused index input goes)."""
     roots = set(g.outputs) | set(g.new_state_names)
     live = set(roots)
     for r in roots:
         live |= nx.ancestors(g.nx, r)
-    nodes = tuple(n for n in g.nodes if n.name in live or isinstance(n, Input))
+    nodes = tuple(n for n in g.nodes if n.name in live or
+                  (isinstance(n, Input) and n.role is not Role.INDEX))
     return g if len(nodes) == len(g.nodes) else g.replace(nodes=nodes)
 
 

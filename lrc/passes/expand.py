@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 
 import sympy as sp
 
-from ..ir.dims import Role
 from ..ir.functions import (
     MARKERS,
     bilinear_a,
@@ -30,7 +29,8 @@ from ..ir.functions import (
     zoh_b,
 )
 from ..ir.graph import Graph
-from ..ir.nodes import Input, Map
+from .cleanup import dce
+from ..ir.nodes import Map
 
 Rule = tuple[type, Callable[[sp.Basic], "sp.Basic | None"]]
 
@@ -60,14 +60,8 @@ def rewrite(expr: sp.Basic, rules: Sequence[Rule]) -> sp.Basic:
 
 
 def prune(g: Graph) -> Graph:
-    """`g` without the nodes no output or new state reads (Seq, Param and State inputs stay)."""
-    live = set(g.outputs) | set(g.new_state_names)
-    for n in reversed(g.nodes):
-        if n.name in live:
-            live.update(n.args)
-    keep = tuple(n for n in g.nodes if n.name in live or
-                 (isinstance(n, Input) and n.role is not Role.INDEX))
-    return g if len(keep) == len(g.nodes) else g.replace(nodes=keep)
+    """`g` without the nodes no output or new state reads (cleanup.dce)."""
+    return dce(g)
 
 
 def _marker(fn: Callable[[sp.Basic, sp.Basic], sp.Basic]) -> Callable[[sp.Basic], sp.Basic]:
