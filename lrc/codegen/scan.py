@@ -408,7 +408,8 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     for n in bg.inputs():
         if n.role is Role.PARAM:
             pvals.load(n, False)
-        elif n.role is Role.INDEX:
+    for n in k.inputs(Role.INDEX) + bg.inputs(Role.INDEX):  # the recompute may need one too
+        if n.name not in pvals:
             pvals.index(n)
     varying = time_varying(bg)
     hoisted = [n.name for n in bg.nodes if not isinstance(n, Input) and n.name not in varying
