@@ -41,22 +41,27 @@ def blocks(g: Graph) -> tuple[Block, ...]:
     for s, new in g.states:
         exprs[s] = inline(g, g[new].expr, keep)
     syms = {s: node_symbol(g[s]) for s in g.state_names}
-    link = nx.Graph()
-    link.add_nodes_from(g.state_names)
+    reads = nx.DiGraph()  # s -> o: the update of s reads o's old value
+    reads.add_nodes_from(g.state_names)
     for s in g.state_names:
         for o in g.state_names:
             c = sp.diff(exprs[s], syms[o])
             if c != 0:
                 coefs[(s, o)] = c
                 if o != s:
-                    link.add_edge(s, o)
-        inps[s] = exprs[s].xreplace({syms[o]: sp.Integer(0) for o in g.state_names})
+                    reads.add_edge(s, o)
     result = []
-    for comp in nx.connected_components(link):
+    # states reading each other are scanned together; one that only reads another (a cascade)
+    # gets the other's values as input, scanned after it
+    for comp in nx.strongly_connected_components(reads):
         members = tuple(s for s in g.state_names if s in comp)
         if len(members) > 2:
             raise Unsupported(f"states {', '.join(members)} mix with each other; the scan kernel "
                               "handles blocks of one (real) or two (complex) states")
+        if len({g[m].dims for m in members}) > 1:
+            raise Unsupported(f"states {', '.join(members)} read each other over different dims")
+        for s in members:
+            inps[s] = exprs[s].xreplace({syms[o]: sp.Integer(0) for o in members})
         for s in members:
             reached = set()
             for sym in inps[s].free_symbols:

@@ -239,7 +239,12 @@ class ChunkBody:
                    [self.blocks[u[1]] for u in units if isinstance(u, tuple)])
         for u in units:
             if isinstance(u, tuple):
-                (self.direct if self.step else self.scan)(u[1], self.blocks[u[1]])
+                b = self.blocks[u[1]]
+                for e in [c for row in b.coef for c in row] + list(b.inp):
+                    for x in e.free_symbols:  # another state's values before each step
+                        if x.name in olds and x.name not in self.vals:
+                            self.old(x.name, olds[x.name])
+                (self.direct if self.step else self.scan)(u[1], b)
                 continue
             if u in self.vals:
                 continue
