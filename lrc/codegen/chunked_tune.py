@@ -55,17 +55,18 @@ def choose(key: tuple, configs: list[Config], run: Callable[[Config], None]) -> 
         return _CACHE[key]
     import triton.testing
 
-    best, best_t = None, float("inf")
+    best, best_t, errors = None, float("inf"), []
     for cfg in configs:
         try:
             run(cfg)  # compiles
             t = triton.testing.do_bench(lambda c=cfg: run(c), warmup=2, rep=10,
                                         return_mode="median")
-        except Exception:  # noqa: BLE001 (out of registers / shared memory: not a candidate)
+        except Exception as e:  # noqa: BLE001 (out of registers / shared memory: not a candidate)
+            errors.append(f"{cfg}: {type(e).__name__}: {str(e)[:300]}")
             continue
         if t < best_t:
             best, best_t = cfg, t
     if best is None:
-        raise RuntimeError(f"no chunked config compiled for {key[1:]}")
+        raise RuntimeError(f"no chunked config compiled for {key[1:]}:\n" + "\n".join(errors))
     _CACHE[key] = best
     return best

@@ -8,8 +8,8 @@ from ..ir.graph import Graph
 from ..ir.nodes import Input
 from ..passes.analysis import time_varying
 from .emit import Tiling, Val, Values, Writer, guard, ident, index_terms, mask_of
-from .scan import (ChunkBody, Signature, _kernel, _partial_axes, _partial_index, _prologue,
-                   _state_offset, _state_ptrs, _store)
+from .scan import (ChunkBody, Signature, _kernel, _owned, _partial_axes, _partial_index,
+                   _prologue, _state_offset, _state_ptrs, _store)
 
 
 def step_source(k: Graph, tiling: Tiling, name: str) -> tuple[str, Signature]:
@@ -140,12 +140,14 @@ def loop_source(g: Graph, tiling: Tiling, name: str, backward=None
         terms = [f"{_partial_index(d, t)} * {var}_s__p_{d}" for d in parts]
         off = " + ".join(terms + index_terms(t, dims, var, timed)) or "0"
         if timed:
-            loop(_store(var, off, vals.full(v, dims, True), mask_of(t, dims, True), atomic), o)
+            loop(_store(var, off, vals.full(v, dims, True),
+                        _owned(mask_of(t, dims, True), dims, v.partial, t), atomic), o)
         else:
             acc = f"{var}_acc"
             pre(f"{acc} = tl.zeros({t.shape(dims, False)}, tl.float32)")
             loop(f"{acc} += {vals.full(v, dims, False)}", o)
-            post(_store(var, off, acc, mask_of(t, dims, False), atomic))
+            post(_store(var, off, acc, _owned(mask_of(t, dims, False), dims, v.partial, t),
+                        atomic))
     for s, new in g.states:
         loop(f"{body.state_var(s)} = {vals.full(vals[new], g[s].dims, False)}", f"{s} <- {new}")
     for s in g.state_names:

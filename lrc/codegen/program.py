@@ -43,8 +43,8 @@ class ScanProgram:
         g = self.g
         self.part = partition(g)
         self.kernel = kernel_graph(self.part)
-        self.tiling = choose_tiling(self.kernel, self.part)
         self.backward = vjp(self.kernel)
+        self.tiling = choose_tiling(self.kernel, self.part, self.backward.graph)
         verify(self.kernel)
         verify(self.backward.graph)
         base = ident(g.name)

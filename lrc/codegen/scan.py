@@ -377,6 +377,17 @@ def _store(var: str, off: str, value: str, mask: str, atomic: bool) -> str:
     return f"tl.store({var}_ptr + ONE + {off}, {value}, mask={mask})"
 
 
+def _owned(mask: str, dims, partial, t: Tiling) -> str:
+    """`mask`, and only the first program along the kernel's program dims a gradient neither
+    has nor sums over: the others hold the same value, which an atomic add would count again."""
+    rest = [d for d in t.space if d not in t.tile or d in t.split]
+    first = [f"({'blk_' if d in t.split else 'i_'}{d} == 0)" for d in rest
+             if d not in dims and d not in partial]
+    if not first:
+        return mask
+    return " & ".join(([] if mask == "None" else [mask]) + ["(ONE == 0)"] + first)
+
+
 def _partial_index(d: str, t: Tiling) -> str:
     return f"blk_{d}.to(tl.int64)" if d in t.split else f"i_{d}"
 
@@ -472,16 +483,18 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
         off = " + ".join(terms) or "0"
         dims = k[x].dims
         if timed:
-            loop(_store(var, off, vals.full(v, dims, True), mask_of(t, dims, True), atomic), out)
+            loop(_store(var, off, vals.full(v, dims, True),
+                        _owned(mask_of(t, dims, True), dims, v.partial, t), atomic), out)
         else:
             acc = f"{var}_acc"
             pre(f"{acc} = tl.zeros({t.shape(dims, False)}, tl.float32)")
             loop(f"{acc} += tl.sum(tl.where(m_t, {vals.full(v, dims, True)}, 0.0), "
                  f"axis={t.taxis}, "
                  "keep_dims=True)", out)
-            accs.append((acc, var, off, dims, atomic))
-    for acc, var, off, dims, atomic in accs:
-        post(_store(var, off, acc, mask_of(t, dims, False), atomic))
+            accs.append((acc, var, off, dims, atomic,
+                         _owned(mask_of(t, dims, False), dims, v.partial, t)))
+    for acc, var, off, dims, atomic, mask in accs:
+        post(_store(var, off, acc, mask, atomic))
     for s, adj in backward.adjoints:
         post(f"tl.store({ident(s)}_dh0_ptr + ONE + {_state_offset(t, k, s, 'dh0', None)}, "
              f"{body_b.state_var(adj)}, mask={mask_of(t, k[s].dims, False)})",

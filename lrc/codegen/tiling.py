@@ -1,6 +1,8 @@
 """Which dims of a kernel's index space go in registers, and how big the blocks are."""
 from __future__ import annotations
 
+import networkx as nx
+
 from ..ir.dims import Role
 from ..ir.graph import Graph
 from ..ir.nodes import Rename, Shift, Sum
@@ -12,11 +14,19 @@ TIME_LAST = False  # put the time-chunk axis last in registers (see benchmarks/s
 PREFER_LOOP = False  # generate one-token loop kernels for diagonal transitions as well
 
 
-def choose_tiling(k: Graph, part: Partition) -> Tiling:
+def choose_tiling(k: Graph, part: Partition, adjoint: Graph | None = None) -> Tiling:
     """Reduced dims whole in the tile; the innermost dim of the first Seq input split across
-    programs (coalesced loads); the other dims one index per program."""
+    programs (coalesced loads); the other dims one index per program.
+
+    `adjoint`, the backward step: a dim its state gradients sum over must be whole too (a
+    state broadcast along a dim in the forward gathers its gradient along it), for a carried
+    gradient cannot be split across programs the way a Seq or Param gradient can."""
     space = part.space
     reduced = {n.dim for n in k.nodes if isinstance(n, (Sum, Shift)) and n.dim in space}
+    if adjoint is not None:
+        feeds = set().union(*(nx.ancestors(adjoint.nx, new) for new in adjoint.new_state_names))
+        reduced |= {adjoint[a].dim for a in feeds
+                    if isinstance(adjoint[a], Sum) and adjoint[a].dim in space}
     for n in k.nodes:  # a rename trades two axes: both must be whole
         if isinstance(n, Rename):
             reduced |= {d for pair in n.mapping for d in pair if d in space}

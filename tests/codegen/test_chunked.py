@@ -56,7 +56,8 @@ def check(spec, args, state=None, dtype=torch.float32, tol=FWD, gtol=GRAD, overr
     for what, a, e in (("output", y, y2), ("final state", h, h2)):
         assert torch.isfinite(a.float()).all(), f"{what}: not finite"
         assert rel_err(a, e) <= tol, f"{what}: {rel_err(a, e):.2e}"
-    gy, gh = torch.randn_like(y2), torch.randn_like(h2)
+    # cotangents as the kernel gets them (a bf16 output takes a bf16 gradient)
+    gy, gh = (torch.randn_like(e).to(a.dtype).double() for a, e in ((y, y2), (h, h2)))
     leaves = list(ours.values()) + ([s1] if s1 is not None else [])
     leaves2 = list(theirs.values()) + ([s2] if s2 is not None else [])
     g1 = torch.autograd.grad((y.double() * gy).sum() + (h.double() * gh).sum(), leaves)

@@ -141,9 +141,8 @@ def test_random_time_invariant_specs(rs):
     inp = rs.make_inputs(T=9, dtype=torch.float64)
     ours = [low(x).requires_grad_(True) for x in inp.args]
     y, h = kern(*ours, initial_state=inp.to(torch.float32).state, return_final_state=True)
-    if kern.plan.note:
-        assert "dense" in kern.plan.note or "shift register" in kern.plan.note, kern.plan.note
-        return
+    if kern.plan.note:  # no convolution kernel for this transition: the scan runs, and says why
+        assert "conv was chosen but the scan runs:" in kern.plan.note, kern.plan.note
     want_y, want_h = rs.expected(inp)
     for a, e in zip(as_tuple(y) + as_tuple(h), tuple(want_y) + tuple(want_h), strict=True):
         assert rel_err(a, e) <= FWD, rs.source
@@ -155,9 +154,12 @@ def test_random_time_invariant_specs(rs):
         *theirs, initial_state=tuple(x.to(torch.complex128 if x.is_complex() else
                                           torch.float64) for x in state)))
     gys = [torch.randn_like(o) for o in y2]
-    loss = sum((a.double() * b).sum() for a, b in zip(as_tuple(y), gys, strict=True))
+    live = [i for i, o in enumerate(y2) if o.requires_grad]  # an output may read no input
+    if not live:
+        return
+    loss = sum((as_tuple(y)[i].double() * gys[i]).sum() for i in live)
     g1 = torch.autograd.grad(loss, ours, allow_unused=True)
-    g2 = torch.autograd.grad(sum((a * b).sum() for a, b in zip(y2, gys, strict=True)), theirs,
+    g2 = torch.autograd.grad(sum((y2[i] * gys[i]).sum() for i in live), theirs,
                              allow_unused=True)
     for a, e in zip(g1, g2, strict=True):
         if e is None or a is None:

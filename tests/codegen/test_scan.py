@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import lrc
+from lrc import Seq, State
 from lrc.zoo import ZOO
 from tests.conftest import rel_err
 
@@ -177,3 +178,39 @@ def test_split_blocks(name, monkeypatch):
     monkeypatch.setattr(scan_runtime, "BUDGET", 64)
     monkeypatch.setattr(scan_runtime, "CHUNK", 4)
     check(name, b=2, t=11)
+
+
+def test_state_broadcast_along_a_grid_dim():
+    """A state without `d` read by an output with `d`: its gradient sums over `d`, so `d` sits
+    whole in one program (a split carry would drop the other programs' shares)."""
+
+    @lrc.recurrence
+    def spec(x: Seq("b d t"), h1: State("d b n"), h0: State("n b"), u: Seq("n b t"),
+             w: Seq("t b")):
+        v = 0.5 * h0 + u
+        g = 0.7 * h1 + u * w
+        return (g, v * x), (g, v)
+
+    torch.manual_seed(3)
+    b, d, n, t = 2, 3, 5, 9
+    x, u, w = torch.randn(b, d, t), torch.randn(n, b, t), torch.randn(t, b)
+    leaves = [a.clone().requires_grad_(True) for a in (x, u, w)]
+    y0, y1 = lrc.compile(spec, backend="triton")(*leaves)
+
+    def loop(x, u, w):  # the recurrence written out; outputs laid out (b d t n)
+        h1, h0, ys0, ys1 = torch.zeros(d, b, n).double(), torch.zeros(n, b).double(), [], []
+        for i in range(t):
+            h0 = 0.5 * h0 + u[..., i]
+            h1 = 0.7 * h1 + (u[..., i] * w[i]).T[None]
+            ys0.append(h1.transpose(0, 1))
+            ys1.append(h0.T[:, None, :] * x[..., i, None])
+        return torch.stack(ys0, 2), torch.stack(ys1, 2)
+
+    theirs = [a.double().clone().requires_grad_(True) for a in (x, u, w)]
+    e0, e1 = loop(*theirs)
+    assert rel_err(y0, e0) <= FWD and rel_err(y1, e1) <= FWD
+    gy0, gy1 = torch.randn_like(y0), torch.randn_like(y1)
+    g1 = torch.autograd.grad((y0 * gy0).sum() + (y1 * gy1).sum(), leaves)
+    g2 = torch.autograd.grad((e0 * gy0).sum() + (e1 * gy1).sum(), theirs)
+    for a, e in zip(g1, g2):
+        assert rel_err(a, e) <= GRAD
