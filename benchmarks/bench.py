@@ -202,9 +202,11 @@ def diag_case(B=8, T=4096, D=2048, peers=True):
     if not peers:
         return
     from accelerated_scan.scalar import scan
+    xt, at = (v.detach().requires_grad_(True) for v in (xt, at))
     time_peer(case, "accelerated-scan triton", lambda: scan(at, xt), [at, xt], ff, ffb)
     from fla.ops.hgrn import chunk_hgrn, fused_recurrent_hgrn
-    g = a.float().log().to(torch.bfloat16)
+    x = x.detach().requires_grad_(True)
+    g = a.float().log().to(torch.bfloat16).requires_grad_(True)
     time_peer(case, "fla chunk_hgrn", lambda: chunk_hgrn(x, g), [x, g], ff, ffb)
     time_peer(case, "fla fused_recurrent_hgrn", lambda: fused_recurrent_hgrn(x, g), [x, g],
               ff, ffb)
@@ -224,7 +226,7 @@ def sweep_t():
 def _accel_only(B, T, D):
     from accelerated_scan.scalar import scan
     x, a = diag_inputs(B, T, D)
-    xt, at = x.transpose(1, 2).contiguous(), a.transpose(1, 2).contiguous()
+    xt, at = (v.transpose(1, 2).contiguous().requires_grad_(True) for v in (x, a))
     el = B * T * D
     time_peer(f"diag B{B} T{T} D{D} bf16", "accelerated-scan triton", lambda: scan(at, xt),
               [at, xt], 3 * el * 2, 8 * el * 2)
@@ -392,26 +394,52 @@ def s4d():
     print("   plan:", str(layer.plan).splitlines()[-3:])
 
 
+_FIRST_CALL = """
+import sys, time, torch
+t0 = time.time()
+import lrc
+from lrc.zoo import ZOO
+e = ZOO[sys.argv[1]]
+layer = lrc.compile(e.spec, backend="triton")
+t1 = time.time()
+args = e.example(b=2, t=1000, dtype=torch.float32, device="cuda")
+args = {k: v.requires_grad_(v.dtype.is_floating_point or v.is_complex()) for k, v in args.items()}
+y = layer(**args)
+torch.cuda.synchronize()
+t2 = time.time()
+y.float().sum().backward()
+torch.cuda.synchronize()
+print(t1 - t0, t2 - t1, time.time() - t2)
+"""
+
+
 @guarded
 def compile_time():
-    """Cold compile (pipeline + codegen, empty disk cache) and warm (from the disk cache)."""
+    """Each in a fresh process: lrc.compile, the first forward call and the first backward,
+    cold (empty lrc and Triton caches) and warm (a second process with the caches on disk)."""
     import shutil
+    import subprocess
     import tempfile
 
     for name in ("mamba1", "gla", "s4d_zoh"):
         d = tempfile.mkdtemp()
-        os.environ["LRC_CACHE_DIR"] = d
-        t0 = time.time()
-        lrc.compile(ZOO[name].spec, backend="triton")
-        cold = time.time() - t0
-        t0 = time.time()
-        lrc.compile(ZOO[name].spec, backend="triton")
-        warm = time.time() - t0
-        ROWS.append(dict(case=f"compile {name}", impl="lrc", mode="compile", cold_s=cold,
-                         warm_s=warm))
-        print(f"compile {name:10s} cold {cold:6.2f} s  warm (disk cache) {warm:6.3f} s")
+        env = dict(os.environ, LRC_CACHE_DIR=os.path.join(d, "lrc"),
+                   TRITON_CACHE_DIR=os.path.join(d, "triton"),
+                   PYTHONPATH=os.path.join(HERE, "..") + ":" + os.environ.get("PYTHONPATH", ""))
+        times = []
+        for _ in ("cold", "warm"):
+            out = subprocess.run([sys.executable, "-c", _FIRST_CALL, name], env=env,
+                                 capture_output=True, text=True, timeout=300)
+            if out.returncode:
+                raise RuntimeError(out.stderr[-800:])
+            times.append([float(x) for x in out.stdout.split()[-3:]])
+        (c0, c1, c2), (w0, w1, w2) = times
+        ROWS.append(dict(case=f"compile {name}", impl="lrc", mode="compile",
+                         cold_compile_s=c0, cold_first_forward_s=c1, cold_first_backward_s=c2,
+                         warm_compile_s=w0, warm_first_forward_s=w1, warm_first_backward_s=w2))
+        print(f"compile {name:10s} cold: compile {c0:5.2f} s, first fwd {c1:5.2f} s, first bwd "
+              f"{c2:5.2f} s | warm: {w0:5.2f} / {w1:5.2f} / {w2:5.2f} s", flush=True)
         shutil.rmtree(d, ignore_errors=True)
-        del os.environ["LRC_CACHE_DIR"]
 
 
 STAGES = {"copy": copy, "diag": diag_case, "sweep_t": sweep_t, "mamba1": mamba1,

@@ -36,7 +36,7 @@ def floors(case: str) -> dict[str, float]:
 def bars(rows, path, title):
     by_case = defaultdict(list)
     for r in rows:
-        if r.get("mode") in ("fwd", "fwdbwd") and "ms" in r and not r["impl"].startswith("  "):
+        if r.get("mode") in ("fwd", "fwdbwd", "step") and "ms" in r and not r["impl"].startswith("  "):
             by_case[r["case"]].append(r)
     cases = sorted(by_case)
     fig, axes = plt.subplots(len(cases), 1, figsize=(11, 2.4 + 2.2 * len(cases)),
@@ -87,6 +87,9 @@ def crossover(rows, path):
 if __name__ == "__main__":
     bars(load("bench_scan_peers.json") + load("bench_mamba1.json"), "scan_vs_peers.png",
          "Scan lowering vs the peers")
+    bars(sum((load(f"latest_{n}.json") for n in ("diag_mamba2fwd", "mamba1", "chunked", "decode",
+                                                 "s4d")), []),
+         "latest_vs_peers.png", "Latest run (2026-11-28, third session)")
     conv = load("bench_conv.json")
     bars([r for r in conv if "sweep" not in r["case"]], "conv_vs_peer.png",
          "Conv lowering vs PyTorch eager S4D")
