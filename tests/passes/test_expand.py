@@ -340,3 +340,29 @@ def test_random_specs():
         assert_preserved(spec.graph, expand_discretizations, inp.kwargs, inp.state)
 
     check()
+
+
+def test_random_specs_pipeline():
+    """The whole PIPELINE keeps the reference of random linear specs: outputs, final states and
+    the gradient of every argument and initial state."""
+    from hypothesis import HealthCheck, given, settings
+
+    from lrc.passes.stability import scaled_initial_state, unscaled_states
+    from tests.strategies import random_specs
+
+    seed = int(torch.randint(0, 2**31, ()))
+
+    def run_all(g):
+        for p in PIPELINE[1:]:  # the trace ran check_linear
+            g = verify(p(g))
+        return g
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(random_specs())
+    def check(rs):
+        spec, make_inputs = rs
+        inp = make_inputs(T=T, seed=seed)
+        assert_preserved(spec.graph, run_all, inp.kwargs, inp.state, grads=True,
+                         start=scaled_initial_state, restore=unscaled_states)
+
+    check()
