@@ -85,7 +85,17 @@ class Writer:
         self.depth -= 1
 
     def text(self) -> str:
-        return "\n".join(self.lines)
+        """The lines, with `pass` where a block opener (`if X:`) got no body."""
+        out = []
+        for i, line in enumerate(self.lines):
+            out.append(line)
+            code = line.split("#")[0].rstrip()
+            if code.endswith(":"):
+                depth = len(line) - len(line.lstrip())
+                rest = [x for x in self.lines[i + 1:] if x.strip()]
+                if not rest or len(rest[0]) - len(rest[0].lstrip()) <= depth:
+                    out.append(" " * (depth + 4) + "pass")
+        return "\n".join(out)
 
 
 def index_terms(tiling: Tiling, dims, prefix: str, timed: bool) -> list[str]:

@@ -13,7 +13,7 @@ from .emit import Tiling, ident
 from .partition import Partition, kernel_graph, partition
 from .partition import Unsupported
 from .loop import loop_source, step_source
-from .scan import Signature, backward_source, forward_source, module_source
+from .scan import Signature, backward_source, forward_source, independent, module_source
 from .tiling import choose_tiling
 
 
@@ -54,6 +54,8 @@ class ScanProgram:
             self.blocks = blocks(self.kernel)
             self.bblocks = blocks(self.backward.graph)
             self.mode = "scan"
+            self.segmented = independent(self.kernel, self.blocks)
+            self.bsegmented = independent(self.backward.graph, self.bblocks)
             fwd, fsig = forward_source(self.kernel, self.blocks, self.tiling, f"{base}_forward")
             bwd, bsig, self.partials = backward_source(self.kernel, self.blocks,
                                                        self.backward.graph, self.bblocks,
@@ -62,6 +64,7 @@ class ScanProgram:
         except Unsupported as why:  # any other linear transition: one token at a time
             self.blocks = self.bblocks = ()
             self.mode = f"loop ({why})"
+            self.segmented = self.bsegmented = False
             fwd, fsig, _ = loop_source(self.kernel, self.tiling, f"{base}_forward")
             bwd, bsig, self.partials = loop_source(self.backward.graph, self.tiling,
                                                    f"{base}_backward", self.backward)

@@ -51,9 +51,11 @@ class Signature:
         self.params.append(("ptr", key, f"{var}_ptr"))
 
     def strides(self, key: str, var: str, dims) -> None:
-        """Strides by dim; '#t' is the time axis and '#c' a checkpoint's chunk axis."""
+        """Strides by dim; '#t' is the time axis, '#c' a checkpoint's chunk (or a segment
+        summary's segment) axis, '#j' a decay's column in its block."""
         for d in dims:
-            name = {"#t": f"{var}_st", "#c": f"{var}_sc"}.get(d, f"{var}_s_{d}")
+            name = {"#t": f"{var}_st", "#c": f"{var}_sc", "#j": f"{var}_sj"}.get(
+                d, f"{var}_s_{d}")
             if d.startswith("#p_"):  # a partial sum's axis: one slot per program along d
                 name = f"{var}_s__p_{d[3:]}"
             self.params.append(("stride", key, d, name))
@@ -137,6 +139,7 @@ class ChunkBody:
         self.g, self.blocks, self.vals, self.w = g, blocks, vals, w
         self.reverse, self.tag, self.allow_partial = reverse, tag, allow_partial
         self.carry_in: dict[str, str] = {}
+        self.totals: dict[int, list[str]] = {}  # block -> its cumulative decay (scan outputs)
         self.step = False
         self.reduced: dict[sp.Basic, sp.Basic] = {}
 
@@ -186,6 +189,7 @@ class ChunkBody:
             w(f"b_{self.tag}{i} = tl.where(m_t, {full(inp)}, 0.0)", f"input of {b.states[0]}")
             w(f"A_{self.tag}{i}, B_{self.tag}{i} = tl.associative_scan((a_{self.tag}{i}, "
               f"b_{self.tag}{i}), {t.taxis}, _scan1, reverse={self.reverse})")
+            self.totals[i] = [f"A_{self.tag}{i}"]
             s = self.state_var(b.states[0])
             self.carry_in[b.states[0]] = f"{s}_in"
             w(f"{s}_in = {s}")
@@ -202,6 +206,7 @@ class ChunkBody:
         for nm, e in zip(names[4:], b.inp):
             w(f"{nm} = tl.where(m_t, {full(e)}, 0.0)")
         outs = [x.upper() for x in names]
+        self.totals[i] = outs[:4]
         w(f"{', '.join(outs)} = tl.associative_scan(({', '.join(names)}), {t.taxis}, _scan2, "
           f"reverse={self.reverse})", f"block {', '.join(b.states)}")
         s1, s2 = (self.state_var(s) for s in b.states)
@@ -278,9 +283,29 @@ def _state_offset(t: Tiling, g: Graph, s: str, suffix: str, chunk: str | None) -
     return " + ".join(terms) or "0"
 
 
+def independent(g: Graph, blocks: tuple[Block, ...]) -> bool:
+    """Whether no block's update reads another block's states: then a stretch of time can be
+    scanned from a zero state and the stretches joined afterwards (the two-level scan)."""
+    dependent = set(g.state_dependent) | set(g.state_names)
+    for b in blocks:
+        mine = set(b.states) | set(b.news)
+        for e in [c for row in b.coef for c in row] + list(b.inp):
+            if any(x.name in dependent and x.name not in mine for x in e.free_symbols):
+                return False
+    return True
+
+
 def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
                    name: str) -> tuple[str, Signature]:
-    """The forward kernel of kernel graph `g` (see `partition.kernel_graph`)."""
+    """The forward kernel of kernel graph `g` (see `partition.kernel_graph`).
+
+    Time is cut into N_SEG segments of SEG_LEN steps (a multiple of TC), one program per
+    segment and block of channels. With one segment this is the plain chunked scan. With
+    several (the two-level scan, when batch x channels alone would leave the GPU idle) it runs
+    twice: SUMMARY scans each segment from a zero state and stores, per state, the state it
+    ends in (E) and the segment's decay (M, the product of its steps' transitions); then each
+    program joins the summaries of the segments before its own, h <- M h + E from the initial
+    state, and scans its segment from there, storing outputs and checkpoints."""
     sig, w, t = Signature(), Writer(), tiling
     vals = Values(g, t, w)
     inputs = [n for n in g.inputs() if n.role in (Role.SEQ, Role.PARAM)]
@@ -295,11 +320,15 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
         _state_ptrs(sig, g, s, "h0", "h0", False)
         _state_ptrs(sig, g, s, "hT", "hT", False)
         _state_ptrs(sig, g, s, "chk", "chk", True)
+        _summary_ptrs(sig, g, s)
     for d in t.space:
         sig.params.append(("size", d, f"size_{d}"))
     sig.params.append(("size", "T", "T"))
-    consts = ["HAS_H0", "SAVE", "REVERSE", "TC"] + [f"BLOCK_{d}" for d in t.tile]
+    sig.params.append(("size", "N_SEG", "N_SEG"))
+    sig.params.append(("size", "SEG_LEN", "SEG_LEN"))
+    consts = ["HAS_H0", "SAVE", "REVERSE", "SUMMARY", "TC"] + [f"BLOCK_{d}" for d in t.tile]
     _prologue(w, t)
+    w("seg = pid  # the segment of time this program scans")
     _direction(w, "REVERSE", "f")
     varying = time_varying(g)
     for n in g.inputs():
@@ -313,31 +342,63 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
     hoisted = [n for n in core if n not in varying and n not in news]
     body.run(hoisted)
     for s in g.state_names:
+        w(f"{body.state_var(s)} = tl.zeros({t.shape(g[s].dims, False)}, tl.float32)")
+    segmented = independent(g, blocks)
+    w("if not SUMMARY:")
+    w.indent()
+    for s in g.state_names:
         sv, dims = body.state_var(s), g[s].dims
-        w(f"{sv} = tl.zeros({t.shape(dims, False)}, tl.float32)")
         w("if HAS_H0:")
-        w.indent()
-        w(f"{sv} += tl.load({ident(s)}_h0_ptr + {_state_offset(t, g, s, 'h0', None)}"
+        w(f"    {sv} += tl.load({ident(s)}_h0_ptr + {_state_offset(t, g, s, 'h0', None)}"
           f"{guard(mask_of(t, dims, False))}).to(tl.float32)", f"initial {s}")
+    if segmented:
+        w("n_prev = seg  # the segments scanned before this one, joined: h <- M h + E")
+        w("if REVERSE:")
+        w("    n_prev = N_SEG - 1 - seg")
+        w("for jj in range(0, n_prev):")
+        w.indent()
+        w("j = jj")
+        w("if REVERSE:")
+        w("    j = N_SEG - 1 - jj")
+        _join(w, g, blocks, t, body.state_var)
+        w.dedent()
+    w.dedent()
+    if segmented:
+        w("if SUMMARY:")
+        w.indent()
+        _decay_init(w, g, blocks, t)
         w.dedent()
     w("n_chunks = tl.cdiv(T, TC)")
-    w("for ci in range(0, n_chunks):")
+    w("seg_ch = SEG_LEN // TC")
+    w("c0 = seg * seg_ch")
+    w("c1 = tl.minimum(c0 + seg_ch, n_chunks)")
+    w("for ci in range(0, c1 - c0):")
     w.indent()
-    w("c = ci")
+    w("c = c0 + ci")
     w("if REVERSE:")
-    w("    c = n_chunks - 1 - ci")
+    w("    c = c1 - 1 - ci")
     w("t = c * TC + o_t")
     w("m_t = t < T")
     w("t64 = t.to(tl.int64)")
     w("if SAVE:")
     w.indent()
+    w("if not SUMMARY:")
+    w.indent()
     for s in g.state_names:
         w(f"tl.store({ident(s)}_chk_ptr + ONE + {_state_offset(t, g, s, 'chk', 'c')}, "
           f"{body.state_var(s)}, mask={mask_of(t, g[s].dims, False)})", f"checkpoint of {s}")
     w.dedent()
+    w.dedent()
     for n in g.inputs(Role.SEQ):
         vals.load(n, True)
     body.run([n for n in core if n in varying or n in news])
+    if segmented:
+        w("if SUMMARY:")
+        w.indent()
+        _decay_step(w, blocks, body, t)
+        w.dedent()
+    w("if not SUMMARY:")
+    w.indent()
     for o in g.outputs:
         v = vals[o]
         dims = g[o].dims
@@ -345,9 +406,23 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
         w(f"tl.store({ident(o)}_ptr + ONE + {off}, {vals.full(v, dims, True)}"
           f".to({ident(o)}_ptr.dtype.element_ty), mask={mask_of(t, dims, True)})", o)
     w.dedent()
+    w.dedent()
+    if segmented:
+        w("if SUMMARY:")
+        w.indent()
+        _summary_store(w, g, blocks, t, body.state_var)
+        w.dedent()
+    w("last = seg == N_SEG - 1  # the segment the scan ends in")
+    w("if REVERSE:")
+    w("    last = seg == 0")
+    w("if not SUMMARY:")
+    w.indent()
     for s in g.state_names:
+        m = mask_of(t, g[s].dims, False)
+        m = "last" if m == "None" else f"{m} & last"
         w(f"tl.store({ident(s)}_hT_ptr + ONE + {_state_offset(t, g, s, 'hT', None)}, "
-          f"{body.state_var(s)}, mask={mask_of(t, g[s].dims, False)})", f"final {s}")
+          f"{body.state_var(s)}, mask={m})", f"final {s}")
+    w.dedent()
     src = _kernel(name, sig, consts, w)
     return src, sig
 
@@ -392,10 +467,68 @@ def _partial_index(d: str, t: Tiling) -> str:
     return f"blk_{d}.to(tl.int64)" if d in t.split else f"i_{d}"
 
 
+def _join(w: Writer, g: Graph, blocks: tuple[Block, ...], t: Tiling, var) -> None:
+    """h <- M h + E for the summary of segment j (see `forward_source`), every block."""
+    for b in blocks:
+        svs = [var(s) for s in b.states]
+        rows = []
+        for s in b.states:
+            mask = guard(mask_of(t, g[s].dims, False))
+            base = _state_offset(t, g, s, "dec", "j")
+            ms = [f"tl.load({ident(s)}_dec_ptr + {base} + {k} * {ident(s)}_dec_sj{mask})"
+                  for k in range(b.size)]
+            e = f"tl.load({ident(s)}_sum_ptr + {_state_offset(t, g, s, 'sum', 'j')}{mask})"
+            rows.append(" + ".join(f"{m} * {v}" for m, v in zip(ms, svs)) + f" + {e}")
+        w(f"{', '.join(svs)} = {', '.join(rows)}", f"join a segment into {', '.join(b.states)}")
+
+
+def _decay_init(w: Writer, g: Graph, blocks: tuple[Block, ...], t: Tiling) -> None:
+    for i, b in enumerate(blocks):
+        for r in range(b.size):
+            for c in range(b.size):
+                w(f"M_{i}_{r}{c} = tl.full({t.shape(g[b.states[0]].dims, False)}, "
+                  f"{1.0 if r == c else 0.0}, tl.float32)")
+
+
+def _decay_step(w: Writer, blocks: tuple[Block, ...], body: "ChunkBody", t: Tiling) -> None:
+    """M <- (this chunk's transition) M, per block, from the scan's cumulative decays."""
+    for i, b in enumerate(blocks):
+        for k, a in enumerate(body.totals[i]):
+            w(f"C_{i}_{k} = tl.sum(tl.where(o_t == LAST_{body.tag}, {a}, 0.0), axis={t.taxis}, "
+              "keep_dims=True)")
+        n = b.size
+        prods = [" + ".join(f"C_{i}_{r * n + k} * M_{i}_{k}{c}" for k in range(n))
+                 for r in range(n) for c in range(n)]
+        lhs = [f"M_{i}_{r}{c}" for r in range(n) for c in range(n)]
+        w(f"{', '.join(lhs)} = {', '.join(prods)}", f"decay of {', '.join(b.states)}")
+
+
+def _summary_store(w: Writer, g: Graph, blocks: tuple[Block, ...], t: Tiling, var) -> None:
+    for i, b in enumerate(blocks):
+        for r, s in enumerate(b.states):
+            m = mask_of(t, g[s].dims, False)
+            w(f"tl.store({ident(s)}_sum_ptr + ONE + {_state_offset(t, g, s, 'sum', 'seg')}, "
+              f"{var(s)}, mask={m})", f"{s} at the segment's end from zero")
+            for c in range(b.size):
+                w(f"tl.store({ident(s)}_dec_ptr + ONE + {_state_offset(t, g, s, 'dec', 'seg')} "
+                  f"+ {c} * {ident(s)}_dec_sj, M_{i}_{r}{c}, mask={m})")
+
+
+def _summary_ptrs(sig: Signature, g: Graph, s: str) -> None:
+    _state_ptrs(sig, g, s, "sum", "sum", True)
+    sig.ptr(f"dec:{s}", f"{ident(s)}_dec")
+    sig.strides(f"dec:{s}", f"{ident(s)}_dec", ["#c", "#j"] + list(g[s].dims))
+
+
 def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block, ...],
                     backward, tiling: Tiling, name: str) -> tuple[str, Signature, dict]:
     """The backward kernel: per chunk, in the opposite order to the forward, recompute the
     forward states from the chunk's checkpoint, then run the adjoint step `bg` as a reverse scan.
+
+    Time is cut into segments as in `forward_source`: with several, a SUMMARY pass scans the
+    adjoint of each segment from zero and stores its end value and decay, and the second pass
+    joins the segments processed before its own (those later in time, for a forward scan) from
+    the final state's gradient. Param gradients get one slot per segment (summed by the host).
 
     Returns the source, the signature and, per gradient output, the dims summed only over one
     program's share (the host adds those partial sums up)."""
@@ -403,6 +536,7 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     pre, loop, post = Writer(), Writer(depth=2), Writer()
     vals = Values(bg, t, loop)
     fstates = dict(backward.forward_states)
+    segmented = independent(bg, bb)
     for n in k.inputs():
         if n.role in (Role.SEQ, Role.PARAM):
             sig.ptr(f"in:{n.name}", ident(n.name))
@@ -416,7 +550,9 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     for s, adj in backward.adjoints:
         _state_ptrs(sig, bg, adj, "dhT", "dhT", False)
         _state_ptrs(sig, k, s, "dh0", "dh0", False)
+        _summary_ptrs(sig, bg, adj)
     _prologue(pre, t)
+    pre("seg = pid  # the segment of time this program scans")
     _direction(pre, "REVERSE", "f")
     _direction(pre, "BACK", "b")
     # time-invariant work, shared by the recompute and the adjoint step
@@ -435,19 +571,41 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     body_f = ChunkBody(k, kb, vals, loop, "REVERSE", "f")
     body_b = ChunkBody(bg, bb, vals, loop, "BACK", "b", allow_partial=True)
     for s, adj in backward.adjoints:
-        sv, dims = body_b.state_var(adj), k[s].dims
-        pre(f"{sv} = tl.zeros({t.shape(dims, False)}, tl.float32)")
+        pre(f"{body_b.state_var(adj)} = tl.zeros({t.shape(k[s].dims, False)}, tl.float32)")
+    pre("if not SUMMARY:")
+    pre.indent()
+    for s, adj in backward.adjoints:
         pre("if HAS_DHT:")
-        pre(f"    {sv} += tl.load({ident(adj)}_dhT_ptr + "
-            f"{_state_offset(t, bg, adj, 'dhT', None)}{guard(mask_of(t, dims, False))})"
+        pre(f"    {body_b.state_var(adj)} += tl.load({ident(adj)}_dhT_ptr + "
+            f"{_state_offset(t, bg, adj, 'dhT', None)}{guard(mask_of(t, k[s].dims, False))})"
             ".to(tl.float32)", f"gradient of the final {s}")
+    if segmented:
+        pre("n_prev = N_SEG - 1 - seg  # the segments scanned before this one, joined")
+        pre("if REVERSE:")
+        pre("    n_prev = seg")
+        pre("for jj in range(0, n_prev):")
+        pre("    j = N_SEG - 1 - jj")
+        pre("    if REVERSE:")
+        pre("        j = jj")
+        pre.indent()
+        _join(pre, bg, bb, t, body_b.state_var)
+        pre.dedent()
+    pre.dedent()
+    if segmented:
+        pre("if SUMMARY:")
+        pre.indent()
+        _decay_init(pre, bg, bb, t)
+        pre.dedent()
     head = Writer()
     head("n_chunks = tl.cdiv(T, TC)")
-    head("for ci in range(0, n_chunks):")
+    head("seg_ch = SEG_LEN // TC")
+    head("c0 = seg * seg_ch")
+    head("c1 = tl.minimum(c0 + seg_ch, n_chunks)")
+    head("for ci in range(0, c1 - c0):")
     head.indent()
-    head("c = n_chunks - 1 - ci")
+    head("c = c1 - 1 - ci")
     head("if REVERSE:")
-    head("    c = ci")
+    head("    c = c0 + ci")
     head("t = c * TC + o_t")
     head("m_t = t < T")
     head("t64 = t.to(tl.int64)")
@@ -466,6 +624,13 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
         if s in {f for f, _ in backward.forward_states}:
             body_f.old(s, new)
     body_b.run([n.name for n in bg.nodes if not isinstance(n, Input)])
+    if segmented:
+        loop("if SUMMARY:")
+        loop.indent()
+        _decay_step(loop, bb, body_b, t)
+        loop.dedent()
+    loop("if not SUMMARY:")
+    loop.indent()
     partials: dict[str, list[str]] = {}
     accs = []
     for (x, out) in backward.seq_grads + backward.param_grads:
@@ -476,9 +641,10 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
         key, var = f"grad:{x}", f"{ident(out)}_g"
         sig.ptr(key, var)
         timed = k[x].role is Role.SEQ
-        sig.strides(key, var, [f"#p_{d}" for d in parts] + (["#t"] if timed else [])
-                    + list(k[x].dims))
-        terms = [f"{_partial_index(d, t)} * {var}_s__p_{d}" for d in parts]
+        sig.strides(key, var, ([] if timed else ["#c"]) + [f"#p_{d}" for d in parts]
+                    + (["#t"] if timed else []) + list(k[x].dims))
+        terms = ([] if timed else [f"seg * {var}_sc"])
+        terms += [f"{_partial_index(d, t)} * {var}_s__p_{d}" for d in parts]
         terms += index_terms(t, k[x].dims, var, timed)
         off = " + ".join(terms) or "0"
         dims = k[x].dims
@@ -493,16 +659,31 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
                  "keep_dims=True)", out)
             accs.append((acc, var, off, dims, atomic,
                          _owned(mask_of(t, dims, False), dims, v.partial, t)))
+    loop.dedent()
+    if segmented:
+        post("if SUMMARY:")
+        post.indent()
+        _summary_store(post, bg, bb, t, body_b.state_var)
+        post.dedent()
+    post("last = seg == 0  # the segment the adjoint scan ends in")
+    post("if REVERSE:")
+    post("    last = seg == N_SEG - 1")
+    post("if not SUMMARY:")
+    post.indent()
     for acc, var, off, dims, atomic, mask in accs:
         post(_store(var, off, acc, mask, atomic))
     for s, adj in backward.adjoints:
+        m = mask_of(t, k[s].dims, False)
+        m = "last" if m == "None" else f"{m} & last"
         post(f"tl.store({ident(s)}_dh0_ptr + ONE + {_state_offset(t, k, s, 'dh0', None)}, "
-             f"{body_b.state_var(adj)}, mask={mask_of(t, k[s].dims, False)})",
-             f"gradient of the initial {s}")
+             f"{body_b.state_var(adj)}, mask={m})", f"gradient of the initial {s}")
+    post.dedent()
     for d in t.space:
         sig.params.append(("size", d, f"size_{d}"))
     sig.params.append(("size", "T", "T"))
+    sig.params.append(("size", "N_SEG", "N_SEG"))
+    sig.params.append(("size", "SEG_LEN", "SEG_LEN"))
     body = Writer(lines=pre.lines + head.lines + loop.lines + post.lines)
-    consts = ["HAS_DHT", "REVERSE", "BACK", "TC"] + [f"BLOCK_{d}" for d in t.tile]
+    consts = ["HAS_DHT", "REVERSE", "BACK", "SUMMARY", "TC"] + [f"BLOCK_{d}" for d in t.tile]
     src = _kernel(name, sig, consts, body)
     return src, sig, partials

@@ -23,6 +23,8 @@ from .call import Call
 CHUNK = None          # time steps per scan chunk (the forward's checkpoint interval); None:
                       # 64 for elementwise states, 16 when each element carries a whole dim
                       # (the best of benchmarks/results/sweep_scan_*.json on the H200)
+SEGMENTS = None       # time segments of the two-level scan; None: as many as fill the GPU when
+                      # batch x channels alone would not (see `segments`)
 BUDGET = 4096         # register elements per value and chunk, for choosing block sizes
 NUM_WARPS = 4
 NUM_STAGES = 2
@@ -61,18 +63,43 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def segments(prog: ScanProgram, run: "Launch", T: int, backward: bool = False
+             ) -> tuple[int, int]:
+    """(segments, steps per segment) for the forward scan: one segment, unless the programs over
+    batch x channels are fewer than the GPU can run at once and the sequence is long; then
+    enough segments of at least four chunks each to fill it (the two-level scan)."""
+    tc = run.tc
+    whole = -(-T // tc) * tc
+    able = prog.bsegmented if backward else prog.segmented
+    if prog.mode != "scan" or not able or T <= tc:
+        return 1, max(whole, tc)
+    if SEGMENTS is not None:
+        n = SEGMENTS
+    elif run.interpret:
+        n = 1
+    else:
+        have = grid_size(prog.tiling, run.sizes, run.blocks)
+        want = 2 * _sm_count(run.device)
+        n = 1 if have >= want else min(-(-want // have), T // (4 * tc))
+    n = max(1, n)
+    seg_len = -(-(-(-T // n)) // tc) * tc
+    return -(-T // seg_len), seg_len
+
+
 class Launch:
     """One kernel launch: fills the signature's parameters from named tensors."""
 
     def __init__(self, prog: ScanProgram, which: str, sizes: dict[str, int], T: int,
                  device: torch.device):
         self.prog, self.which, self.sizes, self.T = prog, which, sizes, T
+        self.device = device
         self.interpret = device.type != "cuda"
         self.programs = 1 if self.interpret else 4 * _sm_count(device)
         self.tc = 1 if which == "step" or prog.mode != "scan" else chunk_of(prog, sizes)
         self.blocks = block_sizes(prog.tiling, sizes, self.tc, budget=BUDGET,
                                   programs=self.programs)
         self.tensors: dict[str, tuple[torch.Tensor, dict]] = {}
+        self.n_seg, self.seg_len = 1, max(-(-T // self.tc) * self.tc, self.tc)
 
     def add(self, key: str, x: torch.Tensor, strides: dict) -> None:
         self.tensors[key] = (x, strides)
@@ -86,10 +113,11 @@ class Launch:
             elif p[0] == "stride":
                 params.append(self.tensors[p[1]][1].get(p[2], 0))
             else:
-                params.append(self.T if p[1] == "T" else self.sizes[p[1]])
+                extra = {"T": self.T, "N_SEG": self.n_seg, "SEG_LEN": self.seg_len}
+                params.append(extra[p[1]] if p[1] in extra else self.sizes[p[1]])
         consts.update({f"BLOCK_{d}": b for d, b in blocks.items()}, TC=self.tc)
         fn = prog.kernel_fn(self.which, self.interpret)
-        grid = (grid_size(t, self.sizes, blocks),)
+        grid = (grid_size(t, self.sizes, blocks) * self.n_seg,)
         if self.interpret:
             with modules.interpreted():
                 fn[grid](*params, **consts)
@@ -146,7 +174,21 @@ class ScanFunction(torch.autograd.Function):
         if loop:
             run(HAS_H0=has_h0, REVERSE=info["reverse"])
         else:
-            run(HAS_H0=has_h0, SAVE=True, REVERSE=info["reverse"])
+            run.n_seg, run.seg_len = segments(prog, run, T)
+            for s, hT in zip(k.state_names, finals):
+                shape = [sizes[d] for d in k[s].dims]
+                if run.n_seg > 1:  # each segment's end state from zero, and its decay
+                    summ = torch.empty([run.n_seg] + shape, dtype=torch.float32, device=device)
+                    dec = torch.empty([run.n_seg, 2] + shape, dtype=torch.float32, device=device)
+                    run.add(f"sum:{s}", summ, _state_strides(summ, k[s].dims, True))
+                    dst = {d: dec.stride(i + 2) for i, d in enumerate(k[s].dims)}
+                    run.add(f"dec:{s}", dec, {"#c": dec.stride(0), "#j": dec.stride(1), **dst})
+                else:
+                    run.add(f"sum:{s}", hT, {})
+                    run.add(f"dec:{s}", hT, {})
+            if run.n_seg > 1:
+                run(HAS_H0=has_h0, SAVE=True, REVERSE=info["reverse"], SUMMARY=True)
+            run(HAS_H0=has_h0, SAVE=True, REVERSE=info["reverse"], SUMMARY=False)
         ctx.prog, ctx.info, ctx.has_h0 = prog, info, has_h0
         ctx.save_for_backward(*ins, *chks)
         return (*outs, *finals)
@@ -191,15 +233,31 @@ class ScanFunction(torch.autograd.Function):
                 run.add(f"dhT:{adj}", gh, _state_strides(gh, dims, False))
                 run.add(f"dh0:{s}", dh0, _state_strides(dh0, dims, False))
             dh0s.append(dh0)
+        if not loop:
+            run.n_seg, run.seg_len = segments(prog, run, T, backward=True)
+            for (s, adj), dh0 in zip(bw.adjoints, dh0s):
+                shape = list(dh0.shape)
+                if run.n_seg > 1:  # each segment's adjoint from zero, and its decay
+                    summ = torch.empty([run.n_seg] + shape, dtype=torch.float32, device=device)
+                    dec = torch.empty([run.n_seg, 2] + shape, dtype=torch.float32, device=device)
+                    run.add(f"sum:{adj}", summ, _state_strides(summ, k[s].dims, True))
+                    dst = {d: dec.stride(i + 2) for i, d in enumerate(k[s].dims)}
+                    run.add(f"dec:{adj}", dec, {"#c": dec.stride(0), "#j": dec.stride(1), **dst})
+                else:
+                    run.add(f"sum:{adj}", dh0, {})
+                    run.add(f"dec:{adj}", dh0, {})
         bufs = {}
         for x, out in bw.seq_grads + bw.param_grads:
             parts, atomic = prog.partials[out]
             timed = k[x].role is Role.SEQ
-            shape = [sizes[d] for d in parts] + ([T] if timed else []) + [sizes[d] for d in
-                                                                            k[x].dims]
+            slots = [] if timed or loop else [run.n_seg]  # a Param's gradient: one per segment
+            parts_shape = slots + [sizes[d] for d in parts]
+            shape = parts_shape + ([T] if timed else []) + [sizes[d] for d in k[x].dims]
             buf = (torch.zeros if atomic else torch.empty)(shape, dtype=torch.float32,
                                                             device=device)
-            st = {f"#p_{d}": buf.stride(i) for i, d in enumerate(parts)}
+            st = {"#c": buf.stride(0)} if slots else {}
+            st.update({f"#p_{d}": buf.stride(len(slots) + i) for i, d in enumerate(parts)})
+            parts = slots + list(parts)
             off = len(parts)
             if timed:
                 st["#t"] = buf.stride(off)
@@ -210,7 +268,11 @@ class ScanFunction(torch.autograd.Function):
         if loop:
             run(HAS_H0=has_dht, REVERSE=not info["reverse"])
         else:
-            run(HAS_DHT=has_dht, REVERSE=info["reverse"], BACK=not info["reverse"])
+            if run.n_seg > 1:
+                run(HAS_DHT=has_dht, REVERSE=info["reverse"], BACK=not info["reverse"],
+                    SUMMARY=True)
+            run(HAS_DHT=has_dht, REVERSE=info["reverse"], BACK=not info["reverse"],
+                SUMMARY=False)
         out_grads = []
         for name, x in zip(info["inputs"], ins):
             buf, n_parts = bufs[name]

@@ -2,6 +2,8 @@
 independent plain-PyTorch loop (tests/strategies.py) and the float64 reference's gradients."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from hypothesis import HealthCheck, given, settings
 
@@ -52,3 +54,32 @@ def test_gradients(rs):
             assert a is None or a.abs().max() == 0
             continue
         assert a is not None and rel_err(a, e) <= 1e-3, rs.source
+
+
+
+@contextlib.contextmanager
+def two_level():
+    """Time cut into three segments of two-step chunks (where the states' blocks are
+    independent; others run the one-segment scan)."""
+    from lrc.runtime import scan_runtime
+
+    old = scan_runtime.CHUNK, scan_runtime.SEGMENTS
+    scan_runtime.CHUNK, scan_runtime.SEGMENTS = 2, 3
+    try:
+        yield
+    finally:
+        scan_runtime.CHUNK, scan_runtime.SEGMENTS = old
+
+
+@SETTINGS
+@given(random_specs())
+def test_two_level_scan(rs):
+    with two_level():
+        test_forward_and_final_state.hypothesis.inner_test(rs)
+
+
+@SETTINGS
+@given(random_specs(max_states=1))
+def test_two_level_gradients(rs):
+    with two_level():
+        test_gradients.hypothesis.inner_test(rs)

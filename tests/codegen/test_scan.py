@@ -214,3 +214,25 @@ def test_state_broadcast_along_a_grid_dim():
     g2 = torch.autograd.grad((e0 * gy0).sum() + (e1 * gy1).sum(), theirs)
     for a, e in zip(g1, g2):
         assert rel_err(a, e) <= GRAD
+
+
+@pytest.mark.parametrize("name", ["mamba1", "lru", "rglru", "s4d_zoh", "gla"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_two_level_scan(name, reverse, monkeypatch):
+    """Time cut into segments (scanned from zero, summarized, joined, scanned again from the
+    joined state): the same outputs, final states and gradients, either direction."""
+    from lrc.runtime import scan_runtime
+
+    monkeypatch.setattr(scan_runtime, "CHUNK", 4)
+    monkeypatch.setattr(scan_runtime, "SEGMENTS", 3)
+    launches = []
+    launch = scan_runtime.Launch.__call__
+
+    def spy(self, **consts):
+        launches.append((self.which, self.n_seg, consts.get("SUMMARY")))
+        return launch(self, **consts)
+
+    monkeypatch.setattr(scan_runtime.Launch, "__call__", spy)
+    check(name, b=2, t=29, reverse=reverse)
+    for which in ("forward", "backward"):
+        assert (which, 3, True) in launches and (which, 3, False) in launches
