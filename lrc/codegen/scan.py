@@ -352,16 +352,7 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
         w(f"    {sv} += tl.load({ident(s)}_h0_ptr + {_state_offset(t, g, s, 'h0', None)}"
           f"{guard(mask_of(t, dims, False))}).to(tl.float32)", f"initial {s}")
     if segmented:
-        w("n_prev = seg  # the segments scanned before this one, joined: h <- M h + E")
-        w("if REVERSE:")
-        w("    n_prev = N_SEG - 1 - seg")
-        w("for jj in range(0, n_prev):")
-        w.indent()
-        w("j = jj")
-        w("if REVERSE:")
-        w("    j = N_SEG - 1 - jj")
-        _join(w, g, blocks, t, body.state_var)
-        w.dedent()
+        _join_before(w, g, blocks, t, body.state_var, backward=False)
     w.dedent()
     if segmented:
         w("if SUMMARY:")
@@ -465,6 +456,24 @@ def _owned(mask: str, dims, partial, t: Tiling) -> str:
 
 def _partial_index(d: str, t: Tiling) -> str:
     return f"blk_{d}.to(tl.int64)" if d in t.split else f"i_{d}"
+
+
+def _join_before(w: Writer, g: Graph, blocks: tuple[Block, ...], t: Tiling, var,
+                 backward: bool) -> None:
+    """Join the summaries of the segments scanned before this program's own, in the order they
+    were scanned: earlier in time for a forward scan (later when REVERSE), the other way round
+    for the adjoint scan of a backward kernel."""
+    ahead, behind = ("N_SEG - 1 - seg", "seg") if backward else ("seg", "N_SEG - 1 - seg")
+    w(f"n_prev = {ahead}  # the segments scanned before this one, joined: h <- M h + E")
+    w("if REVERSE:")
+    w(f"    n_prev = {behind}")
+    w("for jj in range(0, n_prev):")
+    w.indent()
+    w(f"j = {'N_SEG - 1 - jj' if backward else 'jj'}")
+    w("if REVERSE:")
+    w(f"    j = {'jj' if backward else 'N_SEG - 1 - jj'}")
+    _join(w, g, blocks, t, var)
+    w.dedent()
 
 
 def _join(w: Writer, g: Graph, blocks: tuple[Block, ...], t: Tiling, var) -> None:
@@ -580,16 +589,7 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
             f"{_state_offset(t, bg, adj, 'dhT', None)}{guard(mask_of(t, k[s].dims, False))})"
             ".to(tl.float32)", f"gradient of the final {s}")
     if segmented:
-        pre("n_prev = N_SEG - 1 - seg  # the segments scanned before this one, joined")
-        pre("if REVERSE:")
-        pre("    n_prev = seg")
-        pre("for jj in range(0, n_prev):")
-        pre("    j = N_SEG - 1 - jj")
-        pre("    if REVERSE:")
-        pre("        j = jj")
-        pre.indent()
-        _join(pre, bg, bb, t, body_b.state_var)
-        pre.dedent()
+        _join_before(pre, bg, bb, t, body_b.state_var, backward=True)
     pre.dedent()
     if segmented:
         pre("if SUMMARY:")

@@ -104,6 +104,21 @@ class Launch:
     def add(self, key: str, x: torch.Tensor, strides: dict) -> None:
         self.tensors[key] = (x, strides)
 
+    def summaries(self, s: str, dims, like: torch.Tensor) -> None:
+        """Buffers for state `s`'s segment summaries (see codegen.scan.forward_source): its
+        value at each segment's end from zero, and the segment's decay (up to two columns);
+        with one segment nothing reads them."""
+        if self.n_seg == 1:
+            self.add(f"sum:{s}", like, {})
+            self.add(f"dec:{s}", like, {})
+            return
+        shape = list(like.shape)
+        summ = like.new_empty([self.n_seg] + shape, dtype=torch.float32)
+        dec = like.new_empty([self.n_seg, 2] + shape, dtype=torch.float32)
+        self.add(f"sum:{s}", summ, _state_strides(summ, dims, True))
+        self.add(f"dec:{s}", dec, {"#c": dec.stride(0), "#j": dec.stride(1),
+                                   **{d: dec.stride(i + 2) for i, d in enumerate(dims)}})
+
     def __call__(self, **consts) -> None:
         prog, t, blocks = self.prog, self.prog.tiling, self.blocks
         params = []
@@ -176,16 +191,7 @@ class ScanFunction(torch.autograd.Function):
         else:
             run.n_seg, run.seg_len = segments(prog, run, T)
             for s, hT in zip(k.state_names, finals):
-                shape = [sizes[d] for d in k[s].dims]
-                if run.n_seg > 1:  # each segment's end state from zero, and its decay
-                    summ = torch.empty([run.n_seg] + shape, dtype=torch.float32, device=device)
-                    dec = torch.empty([run.n_seg, 2] + shape, dtype=torch.float32, device=device)
-                    run.add(f"sum:{s}", summ, _state_strides(summ, k[s].dims, True))
-                    dst = {d: dec.stride(i + 2) for i, d in enumerate(k[s].dims)}
-                    run.add(f"dec:{s}", dec, {"#c": dec.stride(0), "#j": dec.stride(1), **dst})
-                else:
-                    run.add(f"sum:{s}", hT, {})
-                    run.add(f"dec:{s}", hT, {})
+                run.summaries(s, k[s].dims, hT)
             if run.n_seg > 1:
                 run(HAS_H0=has_h0, SAVE=True, REVERSE=info["reverse"], SUMMARY=True)
             run(HAS_H0=has_h0, SAVE=True, REVERSE=info["reverse"], SUMMARY=False)
@@ -236,16 +242,7 @@ class ScanFunction(torch.autograd.Function):
         if not loop:
             run.n_seg, run.seg_len = segments(prog, run, T, backward=True)
             for (s, adj), dh0 in zip(bw.adjoints, dh0s):
-                shape = list(dh0.shape)
-                if run.n_seg > 1:  # each segment's adjoint from zero, and its decay
-                    summ = torch.empty([run.n_seg] + shape, dtype=torch.float32, device=device)
-                    dec = torch.empty([run.n_seg, 2] + shape, dtype=torch.float32, device=device)
-                    run.add(f"sum:{adj}", summ, _state_strides(summ, k[s].dims, True))
-                    dst = {d: dec.stride(i + 2) for i, d in enumerate(k[s].dims)}
-                    run.add(f"dec:{adj}", dec, {"#c": dec.stride(0), "#j": dec.stride(1), **dst})
-                else:
-                    run.add(f"sum:{adj}", dh0, {})
-                    run.add(f"dec:{adj}", dh0, {})
+                run.summaries(adj, k[s].dims, dh0)
         bufs = {}
         for x, out in bw.seq_grads + bw.param_grads:
             parts, atomic = prog.partials[out]
