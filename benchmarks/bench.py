@@ -394,6 +394,31 @@ def s4d():
     print("   plan:", str(layer.plan).splitlines()[-3:])
 
 
+@guarded
+def two_level():
+    """Few programs over batch x channels, long T: the scan with one time segment against the
+    two-level scan (segments summarized, joined, rescanned), and accelerated-scan."""
+    from lrc.runtime import scan_runtime
+
+    for B, T, D in ((1, 65536, 256), (1, 16384, 1024), (2, 32768, 128)):
+        x, a = diag_inputs(B, T, D)
+        case = f"diag B{B} T{T} D{D} bf16 (few programs)"
+        el = B * T * D
+        layer = lrc.compile(diag, backend="triton")
+        scan_runtime.SEGMENTS = 1
+        whole = layer(x=x, a=a).float()
+        scan_runtime.SEGMENTS = None
+        print(f"   two-level vs one segment, every step: {rel(layer(x=x, a=a), whole):.1e}")
+        for label, segs in (("one segment", 1), ("two-level (auto)", None)):
+            scan_runtime.SEGMENTS = segs
+            try:
+                time_lrc(case, f"lrc scan, {label}", layer, dict(x=x, a=a), 3 * el * 2,
+                         8 * el * 2, diag_check(x, a))
+            finally:
+                scan_runtime.SEGMENTS = None
+        _accel_only(B, T, D)
+
+
 _FIRST_CALL = """
 import sys, time, torch
 t0 = time.time()
@@ -442,7 +467,8 @@ def compile_time():
         shutil.rmtree(d, ignore_errors=True)
 
 
-STAGES = {"copy": copy, "diag": diag_case, "sweep_t": sweep_t, "mamba1": mamba1,
+STAGES = {"copy": copy, "diag": diag_case, "sweep_t": sweep_t, "two_level": two_level,
+          "mamba1": mamba1,
           "mamba2": mamba2, "gla": gla, "decode": decode, "s4d": s4d,
           "compile": compile_time}
 
