@@ -47,6 +47,13 @@ def _tanh(x):
 
 
 @triton.jit
+def _sech(x):
+    # 1 / cosh(x) = 2 e^-|x| / (1 + e^-2|x|), no overflow
+    e = tl.exp(-tl.abs(x))
+    return 2.0 * e / (1.0 + e * e)
+
+
+@triton.jit
 def _phi1(x):
     # (exp(x) - 1) / x with phi1(0) = 1
     return tl.where(tl.abs(x) < 1e-6, 1.0 + 0.5 * x, _expm1(x) / tl.where(x == 0.0, 1.0, x))
@@ -54,7 +61,8 @@ def _phi1(x):
 
 _CALLS = {
     "exp": "tl.exp", "log": "tl.log", "cos": "tl.cos", "sin": "tl.sin", "Abs": "tl.abs",
-    "softplus": "_softplus", "sigmoid": "_sigmoid", "tanh": "_tanh", "expm1": "_expm1",
+    "softplus": "_softplus", "sigmoid": "_sigmoid", "tanh": "_tanh", "sech": "_sech",
+    "expm1": "_expm1",
     "log1p": "_log1p", "phi1": "_phi1",
 }
 

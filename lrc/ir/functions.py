@@ -273,6 +273,7 @@ EVAL[sp.atan2] = _atan2
 
 # what sympy's own re/im evaluation writes: re(cos z) = cos(re z) cosh(im z), im(log z) = arg z
 EVAL[sp.cosh] = lambda x: torch.cosh(_tensor(x, x))
+EVAL[sp.sech] = lambda x: 1 / torch.cosh(_tensor(x, x))  # tanh's derivative, sech^2
 EVAL[sp.sinh] = lambda x: torch.sinh(_tensor(x, x))
 EVAL[sp.arg] = lambda x: torch.angle(_tensor(x, x))
 

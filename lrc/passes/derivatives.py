@@ -45,6 +45,24 @@ class Backward:
     param_grads: tuple[tuple[str, str], ...]
 
 
+
+def _tanh_square_arg(e: sp.Basic):
+    """u when e is 1 - tanh(u)**2, else None."""
+    if not e.is_Add or len(e.args) != 2 or sp.Integer(1) not in e.args:
+        return None
+    sq = -(e - 1)
+    if sq.is_Pow and sq.exp == 2 and isinstance(sq.base, sp.tanh):
+        return sq.base.args[0]
+    return None
+
+
+def sech_form(e: sp.Basic) -> sp.Basic:
+    """sympy's derivative of tanh, 1 - tanh(u)**2, as sech(u)**2: the same value without the
+    cancellation that loses every digit in float32 where tanh saturates."""
+    return e.replace(lambda x: _tanh_square_arg(x) is not None,
+                     lambda x: sp.sech(_tanh_square_arg(x)) ** 2)
+
+
 def adjoint_name(name: str) -> str:
     return "∂" + name
 
@@ -123,7 +141,7 @@ def vjp(g: Graph) -> Backward:
         bar = total(node.name)
         if isinstance(node, Map):
             for a in node.args:
-                d = sp.diff(node.expr, node_symbol(g[a]))
+                d = sech_form(sp.diff(node.expr, node_symbol(g[a])))
                 if d == 0:
                     continue
                 c = add(Map(next(fresh), node.dims, d * bar))

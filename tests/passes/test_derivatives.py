@@ -73,3 +73,29 @@ def test_zoo_reverse(name):
 def test_random_specs(rs):
     inp = rs.make_inputs(T=7)
     compare(rs.spec, dict(inp.kwargs), inp.state)
+
+
+def test_tanh_derivative_keeps_its_digits_where_tanh_saturates():
+    """d tanh(u) = sech(u)^2, not 1 - tanh(u)^2 (which cancels to nothing in float32)."""
+    import sympy as sp
+
+    from lrc.passes.derivatives import sech_form
+
+    x, y = sp.symbols("x y", real=True)
+    d = sech_form(sp.diff(y * sp.tanh(sp.tanh(x)), x))
+    assert d == y * sp.sech(x) ** 2 * sp.sech(sp.tanh(x)) ** 2
+
+    @lrc.recurrence
+    def spec(h: lrc.State("b"), x: lrc.Seq("b t"), p: lrc.Param("d")):
+        return h, lrc.exp(-lrc.softplus(lrc.tanh(p.sum("d")))) * h + lrc.tanh(p.sum("d")) * x
+
+    torch.manual_seed(0)
+    x0, p0, h0 = torch.randn(3, 9), torch.full((4,), 1.4) + 0.01 * torch.randn(4), torch.randn(3)
+    ours = p0.clone().requires_grad_(True)
+    theirs = p0.double().clone().requires_grad_(True)
+    y = lrc.compile(spec, backend="triton", lowering="scan")(x0, ours, initial_state=h0)
+    y2 = lrc.compile(spec, backend="reference")(x0.double(), theirs, initial_state=h0.double())
+    gy = torch.randn_like(y2)
+    (g1,) = torch.autograd.grad((y.double() * gy).sum(), ours)
+    (g2,) = torch.autograd.grad((y2 * gy).sum(), theirs)
+    assert rel_err(g1, g2) <= 1e-5
