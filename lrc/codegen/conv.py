@@ -62,6 +62,29 @@ class Program:
                      for cv in self.plan.convs}
         self.tapes: dict[sp.Basic, Tape] = {}
 
+    def hoisted(self, e: sp.Basic, params) -> tuple[sp.Basic, list]:
+        """`e` with each largest subexpression of Params alone (`params`: node names) replaced
+        by a symbol, and those (symbol, subexpression) pairs."""
+        key = (e, "hoisted")
+        if key not in self.tapes:
+            parts: dict[sp.Basic, sp.Symbol] = {}
+
+            def alone(x: sp.Basic) -> bool:
+                syms = x.free_symbols
+                return (isinstance(x, sp.Expr) and bool(syms) and not x.is_Symbol
+                        and all(s.name in params for s in syms))
+
+            def visit(x: sp.Basic) -> sp.Basic:
+                if alone(x):
+                    return parts.setdefault(x, sp.Symbol(f"_params{len(parts)}"))
+                if not isinstance(x, (sp.Add, sp.Mul, sp.Pow, sp.Function)) or not x.args:
+                    return x  # conditions and branches stay as they are
+                return x.func(*[visit(a) for a in x.args])
+
+            out = visit(e)
+            self.tapes[key] = (out, [(sym, sub) for sub, sym in parts.items()])
+        return self.tapes[key]
+
     def tape(self, e: sp.Basic) -> Tape:
         """The compiled form of an expression the run evaluates (compiled on first use)."""
         if e not in self.tapes:
@@ -184,10 +207,19 @@ class _Run:
 
     def expr(self, e: sp.Basic, wide: bool = False) -> torch.Tensor:
         """An expression over node symbols, canonical: Params in float64 when `wide` (and then
-        it may only read Params), else everything in float32."""
+        it may only read Params), else everything in float32 - but an expression of Params
+        alone is still computed in float64 and rounded once (its gradient keeps its digits
+        where float32 cancels, as tanh's 1 - y^2 where tanh saturates)."""
+        env = {}
+        if not wide:  # the parts of Params alone: float64, rounded once
+            e, parts = self.prog.hoisted(e, self.plan.params)
+            for sym, sub in parts:
+                t = self.prog.tape(sub)
+                x = t({name: self.param(name) for name in t.names})
+                env[sym.name] = x.to(_C64[False] if x.is_complex() else torch.float32)
         tape = self.prog.tape(e)
         get = self.param if wide else self.value
-        v = tape({name: get(name) for name in tape.names})
+        v = tape({name: env[name] if name in env else get(name) for name in tape.names})
         rank = 1 + len(self.g.dims)
         if not isinstance(v, torch.Tensor):  # a constant: a fill, not a host-to-device copy
             dtype = (_C64[wide] if isinstance(v, complex) else

@@ -16,6 +16,7 @@ from ..ir import interpret
 from ..ir.dims import Role
 from ..ir.graph import Axes, Graph
 from ..ir.nodes import Input
+from ..passes.analysis import time_varying
 from .bind import from_canonical, to_canonical
 from .call import Call
 
@@ -300,11 +301,22 @@ def _to_layout(g: torch.Tensor, k: Graph, name: str, sizes: dict[str, int]) -> t
 
 def evaluate(g: Graph, names, env: dict[str, torch.Tensor], sizes: dict[str, int],
              like: torch.Tensor) -> None:
-    """Compute nodes `names` of `g` into `env`, over all time steps at once (PyTorch)."""
+    """Compute nodes `names` of `g` into `env`, over all time steps at once (PyTorch).
+
+    A node of Params alone is computed in float64 (complex128) and rounded once: it is tiny,
+    and its gradient then keeps its digits where a float32 one cancels (tanh's 1 - y^2 where
+    tanh saturates)."""
+    varying = time_varying(g)
+    wide = lambda x: x.to(torch.complex128 if x.is_complex() else torch.float64)
     for n in g.nodes:
         index = isinstance(n, Input) and n.role is Role.INDEX
         if (n.name in names or index) and n.name not in env:
-            env[n.name] = interpret.eval_node(g, n, env, sizes, like)
+            if isinstance(n, Input) or n.name in varying:
+                env[n.name] = interpret.eval_node(g, n, env, sizes, like)
+                continue
+            args = {a: wide(env[a]) for a in n.args}
+            v = interpret.eval_node(g, n, {**env, **args}, sizes, like.double())
+            env[n.name] = v.to(torch.complex64 if v.is_complex() else torch.float32)
 
 
 def canonical_inputs(g: Graph, call: Call, dtype: torch.dtype, with_time: bool = True

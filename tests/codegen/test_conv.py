@@ -437,3 +437,24 @@ def test_gpu_conv_equals_scan_at_scale():
     y_c = conv_layer(e.spec)(**args)
     y_s = lrc.compile(e.spec, backend="triton", lowering="scan")(**args)
     assert rel_err(y_c, y_s) <= FWD
+
+
+@pytest.mark.parametrize("lowering", ["conv", "scan"])
+def test_saturated_param_gate_gradient(lowering):
+    """An input term of Params alone, tanh(sum p) with tanh saturated: computed in float64 and
+    rounded once, its gradient keeps its digits (float32 tanh gave 1 - 1^2 = 0 here)."""
+
+    @lrc.recurrence
+    def spec(h: lrc.State("b"), x: lrc.Seq("b t"), p: lrc.Param("d n")):
+        return h, 0.5 * h + lrc.tanh(p.sum("d", "n")) + 0.1 * x
+
+    torch.manual_seed(1)
+    x0, p0, h0 = torch.randn(3, 9), torch.full((3, 4), 0.8) + 0.01 * torch.randn(3, 4), \
+        torch.randn(3)
+    ours, theirs = p0.clone().requires_grad_(True), p0.double().clone().requires_grad_(True)
+    y = lrc.compile(spec, backend="triton", lowering=lowering)(x0, ours, initial_state=h0)
+    y2 = lrc.compile(spec, backend="reference")(x0.double(), theirs, initial_state=h0.double())
+    gy = torch.randn_like(y2)
+    (g1,) = torch.autograd.grad((y.double() * gy).sum(), ours)
+    (g2,) = torch.autograd.grad((y2 * gy).sum(), theirs)
+    assert g2.abs().max() > 0 and rel_err(g1, g2) <= GRAD
