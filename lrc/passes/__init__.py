@@ -1,4 +1,5 @@
 """Graph -> Graph passes, each a pure function in its own file, run in PIPELINE order."""
+from .cleanup import merge_duplicates
 from .complex import lower_complex
 from .derivatives import derive_backward
 from .expand import expand_discretizations
@@ -8,9 +9,10 @@ from .stability import log_space_decays, max_trick, segment_decay, stabilize
 from .structure import classify
 
 # pipeline.stages() is the same list with the lowering option bound; explain() prints each step
-PIPELINE = (check_linear, expand_discretizations, log_space_decays, classify, choose_lowering,
-            max_trick, lower_complex, derive_backward)
+PIPELINE = (check_linear, expand_discretizations, merge_duplicates, log_space_decays, classify,
+            choose_lowering, max_trick, lower_complex, derive_backward)
 
 __all__ = ["PIPELINE", "check_linear", "choose_lowering", "classify", "derive_backward",
            "expand_discretizations", "log_space_decays", "lower_complex", "max_trick",
+           "merge_duplicates",
            "segment_decay", "stabilize"]

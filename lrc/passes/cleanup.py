@@ -1,6 +1,8 @@
 """Cleanups: drop dead nodes, and fold single-use pointwise nodes into their one user."""
 from __future__ import annotations
 
+import dataclasses
+
 import networkx as nx
 
 from ..ir.dims import Role
@@ -41,3 +43,33 @@ def fuse_maps(g: Graph) -> Graph:
                 n = Map(n.name, n.dims, expr, n.src, n.complex)
         nodes.append(n)
     return g.replace(nodes=tuple(nodes))
+
+
+def merge_duplicates(g: Graph) -> Graph:
+    """Nodes that compute the same thing from the same arguments become one (the graph's
+    common subexpressions: `x.sum("d")` written twice is summed once, and `f(s) - f(s)` is
+    exactly 0 instead of two roundings apart). Outputs and new states are kept as they are;
+    an earlier copy can stand for them."""
+    keep = set(g.outputs) | set(g.new_state_names)
+    seen: dict[object, str] = {}
+    alias: dict[str, str] = {}
+    nodes = []
+    for n in g.nodes:
+        if alias and any(a in alias for a in n.args):
+            n = _read_through(g, n, alias)
+        if not isinstance(n, Input):
+            key = dataclasses.replace(n, name="")
+            if key in seen and n.name not in keep:
+                alias[n.name] = seen[key]
+                continue
+            seen.setdefault(key, n.name)
+        nodes.append(n)
+    return g if not alias else g.replace(nodes=tuple(nodes))
+
+
+def _read_through(g: Graph, n, alias: dict[str, str]):
+    """`n` reading each merged argument's survivor instead."""
+    if isinstance(n, Map):
+        subs = {node_symbol(g[a]): node_symbol(g[alias[a]]) for a in n.args if a in alias}
+        return Map(n.name, n.dims, n.expr.xreplace(subs), n.src, n.complex)
+    return dataclasses.replace(n, arg=alias.get(n.arg, n.arg))

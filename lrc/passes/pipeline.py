@@ -6,6 +6,7 @@ from typing import Callable
 
 from ..ir.graph import Graph
 from ..ir.verify import verify
+from .cleanup import merge_duplicates
 from .complex import lower_complex
 from .derivatives import derive_backward
 from .expand import expand_discretizations
@@ -24,6 +25,7 @@ def stages(lowering: str | None = None) -> list[tuple[str, Pass]]:
     return [
         ("check_linear", check_linear),
         ("expand_discretizations", expand_discretizations),
+        ("merge_duplicates", merge_duplicates),
         ("log_space_decays", log_space_decays),
         ("classify", classify),
         ("choose_lowering", lambda g: choose_lowering(g, lowering)),
