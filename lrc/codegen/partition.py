@@ -54,30 +54,34 @@ def hoist_params(g: Graph) -> Graph:
     alone = params_only(g) | {n.name for n in g.inputs(Role.PARAM)}
     nodes, changed = [], False
     for n in g.nodes:
-        if not isinstance(n, Map) or n.name not in varying:
-            nodes.append(n)
-            continue
-        parts: dict[sp.Basic, Map] = {}
-
-        def visit(x: sp.Basic) -> sp.Basic:
-            syms = x.free_symbols
-            if (isinstance(x, sp.Expr) and syms and not x.is_Symbol and x.has(sp.Function)
-                    and all(s.name in alone for s in syms)):
-                if x not in parts:
-                    dims = g.order({d for s in syms for d in g[s.name].dims})
-                    parts[x] = Map(f"{n.name}.p{len(parts)}", dims, x, n.src, False)
-                return node_symbol(parts[x])
-            if not isinstance(x, (sp.Add, sp.Mul, sp.Pow, sp.Function)) or not x.args:
-                return x
-            return x.func(*[visit(a) for a in x.args])
-
-        expr = visit(n.expr)
-        if parts:
-            changed = True
-            nodes.extend(parts.values())
-            n = Map(n.name, n.dims, expr, n.src, n.complex)
+        if isinstance(n, Map) and n.name in varying:
+            expr, parts = _split_params(g, n, alone)
+            if parts:
+                changed = True
+                nodes.extend(parts)
+                n = Map(n.name, n.dims, expr, n.src, n.complex)
         nodes.append(n)
     return g.replace(nodes=tuple(nodes)) if changed else g
+
+
+def _split_params(g: Graph, n: Map, alone) -> tuple[sp.Basic, list[Map]]:
+    """`n`'s expression with its largest subexpressions over `alone` (node names) replaced by
+    new nodes' symbols, and those nodes."""
+    parts: dict[sp.Basic, Map] = {}
+
+    def visit(x: sp.Basic) -> sp.Basic:
+        syms = x.free_symbols
+        if (isinstance(x, sp.Expr) and syms and not x.is_Symbol and x.has(sp.Function)
+                and all(s.name in alone for s in syms)):
+            if x not in parts:
+                dims = g.order({d for s in syms for d in g[s.name].dims})
+                parts[x] = Map(f"{n.name}.p{len(parts)}", dims, x, n.src, False)
+            return node_symbol(parts[x])
+        if not isinstance(x, (sp.Add, sp.Mul, sp.Pow, sp.Function)) or not x.args:
+            return x  # conditions and branches stay whole
+        return x.func(*[visit(a) for a in x.args])
+
+    return visit(n.expr), list(parts.values())
 
 
 def partition(g: Graph) -> Partition:
@@ -156,7 +160,6 @@ def kernel_graph(part: Partition) -> Graph:
     A pre result is a Seq input (time-varying) or a Param (constant in time) over its own dims,
     laid out canonically (time first, then the graph's dim order)."""
     from ..ir.dims import Annotation
-    from .. passes.analysis import time_varying
 
     g = part.graph
     varying = time_varying(g)
