@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 import networkx as nx
+import sympy as sp
 
 from ..ir.dims import Role
 from ..ir.graph import Graph
@@ -26,8 +27,11 @@ def fuse_maps(g: Graph) -> Graph:
     """Inline each Map read by exactly one node, itself a Map (x -> expr(x) in the user)."""
     keep = set(g.outputs) | set(g.new_state_names)
     users = {n.name: g.users(n.name) for n in g.nodes}
+    # not into a Piecewise: sympy re-evaluates its conditions when they change, and can fail
+    # to compare what it finds (tanh rewritten through cosh of a complex argument)
     fold = {n.name for n in g.nodes if isinstance(n, Map) and n.name not in keep
-            and len(users[n.name]) == 1 and isinstance(g[users[n.name][0]], Map)}
+            and len(users[n.name]) == 1 and isinstance(g[users[n.name][0]], Map)
+            and not g[users[n.name][0]].expr.has(sp.Piecewise)}
     if not fold:
         return g
     exprs: dict[str, object] = {}

@@ -50,10 +50,11 @@ def test_gradients(rs):
     g2 = torch.autograd.grad(sum((y2[i] * gys[i]).sum() for i in live), theirs,
                              allow_unused=True)
     for a, e in zip(g1, g2):
-        if e is None:
-            assert a is None or a.abs().max() == 0
+        if e is None or a is None:  # no gradient flows: the other side is none or zeros
+            other = a if e is None else e
+            assert other is None or other.abs().max() == 0, rs.source
             continue
-        assert a is not None and rel_err(a, e) <= 1e-3, rs.source
+        assert rel_err(a, e) <= 1e-3, rs.source
 
 
 
