@@ -10,7 +10,7 @@ from ..passes.derivatives import Backward, vjp
 from . import module as modules
 from .blocks import Block, blocks
 from .emit import Tiling, ident
-from .partition import Partition, hoist_params, kernel_graph, partition
+from .partition import Partition, kernel_graph, partition
 from .partition import Unsupported
 from .loop import loop_source, step_source
 from .scan import Signature, backward_source, forward_source, independent, module_source
@@ -40,7 +40,7 @@ class ScanProgram:
     source: str = field(init=False)
 
     def __post_init__(self) -> None:
-        g = self.g = hoist_params(self.g)
+        g = self.g
         self.part = partition(g)
         self.kernel = kernel_graph(self.part)
         self.backward = vjp(self.kernel)
