@@ -71,6 +71,21 @@ def bench(fn, warmup=25, rep=100):
     return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
 
+def device_us(fn, n=3):
+    """GPU time per call (kernels only, torch.profiler): with the wall-clock median of
+    `bench`, separates what the kernels take from the host's launch overhead."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+    total = sum(getattr(e, "self_device_time_total", 0) for e in prof.key_averages())
+    return round(total / n, 1)
+
+
 def record(case, impl, mode, ms, floor=None, **extra):
     tbps = floor / (ms * 1e-3) / 1e12 if floor else None
     ROWS.append(dict(case=case, impl=impl, mode=mode, ms=ms, TBps=tbps, **extra))
@@ -116,6 +131,7 @@ def time_lrc(case, name, layer, kwargs, floor_f=None, floor_fb=None, check=None)
     extra = {"first_call_s": round(first, 2)}
     if err is not None:
         extra["rel_err"] = f"{err:.1e}"
+    extra["gpu_us"] = device_us(lambda: layer(**kwargs))
     record(case, name, "fwd", bench(lambda: layer(**kwargs)), floor_f, **extra)
     leaves = [v for v in kwargs.values() if v.is_floating_point()]
     for v in leaves:
@@ -126,14 +142,15 @@ def time_lrc(case, name, layer, kwargs, floor_f=None, floor_fb=None, check=None)
     base = torch.cuda.memory_allocated()
     run()
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    record(case, name, "fwdbwd", bench(run), floor_fb, peak_MiB=round(peak))
+    record(case, name, "fwdbwd", bench(run), floor_fb, peak_MiB=round(peak),
+           gpu_us=device_us(run))
     for v in leaves:
         v.requires_grad_(False)
         v.grad = None
 
 
 def time_peer(case, name, fn, leaves, floor_f=None, floor_fb=None, bwd=True):
-    record(case, name, "fwd", bench(fn), floor_f)
+    record(case, name, "fwd", bench(fn), floor_f, gpu_us=device_us(fn))
     if bwd:
         run = fwdbwd(fn, leaves)
         run()
@@ -141,13 +158,16 @@ def time_peer(case, name, fn, leaves, floor_f=None, floor_fb=None, bwd=True):
         base = torch.cuda.memory_allocated()
         run()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-        record(case, name, "fwdbwd", bench(run), floor_fb, peak_MiB=round(peak))
+        record(case, name, "fwdbwd", bench(run), floor_fb, peak_MiB=round(peak),
+               gpu_us=device_us(run))
 
 
 def lrc_variants():
-    """The scan kernels in both shapes the code generator can give them."""
+    """The scan kernels in both shapes the code generator can give them (the one-token loop,
+    not what lrc runs for these specs, only with BENCH_LOOP=1)."""
     yield "lrc scan (chunked associative)", False
-    yield "lrc scan (one-token loop)", True
+    if os.environ.get("BENCH_LOOP") == "1":
+        yield "lrc scan (one-token loop)", True
 
 
 def compile_variant(spec, loop):

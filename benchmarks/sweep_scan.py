@@ -1,7 +1,10 @@
-"""Sweep the scan kernels' launch settings (chunk length, register budget, warps, stages) on
-the GPU, to choose the defaults in lrc/runtime/scan_runtime.py.
+"""Sweep the scan kernels' launch configs on the GPU (chunk, block, warps, stages), forward and
+forward+backward, to choose lrc/codegen/scan_tune.py's candidate sets.
 
-    python benchmarks/sweep_scan.py            # prints a table, writes $OUT/sweep_scan.json
+    python benchmarks/sweep_scan.py [case ...]   # prints a table, writes $OUT/sweep_scan.json
+
+Cases: diag (b t d, channels contiguous), diag_bdt (time contiguous), mamba1 (the zoo spec,
+b d t with state n = 16); B8 T4096 D2048 bf16. Each case also times the defaults and the tuner.
 """
 from __future__ import annotations
 
@@ -12,32 +15,48 @@ import sys
 import torch
 import triton
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
 import lrc  # noqa: E402
+from lrc.codegen.scan_tune import ScanConfig  # noqa: E402
 from lrc.runtime import scan_runtime as sr  # noqa: E402
 from lrc.zoo import ZOO  # noqa: E402
 
-from bench_scan import diag  # noqa: E402
+from bench import diag, diag_bdt  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
+GRIDS = {
+    "diag": [(64, 32, 2, 3), (32, 32, 1, 3), (64, 16, 1, 3), (32, 64, 2, 3), (128, 16, 4, 3),
+             (64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 2, 1), (16, 128, 4, 3), (32, 128, 4, 3),
+             (256, 8, 2, 3), (64, 16, 2, 3)],
+    "diag_bdt": [(1024, 2, 4, 2), (2048, 1, 4, 2), (512, 4, 4, 2), (256, 8, 4, 2),
+                 (1024, 1, 4, 2), (1024, 2, 8, 2), (512, 2, 4, 3), (256, 4, 2, 2),
+                 (2048, 2, 8, 2), (4096, 1, 8, 1), (128, 16, 4, 3), (64, 32, 2, 3)],
+    "mamba1": [(64, 4, 4, 2), (128, 2, 4, 2), (32, 8, 2, 2), (256, 1, 4, 2), (16, 16, 4, 2),
+               (32, 4, 2, 3), (64, 2, 2, 3), (16, 8, 1, 3)],
+}
 
 
-def cases():
-    from lrc.codegen import tiling
-
-    tiling.TIME_LAST = bool(int(os.environ.get("TIME_LAST", "0")))
+def case(name):
     B, T, D = 8, 4096, 2048
+    if name == "mamba1":
+        m1 = ZOO["mamba1"]
+        return lrc.compile(m1.spec, backend="triton"), m1.example(
+            b=B, t=T, d=D, n=16, dtype=torch.bfloat16, device="cuda")
     x = torch.randn(B, T, D, device="cuda", dtype=torch.bfloat16)
-    a = torch.sigmoid(torch.randn(B, T, D, device="cuda")).to(torch.bfloat16)
-    yield "diag", lrc.compile(diag, backend="triton"), dict(x=x, a=a)
-    m1 = ZOO["mamba1"]
-    yield "mamba1", lrc.compile(m1.spec, backend="triton"), m1.example(
-        b=8, t=4096, d=2048, n=16, dtype=torch.bfloat16, device="cuda")
+    a = torch.sigmoid(torch.randn(B, T, D, device="cuda") + 2).to(torch.bfloat16)
+    if name == "diag_bdt":
+        return lrc.compile(diag_bdt, backend="triton"), dict(
+            x=x.transpose(1, 2).contiguous(), a=a.transpose(1, 2).contiguous())
+    return lrc.compile(diag, backend="triton"), dict(x=x, a=a)
 
 
-def timings(layer, args):
+def timings(layer, args, bwd=True):
     fwd = triton.testing.do_bench(lambda: layer(**args), warmup=10, rep=40, return_mode="median")
-    leaves = [v.requires_grad_(True) for v in args.values()]
+    if not bwd:
+        return fwd, None
+    leaves = [v.requires_grad_(True) for v in args.values() if v.dtype.is_floating_point]
 
     def fb():
         for v in leaves:
@@ -52,24 +71,20 @@ def timings(layer, args):
 
 if __name__ == "__main__":
     rows = []
-    grid = [(64, 4096, 4, 2), (256, 4096, 4, 2), (256, 8192, 8, 2), (512, 8192, 8, 2),
-            (512, 16384, 8, 2), (1024, 16384, 8, 2), (1024, 16384, 16, 2),
-            (256, 16384, 16, 2)]
-    if os.environ.get("SWEEP"):  # "tc,budget,warps,stages;..."
-        grid = [tuple(int(v) for v in c.split(",")) for c in os.environ["SWEEP"].split(";")]
-    for name, layer, args in cases():
-        for tc, budget, warps, stages in grid:
-            sr.CHUNK, sr.BUDGET, sr.NUM_WARPS, sr.NUM_STAGES = tc, budget, warps, stages
+    for name in sys.argv[1:] or list(GRIDS):
+        layer, args = case(name)
+        settings = [("default", None, False)] + [
+            (str(c), ScanConfig(*c), False) for c in GRIDS[name]]
+        for label, cfg, tune in settings:
+            sr.CONFIG, sr.TUNE = cfg, tune
             try:
                 f, fb = timings(layer, args)
-            except Exception as e:
-                print(f"{name} TC{tc} B{budget} W{warps}: {type(e).__name__} {str(e)[:120]}")
+            except Exception as e:  # noqa: BLE001
+                print(f"{name} {label}: {type(e).__name__} {str(e)[:200]}", flush=True)
                 continue
-            rows.append(dict(case=name, TC=tc, budget=budget, warps=warps, stages=stages,
-                             fwd_us=f * 1e3, fwdbwd_us=fb * 1e3))
-            print(f"{name:8s} TL{os.environ.get('TIME_LAST', '0')} TC{tc:3d} budget{budget:5d} "
-                  f"warps{warps} stages{stages}: "
-                  f"fwd {f * 1e3:8.1f} us  fwd+bwd {fb * 1e3:9.1f} us", flush=True)
-    tag = os.environ.get("TIME_LAST", "0")
-    with open(os.path.join(OUT, f"sweep_scan_tl{tag}.json"), "w") as fh:
-        json.dump(rows, fh, indent=1)
+            rows.append(dict(case=name, config=label, fwd_us=f * 1e3, fwdbwd_us=fb * 1e3))
+            print(f"{name:9s} {label:22s} fwd {f * 1e3:8.1f} us  fwd+bwd {fb * 1e3:9.1f} us",
+                  flush=True)
+        sr.CONFIG, sr.TUNE = None, True
+        with open(os.path.join(OUT, "sweep_scan.json"), "w") as fh:
+            json.dump(rows, fh, indent=1)

@@ -53,8 +53,14 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
     return [Config(bt or 64, pow2(V), w, 1) for w in (4, 8)]
 
 
-def choose(key: tuple, configs: list[Config], run: Callable[[Config], None]) -> Config:
-    """The fastest of `configs` for `key` (timed once per process), `run(config)` a launch."""
+def chosen(key: tuple) -> Config | None:
+    """The config `choose` took for `key` earlier in this process, if any."""
+    return _CACHE.get(key)
+
+
+def choose(key: tuple, configs: list, run: Callable) -> Config:
+    """The fastest of `configs` for `key` (timed once per process), `run(config)` a launch
+    (also the scan kernels' tuner: scan_tune)."""
     if key in _CACHE:
         return _CACHE[key]
     import triton.testing
@@ -71,6 +77,6 @@ def choose(key: tuple, configs: list[Config], run: Callable[[Config], None]) -> 
         if t < best_t:
             best, best_t = cfg, t
     if best is None:
-        raise RuntimeError(f"no chunked config compiled for {key[1:]}:\n" + "\n".join(errors))
+        raise RuntimeError(f"no config compiled for {key[1:]}:\n" + "\n".join(errors))
     _CACHE[key] = best
     return best

@@ -326,7 +326,8 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
     sig.params.append(("size", "T", "T"))
     sig.params.append(("size", "N_SEG", "N_SEG"))
     sig.params.append(("size", "SEG_LEN", "SEG_LEN"))
-    consts = ["HAS_H0", "SAVE", "REVERSE", "SUMMARY", "TC"] + [f"BLOCK_{d}" for d in t.tile]
+    consts = ["HAS_H0", "SAVE", "REVERSE", "SUMMARY", "TC", "STAGES"] + [
+        f"BLOCK_{d}" for d in t.tile]
     _prologue(w, t)
     w("seg = pid  # the segment of time this program scans")
     _direction(w, "REVERSE", "f")
@@ -363,7 +364,7 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
     w("seg_ch = SEG_LEN // TC")
     w("c0 = seg * seg_ch")
     w("c1 = tl.minimum(c0 + seg_ch, n_chunks)")
-    w("for ci in range(0, c1 - c0):")
+    w("for ci in tl.range(0, c1 - c0, num_stages=STAGES):  # loads of later chunks in flight")
     w.indent()
     w("c = c0 + ci")
     w("if REVERSE:")
@@ -440,7 +441,8 @@ def _partial_axes(val: Val, t: Tiling) -> list[str]:
 def _store(var: str, off: str, value: str, mask: str, atomic: bool) -> str:
     if atomic:
         return f"tl.atomic_add({var}_ptr + ONE + {off}, {value}, mask={mask})"
-    return f"tl.store({var}_ptr + ONE + {off}, {value}, mask={mask})"
+    return (f"tl.store({var}_ptr + ONE + {off}, ({value}).to({var}_ptr.dtype.element_ty), "
+            f"mask={mask})")
 
 
 def _owned(mask: str, dims, partial, t: Tiling) -> str:
@@ -601,7 +603,7 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     head("seg_ch = SEG_LEN // TC")
     head("c0 = seg * seg_ch")
     head("c1 = tl.minimum(c0 + seg_ch, n_chunks)")
-    head("for ci in range(0, c1 - c0):")
+    head("for ci in tl.range(0, c1 - c0, num_stages=STAGES):")
     head.indent()
     head("c = c1 - 1 - ci")
     head("if REVERSE:")
@@ -684,6 +686,7 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     sig.params.append(("size", "N_SEG", "N_SEG"))
     sig.params.append(("size", "SEG_LEN", "SEG_LEN"))
     body = Writer(lines=pre.lines + head.lines + loop.lines + post.lines)
-    consts = ["HAS_DHT", "REVERSE", "BACK", "SUMMARY", "TC"] + [f"BLOCK_{d}" for d in t.tile]
+    consts = ["HAS_DHT", "REVERSE", "BACK", "SUMMARY", "TC", "STAGES"] + [
+        f"BLOCK_{d}" for d in t.tile]
     src = _kernel(name, sig, consts, body)
     return src, sig, partials

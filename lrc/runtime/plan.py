@@ -20,10 +20,16 @@ class Plan:
     def lowering(self) -> Lowering:
         return self.graph.meta("lowering")
 
+    chosen: dict = field(default_factory=dict, repr=False)  # shapes -> lowering, per call
+
     def choose(self, sizes: dict[str, int], T: int, itemsize: int) -> str:
-        """The lowering for these shapes (remembered for printing)."""
-        self.shapes = (dict(sizes), T, itemsize)
-        return self.lowering.choose(self.graph, sizes, T, itemsize)[0]
+        """The lowering for these shapes (remembered for printing; the cost model runs once
+        per shape, not on every call)."""
+        key = (tuple(sizes.items()), T, itemsize)
+        if key not in self.chosen:
+            self.chosen[key] = self.lowering.choose(self.graph, sizes, T, itemsize)[0]
+        self.shapes = (sizes, T, itemsize)
+        return self.chosen[key]
 
     def __str__(self) -> str:
         g, lw = self.graph, self.lowering

@@ -7,11 +7,16 @@ as their real and imaginary parts (strided views of `torch.view_as_real`).
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import replace
+
 import torch
 
 from ..codegen import module as modules
 from ..codegen.program import ScanProgram
-from ..codegen.tiling import block_sizes, grid_size
+from ..codegen import scan_tune
+from ..codegen.scan_tune import ScanConfig
+from ..codegen.tiling import block_sizes, grid_size, next_pow2
 from ..ir import interpret
 from ..ir.dims import Role
 from ..ir.graph import Axes, Graph
@@ -29,6 +34,9 @@ SEGMENTS = None       # time segments of the two-level scan; None: as many as fi
 BUDGET = 4096         # register elements per value and chunk, for choosing block sizes
 NUM_WARPS = 4
 NUM_STAGES = 2
+CONFIG: ScanConfig | None = None  # forces one config (benchmarks/sweep_scan.py)
+TUNE = os.environ.get("LRC_TUNE", "1") != "0"  # on the GPU, time scan_tune's candidates once
+                      # per shape (remembered on disk) and take the best; LRC_TUNE=0: defaults
 
 
 def dim_strides(x: torch.Tensor, axes: Axes, sizes: dict[str, int], time: str) -> dict:
@@ -91,16 +99,27 @@ class Launch:
     """One kernel launch: fills the signature's parameters from named tensors."""
 
     def __init__(self, prog: ScanProgram, which: str, sizes: dict[str, int], T: int,
-                 device: torch.device):
+                 device: torch.device, config: ScanConfig | None = None):
         self.prog, self.which, self.sizes, self.T = prog, which, sizes, T
         self.device = device
         self.interpret = device.type != "cuda"
         self.programs = 1 if self.interpret else 4 * _sm_count(device)
-        self.tc = 1 if which == "step" or prog.mode != "scan" else chunk_of(prog, sizes)
+        self.chunked = which != "step" and prog.mode == "scan"
+        self.tensors: dict[str, tuple[torch.Tensor, dict]] = {}
+        self.configure(config)
+
+    def configure(self, config: ScanConfig | None) -> None:
+        """Chunk, blocks, warps and stages: `config`'s, else the defaults of this module."""
+        prog, sizes = self.prog, self.sizes
+        self.tc = 1 if not self.chunked else config.tc if config else chunk_of(prog, sizes)
         self.blocks = block_sizes(prog.tiling, sizes, self.tc, budget=BUDGET,
                                   programs=self.programs)
-        self.tensors: dict[str, tuple[torch.Tensor, dict]] = {}
-        self.n_seg, self.seg_len = 1, max(-(-T // self.tc) * self.tc, self.tc)
+        if config is not None and config.block is not None:
+            for d in prog.tiling.split:
+                self.blocks[d] = min(next_pow2(sizes[d]), config.block)
+        self.warps = config.warps if config else NUM_WARPS
+        self.stages = config.stages if config else NUM_STAGES
+        self.n_seg, self.seg_len = 1, max(-(-self.T // self.tc) * self.tc, self.tc)
 
     def add(self, key: str, x: torch.Tensor, strides: dict) -> None:
         self.tensors[key] = (x, strides)
@@ -132,13 +151,15 @@ class Launch:
                 extra = {"T": self.T, "N_SEG": self.n_seg, "SEG_LEN": self.seg_len}
                 params.append(extra[p[1]] if p[1] in extra else self.sizes[p[1]])
         consts.update({f"BLOCK_{d}": b for d, b in blocks.items()}, TC=self.tc)
+        if self.chunked:
+            consts["STAGES"] = self.stages
         fn = prog.kernel_fn(self.which, self.interpret)
         grid = (grid_size(t, self.sizes, blocks) * self.n_seg,)
         if self.interpret:
             with modules.interpreted():
                 fn[grid](*params, **consts)
         else:
-            fn[grid](*params, num_warps=NUM_WARPS, num_stages=NUM_STAGES, **consts)
+            fn[grid](*params, num_warps=self.warps, num_stages=self.stages, **consts)
 
 
 def _state_strides(x: torch.Tensor, dims, chunked: bool) -> dict:
@@ -158,45 +179,52 @@ class ScanFunction(torch.autograd.Function):
         n_in = len(info["inputs"])
         ins, h0s = tensors[:n_in], tensors[n_in:]
         device = info["device"]
-        run = Launch(prog, "forward", sizes, T, device)
-        for name, x in zip(info["inputs"], ins):
-            run.add(f"in:{name}", x, dim_strides(x, k[name].annotation.axes, sizes, k.time))
-        outs = []
-        for o, axes, dtype in zip(k.outputs, k.out_axes, info["out_dtypes"]):
-            shape = [T if a == (k.time,) else math.prod(sizes[d] for d in a) for a in axes]
-            y = torch.empty(shape, dtype=dtype, device=device)
-            run.add(f"out:{o}", y, dim_strides(y, axes, sizes, k.time))
-            outs.append(y)
-        loop = prog.mode != "scan"  # the one-token loop saves every state, the scan one per chunk
-        n_saved = T if loop else -(-T // run.tc)
-        finals, chks = [], []
-        for s, h0 in zip(k.state_names, h0s):
-            dims = k[s].dims
-            shape = [sizes[d] for d in dims]
-            hT = torch.empty(shape, dtype=torch.float32, device=device)
-            chk = torch.empty([n_saved] + shape, dtype=torch.float32, device=device)
-            if h0.numel():
-                run.add(f"h0:{s}", h0, dim_strides(h0, info["state_axes"][s], sizes, k.time))
-            else:
-                run.add(f"h0:{s}", hT, {})
-            run.add(f"hT:{s}", hT, _state_strides(hT, dims, False))
-            st = _state_strides(chk, dims, True)
-            if loop:
-                st["#t"] = st.pop("#c")
-            run.add(f"all:{s}" if loop else f"chk:{s}", chk, st)
-            finals.append(hT)
-            chks.append(chk)
         has_h0 = bool(h0s) and h0s[0].numel() > 0
-        if loop:
-            run(HAS_H0=has_h0, REVERSE=info["reverse"])
-        else:
-            run.n_seg, run.seg_len = segments(prog, run, T)
-            for s, hT in zip(k.state_names, finals):
-                run.summaries(s, k[s].dims, hT)
-            if run.n_seg > 1:
-                run(HAS_H0=has_h0, SAVE=True, REVERSE=info["reverse"], SUMMARY=True)
-            run(HAS_H0=has_h0, SAVE=True, REVERSE=info["reverse"], SUMMARY=False)
+        loop = prog.mode != "scan"  # the one-token loop saves every state, the scan one per chunk
+
+        def launch(config: ScanConfig | None):
+            run = Launch(prog, "forward", sizes, T, device, config)
+            for name, x in zip(info["inputs"], ins):
+                run.add(f"in:{name}", x, dim_strides(x, k[name].annotation.axes, sizes, k.time))
+            outs = []
+            for o, axes, dtype in zip(k.outputs, k.out_axes, info["out_dtypes"]):
+                shape = [T if a == (k.time,) else math.prod(sizes[d] for d in a) for a in axes]
+                y = torch.empty(shape, dtype=dtype, device=device)
+                run.add(f"out:{o}", y, dim_strides(y, axes, sizes, k.time))
+                outs.append(y)
+            n_saved = T if loop else -(-T // run.tc)
+            finals, chks = [], []
+            for s, h0 in zip(k.state_names, h0s):
+                dims = k[s].dims
+                shape = [sizes[d] for d in dims]
+                hT = torch.empty(shape, dtype=torch.float32, device=device)
+                chk = torch.empty([n_saved] + shape, dtype=torch.float32, device=device)
+                if h0.numel():
+                    run.add(f"h0:{s}", h0, dim_strides(h0, info["state_axes"][s], sizes, k.time))
+                else:
+                    run.add(f"h0:{s}", hT, {})
+                run.add(f"hT:{s}", hT, _state_strides(hT, dims, False))
+                st = _state_strides(chk, dims, True)
+                if loop:
+                    st["#t"] = st.pop("#c")
+                run.add(f"all:{s}" if loop else f"chk:{s}", chk, st)
+                finals.append(hT)
+                chks.append(chk)
+            if loop:
+                run(HAS_H0=has_h0, REVERSE=info["reverse"])
+            else:
+                run.n_seg, run.seg_len = segments(prog, run, T)
+                for s, hT in zip(k.state_names, finals):
+                    run.summaries(s, k[s].dims, hT)
+                if run.n_seg > 1:
+                    run(HAS_H0=has_h0, SAVE=True, REVERSE=info["reverse"], SUMMARY=True)
+                run(HAS_H0=has_h0, SAVE=True, REVERSE=info["reverse"], SUMMARY=False)
+            return outs, finals, chks, run.tc
+
+        config = _config(prog, "forward", info, ins, launch)
+        outs, finals, chks, tc = launch(config)
         ctx.prog, ctx.info, ctx.has_h0 = prog, info, has_h0
+        ctx.tc = tc
         ctx.save_for_backward(*ins, *chks)
         return (*outs, *finals)
 
@@ -208,77 +236,132 @@ class ScanFunction(torch.autograd.Function):
         n_in = len(info["inputs"])
         ins, chks = saved[:n_in], saved[n_in:]
         device = info["device"]
-        run = Launch(prog, "backward", sizes, T, device)
-        for name, x in zip(info["inputs"], ins):
-            run.add(f"in:{name}", x, dim_strides(x, k[name].annotation.axes, sizes, k.time))
+        loop = prog.mode != "scan"
         n_out = len(k.outputs)
+        cots = []
         for (o, cot), axes, gy in zip(bw.cotangents, k.out_axes, grads[:n_out]):
             if gy is None:
                 shape = [T if a == (k.time,) else math.prod(sizes[d] for d in a) for a in axes]
                 gy = torch.zeros(shape, dtype=torch.float32, device=device)
-            run.add(f"in:{cot}", gy, dim_strides(gy, axes, sizes, k.time))
-        loop = prog.mode != "scan"
-        for s, chk in zip(k.state_names, chks):
-            st = _state_strides(chk, k[s].dims, True)
-            if loop:  # the saved states are the adjoint step's Seq inputs
-                st["#t"] = st.pop("#c")
-                run.add(f"in:{dict(bw.forward_states)[s]}", chk, st)
-            else:
-                run.add(f"chk:{s}", chk, st)
+            cots.append((cot, gy, axes))
         d_finals = grads[n_out:]
         has_dht = any(gh is not None for gh in d_finals)
-        dh0s = []
-        for (s, adj), gh in zip(bw.adjoints, d_finals):
-            dims = k[s].dims
-            if gh is None:
-                gh = torch.zeros([sizes[d] for d in dims], dtype=torch.float32, device=device)
-            dh0 = torch.empty([sizes[d] for d in dims], dtype=torch.float32, device=device)
+        names = list(info["inputs"])
+
+        def launch(config: ScanConfig | None):
+            run = Launch(prog, "backward", sizes, T, device, config)
+            for name, x in zip(info["inputs"], ins):
+                run.add(f"in:{name}", x, dim_strides(x, k[name].annotation.axes, sizes, k.time))
+            for cot, gy, axes in cots:
+                run.add(f"in:{cot}", gy, dim_strides(gy, axes, sizes, k.time))
+            for s, chk in zip(k.state_names, chks):
+                st = _state_strides(chk, k[s].dims, True)
+                if loop:  # the saved states are the adjoint step's Seq inputs
+                    st["#t"] = st.pop("#c")
+                    run.add(f"in:{dict(bw.forward_states)[s]}", chk, st)
+                else:
+                    run.add(f"chk:{s}", chk, st)
+            dh0s = []
+            for (s, adj), gh in zip(bw.adjoints, d_finals):
+                dims = k[s].dims
+                if gh is None:
+                    gh = torch.zeros([sizes[d] for d in dims], dtype=torch.float32,
+                                     device=device)
+                dh0 = torch.empty([sizes[d] for d in dims], dtype=torch.float32, device=device)
+                if loop:
+                    run.add(f"h0:{adj}", gh, _state_strides(gh, dims, False))
+                    run.add(f"hT:{adj}", dh0, _state_strides(dh0, dims, False))
+                else:
+                    run.add(f"dhT:{adj}", gh, _state_strides(gh, dims, False))
+                    run.add(f"dh0:{s}", dh0, _state_strides(dh0, dims, False))
+                dh0s.append(dh0)
+            if not loop:
+                run.n_seg, run.seg_len = segments(prog, run, T, backward=True)
+                for (s, adj), dh0 in zip(bw.adjoints, dh0s):
+                    run.summaries(adj, k[s].dims, dh0)
+            bufs = {}
+            for x, out in bw.seq_grads + bw.param_grads:
+                parts, atomic = prog.partials[out]
+                timed = k[x].role is Role.SEQ
+                slots = [] if timed or loop else [run.n_seg]  # a Param's gradient: per segment
+                parts_shape = slots + [sizes[d] for d in parts]
+                shape = parts_shape + ([T] if timed else []) + [sizes[d] for d in k[x].dims]
+                # a Seq gradient stored once per element: in its input's dtype (no float32
+                # buffer and cast pass); partial sums and atomic adds stay in float32
+                # and laid out like it (no copy to the input's strides afterwards)
+                if timed and not atomic and not parts and not slots:
+                    like = ins[names.index(x)]
+                    buf = torch.empty_like(like)
+                    run.add(f"grad:{x}", buf, dim_strides(buf, k[x].annotation.axes, sizes,
+                                                          k.time))
+                    bufs[x] = (buf, None)
+                    continue
+                buf = (torch.zeros if atomic else torch.empty)(shape, dtype=torch.float32,
+                                                                device=device)
+                st = {"#c": buf.stride(0)} if slots else {}
+                st.update({f"#p_{d}": buf.stride(len(slots) + i) for i, d in enumerate(parts)})
+                parts = slots + list(parts)
+                off = len(parts)
+                if timed:
+                    st["#t"] = buf.stride(off)
+                    off += 1
+                st.update({d: buf.stride(off + i) for i, d in enumerate(k[x].dims)})
+                run.add(f"grad:{x}", buf, st)
+                bufs[x] = (buf, len(parts))
             if loop:
-                run.add(f"h0:{adj}", gh, _state_strides(gh, dims, False))
-                run.add(f"hT:{adj}", dh0, _state_strides(dh0, dims, False))
+                run(HAS_H0=has_dht, REVERSE=not info["reverse"])
             else:
-                run.add(f"dhT:{adj}", gh, _state_strides(gh, dims, False))
-                run.add(f"dh0:{s}", dh0, _state_strides(dh0, dims, False))
-            dh0s.append(dh0)
-        if not loop:
-            run.n_seg, run.seg_len = segments(prog, run, T, backward=True)
-            for (s, adj), dh0 in zip(bw.adjoints, dh0s):
-                run.summaries(adj, k[s].dims, dh0)
-        bufs = {}
-        for x, out in bw.seq_grads + bw.param_grads:
-            parts, atomic = prog.partials[out]
-            timed = k[x].role is Role.SEQ
-            slots = [] if timed or loop else [run.n_seg]  # a Param's gradient: one per segment
-            parts_shape = slots + [sizes[d] for d in parts]
-            shape = parts_shape + ([T] if timed else []) + [sizes[d] for d in k[x].dims]
-            buf = (torch.zeros if atomic else torch.empty)(shape, dtype=torch.float32,
-                                                            device=device)
-            st = {"#c": buf.stride(0)} if slots else {}
-            st.update({f"#p_{d}": buf.stride(len(slots) + i) for i, d in enumerate(parts)})
-            parts = slots + list(parts)
-            off = len(parts)
-            if timed:
-                st["#t"] = buf.stride(off)
-                off += 1
-            st.update({d: buf.stride(off + i) for i, d in enumerate(k[x].dims)})
-            run.add(f"grad:{x}", buf, st)
-            bufs[x] = (buf, len(parts))
-        if loop:
-            run(HAS_H0=has_dht, REVERSE=not info["reverse"])
-        else:
-            if run.n_seg > 1:
+                if run.n_seg > 1:
+                    run(HAS_DHT=has_dht, REVERSE=info["reverse"], BACK=not info["reverse"],
+                        SUMMARY=True)
                 run(HAS_DHT=has_dht, REVERSE=info["reverse"], BACK=not info["reverse"],
-                    SUMMARY=True)
-            run(HAS_DHT=has_dht, REVERSE=info["reverse"], BACK=not info["reverse"],
-                SUMMARY=False)
+                    SUMMARY=False)
+            return bufs, dh0s
+
+        config = _config(prog, "backward", info, ins, launch, tc=ctx.tc)
+        bufs, dh0s = launch(config)
         out_grads = []
         for name, x in zip(info["inputs"], ins):
             buf, n_parts = bufs[name]
+            if n_parts is None:  # written in the input's own layout and dtype
+                out_grads.append(buf)
+                continue
             gsum = buf.sum(tuple(range(n_parts))) if n_parts else buf
             out_grads.append(_to_layout(gsum, k, name, sizes).to(x.dtype))
         h0_grads = [dims_to_layout(dh0, k[s].dims, info["state_axes"][s], sizes)
                     if ctx.has_h0 else None for dh0, s in zip(dh0s, k.state_names)]
         return (None, None, *out_grads, *h0_grads)
+
+
+def _config(prog: ScanProgram, which: str, info: dict, ins, launch, tc: int | None = None
+            ) -> ScanConfig | None:
+    """The launch settings: CONFIG if set; on the GPU with TUNE the fastest candidate for this
+    shape (scan_tune), timed once per process; else the module's defaults (None). A backward
+    keeps the forward's chunk `tc`, whose checkpoints it reads."""
+    if prog.mode != "scan":
+        return None
+    if CONFIG is not None:
+        return CONFIG if tc is None else replace(CONFIG, tc=tc)
+    if info["device"].type != "cuda" or not TUNE:
+        return None if tc is None or tc == chunk_of(prog, info["sizes"]) else ScanConfig(tc)
+    key = (prog.source, which, tuple(info["sizes"].items()), info["T"], tc, info["reverse"],
+           tuple((x.dtype, x.stride()) for x in ins))
+    done = scan_tune.chosen(key)
+    if done is not None:
+        return done
+    device = torch.cuda.get_device_name(info["device"])
+    done = scan_tune.remembered(key, device)
+    if done is not None:
+        return done
+    t = prog.tiling
+    whole = math.prod(info["sizes"][d] for d in t.tile if d not in t.split)
+    k = prog.kernel
+    seqs = [(n, x) for n, x in zip(info["inputs"], ins) if k[n].role is Role.SEQ]
+    time_inner = bool(seqs) and dim_strides(seqs[0][1], k[seqs[0][0]].annotation.axes,
+                                            info["sizes"], k.time).get("#t") == 1
+    best = scan_tune.choose(key, scan_tune.candidates(time_inner, whole, tc), launch)
+    scan_tune.remember(key, device, best)
+    return best
 
 
 def dims_to_layout(x: torch.Tensor, dims, axes: Axes, sizes: dict[str, int]) -> torch.Tensor:

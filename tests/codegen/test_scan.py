@@ -237,3 +237,68 @@ def test_two_level_scan(name, reverse, monkeypatch):
     for which in ("forward", "backward"):
         assert (which, 3, True) in launches and (which, 3, False) in launches
 
+
+
+def _tuner_rows(name):
+    from lrc.codegen import scan_tune
+
+    return {"mamba1": scan_tune.WHOLE_DIM, "rglru": scan_tune.CHANNELS_INNER,
+            "lru": scan_tune.TIME_INNER}[name]
+
+
+@pytest.mark.parametrize("name", ["mamba1", "rglru", "lru"])
+def test_every_tuner_candidate(name, monkeypatch):
+    """Each launch config the GPU tuner may pick (chunk, block, warps, stages) computes the
+    same thing: forced here one by one (each list on one spec; the layout only matters for
+    speed), forward and every gradient, chunks longer and shorter than the sequence."""
+    from lrc.codegen.scan_tune import ScanConfig
+    from lrc.runtime import scan_runtime
+
+    seen = []
+    launch = scan_runtime.Launch.__call__
+
+    def spy(self, **consts):
+        seen.append((self.which, self.tc, [self.blocks[d] for d in self.prog.tiling.split]))
+        return launch(self, **consts)
+
+    monkeypatch.setattr(scan_runtime.Launch, "__call__", spy)
+    for row in _tuner_rows(name):
+        cfg = ScanConfig(*row)
+        cfg = ScanConfig(min(cfg.tc, 64), cfg.block, cfg.warps, cfg.stages)  # interpreter time
+        monkeypatch.setattr(scan_runtime, "CONFIG", cfg)
+        seen.clear()
+        check(name, b=2, t=37, with_state=False)
+        assert {(w, tc) for w, tc, _ in seen} == {("forward", cfg.tc), ("backward", cfg.tc)}
+        assert all(b <= cfg.block for _, _, split in seen for b in split)
+
+
+def test_tuner_candidates_follow_the_layout():
+    """Time contiguous gets long chunks, channels contiguous short ones, a whole state dim
+    (Mamba's n) its own set; a backward keeps the forward's chunk."""
+    from lrc.codegen import scan_tune
+
+    inner = scan_tune.candidates(True, 1)
+    outer = scan_tune.candidates(False, 1)
+    whole = scan_tune.candidates(True, 16)
+    assert max(c.tc for c in inner) > max(c.tc for c in outer)
+    assert {c.tc for c in scan_tune.candidates(False, 1, tc=48)} == {48}
+    assert whole != inner and all(c.block * 16 * c.tc <= 4096 for c in whole)
+
+
+def test_tuned_configs_persist(tmp_path, monkeypatch):
+    """A config tuned in one process is found on disk by the next (same key, same device), and
+    not for another device or shape."""
+    from lrc.codegen import chunked_tune, scan_tune
+
+    monkeypatch.setenv("LRC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(chunked_tune, "_CACHE", {})
+    monkeypatch.setattr(scan_tune, "_CACHE", chunked_tune._CACHE)
+    key = ("kernel source", "forward", (("b", 8), ("d", 2048)), 4096, None, False, ())
+    cfg = scan_tune.ScanConfig(32, 32, 1, 3)
+    assert scan_tune.remembered(key, "NVIDIA H200") is None
+    scan_tune.remember(key, "NVIDIA H200", cfg)
+    chunked_tune._CACHE.clear()
+    assert scan_tune.remembered(key, "NVIDIA H200") == cfg
+    assert scan_tune.chosen(key) == cfg
+    assert scan_tune.remembered(key, "NVIDIA A100") is None
+    assert scan_tune.remembered(key[:3] + (4097,) + key[4:], "NVIDIA H200") is None

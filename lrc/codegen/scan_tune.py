@@ -1,0 +1,82 @@
+"""Launch settings of the scan kernels: a small config set, timed once per shape on the GPU.
+
+A config is the chunk length TC (the forward's checkpoint interval, so the backward keeps the
+forward's), the block along the split (coalesced) dim, and the compiler's warps and pipeline
+stages of the loop over chunks. Which configs are worth trying depends on the layout: where time
+is the contiguous axis of the inputs a thread holds consecutive steps, so long chunks over few
+channels (the shape of accelerated-scan's kernel); where channels are contiguous, short chunks
+over a wide block of channels. benchmarks/results/sweep_scan_*.json holds the sweeps behind
+these sets.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import astuple, dataclass
+
+from .chunked_tune import _CACHE, choose, chosen  # noqa: F401 (the same timing loop and cache)
+from .module import cache_dir
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """TC steps per chunk; BLOCK per program along the split dims (None: as large as the
+    register budget allows); num_warps / num_stages for the compiler."""
+
+    tc: int
+    block: int | None = None
+    warps: int = 4
+    stages: int = 2
+
+
+# (TC, BLOCK, warps, stages), the best few of benchmarks/results/sweep_scan.json (B8 T4096
+# D2048 bf16 on the H200, forward and forward+backward); the first is tried first
+TIME_INNER = [(256, 8, 4, 2), (512, 4, 4, 2), (1024, 1, 4, 2), (128, 16, 4, 3), (1024, 2, 4, 2)]
+CHANNELS_INNER = [(32, 32, 1, 3), (64, 32, 2, 3), (64, 16, 1, 3), (128, 32, 4, 3),
+                  (64, 16, 2, 3)]
+WHOLE_DIM = [(64, 2, 2, 3), (16, 8, 1, 3), (64, 4, 4, 2), (128, 2, 4, 2), (16, 16, 4, 2)]
+
+
+def candidates(time_inner: bool, whole: int, tc: int | None = None) -> list[ScanConfig]:
+    """The configs tried for a kernel. `time_inner`: time is the contiguous axis of the first
+    Seq input; `whole`: elements per step a program holds whole (1 for an elementwise state,
+    N for Mamba's state n); `tc`: the chunk already fixed (the backward reads the forward's
+    checkpoints)."""
+    rows = WHOLE_DIM if whole > 4 else TIME_INNER if time_inner else CHANNELS_INNER
+    out = [ScanConfig(c if tc is None else tc, b, w, st) for c, b, w, st in rows]
+    return list(dict.fromkeys(out))
+
+
+def _disk_key(key: tuple, device: str) -> str:
+    return hashlib.sha256(repr((device,) + key).encode()).hexdigest()[:24]
+
+
+def remembered(key: tuple, device: str) -> ScanConfig | None:
+    """A config tuned for `key` on this kind of device by an earlier process (on disk, in the
+    kernel cache directory), now remembered for this one too."""
+    try:
+        with open(cache_dir() / "scan_tuned.json") as fh:
+            row = json.load(fh).get(_disk_key(key, device))
+    except (OSError, ValueError):
+        return None
+    if row is None:
+        return None
+    cfg = ScanConfig(*row)
+    _CACHE[key] = cfg
+    return cfg
+
+
+def remember(key: tuple, device: str, cfg: ScanConfig) -> None:
+    """Add `cfg` to the on-disk table (read, update, replace atomically)."""
+    path = cache_dir() / "scan_tuned.json"
+    try:
+        with open(path) as fh:
+            table = json.load(fh)
+    except (OSError, ValueError):
+        table = {}
+    table[_disk_key(key, device)] = list(astuple(cfg))
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(table, fh)
+    os.replace(tmp, path)
