@@ -23,7 +23,7 @@ import torch
 from ..ir import interpret
 from ..ir.dims import Role
 from ..ir.functions import is_complex
-from ..ir.nodes import Input
+from ..ir.nodes import Input, Map
 from ..passes.analysis import expr_dims
 from ..runtime.bind import batch_dim, from_canonical, to_canonical
 from . import conv_fft, conv_gen
@@ -182,6 +182,8 @@ class _Run:
             x = x.to(_C64[False] if x.is_complex() else torch.float32)
             v = to_canonical(g, x, node.annotation, self.sizes, True)
             v = v.flip(0) if self.call.reverse else v
+        elif isinstance(node, Map):  # its terms of Params alone in float64 (see `expr`)
+            v = self.expr(node.expr)
         else:
             for a in node.args:
                 self.value(a)

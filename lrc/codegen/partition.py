@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import networkx as nx
+import sympy as sp
 
 from ..ir.dims import Role
 from ..ir.graph import Graph
 from ..ir.nodes import Input, Map, node_symbol
+from ..passes.analysis import time_varying
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,53 @@ class Partition:
 
 class Unsupported(NotImplementedError):
     """A spec the scan code generator cannot run yet; the message says which node and why."""
+
+
+def params_only(g: Graph) -> frozenset[str]:
+    """Nodes computed from Params alone (constant in time, not the Param inputs themselves)."""
+    varying = time_varying(g)
+    params = {n.name for n in g.inputs(Role.PARAM)}
+    return frozenset(n.name for n in g.nodes if n.name not in varying and n.name not in params
+                     and nx.ancestors(g.nx, n.name) & params)
+
+
+def hoist_params(g: Graph) -> Graph:
+    """Each largest subexpression of Params alone inside a time-varying Map (or a new state)
+    becomes its own node: `partition` leaves those to PyTorch, which computes them once in
+    float64 and rounds once, instead of in the kernel in float32 (a log near 1 or a tanh near
+    1 loses its digits there)."""
+    varying = time_varying(g) | set(g.new_state_names)
+    alone = params_only(g) | {n.name for n in g.inputs(Role.PARAM)}
+    nodes, changed = [], False
+    for n in g.nodes:
+        if isinstance(n, Map) and n.name in varying:
+            expr, parts = _split_params(g, n, alone)
+            if parts:
+                changed = True
+                nodes.extend(parts)
+                n = Map(n.name, n.dims, expr, n.src, n.complex)
+        nodes.append(n)
+    return g.replace(nodes=tuple(nodes)) if changed else g
+
+
+def _split_params(g: Graph, n: Map, alone) -> tuple[sp.Basic, list[Map]]:
+    """`n`'s expression with its largest subexpressions over `alone` (node names) replaced by
+    new nodes' symbols, and those nodes."""
+    parts: dict[sp.Basic, Map] = {}
+
+    def visit(x: sp.Basic) -> sp.Basic:
+        syms = x.free_symbols
+        if (isinstance(x, sp.Expr) and syms and not x.is_Symbol and x.has(sp.Function)
+                and all(s.name in alone for s in syms)):
+            if x not in parts:
+                dims = g.order({d for s in syms for d in g[s.name].dims})
+                parts[x] = Map(f"{n.name}.p{len(parts)}", dims, x, n.src, False)
+            return node_symbol(parts[x])
+        if not isinstance(x, (sp.Add, sp.Mul, sp.Pow, sp.Function)) or not x.args:
+            return x  # conditions and branches stay whole
+        return x.func(*[visit(a) for a in x.args])
+
+    return visit(n.expr), list(parts.values())
 
 
 def partition(g: Graph) -> Partition:
@@ -59,7 +108,9 @@ def partition(g: Graph) -> Partition:
         if new in post:
             raise Unsupported(f"state {g[s].arg!r}: its update reads dims beyond the state's "
                               f"({', '.join(g[new].dims)}), which the scan kernel cannot compute")
-    # state-free nodes the core reads: pointwise ones over the index space are fused in
+    # state-free nodes the core reads: pointwise ones over the index space are fused in, but
+    # for those of Params alone, which PyTorch computes once, in float64 (see hoist_params)
+    of_params = params_only(g)
     pre: set[str] = set()
     todo = [a for n in core for a in g[n].args]
     while todo:
@@ -67,8 +118,8 @@ def partition(g: Graph) -> Partition:
         node = g[name]
         if name in core or name in pre or isinstance(node, Input):
             continue
-        if isinstance(node, Map) and set(node.dims) <= inside and not any(
-                a in pre for a in node.args):
+        if isinstance(node, Map) and set(node.dims) <= inside and name not in of_params \
+                and not any(a in pre for a in node.args):
             core.add(name)
             todo.extend(node.args)
         else:
@@ -109,7 +160,6 @@ def kernel_graph(part: Partition) -> Graph:
     A pre result is a Seq input (time-varying) or a Param (constant in time) over its own dims,
     laid out canonically (time first, then the graph's dim order)."""
     from ..ir.dims import Annotation
-    from .. passes.analysis import time_varying
 
     g = part.graph
     varying = time_varying(g)

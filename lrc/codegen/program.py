@@ -7,13 +7,15 @@ from types import ModuleType
 from ..ir.graph import Graph
 from ..ir.verify import verify
 from ..passes.derivatives import Backward, vjp
+from ..runtime.bind import batch_dim
 from . import module as modules
 from .blocks import Block, blocks
 from .emit import Tiling, ident
-from .partition import Partition, kernel_graph, partition
+from .partition import Partition, hoist_params, kernel_graph, partition
 from .partition import Unsupported
 from .loop import loop_source, step_source
-from .scan import Signature, backward_source, forward_source, independent, module_source
+from .scan import (Signature, backward_source, forward_source, independent, module_source,
+                   varlen_able)
 from .tiling import choose_tiling
 
 
@@ -34,13 +36,15 @@ class ScanProgram:
     tiling: Tiling = field(init=False)
     backward: Backward = field(init=False)
     bblocks: tuple[Block, ...] = field(init=False)
+    varlen: bool = field(init=False)  # packed sequences (cu_seqlens) run in one launch
+    batch: str | None = field(init=False)  # the dim cu_seqlens packs along
     signatures: dict[str, Signature] = field(init=False)
     partials: dict[str, list[str]] = field(init=False)
     sources: dict[str, str] = field(init=False)
     source: str = field(init=False)
 
     def __post_init__(self) -> None:
-        g = self.g
+        g = self.g = hoist_params(self.g)
         self.part = partition(g)
         self.kernel = kernel_graph(self.part)
         self.backward = vjp(self.kernel)
@@ -56,15 +60,19 @@ class ScanProgram:
             self.mode = "scan"
             self.segmented = independent(self.kernel, self.blocks)
             self.bsegmented = independent(self.backward.graph, self.bblocks)
-            fwd, fsig = forward_source(self.kernel, self.blocks, self.tiling, f"{base}_forward")
+            self.batch = batch = batch_dim(g)
+            self.varlen = varlen_able(self.tiling, batch)
+            fwd, fsig = forward_source(self.kernel, self.blocks, self.tiling, f"{base}_forward",
+                                       batch)
             bwd, bsig, self.partials = backward_source(self.kernel, self.blocks,
                                                        self.backward.graph, self.bblocks,
                                                        self.backward, self.tiling,
-                                                       f"{base}_backward")
+                                                       f"{base}_backward", batch)
         except Unsupported as why:  # any other linear transition: one token at a time
             self.blocks = self.bblocks = ()
             self.mode = f"loop ({why})"
-            self.segmented = self.bsegmented = False
+            self.segmented = self.bsegmented = self.varlen = False
+            self.batch = None
             fwd, fsig, _ = loop_source(self.kernel, self.tiling, f"{base}_forward")
             bwd, bsig, self.partials = loop_source(self.backward.graph, self.tiling,
                                                    f"{base}_backward", self.backward)

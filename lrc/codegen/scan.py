@@ -296,7 +296,7 @@ def independent(g: Graph, blocks: tuple[Block, ...]) -> bool:
 
 
 def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
-                   name: str) -> tuple[str, Signature]:
+                   name: str, batch: str | None = None) -> tuple[str, Signature]:
     """The forward kernel of kernel graph `g` (see `partition.kernel_graph`).
 
     Time is cut into N_SEG segments of SEG_LEN steps (a multiple of TC), one program per
@@ -326,9 +326,10 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
     sig.params.append(("size", "T", "T"))
     sig.params.append(("size", "N_SEG", "N_SEG"))
     sig.params.append(("size", "SEG_LEN", "SEG_LEN"))
-    consts = ["HAS_H0", "SAVE", "REVERSE", "SUMMARY", "TC", "STAGES"] + [
+    consts = ["HAS_H0", "SAVE", "REVERSE", "SUMMARY", "TC", "STAGES", "VARLEN"] + [
         f"BLOCK_{d}" for d in t.tile]
     _prologue(w, t)
+    at = len(w.lines)
     w("seg = pid  # the segment of time this program scans")
     _direction(w, "REVERSE", "f")
     varying = time_varying(g)
@@ -415,8 +416,33 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
         w(f"tl.store({ident(s)}_hT_ptr + ONE + {_state_offset(t, g, s, 'hT', None)}, "
           f"{body.state_var(s)}, mask={m})", f"final {s}")
     w.dedent()
+    _varlen(w, at, sig, t, batch)
     src = _kernel(name, sig, consts, w)
     return src, sig
+
+
+def varlen_able(tiling: Tiling, batch: str | None) -> bool:
+    """Whether the kernels can run packed sequences (cu_seqlens) in one launch: the batch dim
+    indexes programs, one per sequence."""
+    return batch is not None and batch in tiling.grid
+
+
+def _varlen(w: Writer, at: int, sig: Signature, t: Tiling, batch: str | None) -> None:
+    """Packed sequences (VARLEN, see `varlen_able`): the program's batch index is its sequence,
+    which spans [cu[i], cu[i + 1]) of the packed time axis; its length replaces T, and every
+    tensor with a time axis is rebased to the sequence's first step (the launcher passes those
+    with batch stride 0). States, checkpoints and summaries are per sequence already."""
+    sig.ptr("cu", "cu")
+    if not varlen_able(t, batch):
+        return
+    timed = [p[1] for p in sig.params if p[0] == "stride" and p[2] == "#t"]
+    ptrs = {p[1]: p[2] for p in sig.params if p[0] == "ptr"}
+    strides = {p[1]: p[3] for p in sig.params if p[0] == "stride" and p[2] == "#t"}
+    lines = ["if VARLEN:  # packed sequences: this program's sequence is cu[i], cu[i + 1]",
+             f"    t_start = tl.load(cu_ptr + i_{batch}).to(tl.int64)",
+             f"    T = (tl.load(cu_ptr + i_{batch} + 1) - t_start).to(tl.int32)"]
+    lines += [f"    {ptrs[key]} += t_start * {strides[key]}" for key in timed]
+    w.lines[at:at] = ["    " + line for line in lines]
 
 
 def _kernel(name: str, sig: Signature, consts: list[str], w: Writer) -> str:
@@ -532,7 +558,8 @@ def _summary_ptrs(sig: Signature, g: Graph, s: str) -> None:
 
 
 def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block, ...],
-                    backward, tiling: Tiling, name: str) -> tuple[str, Signature, dict]:
+                    backward, tiling: Tiling, name: str, batch: str | None = None
+                    ) -> tuple[str, Signature, dict]:
     """The backward kernel: per chunk, in the opposite order to the forward, recompute the
     forward states from the chunk's checkpoint, then run the adjoint step `bg` as a reverse scan.
 
@@ -563,6 +590,7 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
         _state_ptrs(sig, k, s, "dh0", "dh0", False)
         _summary_ptrs(sig, bg, adj)
     _prologue(pre, t)
+    at = len(pre.lines)
     pre("seg = pid  # the segment of time this program scans")
     _direction(pre, "REVERSE", "f")
     _direction(pre, "BACK", "b")
@@ -685,8 +713,9 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     sig.params.append(("size", "T", "T"))
     sig.params.append(("size", "N_SEG", "N_SEG"))
     sig.params.append(("size", "SEG_LEN", "SEG_LEN"))
+    _varlen(pre, at, sig, t, batch)
     body = Writer(lines=pre.lines + head.lines + loop.lines + post.lines)
-    consts = ["HAS_DHT", "REVERSE", "BACK", "SUMMARY", "TC", "STAGES"] + [
+    consts = ["HAS_DHT", "REVERSE", "BACK", "SUMMARY", "TC", "STAGES", "VARLEN"] + [
         f"BLOCK_{d}" for d in t.tile]
     src = _kernel(name, sig, consts, body)
     return src, sig, partials

@@ -80,7 +80,7 @@ def segments(prog: ScanProgram, run: "Launch", T: int, backward: bool = False
     tc = run.tc
     whole = -(-T // tc) * tc
     able = prog.bsegmented if backward else prog.segmented
-    if prog.mode != "scan" or not able or T <= tc:
+    if prog.mode != "scan" or not able or T <= tc or run.cu is not None:
         return 1, max(whole, tc)
     if SEGMENTS is not None:
         n = SEGMENTS
@@ -99,9 +99,13 @@ class Launch:
     """One kernel launch: fills the signature's parameters from named tensors."""
 
     def __init__(self, prog: ScanProgram, which: str, sizes: dict[str, int], T: int,
-                 device: torch.device, config: ScanConfig | None = None):
+                 device: torch.device, config: ScanConfig | None = None,
+                 cu: torch.Tensor | None = None):
+        """`cu`: packed sequences' boundaries (cu_seqlens on the device), one program row per
+        sequence; then `sizes` holds the number of sequences along the batch dim and `T` the
+        longest sequence."""
         self.prog, self.which, self.sizes, self.T = prog, which, sizes, T
-        self.device = device
+        self.device, self.cu = device, cu
         self.interpret = device.type != "cuda"
         self.programs = 1 if self.interpret else 4 * _sm_count(device)
         self.chunked = which != "step" and prog.mode == "scan"
@@ -122,6 +126,8 @@ class Launch:
         self.n_seg, self.seg_len = 1, max(-(-self.T // self.tc) * self.tc, self.tc)
 
     def add(self, key: str, x: torch.Tensor, strides: dict) -> None:
+        if self.cu is not None and "#t" in strides:  # packed: one batch row, rebased per program
+            strides = {**strides, self.prog.batch: 0}
         self.tensors[key] = (x, strides)
 
     def summaries(self, s: str, dims, like: torch.Tensor) -> None:
@@ -141,6 +147,8 @@ class Launch:
 
     def __call__(self, **consts) -> None:
         prog, t, blocks = self.prog, self.prog.tiling, self.blocks
+        if self.chunked and "cu" not in self.tensors:
+            self.tensors["cu"] = (self.cu if self.cu is not None else _no_cu(self.device), {})
         params = []
         for p in prog.signatures[self.which].params:
             if p[0] == "ptr":
@@ -153,6 +161,7 @@ class Launch:
         consts.update({f"BLOCK_{d}": b for d, b in blocks.items()}, TC=self.tc)
         if self.chunked:
             consts["STAGES"] = self.stages
+            consts["VARLEN"] = self.cu is not None
         fn = prog.kernel_fn(self.which, self.interpret)
         grid = (grid_size(t, self.sizes, blocks) * self.n_seg,)
         if self.interpret:
@@ -160,6 +169,16 @@ class Launch:
                 fn[grid](*params, **consts)
         else:
             fn[grid](*params, num_warps=self.warps, num_stages=self.stages, **consts)
+
+
+_NO_CU: dict[torch.device, torch.Tensor] = {}
+
+
+def _no_cu(device: torch.device) -> torch.Tensor:
+    """The cu_seqlens argument of a launch without packed sequences (never read)."""
+    if device not in _NO_CU:
+        _NO_CU[device] = torch.zeros(2, dtype=torch.int32, device=device)
+    return _NO_CU[device]
 
 
 def _state_strides(x: torch.Tensor, dims, chunked: bool) -> dict:
@@ -180,10 +199,11 @@ class ScanFunction(torch.autograd.Function):
         ins, h0s = tensors[:n_in], tensors[n_in:]
         device = info["device"]
         has_h0 = bool(h0s) and h0s[0].numel() > 0
+        cu, ksizes, kT = _varlen(prog, info)
         loop = prog.mode != "scan"  # the one-token loop saves every state, the scan one per chunk
 
         def launch(config: ScanConfig | None):
-            run = Launch(prog, "forward", sizes, T, device, config)
+            run = Launch(prog, "forward", ksizes, kT, device, config, cu)
             for name, x in zip(info["inputs"], ins):
                 run.add(f"in:{name}", x, dim_strides(x, k[name].annotation.axes, sizes, k.time))
             outs = []
@@ -192,15 +212,16 @@ class ScanFunction(torch.autograd.Function):
                 y = torch.empty(shape, dtype=dtype, device=device)
                 run.add(f"out:{o}", y, dim_strides(y, axes, sizes, k.time))
                 outs.append(y)
-            n_saved = T if loop else -(-T // run.tc)
+            n_saved = T if loop else -(-kT // run.tc)
             finals, chks = [], []
             for s, h0 in zip(k.state_names, h0s):
                 dims = k[s].dims
-                shape = [sizes[d] for d in dims]
+                shape = [ksizes[d] for d in dims]
                 hT = torch.empty(shape, dtype=torch.float32, device=device)
                 chk = torch.empty([n_saved] + shape, dtype=torch.float32, device=device)
                 if h0.numel():
-                    run.add(f"h0:{s}", h0, dim_strides(h0, info["state_axes"][s], sizes, k.time))
+                    run.add(f"h0:{s}", h0, dim_strides(h0, info["state_axes"][s], ksizes,
+                                                       k.time))
                 else:
                     run.add(f"h0:{s}", hT, {})
                 run.add(f"hT:{s}", hT, _state_strides(hT, dims, False))
@@ -247,9 +268,10 @@ class ScanFunction(torch.autograd.Function):
         d_finals = grads[n_out:]
         has_dht = any(gh is not None for gh in d_finals)
         names = list(info["inputs"])
+        cu, ksizes, kT = _varlen(prog, info)
 
         def launch(config: ScanConfig | None):
-            run = Launch(prog, "backward", sizes, T, device, config)
+            run = Launch(prog, "backward", ksizes, kT, device, config, cu)
             for name, x in zip(info["inputs"], ins):
                 run.add(f"in:{name}", x, dim_strides(x, k[name].annotation.axes, sizes, k.time))
             for cot, gy, axes in cots:
@@ -265,9 +287,9 @@ class ScanFunction(torch.autograd.Function):
             for (s, adj), gh in zip(bw.adjoints, d_finals):
                 dims = k[s].dims
                 if gh is None:
-                    gh = torch.zeros([sizes[d] for d in dims], dtype=torch.float32,
+                    gh = torch.zeros([ksizes[d] for d in dims], dtype=torch.float32,
                                      device=device)
-                dh0 = torch.empty([sizes[d] for d in dims], dtype=torch.float32, device=device)
+                dh0 = torch.empty([ksizes[d] for d in dims], dtype=torch.float32, device=device)
                 if loop:
                     run.add(f"h0:{adj}", gh, _state_strides(gh, dims, False))
                     run.add(f"hT:{adj}", dh0, _state_strides(dh0, dims, False))
@@ -284,7 +306,7 @@ class ScanFunction(torch.autograd.Function):
                 parts, atomic = prog.partials[out]
                 timed = k[x].role is Role.SEQ
                 slots = [] if timed or loop else [run.n_seg]  # a Param's gradient: per segment
-                parts_shape = slots + [sizes[d] for d in parts]
+                parts_shape = slots + [ksizes[d] for d in parts]  # one slot per program
                 shape = parts_shape + ([T] if timed else []) + [sizes[d] for d in k[x].dims]
                 # a Seq gradient stored once per element: in its input's dtype (no float32
                 # buffer and cast pass); partial sums and atomic adds stay in float32
@@ -328,9 +350,19 @@ class ScanFunction(torch.autograd.Function):
                 continue
             gsum = buf.sum(tuple(range(n_parts))) if n_parts else buf
             out_grads.append(_to_layout(gsum, k, name, sizes).to(x.dtype))
-        h0_grads = [dims_to_layout(dh0, k[s].dims, info["state_axes"][s], sizes)
+        h0_grads = [dims_to_layout(dh0, k[s].dims, info["state_axes"][s], ksizes)
                     if ctx.has_h0 else None for dh0, s in zip(dh0s, k.state_names)]
         return (None, None, *out_grads, *h0_grads)
+
+
+def _varlen(prog: ScanProgram, info: dict) -> tuple:
+    """(cu, sizes, T) of the kernels' launches: for packed sequences (info['varlen'] = cu on
+    the device, the longest length, the number of sequences) the batch dim counts sequences
+    and T is the longest; else the call's own."""
+    if info.get("varlen") is None:
+        return None, info["sizes"], info["T"]
+    cu, longest, n = info["varlen"]
+    return cu, dict(info["sizes"], **{prog.batch: n}), longest
 
 
 def _config(prog: ScanProgram, which: str, info: dict, ins, launch, tc: int | None = None
@@ -345,7 +377,7 @@ def _config(prog: ScanProgram, which: str, info: dict, ins, launch, tc: int | No
     if info["device"].type != "cuda" or not TUNE:
         return None if tc is None or tc == chunk_of(prog, info["sizes"]) else ScanConfig(tc)
     key = (prog.source, which, tuple(info["sizes"].items()), info["T"], tc, info["reverse"],
-           tuple((x.dtype, x.stride()) for x in ins))
+           tuple((x.dtype, x.stride()) for x in ins), info.get("varlen") is not None)
     done = scan_tune.chosen(key)
     if done is not None:
         return done
@@ -424,4 +456,9 @@ def kernel_input(prog: ScanProgram, name: str, call: Call, env, with_time: bool 
     timed = (g.time,) in axes
     if not with_time:
         axes = tuple(a for a in axes if a != (g.time,))
-    return from_canonical(g, env[name], axes, call.sizes, timed and with_time).contiguous()
+    x = env[name]
+    # a value constant along some of its node's dims (a term that cancelled) is held with
+    # size 1 there: broadcast it to the node's dims, which the kernel indexes
+    t = x.shape[0] if x.dim() == 1 + len(g.dims) else 1
+    x = x.expand(interpret.canonical_shape(g, k[name].dims, call.sizes, t))
+    return from_canonical(g, x, axes, call.sizes, timed and with_time).contiguous()

@@ -33,10 +33,16 @@ def _assemble_states(g: Graph, values: dict[str, torch.Tensor], sizes, dtype) ->
 
 
 def run(prog: ScanProgram, call: Call) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Outputs and final states for a whole-sequence call (cu_seqlens: one launch per
-    sequence)."""
+    """Outputs and final states for a whole-sequence call. cu_seqlens: one launch for all the
+    packed sequences where the kernels can (`ScanProgram.varlen`), else one per sequence."""
     if call.segments is None:
         return _run(prog, call, call.tensors, call.states, call.T)
+    if prog.varlen:
+        bounds = [a for a, _ in call.segments] + [call.segments[-1][1]]
+        cu = torch.tensor(bounds, dtype=torch.int32).to(call.device, non_blocking=True)
+        longest = max(b - a for a, b in call.segments)
+        return _run(prog, call, call.tensors, call.states, call.T,
+                    varlen=(cu, longest, len(call.segments)))
     g = prog.g
     b = batch_dim(g)
     seq_args = {n.arg for n in g.inputs(Role.SEQ)}
@@ -68,7 +74,9 @@ def run(prog: ScanProgram, call: Call) -> tuple[list[torch.Tensor], list[torch.T
     return outs, fins
 
 
-def _run(prog: ScanProgram, call: Call, tensors, states, T: int):
+def _run(prog: ScanProgram, call: Call, tensors, states, T: int, varlen=None):
+    """One launch of the kernels over `tensors` (`varlen`: packed sequences, see
+    scan_runtime._varlen), with the pre and post work in PyTorch."""
     g, k, part = prog.g, prog.kernel, prog.part
     sizes = call.sizes
     sub = Call(g, tensors, states, sizes, T, call.reverse, None, call.out_dtype,
@@ -88,7 +96,8 @@ def _run(prog: ScanProgram, call: Call, tensors, states, T: int):
             h0s.append(part_view(states[g[s].arg], g[s].part))
     out_dtypes = [call.out_dtype if o in g.outputs else torch.float32 for o in k.outputs]
     info = dict(sizes=sizes, T=T, inputs=names, out_dtypes=out_dtypes, device=call.device,
-                reverse=call.reverse, state_axes={s: g[s].annotation.axes for s in k.state_names})
+                reverse=call.reverse, state_axes={s: g[s].annotation.axes for s in k.state_names},
+                varlen=varlen)
     res = ScanFunction.apply(prog, info, *ins, *h0s)
     kouts, finals = res[:len(k.outputs)], res[len(k.outputs):]
     results = dict(zip(k.outputs, kouts))
@@ -105,7 +114,8 @@ def _run(prog: ScanProgram, call: Call, tensors, states, T: int):
                 x = env[o].expand(interpret.canonical_shape(g, g[o].dims, sizes, T))
                 results[o] = from_canonical(g, x, axes, sizes, True).to(call.out_dtype)
     outs = [results[o] for o in g.outputs]
-    fins = _assemble_states(g, dict(zip(k.state_names, finals)), sizes, call.state_dtype)
+    ssizes = sizes if varlen is None else dict(sizes, **{prog.batch: varlen[2]})
+    fins = _assemble_states(g, dict(zip(k.state_names, finals)), ssizes, call.state_dtype)
     return outs, fins
 
 

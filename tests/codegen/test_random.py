@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 import lrc
 from tests.conftest import rel_err
@@ -84,3 +85,34 @@ def test_two_level_scan(rs):
 def test_two_level_gradients(rs):
     with two_level():
         test_gradients.hypothesis.inner_test(rs)
+
+
+@SETTINGS
+@given(random_specs(), st.lists(st.integers(0, 6), min_size=1, max_size=4), st.booleans())
+def test_cu_seqlens(rs, lens, reverse):
+    """Packed sequences (random lengths, empty ones too) in one launch where the kernels can:
+    each as the plain-PyTorch loop computes it alone from its own initial state."""
+    from lrc.runtime.bind import batch_dim
+
+    kern = lrc.compile(rs.spec, backend="triton", lowering="scan")
+    assume(batch_dim(kern.program.g) is not None and sum(lens) > 0)
+    bounds = [0] + torch.tensor(lens).cumsum(0).tolist()
+    inp = rs.make_inputs(T=bounds[-1], batch=1, state_batch=len(lens), seed=2)
+    low = inp.to(torch.float32)
+    y, h = kern(*low.args, initial_state=low.state, cu_seqlens=torch.tensor(bounds),
+                reverse=reverse, return_final_state=True)
+    ys, hs = as_tuple(y), as_tuple(h)
+    for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        fins = [got.narrow(ax, k, 1) for got, ax in zip(hs, inp.batch_axes)]
+        if a == b:  # an empty sequence keeps its initial state
+            for got, s0 in zip(fins, inp.state_of(k)):
+                assert rel_err(got, s0) <= 1e-6, rs.source
+            continue
+        one = inp.slice_time(a, b)
+        one = type(one)(one.args, one.names, one.time_axes, inp.state_of(k), one.batch_axes)
+        want_y, want_h = rs.expected(one, reverse=reverse)
+        for got, axes, e in zip(ys, kern.lowered.out_axes, want_y):
+            t_ax = list(axes).index((kern.lowered.time,))
+            assert rel_err(got.narrow(t_ax, a, b - a), e) <= 1e-4, rs.source
+        for got, e in zip(fins, want_h):
+            assert rel_err(got, e) <= 1e-4, rs.source

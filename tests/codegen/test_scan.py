@@ -139,6 +139,57 @@ def test_cu_seqlens():
     assert rel_err(y, y2) <= FWD and rel_err(h, h2) <= FWD
 
 
+@pytest.mark.parametrize("name", ["rglru", "mamba1", "lru", "gla"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cu_seqlens_in_one_launch(name, reverse, monkeypatch):
+    """Packed sequences (lengths 7, 1, 21; 4-step chunks) in one launch per direction, each
+    program its own sequence: outputs, final states and every gradient (inputs and initial
+    states) as the reference computes them sequence by sequence."""
+    from lrc.runtime import scan_runtime
+
+    monkeypatch.setattr(scan_runtime, "CHUNK", 4)
+    launches = []
+    launch = scan_runtime.Launch.__call__
+
+    def spy(self, **consts):
+        launches.append((self.which, self.cu is not None, self.sizes[self.prog.batch]))
+        return launch(self, **consts)
+
+    monkeypatch.setattr(scan_runtime.Launch, "__call__", spy)
+    entry = ZOO[name]
+    kern, ref = layers(name)
+    assert kern.program.varlen
+    cu = torch.tensor([0, 7, 8, 29])
+    args = entry.example(b=1, t=29, dtype=torch.float64)
+    state = as_tuple(entry.initial_state(b=3, dtype=torch.float64))
+    ours = {k: v.float().requires_grad_(True) if not v.is_complex() else
+            v.to(torch.complex64).requires_grad_(True) for k, v in args.items()}
+    theirs = {k: v.detach().clone().requires_grad_(True) for k, v in args.items()}
+    s_ours = tuple((x.float() if not x.is_complex() else x.to(torch.complex64))
+                   .requires_grad_(True) for x in state)
+    s_ref = tuple(x.detach().clone().requires_grad_(True) for x in state)
+    y, h = kern(**ours, initial_state=s_ours, cu_seqlens=cu, reverse=reverse,
+                return_final_state=True)
+    y2, h2 = ref(**theirs, initial_state=s_ref, cu_seqlens=cu, reverse=reverse,
+                 return_final_state=True)
+    outs, outs2, fins, fins2 = as_tuple(y), as_tuple(y2), as_tuple(h), as_tuple(h2)
+    for a, e in zip(outs + fins, outs2 + fins2):
+        assert rel_err(a, e) <= FWD
+    gys = [torch.randn_like(o2.real if o2.is_complex() else o2) for o2 in outs2]
+    ghs = [torch.randn_like(f2) for f2 in fins2]
+    leaves = list(ours.values()) + list(s_ours)
+    leaves2 = list(theirs.values()) + list(s_ref)
+    g1 = torch.autograd.grad(loss_of(outs, fins, [g.float() for g in gys],
+                                     [g.to(f.dtype) for g, f in zip(ghs, fins)]), leaves,
+                             allow_unused=True)
+    g2 = torch.autograd.grad(loss_of(outs2, fins2, gys, ghs), leaves2, allow_unused=True)
+    for a, e in zip(g1, g2):
+        assert (a is None) == (e is None)
+        if e is not None:
+            assert rel_err(a, e) <= GRAD
+    assert launches == [("forward", True, 3), ("backward", True, 3)]
+
+
 def test_source_is_what_runs():
     kern, _ = layers("mamba1")
     for which in ("forward", "backward", "step"):
@@ -302,3 +353,40 @@ def test_tuned_configs_persist(tmp_path, monkeypatch):
     assert scan_tune.chosen(key) == cfg
     assert scan_tune.remembered(key, "NVIDIA A100") is None
     assert scan_tune.remembered(key[:3] + (4097,) + key[4:], "NVIDIA H200") is None
+
+
+def test_params_only_terms_in_float64():
+    """log(p + 0.5) at p = 0.5 + 1e-4: a term of Params alone inside the state update is
+    computed once in float64 (split out of the kernel's node), not in float32 in the kernel,
+    where log near 1 keeps three digits."""
+
+    @lrc.recurrence
+    def spec(h: State("b d"), x: Seq("b t d"), p: lrc.Param("d")):
+        return h, 0.5 * h + lrc.log(p + 0.5) * (1.0 + 0.0 * x)
+
+    p = torch.full((3,), 0.5) + torch.tensor([1e-4, 2e-4, 3e-4])
+    x, h0 = torch.randn(2, 5, 3), torch.zeros(2, 3)
+    _, hT = lrc.compile(spec, backend="triton", lowering="scan")(
+        x, p, initial_state=h0, return_final_state=True)
+    _, want = lrc.compile(spec, backend="reference")(
+        x.double(), p.double(), initial_state=h0.double(), return_final_state=True)
+    assert rel_err(hT, want) <= 1e-6
+
+
+def test_params_only_node_constant_along_a_dim():
+    """A node of Params alone whose value does not vary along one of its dims (the term with
+    that dim cancels: p * 0 + q): computed by PyTorch, it is broadcast to its dims before the
+    kernel reads it (it once reached the kernel with one element for two)."""
+
+    @lrc.recurrence
+    def spec(h: State("b n d"), x: Seq("b t d"), p: lrc.Param("n"), q: lrc.Param("d")):
+        g = lrc.tanh(p * 0.0 + q) * 0.5
+        return h.sum("n"), g * h + x
+
+    p, q = torch.randn(2), torch.randn(3)
+    x, h0 = torch.randn(2, 5, 3), torch.randn(2, 2, 3)
+    y, hT = lrc.compile(spec, backend="triton", lowering="scan")(
+        x, p, q, initial_state=h0, return_final_state=True)
+    y2, want = lrc.compile(spec, backend="reference")(
+        x.double(), p.double(), q.double(), initial_state=h0.double(), return_final_state=True)
+    assert rel_err(y, y2) <= FWD and rel_err(hT, want) <= FWD
