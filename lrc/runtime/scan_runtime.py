@@ -41,13 +41,25 @@ TUNE = os.environ.get("LRC_TUNE", "1") != "0"  # on the GPU, time scan_tune's ca
 
 def dim_strides(x: torch.Tensor, axes: Axes, sizes: dict[str, int], time: str) -> dict:
     """Stride of each named dim of `x` laid out as `axes` ('#t' for time)."""
+    key = (x.stride(), axes, time, tuple(sizes[d] for a in axes if len(a) > 1 for d in a
+                                         if d != time))
+    hit = _STRIDES.get(key)
+    if hit is not None:
+        return hit
     out = {}
     for i, axis in enumerate(axes):
         inner = 1
         for d in reversed(axis):
             out["#t" if d == time else d] = x.stride(i) * inner
             inner *= 1 if d == time else sizes[d]
+    if len(_STRIDES) > 4096:
+        _STRIDES.clear()
+    _STRIDES[key] = out
     return out
+
+
+_CONFIGURED: dict[tuple, tuple] = {}  # Launch.configure's results per program and shape
+_STRIDES: dict[tuple, dict] = {}  # dim_strides per (strides, axes, group sizes): host time
 
 
 def part_view(x: torch.Tensor, part: str) -> torch.Tensor:
@@ -115,6 +127,13 @@ class Launch:
     def configure(self, config: ScanConfig | None) -> None:
         """Chunk, blocks, warps and stages: `config`'s, else the defaults of this module."""
         prog, sizes = self.prog, self.sizes
+        key = (id(prog), self.chunked, tuple(sizes.items()), self.T, config, self.programs,
+               CHUNK, BUDGET, NUM_WARPS, NUM_STAGES)
+        hit = _CONFIGURED.get(key)
+        if hit is not None and hit[0] is prog:
+            self.tc, blocks, self.warps, self.stages, self.n_seg, self.seg_len = hit[1:]
+            self.blocks = dict(blocks)
+            return
         self.tc = 1 if not self.chunked else config.tc if config else chunk_of(prog, sizes)
         self.blocks = block_sizes(prog.tiling, sizes, self.tc, budget=BUDGET,
                                   programs=self.programs)
@@ -124,6 +143,10 @@ class Launch:
         self.warps = config.warps if config else NUM_WARPS
         self.stages = config.stages if config else NUM_STAGES
         self.n_seg, self.seg_len = 1, max(-(-self.T // self.tc) * self.tc, self.tc)
+        if len(_CONFIGURED) > 1024:
+            _CONFIGURED.clear()
+        _CONFIGURED[key] = (prog, self.tc, dict(self.blocks), self.warps, self.stages,
+                            self.n_seg, self.seg_len)
 
     def add(self, key: str, x: torch.Tensor, strides: dict) -> None:
         if self.cu is not None and "#t" in strides:  # packed: one batch row, rebased per program

@@ -215,6 +215,22 @@ def test_gpu_long(name):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mamba1", "rglru", "gla"])
+def test_gpu_cu_seqlens(name, monkeypatch):
+    """Packed sequences in one launch at real lengths (one empty, one of one step)."""
+    entry = ZOO[name]
+    kern, ref = layers(name)
+    cu = torch.tensor([0, 0, 1, 2049, 5000], device="cuda")
+    args = entry.example(b=1, t=5000, dtype=torch.float64, device="cuda")
+    state = as_tuple(entry.initial_state(b=4, dtype=torch.float64, device="cuda"))
+    y, h = kern(**{k: v.float() for k, v in args.items()}, cu_seqlens=cu,
+                initial_state=tuple(x.float() for x in state), return_final_state=True)
+    y2, h2 = ref(**args, cu_seqlens=cu, initial_state=state, return_final_state=True)
+    for a, e in zip(as_tuple(y) + as_tuple(h), as_tuple(y2) + as_tuple(h2)):
+        assert rel_err(a, e) <= FWD
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", ["mamba1", "rglru"])
 def test_gpu_bf16(name):
     check(name, b=2, t=4097, device="cuda", dtype=torch.bfloat16, tol=BF16, gtol=BF16 * 3)
