@@ -36,6 +36,10 @@ TIME_INNER = [(256, 8, 4, 2), (512, 4, 4, 2), (1024, 1, 4, 2), (128, 16, 4, 3), 
 CHANNELS_INNER = [(32, 32, 1, 3), (64, 32, 2, 3), (64, 16, 1, 3), (128, 32, 4, 3),
                   (64, 16, 2, 3)]
 WHOLE_DIM = [(64, 2, 2, 3), (16, 8, 1, 3), (64, 4, 4, 2), (128, 2, 4, 2), (16, 16, 4, 2)]
+# the backward of a whole-dim state also tries wide blocks: a gradient summed over the split
+# dim (Mamba's dB, dC over d) is added atomically once per program, so a block of 2 channels
+# issues 16x the atomics of one of 32 (the Mamba-1 reference shape: ~1e9 at block 2)
+WHOLE_DIM_BACKWARD = [(16, 32, 4, 2), (16, 64, 8, 2)]
 
 
 def candidates(time_inner: bool, whole: int, tc: int | None = None) -> list[ScanConfig]:
@@ -44,6 +48,8 @@ def candidates(time_inner: bool, whole: int, tc: int | None = None) -> list[Scan
     N for Mamba's state n); `tc`: the chunk already fixed (the backward reads the forward's
     checkpoints)."""
     rows = WHOLE_DIM if whole > 4 else TIME_INNER if time_inner else CHANNELS_INNER
+    if whole > 4 and tc is not None:
+        rows = rows + WHOLE_DIM_BACKWARD
     out = [ScanConfig(c if tc is None else tc, b, w, st) for c, b, w, st in rows]
     return list(dict.fromkeys(out))
 

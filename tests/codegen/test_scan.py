@@ -309,7 +309,8 @@ def test_two_level_scan(name, reverse, monkeypatch):
 def _tuner_rows(name):
     from lrc.codegen import scan_tune
 
-    return {"mamba1": scan_tune.WHOLE_DIM, "rglru": scan_tune.CHANNELS_INNER,
+    return {"mamba1": scan_tune.WHOLE_DIM + scan_tune.WHOLE_DIM_BACKWARD,
+            "rglru": scan_tune.CHANNELS_INNER,
             "lru": scan_tune.TIME_INNER}[name]
 
 
@@ -350,6 +351,8 @@ def test_tuner_candidates_follow_the_layout():
     assert max(c.tc for c in inner) > max(c.tc for c in outer)
     assert {c.tc for c in scan_tune.candidates(False, 1, tc=48)} == {48}
     assert whole != inner and all(c.block * 16 * c.tc <= 4096 for c in whole)
+    # the backward of a whole-dim state may take wide blocks (fewer atomic dB, dC adds)
+    assert max(c.block for c in scan_tune.candidates(True, 16, tc=64)) >= 32
 
 
 def test_tuned_configs_persist(tmp_path, monkeypatch):
