@@ -215,6 +215,17 @@ def test_gpu_long(name):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mamba1", "rglru", "lru"])
+def test_gpu_tuned_configs(name, monkeypatch):
+    """The configs the tuner picks at real sizes (whatever LRC_TUNE says for the rest of the
+    GPU tests, which compile faster without it)."""
+    from lrc.runtime import scan_runtime
+
+    monkeypatch.setattr(scan_runtime, "TUNE", True)
+    check(name, b=2, t=4099, device="cuda")
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", ["mamba1", "rglru", "gla"])
 def test_gpu_cu_seqlens(name, monkeypatch):
     """Packed sequences in one launch at real lengths (one empty, one of one step)."""
