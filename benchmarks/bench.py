@@ -496,8 +496,8 @@ STAGES = {"copy": copy, "diag": diag_case, "sweep_t": sweep_t, "two_level": two_
 if __name__ == "__main__":
     print(torch.__version__, triton.__version__, torch.cuda.get_device_name(), flush=True)
     stages = sys.argv[1:] or [s for s in STAGES if s != "mamba1"]
+    tag = "_".join(stages) if len(stages) < 4 else "all"
     for st in stages:
         STAGES[st]()
-    tag = "_".join(stages) if len(stages) < 4 else "all"
-    with open(os.path.join(OUT, f"bench_{tag}.json"), "w") as fh:
-        json.dump(ROWS, fh, indent=1)
+        with open(os.path.join(OUT, f"bench_{tag}.json"), "w") as fh:  # after every stage:
+            json.dump(ROWS, fh, indent=1)                               # a time limit keeps some
