@@ -439,6 +439,17 @@ def test_gpu_conv_equals_scan_at_scale():
     assert rel_err(y_c, y_s) <= FWD
 
 
+def assert_param_gradient(spec, lowering, x0, p0, h0):
+    """The gradient of the Param `p0` (nonzero) as the float64 reference gives it."""
+    ours, theirs = p0.clone().requires_grad_(True), p0.double().clone().requires_grad_(True)
+    y = lrc.compile(spec, backend="triton", lowering=lowering)(x0, ours, initial_state=h0)
+    y2 = lrc.compile(spec, backend="reference")(x0.double(), theirs, initial_state=h0.double())
+    gy = torch.randn_like(y2)
+    (g1,) = torch.autograd.grad((y.double() * gy).sum(), ours)
+    (g2,) = torch.autograd.grad((y2 * gy).sum(), theirs)
+    assert g2.abs().max() > 0 and rel_err(g1, g2) <= GRAD
+
+
 @pytest.mark.parametrize("lowering", ["conv", "scan"])
 def test_saturated_param_gate_gradient(lowering):
     """An input term of Params alone, tanh(sum p) with tanh saturated: computed in float64 and
@@ -451,13 +462,7 @@ def test_saturated_param_gate_gradient(lowering):
     torch.manual_seed(1)
     x0, p0, h0 = torch.randn(3, 9), torch.full((3, 4), 0.8) + 0.01 * torch.randn(3, 4), \
         torch.randn(3)
-    ours, theirs = p0.clone().requires_grad_(True), p0.double().clone().requires_grad_(True)
-    y = lrc.compile(spec, backend="triton", lowering=lowering)(x0, ours, initial_state=h0)
-    y2 = lrc.compile(spec, backend="reference")(x0.double(), theirs, initial_state=h0.double())
-    gy = torch.randn_like(y2)
-    (g1,) = torch.autograd.grad((y.double() * gy).sum(), ours)
-    (g2,) = torch.autograd.grad((y2 * gy).sum(), theirs)
-    assert g2.abs().max() > 0 and rel_err(g1, g2) <= GRAD
+    assert_param_gradient(spec, lowering, x0, p0, h0)
 
 
 @pytest.mark.parametrize("lowering", ["conv", "scan"])
@@ -473,10 +478,4 @@ def test_saturated_param_term_in_an_output(lowering):
 
     x0, h0 = torch.randn(2, 9), torch.randn(2)
     p0 = torch.tensor([1.0, 1.1, 0.9, 1.05])
-    ours, theirs = p0.clone().requires_grad_(True), p0.double().clone().requires_grad_(True)
-    y = lrc.compile(spec, backend="triton", lowering=lowering)(x0, ours, initial_state=h0)
-    y2 = lrc.compile(spec, backend="reference")(x0.double(), theirs, initial_state=h0.double())
-    gy = torch.randn_like(y2)
-    (g1,) = torch.autograd.grad((y.double() * gy).sum(), ours)
-    (g2,) = torch.autograd.grad((y2 * gy).sum(), theirs)
-    assert g2.abs().max() > 0 and rel_err(g1, g2) <= GRAD
+    assert_param_gradient(spec, lowering, x0, p0, h0)
