@@ -26,7 +26,7 @@ def main() -> None:
     print(layer.plan)
     print("\n== the generated forward kernel (first lines of the time loop) ==")
     src = layer.source("forward").splitlines()
-    start = next(i for i, line in enumerate(src) if "for ci in range" in line)
+    start = next(i for i, line in enumerate(src) if line.lstrip().startswith("for ci in"))
     print("\n".join(src[start:start + 22]))
     print("   ...")
     b, t, d, n = 2, 64, 8, 4
