@@ -388,6 +388,11 @@ def _varlen(prog: ScanProgram, info: dict) -> tuple:
     return cu, dict(info["sizes"], **{prog.batch: n}), longest
 
 
+def _tune_key(prog: ScanProgram, which: str, info: dict, ins, tc: int | None) -> tuple:
+    return (prog.source, which, tuple(info["sizes"].items()), info["T"], tc, info["reverse"],
+            tuple((x.dtype, x.stride()) for x in ins), info.get("varlen") is not None)
+
+
 def _config(prog: ScanProgram, which: str, info: dict, ins, launch, tc: int | None = None
             ) -> ScanConfig | None:
     """The launch settings: CONFIG if set; on the GPU with TUNE the fastest candidate for this
@@ -399,8 +404,11 @@ def _config(prog: ScanProgram, which: str, info: dict, ins, launch, tc: int | No
         return CONFIG if tc is None else replace(CONFIG, tc=tc)
     if info["device"].type != "cuda" or not TUNE:
         return None if tc is None or tc == chunk_of(prog, info["sizes"]) else ScanConfig(tc)
-    key = (prog.source, which, tuple(info["sizes"].items()), info["T"], tc, info["reverse"],
-           tuple((x.dtype, x.stride()) for x in ins), info.get("varlen") is not None)
+    if torch.cuda.is_current_stream_capturing():  # no timing runs inside a CUDA graph capture
+        found = scan_tune.chosen(_tune_key(prog, which, info, ins, tc))
+        return found or (None if tc is None or tc == chunk_of(prog, info["sizes"])
+                         else ScanConfig(tc))
+    key = _tune_key(prog, which, info, ins, tc)
     done = scan_tune.chosen(key)
     if done is not None:
         return done
