@@ -47,10 +47,13 @@ def bars(rows, path, title):
         vals = [r["ms"] * 1e3 for r in rs]
         colors = ["#2a9d8f" if r["impl"].startswith("lrc") else "#e76f51" for r in rs]
         ax.barh(range(len(rs)), vals, color=colors)
+        for i, r in enumerate(rs):  # the kernels' own time, where the row has it
+            if r.get("gpu_us"):
+                ax.plot([r["gpu_us"]] * 2, [i - 0.4, i + 0.4], c="k", lw=2)
         ax.set_yticks(range(len(rs)))
         ax.set_yticklabels(labels, fontsize=7)
         ax.set_xscale("log")
-        ax.set_xlabel("microseconds (median, lower is better)")
+        ax.set_xlabel("microseconds (wall-clock median; black tick: GPU kernel time)")
         for mode, us in floors(case).items():
             ax.axvline(us, ls="--", c="k", lw=0.8)
             ax.text(us, len(rs) - 0.5, f" floor {mode} {us:.0f} us", fontsize=7)
@@ -90,6 +93,10 @@ if __name__ == "__main__":
     bars(sum((load(f"latest_{n}.json") for n in ("diag_mamba2fwd", "mamba1", "chunked", "decode",
                                                  "s4d")), []),
          "latest_vs_peers.png", "Latest run (2026-11-28, third session)")
+    s4 = load("session4_bench.json") + [
+        dict(r, mode=r["mode"]) for r in load("session4_conv.json")
+        if r.get("mode") in ("fwd", "fwdbwd") and not r["impl"].startswith("  ")]
+    bars(s4, "session4_vs_peers.png", "Fourth session (2026-11-28)")
     conv = load("bench_conv.json")
     bars([r for r in conv if "sweep" not in r["case"]], "conv_vs_peer.png",
          "Conv lowering vs PyTorch eager S4D")
