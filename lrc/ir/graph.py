@@ -79,20 +79,28 @@ class Graph:
         raise KeyError(arg)
 
     def inputs(self, role: Role | None = None) -> tuple[Input, ...]:
-        return tuple(n for n in self.nodes
-                     if isinstance(n, Input) and (role is None or n.role is role))
+        return self._inputs[role]
 
-    @property
+    @functools.cached_property
+    def _inputs(self) -> dict:
+        """The Input nodes per role (None: all), computed once: every call asks."""
+        every = tuple(n for n in self.nodes if isinstance(n, Input))
+        out: dict = {None: every}
+        for r in Role:
+            out[r] = tuple(n for n in every if n.role is r)
+        return out
+
+    @functools.cached_property
     def state_names(self) -> tuple[str, ...]:
         """The state input nodes, in declaration order (a split complex state has two)."""
         return tuple(s for s, _ in self.states)
 
-    @property
+    @functools.cached_property
     def state_args(self) -> tuple[str, ...]:
         """The user's state arguments, in declaration order (what initial_state= holds)."""
         return tuple(dict.fromkeys(self[s].arg for s in self.state_names))
 
-    @property
+    @functools.cached_property
     def new_state_names(self) -> tuple[str, ...]:
         return tuple(n for _, n in self.states)
 
