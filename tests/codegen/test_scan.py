@@ -420,3 +420,58 @@ def test_params_only_node_constant_along_a_dim():
     y2, want = lrc.compile(spec, backend="reference")(
         x.double(), p.double(), q.double(), initial_state=h0.double(), return_final_state=True)
     assert rel_err(y, y2) <= FWD and rel_err(hT, want) <= FWD
+
+
+def test_tuner_picks_candidates_by_layout(tmp_path, monkeypatch):
+    """What the GPU path of the tuner does, with the GPU faked: the candidate set follows the
+    layout of the first Seq input (time contiguous or channels contiguous) and the state's
+    whole dims; the backward keeps the forward's chunk; a tuned shape is timed once, then found
+    in memory, then on disk by a new process."""
+    from lrc.codegen import chunked_tune, scan_tune
+    from lrc.runtime import scan_runtime
+
+    monkeypatch.setenv("LRC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(chunked_tune, "_CACHE", {})
+    monkeypatch.setattr(scan_tune, "_CACHE", chunked_tune._CACHE)
+    monkeypatch.setattr(scan_runtime, "TUNE", True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "fake GPU")
+    timed = []
+
+    def choose(key, configs, run):
+        timed.append(configs)
+        chunked_tune._CACHE[key] = configs[0]
+        return configs[0]
+
+    monkeypatch.setattr(scan_tune, "choose", choose)
+
+    @lrc.recurrence
+    def diag(x: Seq("b t d"), a: Seq("b t d"), h: State("b d")):
+        h = a * h + x
+        return h, h
+
+    def config(spec, which, args, tc=None):
+        prog = lrc.compile(spec, backend="triton").program
+        names = [n.name for n in prog.kernel.inputs() if n.role.value in ("Seq", "Param")]
+        ins = [args[prog.g[n].arg] if hasattr(prog.g[n], "arg") else torch.ones(1)
+               for n in names]  # a pre node's value: only its dtype and strides count here
+        from lrc.runtime.call import make_call
+
+        info = dict(sizes=make_call(prog.g, (), args).sizes, T=40, inputs=names,
+                    device=torch.device("cuda"), reverse=False)
+        return scan_runtime._config(prog, which, info, ins, None, tc)
+
+    x = torch.randn(2, 40, 3)
+    first = config(diag, "forward", dict(x=x, a=x))
+    assert timed[-1] == scan_tune.candidates(False, 1) and first == timed[-1][0]
+    xt = x.transpose(1, 2).contiguous().transpose(1, 2)  # the same shape, time contiguous
+    config(diag, "forward", dict(x=xt, a=xt))
+    assert timed[-1] == scan_tune.candidates(True, 1)
+    m1 = ZOO["mamba1"]
+    args = m1.example(b=2, t=40, dtype=torch.float32, n=16)
+    back = config(m1.spec, "backward", args, tc=16)
+    assert timed[-1] == scan_tune.candidates(True, 16, tc=16) and back.tc == 16
+    n = len(timed)
+    assert config(m1.spec, "backward", args, tc=16) == back and len(timed) == n  # memory
+    chunked_tune._CACHE.clear()
+    assert config(m1.spec, "backward", args, tc=16) == back and len(timed) == n  # disk
