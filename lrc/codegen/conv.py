@@ -28,7 +28,8 @@ from ..passes.analysis import expr_dims
 from ..runtime.bind import batch_dim, from_canonical, to_canonical
 from . import conv_fft, conv_gen
 from . import conv_kernels as ck
-from .conv_plan import ConvNode, ConvPlan, StateForm, Tape, analyze
+from ..ir.functions import Tape
+from .conv_plan import ConvNode, ConvPlan, StateForm, analyze
 
 _C64 = {True: torch.complex128, False: torch.complex64}
 

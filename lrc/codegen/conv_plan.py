@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import networkx as nx
 import sympy as sp
 
-from ..ir import functions as fn
 from ..ir.dims import Role
 from ..ir.graph import Graph
 from ..ir.nodes import Input, Map, Rename, Shift, Sum, node_symbol
@@ -336,54 +335,3 @@ def _fold(g: Graph, r: str, w: sp.Basic, real: bool, params: frozenset[str], kee
     if sp.simplify(gate - alpha_gate[1]) != 0:
         return None
     return o.name, gate, alpha_gate[0], beta
-
-
-class Tape:
-    """An expression compiled once into steps (shared subexpressions computed once), run with
-    the reference interpreter's rules (`lrc.ir.functions`) over values bound by symbol name.
-    What the conv lowering evaluates on every call, without walking sympy trees each time."""
-
-    def __init__(self, expr: sp.Basic):
-        self.steps: list[tuple] = []
-        index: dict[sp.Basic, int] = {}
-
-        def visit(e: sp.Basic) -> int:
-            if e in index:
-                return index[e]
-            if isinstance(e, sp.Symbol):
-                step: tuple = ("symbol", e.name)
-            elif type(e) in fn._CONSTANTS:
-                step = ("const", fn._CONSTANTS[type(e)])
-            elif e.is_Number:
-                step = ("const", complex(e) if not e.is_real else float(e))
-            elif isinstance(e, sp.Pow):
-                step = ("pow", e, visit(e.base), visit(e.exp))
-            elif isinstance(e, sp.Piecewise):
-                step = ("where", [visit(x) for pair in e.args for x in pair])
-            elif type(e) in fn.EVAL:
-                step = ("call", fn.EVAL[type(e)], [visit(a) for a in e.args])
-            else:
-                raise NotImplementedError(f"no evaluation rule for {type(e).__name__}: {e}")
-            index[e] = len(self.steps)
-            self.steps.append(step)
-            return index[e]
-
-        self.out = visit(expr)
-        self.names = tuple(sorted(s.name for s in expr.free_symbols))
-
-    def __call__(self, env: dict[str, object]):
-        """The value (a tensor, or a Python number for a constant expression)."""
-        vals: list = []
-        for step in self.steps:
-            kind = step[0]
-            if kind == "symbol":
-                vals.append(env[step[1]])
-            elif kind == "const":
-                vals.append(step[1])
-            elif kind == "pow":
-                vals.append(fn._pow(vals[step[2]], vals[step[3]], step[1]))
-            elif kind == "where":
-                vals.append(fn._where(*(vals[i] for i in step[1])))
-            else:
-                vals.append(step[1](*(vals[i] for i in step[2])))
-        return vals[self.out]

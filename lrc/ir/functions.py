@@ -223,6 +223,64 @@ def evaluate(expr: sp.Basic, env: dict[sp.Symbol, Value],
     return value
 
 
+class Tape:
+    """An expression compiled once into steps (shared subexpressions computed once), run with
+    `evaluate`'s rules over values bound by symbol name: what runs on every call (a Map node
+    of the interpreter, the Params' terms the kernels read, the conv lowering's expressions),
+    without walking and hashing the sympy tree each time."""
+
+    def __init__(self, expr: sp.Basic):
+        self.steps: list[tuple] = []
+        index: dict[sp.Basic, int] = {}
+
+        def visit(e: sp.Basic) -> int:
+            if e in index:
+                return index[e]
+            if isinstance(e, sp.Symbol):
+                step: tuple = ("symbol", e.name)
+            elif type(e) in _CONSTANTS:
+                step = ("const", _CONSTANTS[type(e)])
+            elif e.is_Number:
+                step = ("const", complex(e) if not e.is_real else float(e))
+            elif isinstance(e, sp.Pow):
+                step = ("pow", e, visit(e.base), visit(e.exp))
+            elif isinstance(e, sp.Piecewise):
+                step = ("where", [visit(x) for pair in e.args for x in pair])
+            elif type(e) in EVAL:
+                step = ("call", EVAL[type(e)], [visit(a) for a in e.args])
+            else:
+                raise NotImplementedError(f"no evaluation rule for {type(e).__name__}: {e}")
+            index[e] = len(self.steps)
+            self.steps.append(step)
+            return index[e]
+
+        self.out = visit(expr)
+        self.names = tuple(sorted(s.name for s in expr.free_symbols))
+
+    def __call__(self, env: dict[str, object]):
+        """The value (a tensor, or a Python number for a constant expression)."""
+        vals: list = []
+        for step in self.steps:
+            kind = step[0]
+            if kind == "symbol":
+                vals.append(env[step[1]])
+            elif kind == "const":
+                vals.append(step[1])
+            elif kind == "pow":
+                vals.append(_pow(vals[step[2]], vals[step[3]], step[1]))
+            elif kind == "where":
+                vals.append(_where(*(vals[i] for i in step[1])))
+            else:
+                vals.append(step[1](*(vals[i] for i in step[2])))
+        return vals[self.out]
+
+
+@functools.lru_cache(maxsize=4096)
+def tape(expr: sp.Basic) -> Tape:
+    """`expr`'s Tape, compiled once per expression."""
+    return Tape(expr)
+
+
 def is_complex(expr: sp.Basic) -> bool:
     """Whether the value may be complex: complex symbols or I, outside re/im/abs."""
     if isinstance(expr, sp.Symbol):

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 
 from .dims import Role
-from .functions import evaluate
+from .functions import tape
 from .graph import Graph
-from .nodes import Input, Map, Node, Rename, Shift, Sum, node_symbol
+from .nodes import Input, Map, Node, Rename, Shift, Sum
 
 
 def canonical_shape(g: Graph, dims, sizes: dict[str, int], t: int = 1) -> tuple[int, ...]:
@@ -40,8 +40,7 @@ def eval_node(g: Graph, node: Node, env: dict[str, torch.Tensor], sizes: dict[st
             return pos.reshape(canonical_shape(g, node.dims, sizes))
         return env[node.name]
     if isinstance(node, Map):
-        symbols = {node_symbol(g[a]): env[a] for a in node.args}
-        value = evaluate(node.expr, symbols)
+        value = tape(node.expr)({a: env[a] for a in node.args})
         if not isinstance(value, torch.Tensor):
             dtype = torch.complex128 if isinstance(value, complex) else torch.float64
             value = torch.as_tensor(value, dtype=dtype, device=like.device)

@@ -78,11 +78,13 @@ def check(spec, b: int, t: int, device: str = "cpu", dtype=torch.float32, tol=FW
     args, state = inputs(spec, b, t, device, **dims)
     ours = {k: low(v, dtype).requires_grad_(True) for k, v in args.items()}
     # the reference gets the very values ours got (rounded to `dtype`), widened
-    theirs = {k: v.detach().to(args[k].dtype).requires_grad_(True) for k, v in ours.items()}
+    # (on the CPU: the reference's loop over time is launch-bound on a GPU)
+    theirs = {k: v.detach().cpu().to(args[k].dtype).requires_grad_(True)
+              for k, v in ours.items()}
     s_ours = s_ref = None
     if with_state:
         s_ours = tuple(low(x).requires_grad_(True) for x in as_tuple(state))
-        s_ref = tuple(x.detach().clone().requires_grad_(True) for x in as_tuple(state))
+        s_ref = tuple(x.detach().cpu().requires_grad_(True) for x in as_tuple(state))
     y, h = kern(**ours, initial_state=s_ours, return_final_state=True, reverse=reverse)
     y2, h2 = ref(**theirs, initial_state=s_ref, return_final_state=True, reverse=reverse)
     outs, outs2, fins, fins2 = as_tuple(y), as_tuple(y2), as_tuple(h), as_tuple(h2)
@@ -96,7 +98,8 @@ def check(spec, b: int, t: int, device: str = "cpu", dtype=torch.float32, tol=FW
     gys = [torch.randn_like(o) for o in outs2]
     ghs = [torch.randn_like(f) for f in fins2]
     leaves = list(ours.values()) + list(s_ours or ())
-    g1 = torch.autograd.grad(loss_of(outs, fins, gys, ghs), leaves)
+    g1 = torch.autograd.grad(loss_of(outs, fins, [g.to(o.device) for g, o in zip(gys, outs)],
+                                     [g.to(f.device) for g, f in zip(ghs, fins)]), leaves)
     g2 = torch.autograd.grad(loss_of(outs2, fins2, gys, ghs),
                              list(theirs.values()) + list(s_ref or ()))
     names = list(ours) + [f"initial_state[{i}]" for i in range(len(s_ours or ()))]
