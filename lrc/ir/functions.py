@@ -229,12 +229,19 @@ class Tape:
     of the interpreter, the Params' terms the kernels read, the conv lowering's expressions),
     without walking and hashing the sympy tree each time."""
 
-    def __init__(self, expr: sp.Basic):
+    def __init__(self, expr: sp.Basic, inline: dict[str, sp.Basic] | None = None,
+                 outputs: tuple[sp.Basic, ...] = ()):
+        """`inline`: symbols (by name) whose expressions are computed here, not read from the
+        environment; `outputs`: further expressions computed in the same steps (`many`)."""
         self.steps: list[tuple] = []
         index: dict[sp.Basic, int] = {}
+        inline = inline or {}
 
         def visit(e: sp.Basic) -> int:
             if e in index:
+                return index[e]
+            if isinstance(e, sp.Symbol) and e.name in inline:
+                index[e] = visit(inline[e.name])
                 return index[e]
             if isinstance(e, sp.Symbol):
                 step: tuple = ("symbol", e.name)
@@ -255,10 +262,24 @@ class Tape:
             return index[e]
 
         self.out = visit(expr)
-        self.names = tuple(sorted(s.name for s in expr.free_symbols))
+        self.outs = (self.out,) + tuple(visit(e) for e in outputs)
+        self.names = tuple(sorted({s[1] for s in self.steps if s[0] == "symbol"}))
+
+    @property
+    def ops(self) -> int:
+        """The tensor operations one run performs (each a kernel launch on a GPU)."""
+        return sum(1 for s in self.steps if s[0] != "symbol" and s[0] != "const")
 
     def __call__(self, env: dict[str, object]):
         """The value (a tensor, or a Python number for a constant expression)."""
+        return self.run(env)[self.out]
+
+    def many(self, env: dict[str, object]) -> list:
+        """The values of all outputs (the first expression, then `outputs`)."""
+        vals = self.run(env)
+        return [vals[i] for i in self.outs]
+
+    def run(self, env: dict[str, object]) -> list:
         vals: list = []
         for step in self.steps:
             kind = step[0]
@@ -272,7 +293,7 @@ class Tape:
                 vals.append(_where(*(vals[i] for i in step[1])))
             else:
                 vals.append(step[1](*(vals[i] for i in step[2])))
-        return vals[self.out]
+        return vals
 
 
 @functools.lru_cache(maxsize=4096)

@@ -1,14 +1,17 @@
-"""Small graph analyses the passes share: inlining, dims of an expression, time variation."""
+"""Small graph analyses the passes share: inlining, dims of an expression, time variation,
+the terms of Params alone."""
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import networkx as nx
 import sympy as sp
 
 from ..ir.dims import Role
+from ..ir.functions import Tape
 from ..ir.graph import Graph
-from ..ir.nodes import Map, Node
+from ..ir.nodes import Input, Map, Node
 
 
 def time_varying(g: Graph) -> frozenset[str]:
@@ -56,3 +59,29 @@ def factors(expr: sp.Basic) -> tuple[sp.Basic, ...]:
     if isinstance(expr, sp.Mul):
         return tuple(expr.args)
     return (expr,)
+
+
+_PARAMS_TAPES: dict = {}
+
+
+def params_tape(g: Graph, names: frozenset[str]) -> tuple[tuple[str, ...], Tape] | None:
+    """The Map nodes among `names` computed from Params alone (directly, or through other such
+    Maps, which are inlined), as one Tape: shared terms computed once across nodes (a complex
+    spec's real and imaginary halves repeat their Params terms), one PyTorch op per step."""
+    key = (id(g), names)
+    if key not in _PARAMS_TAPES:
+        varying = time_varying(g)
+        maps = {n.name: n for n in g.nodes if isinstance(n, Map) and n.name not in varying}
+
+        @functools.cache
+        def pure(name: str) -> bool:
+            n = g[name]
+            if isinstance(n, Input):
+                return n.role is Role.PARAM
+            return name in maps and all(pure(a) for a in n.args)
+
+        out = tuple(n for n in maps if n in names and pure(n))
+        inline = {n: maps[n].expr for n in maps if pure(n)}
+        tape = Tape(inline[out[0]], inline, tuple(inline[n] for n in out[1:])) if out else None
+        _PARAMS_TAPES[key] = (g, (out, tape) if out else None)  # g: its id stays unique
+    return _PARAMS_TAPES[key][1]

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from ..ir.dims import Role
+from ..ir.functions import Tape
 from ..ir.graph import Graph
 from ..ir.nodes import Map
-from .analysis import expr_dims
+from .analysis import expr_dims, params_tape
 from .structure import Structure
 
 LOWERINGS = ("scan", "chunked", "conv")
@@ -31,13 +33,21 @@ class Device:
     sfu: float = 4.18e12          # exp2 per second: 132 SMs x 16/clk x 1.98 GHz
     lanes: int = 132 * 2048       # threads resident at full occupancy
     step_latency: float = 8e-9    # one dependent step of a sequential scan, seconds
-    launch: float = 4e-6          # host time of one eager kernel launch / PyTorch op, seconds
+    # host time (seconds) per call, which no overlap hides at short T; measured on the H200
+    # machine's host (benchmarks/results/README.md, session 5) with tiny shapes: a scan call
+    # (one generated kernel), one more generated-kernel launch, a conv call (three generated
+    # kernels, the FFTs and the PyTorch ops around them), and per op of the Params' terms
+    # (`host_ops`; each becomes several float64 PyTorch ops once complex values are split)
+    call: float = 280e-6
+    kernel_launch: float = 70e-6
+    conv_call: float = 1.4e-3     # per convolution (readout); its Params terms included
+    param_op: float = 230e-6      # S4D 247, LRU 108, H3 333 us per op
     # what lrc's chunked associative scan kernels achieved per state element and step, measured
-    # on one H200 on 2026-11-28 (benchmarks/results: Mamba-1 2.8 ms for 1.07e9 element-steps,
-    # S4D's complex pairs 25 ms for 4.3e9): the scan is far from the bounds above, so its
-    # estimate uses the measured rate until the kernels get faster
-    scan_step: float = 2.6e-12
-    scan_step_pair: float = 5.8e-12
+    # on one H200 (benchmarks/results: Mamba-1 2.3 ms for 1.07e9 element-steps, session 4;
+    # S4D's complex pairs 10.0 ms for 4.3e9 and 35.0 ms for 17.2e9, session 5): the scan is
+    # far from the bounds above, so its estimate uses the measured rate
+    scan_step: float = 2.2e-12
+    scan_step_pair: float = 2.2e-12
 
 
 H200 = Device()
@@ -177,7 +187,8 @@ def estimate(g: Graph, lowering: str, sizes: dict[str, int], T: int, itemsize: i
                                                    else dev.scan_step) for s in st.states)
         parts = {"memory": io / dev.hbm, "exp": exps / dev.sfu, "fp32": flops / dev.fp32,
                  "latency": serial, "measured scan rate": measured}
-        return _cost("scan", io, flops, exps, parts)
+        return _with_host(_cost("scan", io, flops, exps, parts),
+                          dev.call + host_ops(g) * dev.param_op)
     if lowering == "chunked":
         flops, extra_bytes = 0.0, 0.0
         for s in st.states:
@@ -189,7 +200,8 @@ def estimate(g: Graph, lowering: str, sizes: dict[str, int], T: int, itemsize: i
         rate = dev.tensor if itemsize <= 2 else dev.tensor / 2
         parts = {"memory": (io + extra_bytes) / dev.hbm, "tensor": flops / rate,
                  "exp": exps / dev.sfu}
-        return _cost("chunked", io + extra_bytes, flops, exps, parts)
+        return _with_host(_cost("chunked", io + extra_bytes, flops, exps, parts),
+                          dev.call + 2 * dev.kernel_launch + host_ops(g) * dev.param_op)
     if lowering == "conv":
         return _conv_cost(g, st, sizes, T, io, itemsize, dev)
     raise ValueError(lowering)
@@ -205,9 +217,9 @@ def _conv_cost(g: Graph, st: Structure, sizes: dict[str, int], T: int, io: float
     unpack (reads 4 T, writes 4 T): 28 NF + 8 T + input bytes, memory-bound on the H200
     (measured: each pass over the paired spectrum runs at 2.9-4.0 TB/s). A
     diagonal kernel costs 2 FMA per (channel, mode, step); a DPLR one a float64 Cauchy sum per
-    (channel, step, mode, pair of low-rank vectors) and log2 T dense N x N products. Every
-    launch and every PyTorch op on the Params costs `dev.launch` of host time, which no
-    overlap hides at short T: what makes the scan win there.
+    (channel, step, mode, pair of low-rank vectors) and log2 T dense N x N products. The
+    host time of each convolution (`dev.conv_call`) and of the Params' terms, which no
+    overlap hides at short T, is what makes the scan win there.
     """
     byts, flops, flops64, exps, launches = io, 0.0, 0.0, 0.0, 0
     for s in st.states:
@@ -231,16 +243,43 @@ def _conv_cost(g: Graph, st: Structure, sizes: dict[str, int], T: int, io: float
             elif s.transition == "dplr":
                 flops64 += 8.0 * kr * T * n * (s.rank + 1) ** 2
                 flops64 += 8.0 * kr * n ** 3 * math.log2(max(T, 2))
-            launches += 12
-    # the Params' expressions: about three PyTorch ops per Map without a batch dim
-    launches += 3 * sum(1 for n in g.nodes if isinstance(n, Map)
-                        and not set(n.dims) & set(st.batch))
+            launches += 1
     parts = {"memory": byts / dev.hbm, "fp32": flops / (2 * dev.fp32),
              "fp64": flops64 / dev.fp32, "exp": exps / dev.sfu}
-    cost = _cost("conv", byts, flops + flops64, exps, parts)
-    host = launches * dev.launch
-    return Cost("conv", cost.bytes, cost.flops, cost.exps, cost.seconds + host,
-                "launch" if host > cost.seconds else cost.bound)
+    host = dev.conv_call * max(1, launches)
+    return _with_host(_cost("conv", byts, flops + flops64, exps, parts), host)
+
+
+def host_ops(g: Graph) -> int:
+    """PyTorch ops a call spends on the terms of Params alone, which both lowerings compute
+    once per call in float64 (each op a kernel launch of a few elements on a GPU): the
+    largest such subexpressions of every Map, shared terms counted once."""
+    found = params_tape(g, frozenset(n.name for n in g.nodes if isinstance(n, Map)))
+    pure = set(found[0]) if found else set()
+    inline = {n: g[n].expr for n in pure}
+    params = {n.name for n in g.inputs(Role.PARAM)} | pure
+    terms: list[sp.Basic] = [g[n].expr for n in pure]
+
+    def visit(e: sp.Basic) -> None:
+        syms = e.free_symbols
+        if (isinstance(e, sp.Expr) and syms and not e.is_Symbol
+                and all(x.name in params for x in syms)):
+            terms.append(e)
+        elif isinstance(e, (sp.Add, sp.Mul, sp.Pow, sp.Function)):
+            for a in e.args:  # not into conditions and branches: an estimate
+                visit(a)
+
+    for n in g.nodes:
+        if isinstance(n, Map) and n.name not in pure:
+            visit(n.expr)
+    return Tape(terms[0], inline, tuple(terms[1:])).ops if terms else 0
+
+
+def _with_host(cost: Cost, host: float) -> Cost:
+    """`cost` with the host time of the call, which overlaps the kernels of the call before
+    (calls back to back take the longer of the two); the bound says "host" where it wins."""
+    return Cost(cost.lowering, cost.bytes, cost.flops, cost.exps, max(cost.seconds, host),
+                "host" if host > cost.seconds else cost.bound)
 
 
 def _cost(lowering: str, byts: float, flops: float, exps: float, parts: dict) -> Cost:

@@ -21,7 +21,7 @@ from ..ir import interpret
 from ..ir.dims import Role
 from ..ir.graph import Axes, Graph
 from ..ir.nodes import Input
-from ..passes.analysis import time_varying
+from ..passes.analysis import params_tape, time_varying
 from .bind import from_canonical, to_canonical
 from .call import Call
 
@@ -454,6 +454,18 @@ def evaluate(g: Graph, names, env: dict[str, torch.Tensor], sizes: dict[str, int
     tanh saturates)."""
     varying = time_varying(g)
     wide = lambda x: x.to(torch.complex128 if x.is_complex() else torch.float64)
+    fixed = params_tape(g, frozenset(names))
+    if fixed is not None and not any(n in env for n in fixed[0]):
+        out, tape = fixed
+        vals = tape.many({a: wide(env[a]) for a in tape.names})
+        rank = 1 + len(g.dims)
+        for name, v in zip(out, vals):
+            if not isinstance(v, torch.Tensor):
+                v = torch.as_tensor(v, device=like.device,
+                                    dtype=torch.complex128 if isinstance(v, complex) else
+                                    torch.float64)
+            v = v.reshape((1,) * (rank - v.dim()) + tuple(v.shape))
+            env[name] = v.to(torch.complex64 if v.is_complex() else torch.float32)
     for n in g.nodes:
         index = isinstance(n, Input) and n.role is Role.INDEX
         if (n.name in names or index) and n.name not in env:

@@ -45,17 +45,14 @@ def check(spec, args, state=None, dtype=torch.float32, tol=FWD, gtol=GRAD, overr
     kern, ref, _ = layers(spec, override)
     ours = {k: v.to(device=device, dtype=dtype if v.dtype.is_floating_point else v.dtype)
             .requires_grad_(v.dtype.is_floating_point) for k, v in args.items()}
-    # the reference on the CPU: its loop over time is launch-bound on a GPU
-    theirs = {k: v.detach().cpu().double().requires_grad_(v.dtype.is_floating_point)
+    theirs = {k: v.detach().double().clone().requires_grad_(v.dtype.is_floating_point)
               for k, v in ours.items()}
     s1 = s2 = None
     if state is not None:
         s1 = state.to(device=device, dtype=torch.float32).requires_grad_(True)
-        s2 = s1.detach().cpu().double().requires_grad_(True)
-    on = lambda dev: {k: v.to(dev) if isinstance(v, torch.Tensor) else v  # noqa: E731
-                      for k, v in call.items()}
-    y, h = kern(**ours, initial_state=s1, return_final_state=True, **on(device))
-    y2, h2 = ref(**theirs, initial_state=s2, return_final_state=True, **on("cpu"))
+        s2 = s1.detach().double().clone().requires_grad_(True)
+    y, h = kern(**ours, initial_state=s1, return_final_state=True, **call)
+    y2, h2 = ref(**theirs, initial_state=s2, return_final_state=True, **call)
     for what, a, e in (("output", y, y2), ("final state", h, h2)):
         assert torch.isfinite(a.float()).all(), f"{what}: not finite"
         assert rel_err(a, e) <= tol, f"{what}: {rel_err(a, e):.2e}"
@@ -63,8 +60,7 @@ def check(spec, args, state=None, dtype=torch.float32, tol=FWD, gtol=GRAD, overr
     gy, gh = (torch.randn_like(e).to(a.dtype).double() for a, e in ((y, y2), (h, h2)))
     leaves = list(ours.values()) + ([s1] if s1 is not None else [])
     leaves2 = list(theirs.values()) + ([s2] if s2 is not None else [])
-    g1 = torch.autograd.grad((y.double() * gy.to(y.device)).sum()
-                             + (h.double() * gh.to(h.device)).sum(), leaves)
+    g1 = torch.autograd.grad((y.double() * gy).sum() + (h.double() * gh).sum(), leaves)
     g2 = torch.autograd.grad((y2 * gy).sum() + (h2 * gh).sum(), leaves2)
     for name, a, e in zip(list(ours) + ["initial_state"], g1, g2, strict=False):
         assert torch.isfinite(a.float()).all(), f"grad of {name}: not finite"

@@ -78,13 +78,11 @@ def check(spec, b: int, t: int, device: str = "cpu", dtype=torch.float32, tol=FW
     args, state = inputs(spec, b, t, device, **dims)
     ours = {k: low(v, dtype).requires_grad_(True) for k, v in args.items()}
     # the reference gets the very values ours got (rounded to `dtype`), widened
-    # (on the CPU: the reference's loop over time is launch-bound on a GPU)
-    theirs = {k: v.detach().cpu().to(args[k].dtype).requires_grad_(True)
-              for k, v in ours.items()}
+    theirs = {k: v.detach().to(args[k].dtype).requires_grad_(True) for k, v in ours.items()}
     s_ours = s_ref = None
     if with_state:
         s_ours = tuple(low(x).requires_grad_(True) for x in as_tuple(state))
-        s_ref = tuple(x.detach().cpu().requires_grad_(True) for x in as_tuple(state))
+        s_ref = tuple(x.detach().clone().requires_grad_(True) for x in as_tuple(state))
     y, h = kern(**ours, initial_state=s_ours, return_final_state=True, reverse=reverse)
     y2, h2 = ref(**theirs, initial_state=s_ref, return_final_state=True, reverse=reverse)
     outs, outs2, fins, fins2 = as_tuple(y), as_tuple(y2), as_tuple(h), as_tuple(h2)
@@ -98,8 +96,7 @@ def check(spec, b: int, t: int, device: str = "cpu", dtype=torch.float32, tol=FW
     gys = [torch.randn_like(o) for o in outs2]
     ghs = [torch.randn_like(f) for f in fins2]
     leaves = list(ours.values()) + list(s_ours or ())
-    g1 = torch.autograd.grad(loss_of(outs, fins, [g.to(o.device) for g, o in zip(gys, outs)],
-                                     [g.to(f.device) for g, f in zip(ghs, fins)]), leaves)
+    g1 = torch.autograd.grad(loss_of(outs, fins, gys, ghs), leaves)
     g2 = torch.autograd.grad(loss_of(outs2, fins2, gys, ghs),
                              list(theirs.values()) + list(s_ref or ()))
     names = list(ours) + [f"initial_state[{i}]" for i in range(len(s_ours or ()))]
@@ -295,7 +292,10 @@ def test_cost_model_and_forcing():
     assert lw.choose(g, {"b": 8, "d": 1024, "l": 16}, 64, 2)[0] == "scan"
     s4d = pipeline.run(ZOO["s4d_zoh"].spec.graph).planned
     costs = s4d.meta("lowering").choose(s4d, {"b": 8, "h": 2048, "n": 32}, 4096, 4)[1]
-    assert costs["conv"].bound == "memory" and costs["conv"].bytes > 4e9  # ~ 30 passes of 2T
+    assert costs["conv"].bytes > 4e9  # ~ 30 passes of 2T
+    # here the call's measured host time (1.4 ms) and the bytes' (1.2 ms) are about equal
+    assert costs["conv"].bound in ("memory", "host")
+    assert costs["conv"].seconds >= costs["conv"].bytes / 4.28e12
     with pytest.raises(LoweringError, match="selective"):
         lrc.compile(ZOO["mamba1"].spec, backend="triton", lowering="conv")
 

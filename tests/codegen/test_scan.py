@@ -47,14 +47,13 @@ def check(name: str, b: int, t: int, device: str = "cpu", dtype=torch.float32, t
         if with_state else None
     ours = {k: v.to(dtype if not v.is_complex() else torch.complex64).requires_grad_(True)
             for k, v in args.items()}
-    # the float64 reference runs on the CPU: its loop over time is launch-bound on a GPU
-    theirs = {k: v.detach().cpu().requires_grad_(True) for k, v in args.items()}
+    theirs = {k: v.detach().clone().requires_grad_(True) for k, v in args.items()}
     s_ours = s_ref = None
     if state is not None:
         st = as_tuple(state)
         s_ours = tuple(x.to(torch.float32 if not x.is_complex() else torch.complex64)
                        .requires_grad_(True) for x in st)
-        s_ref = tuple(x.detach().cpu().requires_grad_(True) for x in st)
+        s_ref = tuple(x.detach().clone().requires_grad_(True) for x in st)
     y, h = kern(**ours, initial_state=s_ours, return_final_state=True, reverse=reverse)
     y2, h2 = ref(**theirs, initial_state=s_ref, return_final_state=True, reverse=reverse)
     outs, outs2, fins, fins2 = as_tuple(y), as_tuple(y2), as_tuple(h), as_tuple(h2)
@@ -65,9 +64,8 @@ def check(name: str, b: int, t: int, device: str = "cpu", dtype=torch.float32, t
     ghs = [torch.randn_like(f) for f in fins2]
     leaves = list(ours.values()) + list(s_ours or ())
     leaves2 = list(theirs.values()) + list(s_ref or ())
-    gys1 = [g.to(o.device, o.dtype) for g, o in zip(gys, outs)]
-    ghs1 = [g.to(f.device, f.dtype) for g, f in zip(ghs, fins)]
-    g1 = torch.autograd.grad(loss_of(outs, fins, gys1, ghs1), leaves)
+    g1 = torch.autograd.grad(loss_of(outs, fins, [g.to(o.dtype) for g, o in zip(gys, outs)],
+                                     [g.to(f.dtype) for g, f in zip(ghs, fins)]), leaves)
     g2 = torch.autograd.grad(loss_of(outs2, fins2, gys, ghs), leaves2)
     names = list(ours) + [f"initial_state[{i}]" for i in range(len(s_ours or ()))]
     for nm, a, e in zip(names, g1, g2):
@@ -166,8 +164,7 @@ def test_cu_seqlens_in_one_launch(name, reverse, monkeypatch):
     state = as_tuple(entry.initial_state(b=3, dtype=torch.float64))
     ours = {k: v.float().requires_grad_(True) if not v.is_complex() else
             v.to(torch.complex64).requires_grad_(True) for k, v in args.items()}
-    # the float64 reference runs on the CPU: its loop over time is launch-bound on a GPU
-    theirs = {k: v.detach().cpu().requires_grad_(True) for k, v in args.items()}
+    theirs = {k: v.detach().clone().requires_grad_(True) for k, v in args.items()}
     s_ours = tuple((x.float() if not x.is_complex() else x.to(torch.complex64))
                    .requires_grad_(True) for x in state)
     s_ref = tuple(x.detach().clone().requires_grad_(True) for x in state)
@@ -239,8 +236,7 @@ def test_gpu_cu_seqlens(name, monkeypatch):
     state = as_tuple(entry.initial_state(b=4, dtype=torch.float64, device="cuda"))
     y, h = kern(**{k: v.float() for k, v in args.items()}, cu_seqlens=cu,
                 initial_state=tuple(x.float() for x in state), return_final_state=True)
-    y2, h2 = ref(**{k: v.cpu() for k, v in args.items()}, cu_seqlens=cu.cpu(),
-                 initial_state=tuple(x.cpu() for x in state), return_final_state=True)
+    y2, h2 = ref(**args, cu_seqlens=cu, initial_state=state, return_final_state=True)
     for a, e in zip(as_tuple(y) + as_tuple(h), as_tuple(y2) + as_tuple(h2)):
         assert rel_err(a, e) <= FWD
 
