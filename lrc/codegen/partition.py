@@ -52,22 +52,24 @@ def hoist_params(g: Graph) -> Graph:
     1 loses its digits there)."""
     varying = time_varying(g) | set(g.new_state_names)
     alone = params_only(g) | {n.name for n in g.inputs(Role.PARAM)}
+    parts: dict[sp.Basic, Map] = {}  # shared by all nodes: one input per distinct term
     nodes, changed = [], False
     for n in g.nodes:
         if isinstance(n, Map) and n.name in varying:
-            expr, parts = _split_params(g, n, alone)
-            if parts:
+            known = len(parts)
+            expr = _split_params(g, n, alone, parts)
+            if expr != n.expr:
                 changed = True
-                nodes.extend(parts)
+                nodes.extend(list(parts.values())[known:])
                 n = Map(n.name, n.dims, expr, n.src, n.complex)
         nodes.append(n)
     return g.replace(nodes=tuple(nodes)) if changed else g
 
 
-def _split_params(g: Graph, n: Map, alone) -> tuple[sp.Basic, list[Map]]:
+def _split_params(g: Graph, n: Map, alone, parts: dict[sp.Basic, Map]) -> sp.Basic:
     """`n`'s expression with its largest subexpressions over `alone` (node names) replaced by
-    new nodes' symbols, and those nodes."""
-    parts: dict[sp.Basic, Map] = {}
+    nodes' symbols: those in `parts` already (a complex spec's real and imaginary halves
+    repeat their Params terms), else new ones, added to `parts`."""
 
     def visit(x: sp.Basic) -> sp.Basic:
         syms = x.free_symbols
@@ -81,7 +83,7 @@ def _split_params(g: Graph, n: Map, alone) -> tuple[sp.Basic, list[Map]]:
             return x  # conditions and branches stay whole
         return x.func(*[visit(a) for a in x.args])
 
-    return visit(n.expr), list(parts.values())
+    return visit(n.expr)
 
 
 def partition(g: Graph) -> Partition:

@@ -122,6 +122,7 @@ class Launch:
         self.programs = 1 if self.interpret else 4 * _sm_count(device)
         self.chunked = which != "step" and prog.mode == "scan"
         self.tensors: dict[str, tuple[torch.Tensor, dict]] = {}
+        self.fired: list[tuple[list, dict, tuple]] = []  # (arguments, constexprs, grid)
         self.configure(config)
 
     def configure(self, config: ScanConfig | None) -> None:
@@ -169,6 +170,12 @@ class Launch:
                                    **{d: dec.stride(i + 2) for i, d in enumerate(dims)}})
 
     def __call__(self, **consts) -> None:
+        params, consts, grid = self.arguments(consts)
+        self.fired.append((params, consts, grid))
+        self.fire(params, consts, grid)
+
+    def arguments(self, consts: dict) -> tuple[list, dict, tuple]:
+        """The kernel's arguments in signature order, its constexprs and its grid."""
         prog, t, blocks = self.prog, self.prog.tiling, self.blocks
         if self.chunked and "cu" not in self.tensors:
             self.tensors["cu"] = (self.cu if self.cu is not None else _no_cu(self.device), {})
@@ -181,17 +188,89 @@ class Launch:
             else:
                 extra = {"T": self.T, "N_SEG": self.n_seg, "SEG_LEN": self.seg_len}
                 params.append(extra[p[1]] if p[1] in extra else self.sizes[p[1]])
-        consts.update({f"BLOCK_{d}": b for d, b in blocks.items()}, TC=self.tc)
+        consts = dict(consts, TC=self.tc, **{f"BLOCK_{d}": b for d, b in blocks.items()})
         if self.chunked:
             consts["STAGES"] = self.stages
             consts["VARLEN"] = self.cu is not None
-        fn = prog.kernel_fn(self.which, self.interpret)
-        grid = (grid_size(t, self.sizes, blocks) * self.n_seg,)
+        return params, consts, (grid_size(t, self.sizes, blocks) * self.n_seg,)
+
+    def fire(self, params: list, consts: dict, grid: tuple) -> None:
+        fn = self.prog.kernel_fn(self.which, self.interpret)
         if self.interpret:
             with modules.interpreted():
                 fn[grid](*params, **consts)
         else:
             fn[grid](*params, num_warps=self.warps, num_stages=self.stages, **consts)
+
+
+class Replay:
+    """A forward's launches recorded on its first call with one signature (shapes, strides,
+    dtypes, device, knobs; `_replay_key`) and played back on later calls: the same buffers
+    allocated, the same arguments with the new call's tensors in their slots, no config
+    lookup, block sizing or argument assembly again. Host time per call is what an
+    elementwise scan's forward loses to the hand-written kernels (issue 7)."""
+
+    def __init__(self, run: "Launch", ins, h0s, outs, finals, chks, tc: int):
+        slots: dict[int, tuple[str, int]] = {}
+        for i, x in enumerate(ins):
+            slots.setdefault(id(x), ("in", i))
+        for j, x in enumerate(h0s):
+            if x.numel():
+                slots.setdefault(id(x), ("h0", j))
+        self.new: list[tuple[tuple[int, ...], torch.dtype]] = []
+
+        def new(x: torch.Tensor) -> tuple[str, int]:
+            if id(x) not in slots:  # a buffer of this call (all made contiguous)
+                assert x.is_contiguous()
+                slots[id(x)] = ("new", len(self.new))
+                self.new.append((tuple(x.shape), x.dtype))
+            return slots[id(x)]
+
+        self.outs = [new(x)[1] for x in outs]
+        self.finals = [new(x)[1] for x in finals]
+        self.chks = [new(x)[1] for x in chks]
+        for name, (x, _) in run.tensors.items():
+            if name.startswith(("sum:", "dec:")):
+                new(x)
+        self.launches = []
+        kept = _NO_CU.get(run.device)  # the one tensor argument that is not the call's
+        for params, consts, grid in run.fired:
+            template = [slots.get(id(p), ("const", p)) if isinstance(p, torch.Tensor)
+                        else ("const", p) for p in params]
+            if any(k == "const" and isinstance(v, torch.Tensor) and v is not kept
+                   for k, v in template):
+                raise ValueError("a launch argument of unknown origin: not replayable")
+            self.launches.append((template, consts, grid))
+        run.tensors, run.fired = {}, []  # the first call's buffers are not kept alive
+        self.run, self.tc = run, tc
+
+    def __call__(self, ins, h0s, device: torch.device):
+        new = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in self.new]
+        src = {"in": ins, "h0": h0s, "new": new}
+        for template, consts, grid in self.launches:
+            params = [v if k == "const" else src[k][v] for k, v in template]
+            self.run.fire(params, consts, grid)
+        return ([new[i] for i in self.outs], [new[i] for i in self.finals],
+                [new[i] for i in self.chks], self.tc)
+
+
+_REPLAYS: dict[tuple, Replay] = {}
+
+
+def _replay_key(prog: ScanProgram, info: dict, ins, h0s) -> tuple | None:
+    """What a forward's launches depend on besides the data (None: not replayed)."""
+    if info.get("varlen") is not None:
+        return None
+    device = info["device"]
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    # which arguments are the same tensor (a slot is filled by the first one's position)
+    args = (*ins, *h0s)
+    same = tuple(next(j for j, y in enumerate(args) if y is x) for x in args)
+    return (id(prog), info["T"], info["reverse"], tuple(info["sizes"].items()),
+            tuple(info["out_dtypes"]), device, tuple(info["inputs"]), same, capturing,
+            tuple((x.shape, x.stride(), x.dtype, x.device) for x in ins),
+            tuple((x.shape, x.stride(), x.dtype, x.device) for x in h0s),
+            CONFIG, TUNE, CHUNK, SEGMENTS, BUDGET, NUM_WARPS, NUM_STAGES)
 
 
 _NO_CU: dict[torch.device, torch.Tensor] = {}
@@ -263,10 +342,23 @@ class ScanFunction(torch.autograd.Function):
                 if run.n_seg > 1:
                     run(HAS_H0=has_h0, SAVE=True, REVERSE=info["reverse"], SUMMARY=True)
                 run(HAS_H0=has_h0, SAVE=True, REVERSE=info["reverse"], SUMMARY=False)
-            return outs, finals, chks, run.tc
+            return outs, finals, chks, run
 
-        config = _config(prog, "forward", info, ins, launch)
-        outs, finals, chks, tc = launch(config)
+        key = _replay_key(prog, info, ins, h0s)
+        replay = _REPLAYS.get(key) if key is not None else None
+        if replay is not None and replay.run.prog is prog:
+            outs, finals, chks, tc = replay(ins, h0s, device)
+        else:
+            config = _config(prog, "forward", info, ins, launch)
+            outs, finals, chks, run = launch(config)
+            tc = run.tc
+            if key is not None:
+                if len(_REPLAYS) > 256:
+                    _REPLAYS.clear()
+                try:
+                    _REPLAYS[key] = Replay(run, ins, h0s, outs, finals, chks, tc)
+                except ValueError:
+                    pass
         ctx.prog, ctx.info, ctx.has_h0 = prog, info, has_h0
         ctx.tc = tc
         ctx.save_for_backward(*ins, *chks)
