@@ -31,8 +31,21 @@ def fb():
     layer(x=x, a=a).backward(gy)
 res["diag scan fwd"] = wall(lambda: layer(x=x, a=a))
 res["diag scan fwd+bwd"] = wall(fb)
+xd = x.detach()
+res["diag scan fwd, nothing requires grad"] = wall(lambda: layer(x=xd, a=a))
 y = torch.randn(1, 16, 32, device="cuda")
 res["torch mul"] = wall(lambda: y * 2)
+import triton, triton.language as tl
+
+
+@triton.jit
+def _copy(src, dst, n, BLOCK: tl.constexpr):
+    o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(dst + o, tl.load(src + o, mask=o < n), mask=o < n)
+
+
+z = torch.empty_like(y)
+res["triton launch (a copy kernel, 4 args)"] = wall(lambda: _copy[(1,)](y, z, y.numel(), BLOCK=512))
 for name in ("s4d_zoh", "h3", "lru"):
     e = ZOO[name]
     args = e.example(b=2, t=32, dtype=torch.float32, device="cuda")

@@ -14,10 +14,11 @@ from contextlib import nullcontext
 import torch
 
 from ..ir.dims import Role
+from ..runtime import scan_runtime
 from ..runtime.scan_runtime import dim_strides
 from . import module as modules
 from .chunked_bwd import atom_flag
-from .chunked_tune import Config, candidates, choose, interpreted, pow2
+from .chunked_tune import Config, candidates, choose, first_working, interpreted, pow2
 
 
 @functools.cache
@@ -159,8 +160,10 @@ class Launcher:
         if self.interpret:
             c = interpreted(self.V)
             return Config(bt or c.BT, c.BV, c.num_warps, c.num_stages)
-        return choose(self.key + (which, flag),
-                      candidates(which, self.V, self.form.per_key, bool(flag), bt), go)
+        configs = candidates(which, self.V, self.form.per_key, bool(flag), bt)
+        if not scan_runtime.TUNE:  # LRC_TUNE=0: no timing runs
+            return first_working(self.key + (which, flag), configs, go)
+        return choose(self.key + (which, flag), configs, go)
 
     def backward(self, ins, h0: torch.Tensor, chk, offs, dy, dhT, cfg_f: Config):
         """Gradients of the graded inputs (in form.inputs order, None elsewhere) and of h0."""

@@ -47,15 +47,39 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
         if not per_key and not save:
             out.append(Config(128, min(pow2(V), 64), 8, 2))
         return out
-    # one program per whole value row: with the values split over programs (BV < V) the
-    # backward hits an illegal memory access on the H200 under Triton 3.6 (not found yet;
-    # the interpreter runs it right, see tests/codegen/test_chunked.py::test_split_value_blocks)
-    return [Config(bt or 64, pow2(V), w, 1) for w in (4, 8)]
+    # one program per whole value row: with the values split over programs (BV < V) Triton
+    # 3.6 on the H200 gives wrong gradients or an illegal address for some configs (Mamba-2
+    # P64 bf16: BV 32 at 4 warps, x's gradient 6e-2 off, right at 8 warps; a forward at BV 32
+    # faults; fp32 at T=128 is right and clean under compute-sanitizer; the interpreter runs
+    # every split right: tests/codegen/test_chunked.py::test_split_value_blocks). With 128
+    # values 4 warps need more shared memory than the H200 has, so 8 come first there.
+    warps = (8, 4) if pow2(V) >= 128 else (4, 8)
+    return [Config(bt or 64, pow2(V), w, 1) for w in warps]
 
 
 def chosen(key: tuple) -> Config | None:
     """The config `choose` took for `key` earlier in this process, if any."""
     return _CACHE.get(key)
+
+
+def first_working(key: tuple, configs: list, run: Callable):
+    """The first of `configs` that compiles and runs (`run(config)` a launch), remembered for
+    `key` in this process: the untimed choice (LRC_TUNE=0). Triton 3.6 rejects some configs
+    of some kernels (shared memory over the limit, a failed layout pass), so the first
+    candidate alone is not safe."""
+    key = key + ("untimed",)
+    if key in _CACHE:
+        return _CACHE[key]
+    errors = []
+    for cfg in configs:
+        try:
+            run(cfg)
+        except Exception as e:  # noqa: BLE001 (does not compile: try the next)
+            errors.append(f"{cfg}: {type(e).__name__}: {str(e)[:300]}")
+            continue
+        _CACHE[key] = cfg
+        return cfg
+    raise RuntimeError(f"no config compiled for {key[1:]}:\n" + "\n".join(errors))
 
 
 def choose(key: tuple, configs: list, run: Callable) -> Config:

@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import astuple, dataclass
 
-from .chunked_tune import _CACHE, choose, chosen  # noqa: F401 (the same timing loop and cache)
+from .chunked_tune import _CACHE, choose, chosen, first_working  # noqa: F401 (the same loops, cache)
 from .module import cache_dir
 
 

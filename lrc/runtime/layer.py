@@ -84,15 +84,17 @@ class Layer:
 
             outs, finals = compiled_call(self, args, kwargs, initial_state, reverse)
         else:
-            outs, finals = self.run(args, kwargs, initial_state, reverse, cu_seqlens)
+            outs, finals = self.run(args, kwargs, initial_state, reverse, cu_seqlens,
+                                    finals=return_final_state)
         out = outs[0] if len(outs) == 1 else tuple(outs)
         if not return_final_state:
             return out
         return out, (finals[0] if len(finals) == 1 else tuple(finals))
 
     def run(self, args: tuple, kwargs: dict, initial_state: Any = None, reverse: bool = False,
-            cu_seqlens: torch.Tensor | None = None) -> tuple[list, list]:
-        """(outputs, final states) as lists, on this layer's backend."""
+            cu_seqlens: torch.Tensor | None = None, finals: bool = True) -> tuple[list, list]:
+        """(outputs, final states) as lists, on this layer's backend (finals=False: the scan
+        kernels' final states are not converted to the user's layout, and [] comes back)."""
         if self.backend == "triton":
             from . import triton_call
 
@@ -101,10 +103,10 @@ class Layer:
             chosen = self.plan.choose(call.sizes, call.T, _itemsize(call))
             other = self._lowering(chosen) if chosen != "scan" else None
             if other is not None:
-                outs, finals = other.run(call)
+                outs, states = other.run(call)
             else:
-                outs, finals = triton_call.run(self.program, call)
-            finals = self._out(finals)
+                outs, states = triton_call.run(self.program, call, finals)
+            finals = self._out(states) if states else states
         else:
             call = make_call(self.graph, args, kwargs, initial_state=initial_state,
                              reverse=reverse, cu_seqlens=cu_seqlens)

@@ -494,8 +494,18 @@ def _config(prog: ScanProgram, which: str, info: dict, ins, launch, tc: int | No
         return None
     if CONFIG is not None:
         return CONFIG if tc is None else replace(CONFIG, tc=tc)
-    if info["device"].type != "cuda" or not TUNE:
-        return None if tc is None or tc == chunk_of(prog, info["sizes"]) else ScanConfig(tc)
+    default = None if tc is None or tc == chunk_of(prog, info["sizes"]) else ScanConfig(tc)
+    if info["device"].type != "cuda":
+        return default
+    if not TUNE:  # the defaults, or the first candidate Triton compiles where they fail
+        if torch.cuda.is_current_stream_capturing():
+            return scan_tune.chosen(_tune_key(prog, which, info, ins, tc) + ("untimed",)) \
+                or default
+        t = prog.tiling
+        whole = math.prod(info["sizes"][d] for d in t.tile if d not in t.split)
+        return scan_tune.first_working(_tune_key(prog, which, info, ins, tc), [default] + [
+            c for c in scan_tune.candidates(_time_inner(prog, info, ins), whole, tc)
+            if c != default], launch)
     if torch.cuda.is_current_stream_capturing():  # no timing runs inside a CUDA graph capture
         found = scan_tune.chosen(_tune_key(prog, which, info, ins, tc))
         return found or (None if tc is None or tc == chunk_of(prog, info["sizes"])
@@ -510,13 +520,18 @@ def _config(prog: ScanProgram, which: str, info: dict, ins, launch, tc: int | No
         return done
     t = prog.tiling
     whole = math.prod(info["sizes"][d] for d in t.tile if d not in t.split)
-    k = prog.kernel
-    seqs = [(n, x) for n, x in zip(info["inputs"], ins) if k[n].role is Role.SEQ]
-    time_inner = bool(seqs) and dim_strides(seqs[0][1], k[seqs[0][0]].annotation.axes,
-                                            info["sizes"], k.time).get("#t") == 1
-    best = scan_tune.choose(key, scan_tune.candidates(time_inner, whole, tc), launch)
+    best = scan_tune.choose(key, scan_tune.candidates(_time_inner(prog, info, ins), whole, tc),
+                            launch)
     scan_tune.remember(key, device, best)
     return best
+
+
+def _time_inner(prog: ScanProgram, info: dict, ins) -> bool:
+    """Whether time is the contiguous axis of the first Seq input (scan_tune's layouts)."""
+    k = prog.kernel
+    seqs = [(n, x) for n, x in zip(info["inputs"], ins) if k[n].role is Role.SEQ]
+    return bool(seqs) and dim_strides(seqs[0][1], k[seqs[0][0]].annotation.axes,
+                                      info["sizes"], k.time).get("#t") == 1
 
 
 def dims_to_layout(x: torch.Tensor, dims, axes: Axes, sizes: dict[str, int]) -> torch.Tensor:

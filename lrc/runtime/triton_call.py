@@ -32,11 +32,29 @@ def _assemble_states(g: Graph, values: dict[str, torch.Tensor], sizes, dtype) ->
     return out
 
 
-def run(prog: ScanProgram, call: Call) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Outputs and final states for a whole-sequence call. cu_seqlens: one launch for all the
-    packed sequences where the kernels can (`ScanProgram.varlen`), else one per sequence."""
+_EMPTY: dict[torch.device, torch.Tensor] = {}
+
+
+def _no_state(device: torch.device) -> torch.Tensor:
+    """The h0 argument of a call without initial states (no elements; one per device)."""
+    if device not in _EMPTY:
+        _EMPTY[device] = torch.empty(0, device=device)
+    return _EMPTY[device]
+
+
+class _NoGrad:
+    """The context a forward gets when nothing needs a gradient (no autograd.Function)."""
+
+    def save_for_backward(self, *tensors) -> None:
+        pass
+
+def run(prog: ScanProgram, call: Call, finals: bool = True
+        ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Outputs and final states for a whole-sequence call (finals=False: no final states, []).
+    cu_seqlens: one launch for all the packed sequences where the kernels can
+    (`ScanProgram.varlen`), else one per sequence."""
     if call.segments is None:
-        return _run(prog, call, call.tensors, call.states, call.T)
+        return _run(prog, call, call.tensors, call.states, call.T, finals=finals)
     if prog.varlen:
         bounds = [a for a, _ in call.segments] + [call.segments[-1][1]]
         cu = torch.tensor(bounds, dtype=torch.int32).to(call.device, non_blocking=True)
@@ -73,8 +91,8 @@ def run(prog: ScanProgram, call: Call) -> tuple[list[torch.Tensor], list[torch.T
         fins.append(torch.cat([f[j] for f in fins_all], ax))
     return outs, fins
 
-
-def _run(prog: ScanProgram, call: Call, tensors, states, T: int, varlen=None):
+def _run(prog: ScanProgram, call: Call, tensors, states, T: int, varlen=None,
+         finals: bool = True):
     """One launch of the kernels over `tensors` (`varlen`: packed sequences, see
     scan_runtime._varlen), with the pre and post work in PyTorch."""
     g, k, part = prog.g, prog.kernel, prog.part
@@ -91,15 +109,18 @@ def _run(prog: ScanProgram, call: Call, tensors, states, T: int, varlen=None):
     h0s = []
     for s in k.state_names:
         if states is None:
-            h0s.append(torch.empty(0, device=call.device))
+            h0s.append(_no_state(call.device))
         else:
             h0s.append(part_view(states[g[s].arg], g[s].part))
     out_dtypes = [call.out_dtype if o in g.outputs else torch.float32 for o in k.outputs]
     info = dict(sizes=sizes, T=T, inputs=names, out_dtypes=out_dtypes, device=call.device,
                 reverse=call.reverse, state_axes={s: g[s].annotation.axes for s in k.state_names},
                 varlen=varlen)
-    res = ScanFunction.apply(prog, info, *ins, *h0s)
-    kouts, finals = res[:len(k.outputs)], res[len(k.outputs):]
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (*ins, *h0s)):
+        res = ScanFunction.apply(prog, info, *ins, *h0s)
+    else:  # nothing to differentiate: the forward alone, without autograd's bookkeeping
+        res = ScanFunction.forward(_NoGrad(), prog, info, *ins, *h0s)
+    kouts, hTs = res[:len(k.outputs)], res[len(k.outputs):]
     results = dict(zip(k.outputs, kouts))
     if part.post:
         for o, axes in zip(k.outputs, k.out_axes):
@@ -114,16 +135,16 @@ def _run(prog: ScanProgram, call: Call, tensors, states, T: int, varlen=None):
                 x = env[o].expand(interpret.canonical_shape(g, g[o].dims, sizes, T))
                 results[o] = from_canonical(g, x, axes, sizes, True).to(call.out_dtype)
     outs = [results[o] for o in g.outputs]
+    if not finals:
+        return outs, []
     ssizes = sizes if varlen is None else dict(sizes, **{prog.batch: varlen[2]})
-    fins = _assemble_states(g, dict(zip(k.state_names, finals)), ssizes, call.state_dtype)
+    fins = _assemble_states(g, dict(zip(k.state_names, hTs)), ssizes, call.state_dtype)
     return outs, fins
-
 
 def _ann(axes):
     from ..ir.dims import Annotation
 
     return Annotation(Role.SEQ, axes, False)
-
 
 def step(prog: ScanProgram, call: Call, states_out: dict | None = None):
     """One token through the decode kernel (no autograd). `states_out` maps each state node to
@@ -183,6 +204,5 @@ def step(prog: ScanProgram, call: Call, states_out: dict | None = None):
     if states_out is not None:
         return outs, None
     return outs, _assemble_states(g, news, sizes, call.state_dtype)
-
 
 __all__ = ["run", "step"]

@@ -543,3 +543,47 @@ def test_params_terms_hoisted_once(name):
     assert len(set(exprs)) == len(exprs)
     if name.startswith("s4d"):  # exp(dt A) and the input's factor: 6 terms, not 12
         assert 0 < len(exprs) <= 6
+
+
+def test_untimed_choice_skips_configs_that_fail(monkeypatch):
+    """LRC_TUNE=0 on the GPU takes the first config that compiles (Triton 3.6 rejects some:
+    shared memory over the limit, a failed layout pass), once per key; none compiling is an
+    error naming each config's failure."""
+    from lrc.codegen import chunked_tune
+
+    monkeypatch.setattr(chunked_tune, "_CACHE", {})
+    tried = []
+
+    def run(cfg):
+        tried.append(cfg)
+        if cfg == "a":
+            raise RuntimeError("PassManager::run failed")
+
+    assert chunked_tune.first_working(("k",), ["a", "b", "c"], run) == "b"
+    assert chunked_tune.first_working(("k",), ["a", "b", "c"], run) == "b"
+    assert tried == ["a", "b"]
+    with pytest.raises(RuntimeError, match="PassManager"):
+        chunked_tune.first_working(("other",), ["a"], run)
+
+
+def test_inference_call_skips_autograd(monkeypatch):
+    """With nothing to differentiate (no_grad, or no input requiring grad) the forward runs
+    without autograd.Function and without assembling unrequested final states; the outputs
+    and final states equal those of a differentiable call."""
+    from lrc.runtime import scan_runtime
+
+    kern, _ = layers("rglru")
+    args = ZOO["rglru"].example(b=2, t=23, dtype=torch.float32)
+    state = ZOO["rglru"].initial_state(b=2, dtype=torch.float32)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in args.items()}
+    y_ref, h_ref = kern(**leaves, initial_state=state, return_final_state=True)
+    assert y_ref.grad_fn is not None
+    applied = []
+    apply = scan_runtime.ScanFunction.apply
+    monkeypatch.setattr(scan_runtime.ScanFunction, "apply",
+                        lambda *a: applied.append(1) or apply(*a))
+    with torch.no_grad():
+        y1 = kern(**leaves, initial_state=state)
+    y2, h2 = kern(**args, initial_state=state, return_final_state=True)
+    assert not applied and y1.grad_fn is None and y2.grad_fn is None
+    assert rel_err(y1, y_ref) == 0 and rel_err(y2, y_ref) == 0 and rel_err(h2, h_ref) == 0

@@ -17,7 +17,7 @@ import lrc
 from lrc import Param, Seq, State, exp, softplus
 from lrc.ir import Graph, Map, verify
 from lrc.ir.functions import EVAL, MARKERS, evaluate, zoh_b
-from lrc.passes import PIPELINE, check_linear, expand_discretizations, stabilize
+from lrc.passes import PIPELINE, check_linear, expand_discretizations
 from lrc.passes.expand import EXPAND, has_marker, prune, rewrite
 from lrc.runtime.reference import call_graph
 from tests.conftest import rel_err
