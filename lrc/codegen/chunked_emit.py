@@ -50,11 +50,15 @@ def _cast(x, DT: tl.constexpr, EMU: tl.constexpr):
 @triton.jit
 def _dot(a, b, DT: tl.constexpr, IEEE: tl.constexpr, EMU: tl.constexpr):
     # tensor-core product: operands rounded to DT, accumulated in float32. IEEE: exact fp32
-    # products of the rounded operands (tf32 would cost ~3e-4 relative error); this is also how
-    # the interpreter, whose 16-bit tl.dot is wrong, emulates a 16-bit product
+    # products of the rounded operands, how the interpreter (whose 16-bit tl.dot is wrong)
+    # emulates a 16-bit product. float32 on the GPU: three tf32 products (hi*hi + hi*lo +
+    # lo*hi, ~1e-6 relative; one tf32 product would cost ~3e-4), on the tensor cores; an
+    # "ieee" product there is unrolled into FMAs (minutes of compile at 128 x 128)
     if IEEE:
         a32 = _cast(a, DT, EMU).to(tl.float32)
         return tl.dot(a32, _cast(b, DT, EMU).to(tl.float32), input_precision="ieee")
+    elif DT == tl.float32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="tf32x3")
     else:
         return tl.dot(a.to(DT), b.to(DT))
 '''

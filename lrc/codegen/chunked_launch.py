@@ -47,7 +47,7 @@ class Launcher:
         self.varlen = call.segments is not None
         if self.varlen:
             self.ksizes[f.batch] = len(call.segments)
-        self.interpret = call.device.type != "cuda"
+        self.interpret = call.device.type != "cuda" and scan_runtime.AS_GPU is None
         seq = {call.tensors[n.arg].dtype for n in g.inputs(Role.SEQ)}
         low = [d for d in (torch.bfloat16, torch.float16) if d in seq]
         self.dt = low[0] if low else torch.float32   # the narrowest input sets the dot dtype
@@ -115,14 +115,17 @@ class Launcher:
             else:
                 args.append(self.T if p[1] == "T" else self.ksizes[p[1]])
         consts.update(BT=cfg.BT, BK=pow2(self.K), BV=cfg.BV, DT=_triton_dtype(self.dt),
-                      IEEE=self.dt == torch.float32 or self.interpret, EMU=self.interpret,
+                      IEEE=self.interpret, EMU=self.interpret,
                       REVERSE=self.call.reverse,
                       VARLEN=self.varlen)
         if not self.interpret:
             consts.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        self.fire(which, self.grid(cfg), args, consts)
+
+    def fire(self, which: str, grid: tuple, args: list, consts: dict) -> None:
         fn = self.prog.kernel(which, self.interpret)
         with modules.interpreted() if self.interpret else nullcontext():
-            fn[self.grid(cfg)](*args, **consts)
+            fn[grid](*args, **consts)
 
     def inputs(self, ins) -> dict:
         out = {}
@@ -160,7 +163,8 @@ class Launcher:
         if self.interpret:
             c = interpreted(self.V)
             return Config(bt or c.BT, c.BV, c.num_warps, c.num_stages)
-        configs = candidates(which, self.V, self.form.per_key, bool(flag), bt)
+        configs = candidates(which, self.V, self.form.per_key, bool(flag), bt,
+                             wide=self.dt == torch.float32)
         if not scan_runtime.TUNE:  # LRC_TUNE=0: no timing runs
             return first_working(self.key + (which, flag), configs, go)
         return choose(self.key + (which, flag), configs, go)

@@ -36,12 +36,19 @@ def interpreted(V: int) -> Config:
 
 
 def candidates(which: str, V: int, per_key: bool, save: bool = False,
-               bt: int | None = None) -> list[Config]:
+               bt: int | None = None, wide: bool = False) -> list[Config]:
     """The configs tried on the GPU. The backward keeps the forward's chunk (its checkpoints),
     so a forward that saves them for a backward stays at 64-step chunks; inference alone may
     take 128 (fewer sequential steps) where the decay is scalar. The backward takes all the
-    values in one program."""
+    values in one program. `wide`: float32 operands (tf32x3 products), twice the shared
+    memory of 16-bit ones: one pipeline stage, and 32-step chunks where a backward follows
+    (GLA at K = V = 128: 164 KB; 64-step chunks need 262-328 KB, over the H200's 227 KB)."""
     bvs = sorted({min(pow2(V), b) for b in (32, 64, 128)})
+    if wide:
+        if which == "forward":
+            return [Config(32 if save else 64, bv, w, 1) for bv in bvs
+                    if bv >= 64 or bv == pow2(V) for w in (4, 8)]
+        return [Config(bt or 32, pow2(V), w, 1) for w in (4, 8)]
     if which == "forward":
         out = [Config(64, bv, w, 2) for bv in bvs if bv >= 64 or bv == pow2(V) for w in (4, 8)]
         if not per_key and not save:

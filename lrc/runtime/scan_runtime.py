@@ -80,7 +80,13 @@ def chunk_of(prog: ScanProgram, sizes: dict[str, int]) -> int:
     return 64 if whole <= 4 else 16
 
 
+AS_GPU: int | None = None  # set by codegen.aot.recording(as_gpu=...): launches are sized as
+                          # for a GPU with this many SMs (and not run), whatever the device
+
+
 def _sm_count(device: torch.device) -> int:
+    if AS_GPU is not None:
+        return AS_GPU
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
@@ -118,7 +124,7 @@ class Launch:
         longest sequence."""
         self.prog, self.which, self.sizes, self.T = prog, which, sizes, T
         self.device, self.cu = device, cu
-        self.interpret = device.type != "cuda"
+        self.interpret = device.type != "cuda" and AS_GPU is None
         self.programs = 1 if self.interpret else 4 * _sm_count(device)
         self.chunked = which != "step" and prog.mode == "scan"
         self.tensors: dict[str, tuple[torch.Tensor, dict]] = {}
@@ -495,10 +501,10 @@ def _config(prog: ScanProgram, which: str, info: dict, ins, launch, tc: int | No
     if CONFIG is not None:
         return CONFIG if tc is None else replace(CONFIG, tc=tc)
     default = None if tc is None or tc == chunk_of(prog, info["sizes"]) else ScanConfig(tc)
-    if info["device"].type != "cuda":
+    if info["device"].type != "cuda" and AS_GPU is None:
         return default
     if not TUNE:  # the defaults, or the first candidate Triton compiles where they fail
-        if torch.cuda.is_current_stream_capturing():
+        if info["device"].type == "cuda" and torch.cuda.is_current_stream_capturing():
             return scan_tune.chosen(_tune_key(prog, which, info, ins, tc) + ("untimed",)) \
                 or default
         t = prog.tiling

@@ -1,0 +1,131 @@
+"""Compile generated kernels for a GPU without one: Triton's own compiler (and its bundled
+ptxas) targeting sm_90, fed the arguments of a launch recorded on the CPU.
+
+What it answers without the GPU: does this kernel, with these arguments, constexprs, warps and
+stages, compile under the installed Triton (Triton 3.6 rejects some: a failed layout pass,
+shared memory over the H200's limit); how long the compile takes; registers, spills and
+shared memory. The specialization (16-divisible integers and pointers, as the JIT sees them)
+comes from the JIT's own binder, so the kernel compiled is the one a GPU launch with the same
+sizes would compile (pointer alignment aside: CPU tensors are as aligned as CUDA ones).
+
+    from lrc.codegen import aot
+    with aot.recording() as launches:     # launches of scan kernels run on the CPU
+        layer(**args).sum().backward()
+    for rec in launches:
+        print(aot.compile_launch(rec))     # -> Compiled(ok, seconds, regs, spills, shared)
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+SHARED_LIMIT = 232448  # bytes of shared memory one H200 block may use (Triton's check)
+
+
+@dataclass
+class Compiled:
+    name: str
+    ok: bool
+    seconds: float
+    regs: int = 0
+    spills: int = 0
+    shared: int = 0
+    error: str = ""
+
+    @property
+    def fits(self) -> bool:
+        """Compiled and within the H200's shared memory (else the launch fails)."""
+        return self.ok and self.shared <= SHARED_LIMIT
+
+
+@dataclass
+class Launch:
+    """One kernel launch as recorded: the compiled-mode kernel, its arguments, constexprs,
+    warps and stages."""
+
+    name: str
+    fn: object
+    params: list
+    consts: dict
+    warps: int
+    stages: int
+    compiled: Compiled | None = None  # recording(compile=True): how it compiled
+
+
+@contextlib.contextmanager
+def recording(as_gpu: int | None = None, compile: bool = False):
+    """Record the launches of the scan and chunked kernels made inside. They run
+    (interpreted on the CPU), unless `as_gpu` is an SM count (132 for the H200): then their
+    blocks, chunks and segments are sized as on such a GPU and nothing runs (outputs are
+    left unwritten; the backward still launches what it would). With `compile` each launch
+    is also compiled for sm_90 and one that does not compile or fit raises, as it would on
+    the GPU: the untimed config choice (LRC_TUNE=0) then moves on to its next candidate, so
+    the launches recorded last are the ones a GPU would run."""
+    from ..runtime import scan_runtime
+    from . import chunked_launch
+
+    out: list[Launch] = []
+    fire, cfire = scan_runtime.Launch.fire, chunked_launch.Launcher.fire
+
+    def record(rec: Launch) -> None:
+        out.append(rec)
+        if compile:
+            rec.compiled = compile_launch(rec)
+            if not rec.compiled.fits:
+                raise RuntimeError(f"{rec.name}: {rec.compiled}")
+
+    def spy(self, params, consts, grid):
+        fn = self.prog.kernel_fn(self.which, False)
+        record(Launch(f"{self.prog.kernel.name}.{self.which}", fn, list(params),
+                      dict(consts), self.warps, self.stages))
+        if as_gpu is None:
+            fire(self, params, consts, grid)
+
+    def cspy(self, which, grid, args, consts):
+        consts = dict(consts)
+        warps, stages = consts.pop("num_warps", 4), consts.pop("num_stages", 2)
+        record(Launch(f"{self.g.name}.chunked_{which}", self.prog.kernel(which, False),
+                      list(args), consts, warps, stages))
+        if as_gpu is None:
+            cfire(self, which, grid, args, dict(consts, num_warps=warps, num_stages=stages)
+                  if not self.interpret else consts)
+
+    saved = scan_runtime.AS_GPU, scan_runtime.TUNE
+    scan_runtime.Launch.fire, chunked_launch.Launcher.fire = spy, cspy
+    scan_runtime.AS_GPU = as_gpu
+    if as_gpu is not None:
+        scan_runtime.TUNE = False  # no timing runs (nothing runs): the first candidates
+    try:
+        yield out
+    finally:
+        scan_runtime.Launch.fire, chunked_launch.Launcher.fire = fire, cfire
+        scan_runtime.AS_GPU, scan_runtime.TUNE = saved
+
+
+def compile_launch(rec: Launch, capability: int = 90) -> Compiled:
+    """Compile `rec`'s kernel for sm_`capability` as the JIT would for its arguments."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import JITFunction, create_function_from_signature
+
+    fn = rec.fn
+    while not isinstance(fn, JITFunction):  # an Autotuner or heuristics wrapper
+        fn = fn.fn
+    target = GPUTarget("cuda", capability, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    kwargs = dict(rec.consts, num_warps=rec.warps, num_stages=rec.stages)
+    bound, spec, options = binder(*rec.params, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, options)
+    t = time.perf_counter()
+    try:
+        k = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
+                           options=options.__dict__)
+    except Exception as e:  # noqa: BLE001 (the answer is that it does not compile)
+        return Compiled(rec.name, False, time.perf_counter() - t,
+                        error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    md = k.metadata
+    return Compiled(rec.name, True, time.perf_counter() - t, getattr(md, "n_regs", 0) or 0,
+                    getattr(md, "n_spills", 0) or 0, md.shared)
