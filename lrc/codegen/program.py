@@ -84,5 +84,14 @@ class ScanProgram:
     def module(self, interpret: bool) -> ModuleType:
         return modules.load(self.source, interpret)
 
+    def __getstate__(self) -> dict:  # pickled to the disk cache: without loaded kernels
+        return {k: v for k, v in self.__dict__.items() if k != "_fns"}
+
     def kernel_fn(self, which: str, interpret: bool):
-        return getattr(self.module(interpret), f"{ident(self.g.name)}_{which}")
+        """The kernel `which` of the module (looked up once: every launch asks)."""
+        fns = self.__dict__.setdefault("_fns", {})
+        fn = fns.get((which, interpret))
+        if fn is None:
+            fn = fns[which, interpret] = getattr(self.module(interpret),
+                                                 f"{ident(self.g.name)}_{which}")
+        return fn

@@ -246,15 +246,19 @@ class Replay:
             if any(k == "const" and isinstance(v, torch.Tensor) and v is not kept
                    for k, v in template):
                 raise ValueError("a launch argument of unknown origin: not replayable")
-            self.launches.append((template, consts, grid))
+            base = [v if k == "const" else None for k, v in template]
+            holes = [(i, k, v) for i, (k, v) in enumerate(template) if k != "const"]
+            self.launches.append((base, holes, consts, grid))
         run.tensors, run.fired = {}, []  # the first call's buffers are not kept alive
         self.run, self.tc = run, tc
 
     def __call__(self, ins, h0s, device: torch.device):
         new = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in self.new]
         src = {"in": ins, "h0": h0s, "new": new}
-        for template, consts, grid in self.launches:
-            params = [v if k == "const" else src[k][v] for k, v in template]
+        for base, holes, consts, grid in self.launches:
+            params = base.copy()
+            for i, k, v in holes:
+                params[i] = src[k][v]
             self.run.fire(params, consts, grid)
         return ([new[i] for i in self.outs], [new[i] for i in self.finals],
                 [new[i] for i in self.chks], self.tc)
@@ -277,6 +281,11 @@ def _replay_key(prog: ScanProgram, info: dict, ins, h0s) -> tuple | None:
             tuple((x.shape, x.stride(), x.dtype, x.device) for x in ins),
             tuple((x.shape, x.stride(), x.dtype, x.device) for x in h0s),
             CONFIG, TUNE, CHUNK, SEGMENTS, BUDGET, NUM_WARPS, NUM_STAGES)
+
+
+def knobs() -> tuple:
+    """This module's launch settings, as a key."""
+    return CONFIG, TUNE, CHUNK, SEGMENTS, BUDGET, NUM_WARPS, NUM_STAGES, AS_GPU
 
 
 _NO_CU: dict[torch.device, torch.Tensor] = {}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -10,6 +11,7 @@ from ..codegen.program import ScanProgram
 from ..ir import interpret
 from ..ir.dims import Role
 from ..ir.graph import Graph
+from ..ir.nodes import Input
 from .bind import batch_dim, from_canonical, to_canonical
 from .call import Call
 from .scan_runtime import (Launch, ScanFunction, canonical_inputs, dim_strides,
@@ -206,3 +208,50 @@ def step(prog: ScanProgram, call: Call, states_out: dict | None = None):
     return outs, _assemble_states(g, news, sizes, call.state_dtype)
 
 __all__ = ["run", "step"]
+
+
+class Fast:
+    """A whole-sequence call replayed straight from the user's tensors: for a layer whose
+    kernels read the arguments as given and write its outputs (no pre or post work, no
+    initial state, no final state asked, nothing to differentiate), a later call with the same
+    signature skips binding, checks, planning and the autograd wrapper and plays the recorded
+    launches (scan_runtime.Replay). Layer.__call__ keys these by the arguments' shapes,
+    strides, dtypes and devices."""
+
+    def __init__(self, replay, picks: list[tuple[bool, Any]], outs: list[int],
+                 h0s: list[torch.Tensor], device: torch.device):
+        self.replay, self.picks, self.outs = replay, picks, outs
+        self.h0s, self.device = h0s, device
+
+    def __call__(self, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+        ins = [args[i] if positional else kwargs[i] for positional, i in self.picks]
+        kouts = self.replay(ins, self.h0s, self.device)[0]
+        return [kouts[i] for i in self.outs]
+
+
+def fast_entry(prog: ScanProgram, call: Call, args: tuple, kwargs: dict) -> Fast | None:
+    """The Fast replay of `call` (args, kwargs as the user passed them), just run through the
+    full path with no initial state and no final state; None where it does not apply."""
+    from .scan_runtime import _REPLAYS, _replay_key
+
+    g, k, part = prog.g, prog.kernel, prog.part
+    if call.segments is not None or call.states is not None or part.pre or part.post:
+        return None
+    names = [n.name for n in k.inputs() if n.role in (Role.SEQ, Role.PARAM)]
+    where = {p: (True, i) for i, p in enumerate(g.params[:len(args)])}
+    where.update({p: (False, p) for p in kwargs})
+    picks = []
+    for n in names:
+        node = g[n] if n in g else None
+        if not isinstance(node, Input) or node.part or node.arg not in where:
+            return None
+        picks.append(where[node.arg])
+    ins = [call.tensors[g[n].arg] for n in names]
+    h0s = [_no_state(call.device) for _ in k.state_names]
+    out_dtypes = [call.out_dtype if o in g.outputs else torch.float32 for o in k.outputs]
+    info = dict(sizes=call.sizes, T=call.T, inputs=names, out_dtypes=out_dtypes,
+                device=call.device, reverse=call.reverse, varlen=None)
+    replay = _REPLAYS.get(_replay_key(prog, info, ins, h0s))
+    if replay is None or replay.run.prog is not prog:
+        return None
+    return Fast(replay, picks, [list(k.outputs).index(o) for o in g.outputs], h0s, call.device)

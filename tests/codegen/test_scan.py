@@ -587,3 +587,42 @@ def test_inference_call_skips_autograd(monkeypatch):
     y2, h2 = kern(**args, initial_state=state, return_final_state=True)
     assert not applied and y1.grad_fn is None and y2.grad_fn is None
     assert rel_err(y1, y_ref) == 0 and rel_err(y2, y_ref) == 0 and rel_err(h2, h_ref) == 0
+
+
+def test_fast_replay_of_a_repeated_signature(monkeypatch):
+    """A no-grad call whose signature (shapes, strides, dtypes, positional or by name) was
+    seen replays its launches straight from the arguments (triton_call.Fast) and gives what
+    the full path gives; anything else takes the full path: an argument needing a gradient,
+    an initial or final state, one tensor passed twice, new strides."""
+    from lrc.runtime import triton_call
+
+    used = []
+    fast_call = triton_call.Fast.__call__
+    monkeypatch.setattr(triton_call.Fast, "__call__",
+                        lambda self, a, k: used.append(1) or fast_call(self, a, k))
+    kern, ref = layers("gla")  # no pre or post work: the kernels read the arguments
+    e = ZOO["gla"]
+    args = e.example(b=2, t=19, dtype=torch.float32)
+    names = list(args)
+    want = ref(**{k: v.double() for k, v in args.items()})
+    with torch.no_grad():
+        for _ in range(3):  # by name
+            assert rel_err(kern(**args), want) <= FWD
+        assert len(used) == 2
+        pos = [args[n] for n in names]
+        for _ in range(2):  # positional: its own signature
+            assert rel_err(kern(*pos), want) <= FWD
+        assert len(used) == 3
+        state = e.initial_state(b=2, dtype=torch.float32)
+        kern(**args, initial_state=state)
+        kern(**dict(args, k=args["q"]))  # one tensor twice
+        kern(**args, return_final_state=True)
+        t = {k: v.transpose(0, 1).contiguous().transpose(0, 1) if v.dim() > 2 else v
+             for k, v in args.items()}  # other strides, same values
+        assert rel_err(kern(**t), want) <= FWD
+        assert len(used) == 3
+        fresh = {k: v.clone() for k, v in args.items()}  # new tensors, same signature
+        assert rel_err(kern(**fresh), want) <= FWD and len(used) == 4
+    grads = {k: v.clone().requires_grad_(True) for k, v in args.items()}
+    y = kern(**grads)
+    assert y.grad_fn is not None and len(used) == 4
