@@ -28,8 +28,8 @@ class Compiled:
     name: str
     ok: bool
     seconds: float
-    regs: int = 0
-    spills: int = 0
+    regs: int = 0    # registers per thread
+    spills: int = 0  # local memory per thread, bytes (register spills)
     shared: int = 0
     error: str = ""
 
@@ -126,6 +126,28 @@ def compile_launch(rec: Launch, capability: int = 90) -> Compiled:
     except Exception as e:  # noqa: BLE001 (the answer is that it does not compile)
         return Compiled(rec.name, False, time.perf_counter() - t,
                         error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
-    md = k.metadata
-    return Compiled(rec.name, True, time.perf_counter() - t, getattr(md, "n_regs", 0) or 0,
-                    getattr(md, "n_spills", 0) or 0, md.shared)
+    regs, local = _usage(k.asm.get("cubin"))
+    return Compiled(rec.name, True, time.perf_counter() - t, regs, local, k.metadata.shared)
+
+
+def _usage(cubin: bytes | None) -> tuple[int, int]:
+    """(registers per thread, local-memory bytes per thread: spills) of a cubin, read with
+    the cuobjdump Triton ships; (0, 0) where it is missing."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                        "cuobjdump")
+    if not cubin or not os.path.exists(tool):
+        return 0, 0
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
+        fh.write(cubin)
+        fh.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", fh.name], capture_output=True,
+                             text=True).stdout
+    reg, loc = re.search(r"REG:(\d+)", out), re.search(r"LOCAL:(\d+)", out)
+    return int(reg.group(1)) if reg else 0, int(loc.group(1)) if loc else 0

@@ -18,6 +18,9 @@ from .plan import Plan
 BACKENDS = ("auto", "reference", "triton")
 
 
+_UNSEEN = object()
+
+
 def _fast_key(args: tuple, kwargs: dict, reverse: bool) -> tuple | None:
     """What a call's Fast replay depends on: each argument's shape, strides, dtype and device
     (positional or by name), reverse and the launch knobs; None when it cannot apply: some
@@ -105,10 +108,12 @@ class Layer:
             if (cu_seqlens is None and initial_state is None and not return_final_state
                     and self.backend == "triton"):
                 key = _fast_key(args, kwargs, reverse)
-                fast = self._fast.get(key) if key is not None else None
-                if fast is not None:  # a signature seen before: its launches replayed
+                fast = self._fast.get(key, _UNSEEN) if key is not None else None
+                if fast is not None and fast is not _UNSEEN:  # seen: its launches replayed
                     outs = fast(args, kwargs)
                     return outs[0] if len(outs) == 1 else tuple(outs)
+                if fast is None:  # seen, and not replayable
+                    key = None
             outs, finals = self.run(args, kwargs, initial_state, reverse, cu_seqlens,
                                     finals=return_final_state)
             if key is not None:

@@ -626,3 +626,18 @@ def test_fast_replay_of_a_repeated_signature(monkeypatch):
     grads = {k: v.clone().requires_grad_(True) for k, v in args.items()}
     y = kern(**grads)
     assert y.grad_fn is not None and len(used) == 4
+
+
+def test_no_fast_replay_is_looked_for_twice(monkeypatch):
+    """A signature that cannot replay (pre work: Mamba-1's hoisted Params terms) is noted
+    once, not examined again on every call."""
+    from lrc.runtime import triton_call
+
+    looked = []
+    entry = triton_call.fast_entry
+    monkeypatch.setattr(triton_call, "fast_entry", lambda *a: looked.append(1) or entry(*a))
+    kern, _ = layers("mamba1")
+    args = ZOO["mamba1"].example(b=1, t=9, dtype=torch.float32)
+    with torch.no_grad():
+        ys = [kern(**args) for _ in range(3)]
+    assert looked == [1] and all(rel_err(y, ys[0]) == 0 for y in ys)
