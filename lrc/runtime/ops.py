@@ -38,7 +38,19 @@ def call_op(layer_id: str, tensors: list[torch.Tensor], states: list[torch.Tenso
     layer = _LAYERS[layer_id]
     with torch.no_grad():
         outs, finals = layer.run(tuple(tensors), {}, _split(layer, states), reverse)
-    return [x.contiguous().clone() for x in (*outs, *finals)]
+    # contiguous, as the fake implementation promises, and aliasing no input and no other
+    # output (a custom op's outputs may not): copied only where that does not hold already
+    seen = {t.untyped_storage().data_ptr() for t in (*tensors, *states)}
+    res = []
+    for x in (*outs, *finals):
+        y = x.contiguous()
+        ptr = y.untyped_storage().data_ptr()
+        if y._base is not None or ptr in seen:
+            y = y.clone()
+            ptr = y.untyped_storage().data_ptr()
+        seen.add(ptr)
+        res.append(y)
+    return res
 
 
 @call_op.register_fake

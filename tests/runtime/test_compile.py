@@ -47,3 +47,22 @@ def test_fullgraph_final_state():
     y, h = compiled(**args)
     y2, h2 = model(**args)
     assert rel_err(y, y2) <= 1e-5 and rel_err(h, h2) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["gla", "h3"])
+def test_call_op_outputs_own_their_memory(name):
+    """lrc::call's outputs are contiguous and alias no input and no other output (a custom
+    op's contract; they are no longer all copied, only those that would break it) and equal
+    the layer's results."""
+    entry = ZOO[name]
+    layer = lrc.compile(entry.spec, backend="triton")
+    args = entry.example(b=2, t=7, dtype=torch.float32)
+    tensors = [args[p] for p in layer.graph.params]
+    res = torch.ops.lrc.call(layer.op_id, tensors, [], False)
+    ptrs = [x.untyped_storage().data_ptr() for x in res]
+    assert len(set(ptrs)) == len(ptrs)
+    assert not set(ptrs) & {t.untyped_storage().data_ptr() for t in tensors}
+    assert all(x.is_contiguous() and x._base is None for x in res)
+    outs, finals = layer.run(tuple(tensors), {})
+    for a, b in zip(res, (*outs, *finals)):
+        assert rel_err(a, b) == 0
