@@ -61,3 +61,14 @@ def test_fp32_chunked_kernels_fit_the_h200(name):
     assert_every_kernel_runs(launches)
     assert all(r.consts["BT"] == 32 for r in launches)
     assert max(r.compiled.shared for r in launches) <= aot.SHARED_LIMIT
+
+
+@pytest.mark.parametrize("name,dtype", [
+    ("mamba2", torch.float32), ("s4d_zoh", torch.float32), ("lru", torch.float32),
+    ("rglru", torch.float32), ("rwkv6", torch.float32), ("gla", torch.float32),
+    ("retnet", torch.float32), ("rwkv4", torch.float32), ("h3", torch.float32),
+    ("mamba1", torch.bfloat16), ("rglru", torch.bfloat16)])
+def test_scan_kernels_compile_for_the_h200(name, dtype):
+    """Every zoo spec's scan (or one-token loop) kernels: some config of each compiles and
+    fits, forward and backward, as the GPU tests launch them."""
+    assert_every_kernel_runs(record(name, "scan", dtype))
