@@ -58,8 +58,11 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
     # 3.6 on the H200 gives wrong gradients or an illegal address for some configs (Mamba-2
     # P64 bf16: BV 32 at 4 warps, x's gradient 6e-2 off, right at 8 warps; a forward at BV 32
     # faults; fp32 at T=128 is right and clean under compute-sanitizer; the interpreter runs
-    # every split right: tests/codegen/test_chunked.py::test_split_value_blocks). With 128
-    # values 4 warps need more shared memory than the H200 has, so 8 come first there.
+    # every split right: tests/codegen/test_chunked.py::test_split_value_blocks). Upstream
+    # reports the same shape of fault (triton-lang/triton#11366: several tl.dot, a 32-wide
+    # block, 4 warps, an illegal shared-memory read on sm_90 since Triton 3.6; clean on
+    # 3.5.1). With 128 values 4 warps need more shared memory than the H200 has, so 8 come
+    # first there.
     warps = (8, 4) if pow2(V) >= 128 else (4, 8)
     return [Config(bt or 64, pow2(V), w, 1) for w in warps]
 
