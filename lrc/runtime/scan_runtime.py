@@ -279,8 +279,80 @@ def _replay_key(prog: ScanProgram, info: dict, ins, h0s) -> tuple | None:
     return (id(prog), info["T"], info["reverse"], tuple(info["sizes"].items()),
             tuple(info["out_dtypes"]), device, tuple(info["inputs"]), same, capturing,
             tuple((x.shape, x.stride(), x.dtype, x.device) for x in ins),
-            tuple((x.shape, x.stride(), x.dtype, x.device) for x in h0s),
-            CONFIG, TUNE, CHUNK, SEGMENTS, BUDGET, NUM_WARPS, NUM_STAGES)
+            tuple((x.shape, x.stride(), x.dtype, x.device) for x in h0s), knobs())
+
+
+class BackReplay:
+    """A backward's launches recorded on its first call with one signature (`_back_key`) and
+    played back: its buffers made again (zeroed where the first call zeroed them: atomic
+    sums, absent cotangents), the arguments filled from the new call's inputs, checkpoints
+    and cotangents. Returns the gradient buffers as the full path does."""
+
+    def __init__(self, run: "Launch", ins, chks, grads, fresh, bufs: dict, dh0s: list):
+        slots: dict[int, tuple[str, int]] = {}
+        for kind, xs in (("in", ins), ("chk", chks), ("grad", grads)):
+            for i, x in enumerate(xs):
+                if x is not None:
+                    slots.setdefault(id(x), (kind, i))
+        self.new: list[tuple] = []  # (shape, strides, dtype, zeroed)
+
+        def new(x: torch.Tensor, zero: bool = False) -> int:
+            if id(x) not in slots:
+                slots[id(x)] = ("new", len(self.new))
+                self.new.append((tuple(x.shape), x.stride(), x.dtype, zero))
+            return slots[id(x)][1]
+
+        for x, zero in fresh:
+            new(x, zero)
+        for name, (x, _) in run.tensors.items():
+            if name.startswith(("sum:", "dec:")):
+                new(x)
+        self.bufs = {n: (new(b), parts) for n, (b, parts) in bufs.items()}
+        self.dh0s = [new(x) for x in dh0s]
+        kept = _NO_CU.get(run.device)
+        self.launches = []
+        for params, consts, grid in run.fired:
+            template = [slots.get(id(p), ("const", p)) if isinstance(p, torch.Tensor)
+                        else ("const", p) for p in params]
+            if any(k == "const" and isinstance(v, torch.Tensor) and v is not kept
+                   for k, v in template):
+                raise ValueError("a launch argument of unknown origin: not replayable")
+            base = [v if k == "const" else None for k, v in template]
+            holes = [(i, k, v) for i, (k, v) in enumerate(template) if k != "const"]
+            self.launches.append((base, holes, consts, grid))
+        run.tensors, run.fired = {}, []
+        self.run = run
+
+    def __call__(self, ins, chks, grads, device: torch.device):
+        new = []
+        for shape, strides, dtype, zero in self.new:
+            x = torch.empty_strided(shape, strides, dtype=dtype, device=device)
+            new.append(x.zero_() if zero else x)
+        src = {"in": ins, "chk": chks, "grad": grads, "new": new}
+        for base, holes, consts, grid in self.launches:
+            params = base.copy()
+            for i, k, v in holes:
+                params[i] = src[k][v]
+            self.run.fire(params, consts, grid)
+        return ({n: (new[i], parts) for n, (i, parts) in self.bufs.items()},
+                [new[i] for i in self.dh0s])
+
+
+_BACK_REPLAYS: dict[tuple, BackReplay] = {}
+
+
+def _back_key(prog: ScanProgram, info: dict, ins, chks, grads, tc: int) -> tuple | None:
+    """What a backward's launches depend on besides the data (None: not replayed)."""
+    if info.get("varlen") is not None:
+        return None
+    device = info["device"]
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    args = [x for x in (*ins, *chks, *grads) if x is not None]
+    same = tuple(next(j for j, y in enumerate(args) if y is x) for x in args)
+    sig = tuple(None if x is None else (x.shape, x.stride(), x.dtype, x.device)
+                for x in (*ins, *chks, *grads))
+    return (id(prog), info["T"], info["reverse"], tuple(info["sizes"].items()), device,
+            tuple(info["inputs"]), tc, same, capturing, sig, knobs())
 
 
 def knobs() -> tuple:
@@ -389,11 +461,12 @@ class ScanFunction(torch.autograd.Function):
         device = info["device"]
         loop = prog.mode != "scan"
         n_out = len(k.outputs)
-        cots = []
+        cots, zeros = [], []  # zeros: the cotangents made here (outputs given no gradient)
         for (o, cot), axes, gy in zip(bw.cotangents, k.out_axes, grads[:n_out]):
             if gy is None:
                 shape = [T if a == (k.time,) else math.prod(sizes[d] for d in a) for a in axes]
                 gy = torch.zeros(shape, dtype=torch.float32, device=device)
+                zeros.append((gy, True))
             cots.append((cot, gy, axes))
         d_finals = grads[n_out:]
         has_dht = any(gh is not None for gh in d_finals)
@@ -401,6 +474,12 @@ class ScanFunction(torch.autograd.Function):
         cu, ksizes, kT = _varlen(prog, info)
 
         def launch(config: ScanConfig | None):
+            fresh = list(zeros)  # the buffers this launch makes: (tensor, zeroed)
+
+            def made(t: torch.Tensor, zero: bool = False) -> torch.Tensor:
+                fresh.append((t, zero))
+                return t
+
             run = Launch(prog, "backward", ksizes, kT, device, config, cu)
             for name, x in zip(info["inputs"], ins):
                 run.add(f"in:{name}", x, dim_strides(x, k[name].annotation.axes, sizes, k.time))
@@ -417,9 +496,10 @@ class ScanFunction(torch.autograd.Function):
             for (s, adj), gh in zip(bw.adjoints, d_finals):
                 dims = k[s].dims
                 if gh is None:
-                    gh = torch.zeros([ksizes[d] for d in dims], dtype=torch.float32,
-                                     device=device)
-                dh0 = torch.empty([ksizes[d] for d in dims], dtype=torch.float32, device=device)
+                    gh = made(torch.zeros([ksizes[d] for d in dims], dtype=torch.float32,
+                                          device=device), True)
+                dh0 = made(torch.empty([ksizes[d] for d in dims], dtype=torch.float32,
+                                       device=device))
                 if loop:
                     run.add(f"h0:{adj}", gh, _state_strides(gh, dims, False))
                     run.add(f"hT:{adj}", dh0, _state_strides(dh0, dims, False))
@@ -443,13 +523,13 @@ class ScanFunction(torch.autograd.Function):
                 # and laid out like it (no copy to the input's strides afterwards)
                 if timed and not atomic and not parts and not slots:
                     like = ins[names.index(x)]
-                    buf = torch.empty_like(like)
+                    buf = made(torch.empty_like(like))
                     run.add(f"grad:{x}", buf, dim_strides(buf, k[x].annotation.axes, sizes,
                                                           k.time))
                     bufs[x] = (buf, None)
                     continue
-                buf = (torch.zeros if atomic else torch.empty)(shape, dtype=torch.float32,
-                                                                device=device)
+                buf = made((torch.zeros if atomic else torch.empty)(
+                    shape, dtype=torch.float32, device=device), atomic)
                 st = {"#c": buf.stride(0)} if slots else {}
                 st.update({f"#p_{d}": buf.stride(len(slots) + i) for i, d in enumerate(parts)})
                 parts = slots + list(parts)
@@ -468,10 +548,22 @@ class ScanFunction(torch.autograd.Function):
                         SUMMARY=True)
                 run(HAS_DHT=has_dht, REVERSE=info["reverse"], BACK=not info["reverse"],
                     SUMMARY=False)
-            return bufs, dh0s
+            return bufs, dh0s, run, fresh
 
-        config = _config(prog, "backward", info, ins, launch, tc=ctx.tc)
-        bufs, dh0s = launch(config)
+        key = _back_key(prog, info, ins, chks, grads, ctx.tc)
+        replay = _BACK_REPLAYS.get(key) if key is not None else None
+        if replay is not None and replay.run.prog is prog:
+            bufs, dh0s = replay(ins, chks, grads, device)
+        else:
+            config = _config(prog, "backward", info, ins, launch, tc=ctx.tc)
+            bufs, dh0s, run, fresh = launch(config)
+            if key is not None:
+                if len(_BACK_REPLAYS) > 256:
+                    _BACK_REPLAYS.clear()
+                try:
+                    _BACK_REPLAYS[key] = BackReplay(run, ins, chks, grads, fresh, bufs, dh0s)
+                except ValueError:
+                    pass
         out_grads = []
         for name, x in zip(info["inputs"], ins):
             buf, n_parts = bufs[name]

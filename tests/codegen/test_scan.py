@@ -641,3 +641,38 @@ def test_no_fast_replay_is_looked_for_twice(monkeypatch):
     with torch.no_grad():
         ys = [kern(**args) for _ in range(3)]
     assert looked == [1] and all(rel_err(y, ys[0]) == 0 for y in ys)
+
+
+@pytest.mark.parametrize("name", ["mamba1", "rglru"])
+def test_backward_replayed(name, monkeypatch):
+    """A backward whose signature was seen replays its launches (scan_runtime.BackReplay):
+    its buffers made again, zeroed where atomic sums need it (Mamba-1's Param gradients),
+    and the gradients still match the reference on fresh inputs; with and without an
+    initial state (the same launches), and without a final state's gradient (a zeroed
+    cotangent: another signature)."""
+    import sys
+
+    from lrc.runtime import scan_runtime
+
+    made = layers(name)  # one layer for every call (replays are per program)
+    monkeypatch.setattr(sys.modules[__name__], "layers", lambda n: made)
+    played = []
+    call = scan_runtime.BackReplay.__call__
+    monkeypatch.setattr(scan_runtime.BackReplay, "__call__",
+                        lambda self, *a: played.append(1) or call(self, *a))
+    for _ in range(2):
+        check(name, b=2, t=21)
+    assert len(played) == 1
+    for _ in range(2):
+        check(name, b=2, t=21, with_state=False)
+    assert len(played) == 3
+    kern, ref = made
+    for _ in range(2):
+        args = ZOO[name].example(b=2, t=21, dtype=torch.float64)
+        ours = {k: v.float().requires_grad_(True) for k, v in args.items()}
+        theirs = {k: v.clone().requires_grad_(True) for k, v in args.items()}
+        g1 = torch.autograd.grad(as_tuple(kern(**ours))[0].sum(), list(ours.values()))
+        g2 = torch.autograd.grad(as_tuple(ref(**theirs))[0].sum(), list(theirs.values()))
+        for a, e in zip(g1, g2):
+            assert rel_err(a, e) <= GRAD
+    assert len(played) == 4
