@@ -209,6 +209,47 @@ class Launch:
             fn[grid](*params, num_warps=self.warps, num_stages=self.stages, **consts)
 
 
+def _templates(run: "Launch", slots: dict[int, tuple[str, int]]) -> list[tuple]:
+    """`run`'s fired launches as (arguments, holes, constexprs, grid): each tensor argument
+    a hole filled from its slot of `slots` (by identity) at replay. The first call's buffers
+    are dropped from `run`, not kept alive."""
+    kept = _NO_CU.get(run.device)  # the one tensor argument that is not the call's
+    launches = []
+    for params, consts, grid in run.fired:
+        template = [slots.get(id(p), ("const", p)) if isinstance(p, torch.Tensor)
+                    else ("const", p) for p in params]
+        if any(k == "const" and isinstance(v, torch.Tensor) and v is not kept
+               for k, v in template):
+            raise ValueError("a launch argument of unknown origin: not replayable")
+        base = [v if k == "const" else None for k, v in template]
+        holes = [(i, k, v) for i, (k, v) in enumerate(template) if k != "const"]
+        launches.append((base, holes, consts, grid))
+    run.tensors, run.fired = {}, []
+    return launches
+
+
+def _keep(table: dict, key: tuple | None, make) -> None:
+    """Remember `make()` (a Replay) under `key`: at most 256 kept, none where the launches
+    cannot be replayed (key None, or make raising ValueError)."""
+    if key is None:
+        return
+    if len(table) > 256:
+        table.clear()
+    try:
+        table[key] = make()
+    except ValueError:
+        pass
+
+
+def _play(run: "Launch", launches: list[tuple], src: dict[str, list]) -> None:
+    """Fire `launches` (from _templates) with their holes filled from `src`."""
+    for base, holes, consts, grid in launches:
+        params = base.copy()
+        for i, k, v in holes:
+            params[i] = src[k][v]
+        run.fire(params, consts, grid)
+
+
 class Replay:
     """A forward's launches recorded on its first call with one signature (shapes, strides,
     dtypes, device, knobs; `_replay_key`) and played back on later calls: the same buffers
@@ -238,28 +279,12 @@ class Replay:
         for name, (x, _) in run.tensors.items():
             if name.startswith(("sum:", "dec:")):
                 new(x)
-        self.launches = []
-        kept = _NO_CU.get(run.device)  # the one tensor argument that is not the call's
-        for params, consts, grid in run.fired:
-            template = [slots.get(id(p), ("const", p)) if isinstance(p, torch.Tensor)
-                        else ("const", p) for p in params]
-            if any(k == "const" and isinstance(v, torch.Tensor) and v is not kept
-                   for k, v in template):
-                raise ValueError("a launch argument of unknown origin: not replayable")
-            base = [v if k == "const" else None for k, v in template]
-            holes = [(i, k, v) for i, (k, v) in enumerate(template) if k != "const"]
-            self.launches.append((base, holes, consts, grid))
-        run.tensors, run.fired = {}, []  # the first call's buffers are not kept alive
+        self.launches = _templates(run, slots)
         self.run, self.tc = run, tc
 
     def __call__(self, ins, h0s, device: torch.device):
         new = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in self.new]
-        src = {"in": ins, "h0": h0s, "new": new}
-        for base, holes, consts, grid in self.launches:
-            params = base.copy()
-            for i, k, v in holes:
-                params[i] = src[k][v]
-            self.run.fire(params, consts, grid)
+        _play(self.run, self.launches, {"in": ins, "h0": h0s, "new": new})
         return ([new[i] for i in self.outs], [new[i] for i in self.finals],
                 [new[i] for i in self.chks], self.tc)
 
@@ -309,18 +334,7 @@ class BackReplay:
                 new(x)
         self.bufs = {n: (new(b), parts) for n, (b, parts) in bufs.items()}
         self.dh0s = [new(x) for x in dh0s]
-        kept = _NO_CU.get(run.device)
-        self.launches = []
-        for params, consts, grid in run.fired:
-            template = [slots.get(id(p), ("const", p)) if isinstance(p, torch.Tensor)
-                        else ("const", p) for p in params]
-            if any(k == "const" and isinstance(v, torch.Tensor) and v is not kept
-                   for k, v in template):
-                raise ValueError("a launch argument of unknown origin: not replayable")
-            base = [v if k == "const" else None for k, v in template]
-            holes = [(i, k, v) for i, (k, v) in enumerate(template) if k != "const"]
-            self.launches.append((base, holes, consts, grid))
-        run.tensors, run.fired = {}, []
+        self.launches = _templates(run, slots)
         self.run = run
 
     def __call__(self, ins, chks, grads, device: torch.device):
@@ -328,12 +342,7 @@ class BackReplay:
         for shape, strides, dtype, zero in self.new:
             x = torch.empty_strided(shape, strides, dtype=dtype, device=device)
             new.append(x.zero_() if zero else x)
-        src = {"in": ins, "chk": chks, "grad": grads, "new": new}
-        for base, holes, consts, grid in self.launches:
-            params = base.copy()
-            for i, k, v in holes:
-                params[i] = src[k][v]
-            self.run.fire(params, consts, grid)
+        _play(self.run, self.launches, {"in": ins, "chk": chks, "grad": grads, "new": new})
         return ({n: (new[i], parts) for n, (i, parts) in self.bufs.items()},
                 [new[i] for i in self.dh0s])
 
@@ -439,13 +448,7 @@ class ScanFunction(torch.autograd.Function):
             config = _config(prog, "forward", info, ins, launch)
             outs, finals, chks, run = launch(config)
             tc = run.tc
-            if key is not None:
-                if len(_REPLAYS) > 256:
-                    _REPLAYS.clear()
-                try:
-                    _REPLAYS[key] = Replay(run, ins, h0s, outs, finals, chks, tc)
-                except ValueError:
-                    pass
+            _keep(_REPLAYS, key, lambda: Replay(run, ins, h0s, outs, finals, chks, tc))
         ctx.prog, ctx.info, ctx.has_h0 = prog, info, has_h0
         ctx.tc = tc
         ctx.save_for_backward(*ins, *chks)
@@ -557,13 +560,8 @@ class ScanFunction(torch.autograd.Function):
         else:
             config = _config(prog, "backward", info, ins, launch, tc=ctx.tc)
             bufs, dh0s, run, fresh = launch(config)
-            if key is not None:
-                if len(_BACK_REPLAYS) > 256:
-                    _BACK_REPLAYS.clear()
-                try:
-                    _BACK_REPLAYS[key] = BackReplay(run, ins, chks, grads, fresh, bufs, dh0s)
-                except ValueError:
-                    pass
+            _keep(_BACK_REPLAYS, key,
+                  lambda: BackReplay(run, ins, chks, grads, fresh, bufs, dh0s))
         out_grads = []
         for name, x in zip(info["inputs"], ins):
             buf, n_parts = bufs[name]
