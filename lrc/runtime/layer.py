@@ -22,16 +22,16 @@ _UNSEEN = object()
 
 
 def _fast_key(args: tuple, kwargs: dict, reverse: bool) -> tuple | None:
-    """What a call's Fast replay depends on: each argument's shape, strides, dtype and device
-    (positional or by name), reverse and the launch knobs; None when it cannot apply: some
-    argument needs a gradient, is not a tensor, or is passed twice (the replay fills one slot
-    per argument)."""
+    """What a call's Fast replay depends on: each argument's shape, strides, dtype, device and
+    whether it needs a gradient (positional or by name), reverse and the launch knobs; None
+    when it cannot apply: some argument is not a tensor or is passed twice (the replay fills
+    one slot per argument)."""
     grad = torch.is_grad_enabled()
     sig = []
     for x in (*args, *kwargs.values()):
-        if not isinstance(x, torch.Tensor) or grad and x.requires_grad:
+        if not isinstance(x, torch.Tensor):
             return None
-        sig.append((x.shape, x.stride(), x.dtype, x.device))
+        sig.append((x.shape, x.stride(), x.dtype, x.device, grad and x.requires_grad))
     if len({id(x) for x in (*args, *kwargs.values())}) != len(sig):
         return None
     return len(args), tuple(kwargs), tuple(sig), reverse, scan_runtime.knobs()
@@ -153,7 +153,8 @@ class Layer:
         call = make_call(self.lowered, args, kwargs, reverse=reverse)
         fast = None
         if not self.aux and self.plan.choose(call.sizes, call.T, _itemsize(call)) == "scan":
-            fast = triton_call.fast_entry(self.program, call, args, kwargs)
+            grad = any(rg for *_, rg in key[2])
+            fast = triton_call.fast_entry(self.program, call, args, kwargs, grad)
         if len(self._fast) > 64:
             self._fast.clear()
         self._fast[key] = fast

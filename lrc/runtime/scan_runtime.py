@@ -450,6 +450,7 @@ class ScanFunction(torch.autograd.Function):
             tc = run.tc
             _keep(_REPLAYS, key, lambda: Replay(run, ins, h0s, outs, finals, chks, tc))
         ctx.prog, ctx.info, ctx.has_h0 = prog, info, has_h0
+        ctx.set_materialize_grads(False)  # an unused output's or final state's: None, not 0
         ctx.tc = tc
         ctx.save_for_backward(*ins, *chks)
         return (*outs, *finals)
@@ -498,11 +499,13 @@ class ScanFunction(torch.autograd.Function):
             dh0s = []
             for (s, adj), gh in zip(bw.adjoints, d_finals):
                 dims = k[s].dims
-                if gh is None:
-                    gh = made(torch.zeros([ksizes[d] for d in dims], dtype=torch.float32,
-                                          device=device), True)
                 dh0 = made(torch.empty([ksizes[d] for d in dims], dtype=torch.float32,
                                        device=device))
+                if gh is None and not has_dht:  # not read (HAS_DHT, the loop's HAS_H0)
+                    gh = dh0
+                elif gh is None:  # another state's is given: this one reads as zeros
+                    gh = made(torch.zeros([ksizes[d] for d in dims], dtype=torch.float32,
+                                          device=device), True)
                 if loop:
                     run.add(f"h0:{adj}", gh, _state_strides(gh, dims, False))
                     run.add(f"hT:{adj}", dh0, _state_strides(dh0, dims, False))
@@ -562,17 +565,24 @@ class ScanFunction(torch.autograd.Function):
             bufs, dh0s, run, fresh = launch(config)
             _keep(_BACK_REPLAYS, key,
                   lambda: BackReplay(run, ins, chks, grads, fresh, bufs, dh0s))
-        out_grads = []
-        for name, x in zip(info["inputs"], ins):
-            buf, n_parts = bufs[name]
-            if n_parts is None:  # written in the input's own layout and dtype
-                out_grads.append(buf)
-                continue
-            gsum = buf.sum(tuple(range(n_parts))) if n_parts else buf
-            out_grads.append(_to_layout(gsum, k, name, sizes).to(x.dtype))
+        out_grads = input_grads(prog, info, ins, bufs)
         h0_grads = [dims_to_layout(dh0, k[s].dims, info["state_axes"][s], ksizes)
                     if ctx.has_h0 else None for dh0, s in zip(dh0s, k.state_names)]
         return (None, None, *out_grads, *h0_grads)
+
+
+def input_grads(prog: ScanProgram, info: dict, ins, bufs: dict) -> list[torch.Tensor]:
+    """The gradients of the kernel's inputs from the backward's buffers: as written (a Seq
+    gradient in its input's layout and dtype), or partial sums added up and laid out."""
+    out = []
+    for name, x in zip(info["inputs"], ins):
+        buf, n_parts = bufs[name]
+        if n_parts is None:
+            out.append(buf)
+            continue
+        gsum = buf.sum(tuple(range(n_parts))) if n_parts else buf
+        out.append(_to_layout(gsum, prog.kernel, name, info["sizes"]).to(x.dtype))
+    return out
 
 
 def _varlen(prog: ScanProgram, info: dict) -> tuple:

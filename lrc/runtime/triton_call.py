@@ -50,6 +50,9 @@ class _NoGrad:
     def save_for_backward(self, *tensors) -> None:
         pass
 
+    def set_materialize_grads(self, value: bool) -> None:
+        pass
+
 def run(prog: ScanProgram, call: Call, finals: bool = True
         ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Outputs and final states for a whole-sequence call (finals=False: no final states, []).
@@ -213,23 +216,73 @@ __all__ = ["run", "step"]
 class Fast:
     """A whole-sequence call replayed straight from the user's tensors: for a layer whose
     kernels read the arguments as given and write its outputs (no pre or post work, no
-    initial state, no final state asked, nothing to differentiate), a later call with the same
-    signature skips binding, checks, planning and the autograd wrapper and plays the recorded
-    launches (scan_runtime.Replay). Layer.__call__ keys these by the arguments' shapes,
-    strides, dtypes and devices."""
+    initial state, no final state asked), a later call with the same signature skips binding,
+    checks, planning and the generic autograd wrapper and plays the recorded launches
+    (scan_runtime.Replay); when some argument needs a gradient, through `FastGrad`, whose
+    backward replays the recorded backward launches (scan_runtime.BackReplay) per cotangent
+    signature. Layer.__call__ keys these by the arguments' shapes, strides, dtypes, devices
+    and which of them need a gradient."""
 
     def __init__(self, replay, picks: list[tuple[bool, Any]], outs: list[int],
-                 h0s: list[torch.Tensor], device: torch.device):
+                 h0s: list[torch.Tensor], info: dict, grad: bool):
         self.replay, self.picks, self.outs = replay, picks, outs
-        self.h0s, self.device = h0s, device
+        self.h0s, self.info, self.device, self.grad = h0s, info, info["device"], grad
+        self.backs: dict[tuple, Any] = {}  # cotangents' signature -> BackReplay
 
     def __call__(self, args: tuple, kwargs: dict) -> list[torch.Tensor]:
         ins = [args[i] if positional else kwargs[i] for positional, i in self.picks]
+        if self.grad:
+            return list(FastGrad.apply(self, *ins))
         kouts = self.replay(ins, self.h0s, self.device)[0]
         return [kouts[i] for i in self.outs]
 
 
-def fast_entry(prog: ScanProgram, call: Call, args: tuple, kwargs: dict) -> Fast | None:
+class _Saved:
+    """What ScanFunction.backward reads from its ctx, for a FastGrad's first backward."""
+
+    def __init__(self, fast: Fast, saved: tuple, tc: int):
+        self.prog, self.info, self.has_h0, self.tc = fast.replay.run.prog, fast.info, False, tc
+        self.saved_tensors = saved
+
+
+class FastGrad(torch.autograd.Function):
+    """A Fast call with gradients: the forward's launches replayed, the kernels' inputs and
+    checkpoints saved; the backward replayed once its cotangents' signature was seen (the
+    first one runs ScanFunction.backward, which records it)."""
+
+    @staticmethod
+    def forward(ctx, fast: Fast, *ins: torch.Tensor):
+        kouts, _, chks, tc = fast.replay(list(ins), fast.h0s, fast.device)
+        ctx.fast, ctx.tc = fast, tc
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*ins, *chks)
+        return tuple(kouts[i] for i in fast.outs)
+
+    @staticmethod
+    def backward(ctx, *gys):
+        from .scan_runtime import _BACK_REPLAYS, _back_key, input_grads
+
+        fast, saved = ctx.fast, ctx.saved_tensors
+        prog, info = fast.replay.run.prog, fast.info
+        n_in = len(info["inputs"])
+        ins, chks = saved[:n_in], saved[n_in:]
+        grads: list = [None] * (len(prog.kernel.outputs) + len(prog.kernel.state_names))
+        for i, gy in zip(fast.outs, gys):
+            grads[i] = gy
+        key = tuple(None if gy is None else (gy.shape, gy.stride(), gy.dtype) for gy in gys)
+        back = fast.backs.get(key)
+        if back is None:
+            res = ScanFunction.backward(_Saved(fast, saved, ctx.tc), *grads)
+            back = _BACK_REPLAYS.get(_back_key(prog, info, ins, chks, grads, ctx.tc))
+            if back is not None and back.run.prog is prog:
+                fast.backs[key] = back
+            return (None, *res[2:2 + n_in])
+        bufs, _ = back(ins, chks, grads, fast.device)
+        return (None, *input_grads(prog, info, ins, bufs))
+
+
+def fast_entry(prog: ScanProgram, call: Call, args: tuple, kwargs: dict,
+               grad: bool = False) -> Fast | None:
     """The Fast replay of `call` (args, kwargs as the user passed them), just run through the
     full path with no initial state and no final state; None where it does not apply."""
     from .scan_runtime import _REPLAYS, _replay_key
@@ -246,12 +299,15 @@ def fast_entry(prog: ScanProgram, call: Call, args: tuple, kwargs: dict) -> Fast
         if not isinstance(node, Input) or node.part or node.arg not in where:
             return None
         picks.append(where[node.arg])
+    if grad and len(set(picks)) != len(picks):  # one argument read twice: its grads add up
+        return None
     ins = [call.tensors[g[n].arg] for n in names]
     h0s = [_no_state(call.device) for _ in k.state_names]
     out_dtypes = [call.out_dtype if o in g.outputs else torch.float32 for o in k.outputs]
     info = dict(sizes=call.sizes, T=call.T, inputs=names, out_dtypes=out_dtypes,
-                device=call.device, reverse=call.reverse, varlen=None)
+                device=call.device, reverse=call.reverse, varlen=None,
+                state_axes={s: g[s].annotation.axes for s in k.state_names})
     replay = _REPLAYS.get(_replay_key(prog, info, ins, h0s))
     if replay is None or replay.run.prog is not prog:
         return None
-    return Fast(replay, picks, [list(k.outputs).index(o) for o in g.outputs], h0s, call.device)
+    return Fast(replay, picks, [list(k.outputs).index(o) for o in g.outputs], h0s, info, grad)

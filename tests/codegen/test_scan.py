@@ -628,6 +628,42 @@ def test_fast_replay_of_a_repeated_signature(monkeypatch):
     assert y.grad_fn is not None and len(used) == 4
 
 
+def test_fast_replay_with_gradients(monkeypatch):
+    """A call with arguments needing gradients whose signature was seen replays its forward
+    launches (triton_call.FastGrad) and, from its second backward with the same cotangents'
+    signature, its backward launches; outputs and every gradient match the reference on
+    fresh values each time; a cotangent with other strides is its own backward signature."""
+    from lrc.runtime import scan_runtime, triton_call
+
+    monkeypatch.setattr(scan_runtime, "_REPLAYS", {})
+    monkeypatch.setattr(scan_runtime, "_BACK_REPLAYS", {})
+    fast, played = [], []
+    apply, play = triton_call.FastGrad.apply, scan_runtime.BackReplay.__call__
+    monkeypatch.setattr(triton_call.FastGrad, "apply",
+                        lambda *a: fast.append(1) or apply(*a))
+    monkeypatch.setattr(scan_runtime.BackReplay, "__call__",
+                        lambda self, *a: played.append(1) or play(self, *a))
+    kern, ref = layers("gla")
+    e = ZOO["gla"]
+    for i in range(4):
+        args = e.example(b=2, t=19, dtype=torch.float64)
+        ours = {k: v.float().requires_grad_(k != "v") for k, v in args.items()}
+        theirs = {k: v.clone().requires_grad_(k != "v") for k, v in args.items()}
+        y, y2 = kern(**ours), ref(**theirs)
+        assert rel_err(y, y2) <= FWD
+        gy = torch.randn(y2.shape, dtype=torch.float64)  # contiguous
+        if i == 3:  # a cotangent laid out otherwise: recorded anew, still right
+            gy = gy.transpose(0, 1).contiguous().transpose(0, 1)
+        leaves = [x for x in ours.values() if x.requires_grad]
+        g1 = torch.autograd.grad(y, leaves, gy.float())
+        g2 = torch.autograd.grad(y2, [x for x in theirs.values() if x.requires_grad], gy)
+        for a, b in zip(g1, g2, strict=True):
+            assert rel_err(a, b) <= GRAD
+    # call 1: the full path, which records both; 2-4: FastGrad; backward 2 and 3 replay
+    # (2 through ScanFunction.backward, which finds call 1's record), 4 records anew
+    assert len(fast) == 3 and len(played) == 2
+
+
 def test_no_fast_replay_is_looked_for_twice(monkeypatch):
     """A signature that cannot replay (pre work: Mamba-1's hoisted Params terms) is noted
     once, not examined again on every call."""
