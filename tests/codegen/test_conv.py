@@ -264,6 +264,37 @@ def test_cu_seqlens():
         assert rel_err(a, b) <= FWD
 
 
+def test_hyena_filter_from_an_implicit_module():
+    """Hyena's filter made by a user's implicit module (an MLP over positions under the
+    exponential window, as Hyena's HyenaFilter makes it) and passed as the `filt` argument:
+    the convolution's gradient reaches the module's weights, equal to the reference's."""
+    from lrc.zoo.hyena import exponential_window
+
+    d, length, t = 4, 29, 41
+    torch.manual_seed(7)
+    mlp = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.SiLU(), torch.nn.Linear(16, d))
+    mlp = mlp.double()
+    pos = torch.linspace(0, 1, length, dtype=torch.float64)[:, None]
+    feats = torch.cat([pos, torch.sin(3 * pos), torch.cos(3 * pos)], 1)      # (l, 3)
+    window = exponential_window(d, length)
+
+    def filt():
+        return mlp(feats).T * window                                         # (d, l)
+
+    args = ZOO["hyena"].example(b=2, t=t, dtype=torch.float64, d=d, l=length)
+    args.pop("filt")
+    gy = torch.randn(2, t, d, dtype=torch.float64)
+    grads = []
+    for layer, dtype in ((conv_layer(ZOO["hyena"].spec), torch.float32),
+                         (lrc.compile(ZOO["hyena"].spec, backend="reference"), torch.float64)):
+        mlp.zero_grad()
+        y = layer(**{k: v.to(dtype) for k, v in args.items()}, filt=filt().to(dtype))
+        (y.double() * gy).sum().backward()
+        grads.append([p.grad.clone() for p in mlp.parameters()])
+    for a, b in zip(*grads, strict=True):
+        assert rel_err(a, b) <= GRAD and a.abs().sum() > 0
+
+
 def test_s4_decodes_what_it_trained_as_conv():
     """S4 trained as a convolution decodes as a recurrence: prefill T tokens through the conv
     (its final state), then step k tokens; the outputs equal the conv over T + k."""
