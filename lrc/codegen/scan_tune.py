@@ -42,11 +42,28 @@ WHOLE_DIM = [(64, 2, 2, 3), (16, 8, 1, 3), (64, 4, 4, 2), (128, 2, 4, 2), (16, 1
 WHOLE_DIM_BACKWARD = [(16, 32, 4, 2), (16, 64, 8, 2)]
 
 
-def candidates(time_inner: bool, whole: int, tc: int | None = None) -> list[ScanConfig]:
+# one row of time per program (a 1-D block: time contiguous, an elementwise state), from
+# benchmarks/designs_diag_bwd.py on the H200 (B8 D2048 T4096 bf16): forward 99.8 us at
+# (1024, 4 warps, 3 stages), 104.0 at (2048, 4, 1); backward 336.7 at (2048, 4, 1), 351.4
+# at (1024, 2, 3). A backward may take a multiple of the forward's chunk: it reads every
+# k-th checkpoint.
+ROW = [(1024, None, 4, 3), (2048, None, 4, 1), (2048, None, 4, 2), (1024, None, 2, 3),
+       (512, None, 4, 2)]
+ROW_BACKWARD = [(2048, None, 4, 1), (1024, None, 2, 3), (2048, None, 4, 2), (1024, None, 4, 2)]
+
+
+def candidates(time_inner: bool, whole: int, tc: int | None = None,
+               row: bool = False) -> list[ScanConfig]:
     """The configs tried for a kernel. `time_inner`: time is the contiguous axis of the first
     Seq input; `whole`: elements per step a program holds whole (1 for an elementwise state,
     N for Mamba's state n); `tc`: the chunk already fixed (the backward reads the forward's
-    checkpoints)."""
+    checkpoints); `row`: one row of time per program (no tile dims), whose backward may
+    take a multiple of `tc`."""
+    if row:
+        if tc is None:
+            return [ScanConfig(*r) for r in ROW]
+        out = [ScanConfig(*r) for r in ROW_BACKWARD if r[0] % tc == 0]
+        return out + [ScanConfig(tc, None, w, st) for _, _, w, st in ROW_BACKWARD]
     rows = WHOLE_DIM if whole > 4 else TIME_INNER if time_inner else CHANNELS_INNER
     if whole > 4 and tc is not None:
         rows = rows + WHOLE_DIM_BACKWARD

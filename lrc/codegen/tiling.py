@@ -32,6 +32,11 @@ def choose_tiling(k: Graph, part: Partition, adjoint: Graph | None = None) -> Ti
             reduced |= {d for pair in n.mapping for d in pair if d in space}
     tile = set(reduced)
     seqs = [n for n in k.inputs(Role.SEQ) if n.annotation.axes]
+    if not tile and seqs and seqs[0].annotation.axes[-1] == (k.time,):
+        # time contiguous, nothing whole: one row of time per program, a 1-D block (a
+        # [TC, 1] tile holds the same values, but Triton lays it out worse: the elementwise
+        # backward's shifts by one step ran 3x slower, benchmarks/designs_diag_bwd.py)
+        return Tiling(space, (), (), tuple(space), TIME_LAST)
     inner = None
     # a Seq input's innermost axis that is not whole yet (coalesced loads); else the innermost
     # such dim of any Seq input, time aside

@@ -71,11 +71,14 @@ def part_view(x: torch.Tensor, part: str) -> torch.Tensor:
     return torch.view_as_real(x)[..., 0 if part == "re" else 1]
 
 
-def chunk_of(prog: ScanProgram, sizes: dict[str, int]) -> int:
-    """The scan's chunk length for these sizes (see CHUNK)."""
+def chunk_of(prog: ScanProgram, sizes: dict[str, int], T: int) -> int:
+    """The scan's chunk length for these sizes (see CHUNK): one row of time per program (no
+    tile dims) takes up to 1024 steps at once."""
     if CHUNK is not None:
         return CHUNK
     t = prog.tiling
+    if not t.tile:
+        return min(1024, max(64, next_pow2(T)))
     whole = math.prod(sizes[d] for d in t.tile if d not in t.split)
     return 64 if whole <= 4 else 16
 
@@ -141,7 +144,8 @@ class Launch:
             self.tc, blocks, self.warps, self.stages, self.n_seg, self.seg_len = hit[1:]
             self.blocks = dict(blocks)
             return
-        self.tc = 1 if not self.chunked else config.tc if config else chunk_of(prog, sizes)
+        self.tc = (1 if not self.chunked else config.tc if config else
+                   chunk_of(prog, sizes, self.T))
         self.blocks = block_sizes(prog.tiling, sizes, self.tc, budget=BUDGET,
                                   programs=self.programs)
         if config is not None and config.block is not None:
@@ -494,7 +498,9 @@ class ScanFunction(torch.autograd.Function):
                 if loop:  # the saved states are the adjoint step's Seq inputs
                     st["#t"] = st.pop("#c")
                     run.add(f"in:{dict(bw.forward_states)[s]}", chk, st)
-                else:
+                else:  # a chunk k times the forward's reads every k-th checkpoint
+                    assert run.tc % ctx.tc == 0 and (run.tc == ctx.tc or not info["reverse"])
+                    st["#c"] *= run.tc // ctx.tc
                     run.add(f"chk:{s}", chk, st)
             dh0s = []
             for (s, adj), gh in zip(bw.adjoints, d_finals):
@@ -609,21 +615,19 @@ def _config(prog: ScanProgram, which: str, info: dict, ins, launch, tc: int | No
         return None
     if CONFIG is not None:
         return CONFIG if tc is None else replace(CONFIG, tc=tc)
-    default = None if tc is None or tc == chunk_of(prog, info["sizes"]) else ScanConfig(tc)
+    default = (None if tc is None or tc == chunk_of(prog, info["sizes"], info["T"]) else
+               ScanConfig(tc))
     if info["device"].type != "cuda" and AS_GPU is None:
         return default
     if not TUNE:  # the defaults, or the first candidate Triton compiles where they fail
         if info["device"].type == "cuda" and torch.cuda.is_current_stream_capturing():
             return scan_tune.chosen(_tune_key(prog, which, info, ins, tc) + ("untimed",)) \
                 or default
-        t = prog.tiling
-        whole = math.prod(info["sizes"][d] for d in t.tile if d not in t.split)
         return scan_tune.first_working(_tune_key(prog, which, info, ins, tc), [default] + [
-            c for c in scan_tune.candidates(_time_inner(prog, info, ins), whole, tc)
-            if c != default], launch)
+            c for c in _candidates(prog, info, ins, tc) if c != default], launch)
     if torch.cuda.is_current_stream_capturing():  # no timing runs inside a CUDA graph capture
         found = scan_tune.chosen(_tune_key(prog, which, info, ins, tc))
-        return found or (None if tc is None or tc == chunk_of(prog, info["sizes"])
+        return found or (None if tc is None or tc == chunk_of(prog, info["sizes"], info["T"])
                          else ScanConfig(tc))
     key = _tune_key(prog, which, info, ins, tc)
     done = scan_tune.chosen(key)
@@ -633,12 +637,20 @@ def _config(prog: ScanProgram, which: str, info: dict, ins, launch, tc: int | No
     done = scan_tune.remembered(key, device)
     if done is not None:
         return done
-    t = prog.tiling
-    whole = math.prod(info["sizes"][d] for d in t.tile if d not in t.split)
-    best = scan_tune.choose(key, scan_tune.candidates(_time_inner(prog, info, ins), whole, tc),
-                            launch)
+    best = scan_tune.choose(key, _candidates(prog, info, ins, tc), launch)
     scan_tune.remember(key, device, best)
     return best
+
+
+def _candidates(prog: ScanProgram, info: dict, ins, tc: int | None) -> list[ScanConfig]:
+    """scan_tune's candidates for this kernel and call. A backward of a chunk k times the
+    forward's reads every k-th checkpoint, which holds the state entering its chunk only
+    left to right (right to left the last chunk is short, and the states entering the
+    backward's chunks are not every k-th): reverse scans keep the forward's chunk."""
+    t = prog.tiling
+    whole = math.prod(info["sizes"][d] for d in t.tile if d not in t.split)
+    out = scan_tune.candidates(_time_inner(prog, info, ins), whole, tc, not t.tile)
+    return [c for c in out if tc is None or c.tc == tc or not info["reverse"]]
 
 
 def _time_inner(prog: ScanProgram, info: dict, ins) -> bool:

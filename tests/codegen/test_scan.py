@@ -712,3 +712,73 @@ def test_backward_replayed(name, monkeypatch):
         for a, e in zip(g1, g2):
             assert rel_err(a, e) <= GRAD
     assert len(played) == 4
+
+
+@lrc.recurrence
+def gated_rows(x: Seq("b d t"), a: Seq("b d t"), w: lrc.Param("d"), h: State("b d")):
+    """Time contiguous and an elementwise state: one row of time per program (a 1-D block)."""
+    h = lrc.sigmoid(a) * h + w * x
+    return h * lrc.silu(x), h
+
+
+def _rows_check(b: int, t: int, reverse: bool, cu=None):
+    kern = lrc.compile(gated_rows, backend="triton", lowering="scan")
+    ref = lrc.compile(gated_rows, backend="reference")
+    g = lambda *s: torch.randn(*s, dtype=torch.float64)  # noqa: E731
+    args = {"x": g(b, 5, t), "a": g(b, 5, t) + 1, "w": g(5)}
+    n = b if cu is None else len(cu) - 1
+    state = g(n, 5)
+    ours = {k: v.float().requires_grad_(True) for k, v in args.items()}
+    theirs = {k: v.clone().requires_grad_(True) for k, v in args.items()}
+    s1, s2 = state.float().requires_grad_(True), state.clone().requires_grad_(True)
+    y, h = kern(**ours, initial_state=s1, return_final_state=True, reverse=reverse,
+                cu_seqlens=cu)
+    y2, h2 = ref(**theirs, initial_state=s2, return_final_state=True, reverse=reverse,
+                 cu_seqlens=cu)
+    assert rel_err(y, y2) <= FWD and rel_err(h, h2) <= FWD
+    gy, gh = torch.randn_like(y2), torch.randn_like(h2)
+    g1 = torch.autograd.grad((y.double() * gy).sum() + (h.double() * gh).sum(),
+                             [*ours.values(), s1])
+    g2 = torch.autograd.grad((y2 * gy).sum() + (h2 * gh).sum(), [*theirs.values(), s2])
+    for nm, p, q in zip([*ours, "h0"], g1, g2, strict=True):
+        assert rel_err(p, q) <= GRAD, f"grad of {nm}: {rel_err(p, q):.2e}"
+    return kern
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_rows_of_time(reverse, monkeypatch):
+    """Time contiguous with nothing whole: a 1-D kernel, one row of time per program; chunks
+    shorter than the sequence, two-level segments, packed sequences, and a backward whose
+    chunk is twice the forward's (it reads every other checkpoint), all against the
+    reference."""
+    from lrc.codegen.scan_tune import ScanConfig
+    from lrc.runtime import scan_runtime
+
+    kern = _rows_check(2, 37, reverse)
+    assert kern.program.tiling.tile == () and "tl.arange(0, TC)[:]" in kern.source("forward")
+    monkeypatch.setattr(scan_runtime, "CHUNK", 4)
+    _rows_check(2, 37, reverse)
+    _rows_check(1, 29, reverse, cu=torch.tensor([0, 7, 8, 29]))
+    monkeypatch.setattr(scan_runtime, "SEGMENTS", 3)
+    _rows_check(2, 37, reverse)
+    monkeypatch.setattr(scan_runtime, "SEGMENTS", None)
+    monkeypatch.setattr(scan_runtime, "CHUNK", None)
+    seen, config = [], scan_runtime._config
+
+    if reverse:  # a multiple of the forward's chunk is never a reverse scan's candidate
+        info = {"sizes": {"b": 2, "d": 5}, "T": 37, "inputs": [], "reverse": True}
+        rows = scan_runtime._candidates(kern.program, info, [], 512)
+        assert rows and {c.tc for c in rows} == {512}
+        return
+
+    def doubled(prog, which, info, ins, launch, tc=None):
+        if which == "backward":
+            return ScanConfig(2 * tc)
+        return ScanConfig(8)
+
+    monkeypatch.setattr(scan_runtime, "_config", doubled)
+    launch = scan_runtime.Launch.__call__
+    monkeypatch.setattr(scan_runtime.Launch, "__call__",
+                        lambda self, **k: seen.append((self.which, self.tc)) or launch(self, **k))
+    _rows_check(2, 37, reverse)
+    assert ("forward", 8) in seen and ("backward", 16) in seen and config is not doubled
