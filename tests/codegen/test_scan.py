@@ -721,10 +721,10 @@ def gated_rows(x: Seq("b d t"), a: Seq("b d t"), w: lrc.Param("d"), h: State("b 
     return h * lrc.silu(x), h
 
 
-def _rows_check(b: int, t: int, reverse: bool, cu=None):
+def _rows_check(b: int, t: int, reverse: bool, cu=None, device="cpu"):
     kern = lrc.compile(gated_rows, backend="triton", lowering="scan")
     ref = lrc.compile(gated_rows, backend="reference")
-    g = lambda *s: torch.randn(*s, dtype=torch.float64)  # noqa: E731
+    g = lambda *s: torch.randn(*s, dtype=torch.float64, device=device)  # noqa: E731
     args = {"x": g(b, 5, t), "a": g(b, 5, t) + 1, "w": g(5)}
     n = b if cu is None else len(cu) - 1
     state = g(n, 5)
@@ -782,3 +782,10 @@ def test_rows_of_time(reverse, monkeypatch):
                         lambda self, **k: seen.append((self.which, self.tc)) or launch(self, **k))
     _rows_check(2, 37, reverse)
     assert ("forward", 8) in seen and ("backward", 16) in seen and config is not doubled
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gpu_rows_of_time(reverse):
+    """The 1-D row kernels compiled for the GPU, tuned configs, a long odd sequence."""
+    _rows_check(3, 5000, reverse, device="cuda")
