@@ -225,7 +225,10 @@ BWD_ROW = [(2048, 1, 4, 1, 0), (2048, 1, 4, 2, 0), (2048, 1, 8, 2, 0), (1024, 1,
 BWD_PC = {"B2": [(0, (1024, 2, 4, 2, 1))],  # (row, config): the peer's carry, two designs
           "B3": [(0, (1024, 2, 4, 2, 1)), (1, (2048, 1, 4, 1, 1))]}
 PEER = [(2048, 4), (1024, 4), (2048, 8)]  # (BLOCK, warps)
-LRC = [(1024, 2, 4, 2), (2048, 1, 4, 2), (512, 4, 4, 2)]  # ScanConfig(tc, block, warps, stages)
+# ScanConfig(tc, block, warps, stages): the generated kernels are one row of time per
+# program since this session (block unused); these are scan_tune.ROW's candidates
+LRC = [(1024, None, 4, 3), (2048, None, 4, 1), (2048, None, 4, 2), (1024, None, 2, 3),
+       (512, None, 4, 2)]
 
 # --small: the shape B2 D3 T77, chunks shorter than T and one longer (TC 128 > T)
 SMALL_TILE = [(16, 2, 4, 1, 0), (32, 4, 4, 2, 1), (128, 1, 4, 1, 0)]

@@ -336,3 +336,27 @@ def test_gpu_random_specs(seed):
     spec, make, _ = random_spec(seed)
     args, state = make(2, 1500)
     check(spec, args, state, device="cuda")
+
+
+def test_tuner_times_the_kernels_alone():
+    """The chunked tuner's timing runs fire a config's recorded launches again: `go` (buffers,
+    arguments) runs once per config, the kernels every time."""
+    from lrc.codegen.chunked_launch import Launcher
+
+    fired, made = [], []
+
+    class Fake:
+        def fire(self, *a):
+            fired.append(a)
+
+    fake = Fake()
+
+    def go(cfg):
+        made.append(cfg)
+        fake.fire("forward", (1,), [cfg], {})
+
+    run = Launcher._kernels_only(fake, go)
+    for cfg in ("a", "a", "b", "a"):
+        run(cfg)
+    assert made == ["a", "b"] and fired.count(("forward", (1,), ["a"], {})) == 3
+    assert "fire" not in vars(fake)  # the instance's fire is the class's again

@@ -789,3 +789,25 @@ def test_rows_of_time(reverse, monkeypatch):
 def test_gpu_rows_of_time(reverse):
     """The 1-D row kernels compiled for the GPU, tuned configs, a long odd sequence."""
     _rows_check(3, 5000, reverse, device="cuda")
+
+
+def test_tuner_times_the_kernels_alone(monkeypatch):
+    """The scan tuner's timing runs fire a config's recorded kernel launches again: the
+    launch function (buffers, arguments) runs once per config, the kernels every time."""
+    from lrc.runtime import scan_runtime
+
+    kern, _ = layers("rglru")
+    made, fired = [], []
+
+    def launch(cfg):
+        made.append(cfg)
+        run = scan_runtime.Launch(kern.program, "forward", {}, 9, torch.device("cpu"))
+        run.fired = [(["p", cfg], {"TC": 4}, (1,))]
+        return None, run
+
+    monkeypatch.setattr(scan_runtime.Launch, "configure", lambda self, config: None)
+    monkeypatch.setattr(scan_runtime.Launch, "fire", lambda self, *a: fired.append(a))
+    run = scan_runtime._kernels_only(launch)
+    for cfg in ("a", "a", "b", "a"):
+        run(cfg)
+    assert made == ["a", "b"] and fired == [(["p", "a"], {"TC": 4}, (1,))] * 2
