@@ -97,6 +97,8 @@ if __name__ == "__main__":
         dict(r, mode=r["mode"]) for r in load("session4_conv.json")
         if r.get("mode") in ("fwd", "fwdbwd") and not r["impl"].startswith("  ")]
     bars(s4, "session4_vs_peers.png", "Fourth session (2026-11-28)")
+    bars(load("session7_bench_diag.json"), "session7_diag_vs_peers.png",
+         "Elementwise scan, seventh session (2026-11-29): row kernels, tuned on kernel time")
     conv = load("bench_conv.json")
     bars([r for r in conv if "sweep" not in r["case"]], "conv_vs_peer.png",
          "Conv lowering vs PyTorch eager S4D")
