@@ -71,9 +71,8 @@ def bench(fn, warmup=25, rep=100):
     return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
 
-def device_us(fn, n=3):
-    """GPU time per call (kernels only, torch.profiler): with the wall-clock median of
-    `bench`, separates what the kernels take from the host's launch overhead."""
+def kernel_us(fn, n=3) -> dict[str, float]:
+    """GPU time per call of each kernel `fn` launches (torch.profiler), by kernel name."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -82,8 +81,14 @@ def device_us(fn, n=3):
         for _ in range(n):
             fn()
         torch.cuda.synchronize()
-    total = sum(getattr(e, "self_device_time_total", 0) for e in prof.key_averages())
-    return round(total / n, 1)
+    times = {e.key[:60]: getattr(e, "self_device_time_total", 0) for e in prof.key_averages()}
+    return {k: round(t / n, 1) for k, t in times.items() if t > 0}
+
+
+def device_us(fn, n=3):
+    """GPU time per call (kernels only): with the wall-clock median of `bench`, separates what
+    the kernels take from the host's launch overhead."""
+    return round(sum(kernel_us(fn, n).values()), 1)
 
 
 def record(case, impl, mode, ms, floor=None, **extra):

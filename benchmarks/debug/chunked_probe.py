@@ -11,31 +11,16 @@ import sys
 
 import torch
 import triton
-from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import lrc  # noqa: E402
+from bench import kernel_us as kernels  # noqa: E402
 from lrc.codegen import chunked_launch, chunked_tune  # noqa: E402
 from lrc.zoo import ZOO  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
 ROWS = []
-
-
-def kernels(fn, n=3):
-    """{kernel name: us per call} over n calls."""
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-    out = {}
-    for e in prof.key_averages():
-        t = getattr(e, "self_device_time_total", 0)
-        if t > 0:
-            out[e.key[:60]] = round(t / n, 1)
-    return out
 
 
 def row(**kw):
