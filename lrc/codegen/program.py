@@ -15,7 +15,7 @@ from .partition import Partition, hoist_params, kernel_graph, partition
 from .partition import Unsupported
 from .loop import loop_source, step_source
 from .scan import (Signature, backward_source, forward_source, independent, module_source,
-                   varlen_able)
+                   saved_states, varlen_able)
 from .tiling import choose_tiling
 
 
@@ -37,6 +37,7 @@ class ScanProgram:
     backward: Backward = field(init=False)
     bblocks: tuple[Block, ...] = field(init=False)
     varlen: bool = field(init=False)  # packed sequences (cu_seqlens) run in one launch
+    saved: dict[str, str] = field(init=False)  # state -> the output the backward reads it from
     batch: str | None = field(init=False)  # the dim cu_seqlens packs along
     signatures: dict[str, Signature] = field(init=False)
     partials: dict[str, list[str]] = field(init=False)
@@ -64,15 +65,17 @@ class ScanProgram:
             self.varlen = varlen_able(self.tiling, batch)
             fwd, fsig = forward_source(self.kernel, self.blocks, self.tiling, f"{base}_forward",
                                        batch)
+            self.saved = saved_states(self.kernel, self.backward)
             bwd, bsig, self.partials = backward_source(self.kernel, self.blocks,
                                                        self.backward.graph, self.bblocks,
                                                        self.backward, self.tiling,
-                                                       f"{base}_backward", batch)
+                                                       f"{base}_backward", batch, self.saved)
         except Unsupported as why:  # any other linear transition: one token at a time
             self.blocks = self.bblocks = ()
             self.mode = f"loop ({why})"
             self.segmented = self.bsegmented = self.varlen = False
             self.batch = None
+            self.saved = {}
             fwd, fsig, _ = loop_source(self.kernel, self.tiling, f"{base}_forward")
             bwd, bsig, self.partials = loop_source(self.backward.graph, self.tiling,
                                                    f"{base}_backward", self.backward)

@@ -557,11 +557,43 @@ def _summary_ptrs(sig: Signature, g: Graph, s: str) -> None:
     sig.strides(f"dec:{s}", f"{ident(s)}_dec", ["#c", "#j"] + list(g[s].dims))
 
 
+def saved_states(k: Graph, backward) -> dict[str, str]:
+    """{forward state: the output that is its new value} (y = h', as an elementwise linear
+    RNN returns its state), when every state the backward reads is one: the backward then
+    reads each state before a step from the saved output one step earlier, instead of
+    recomputing the forward scan and shifting it (accelerated-scan's backward; a sixth
+    faster on the H200 for the elementwise scan, benchmarks/designs_diag_bwd.py). Else {}."""
+    found = {}
+    for s, new in k.states:
+        for o in k.outputs:
+            node = k[o]
+            if (isinstance(node, Map) and node.args == (new,) and node.expr.is_Symbol
+                    and set(node.dims) == set(k[s].dims)):
+                found[s] = o
+                break
+    need = [s for s, _ in backward.forward_states]
+    return {s: found[s] for s in need} if all(s in found for s in need) else {}
+
+
+def _saved_old(w: Writer, t: Tiling, k: Graph, s: str, o: str, carry: str) -> str:
+    """Emit state `s` before each step from output `o` (= s') one step earlier (`ts`), the
+    chunk's checkpoint `carry` at its first step and where that step lies past the end."""
+    var, ptr = f"{ident(s)}_old_f", f"{ident(o)}_sv"
+    off = " + ".join([f"ts64 * {ptr}_st"] + index_terms(t, k[o].dims, ptr, False))
+    mask = " & ".join(["m_t", "(o_t != FIRST_f)", "(ts >= 0)", "(ts < T)"] +
+                      [f"m_{d}" for d in k[o].dims if d in t.tile])
+    w(f"{var} = tl.where({mask}, tl.load({ptr}_ptr + {off}, mask={mask}, other=0.0)"
+      f".to(tl.float32), {carry})", f"{s} before each step: the saved {o} one step earlier")
+    return var
+
+
 def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block, ...],
-                    backward, tiling: Tiling, name: str, batch: str | None = None
-                    ) -> tuple[str, Signature, dict]:
+                    backward, tiling: Tiling, name: str, batch: str | None = None,
+                    saved: dict[str, str] | None = None) -> tuple[str, Signature, dict]:
     """The backward kernel: per chunk, in the opposite order to the forward, recompute the
     forward states from the chunk's checkpoint, then run the adjoint step `bg` as a reverse scan.
+    With `saved` (see saved_states) the forward states are read from the saved outputs instead
+    of recomputed.
 
     Time is cut into segments as in `forward_source`: with several, a SUMMARY pass scans the
     adjoint of each segment from zero and stores its end value and decay, and the second pass
@@ -585,6 +617,10 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
         sig.strides(f"in:{cot}", ident(cot), ["#t"] + list(bg[cot].dims))
     for s in k.state_names:
         _state_ptrs(sig, k, s, "chk", "chk", True)
+    saved = saved or {}
+    for o in saved.values():
+        sig.ptr(f"saved:{o}", f"{ident(o)}_sv")
+        sig.strides(f"saved:{o}", f"{ident(o)}_sv", ["#t"] + list(k[o].dims))
     for s, adj in backward.adjoints:
         _state_ptrs(sig, bg, adj, "dhT", "dhT", False)
         _state_ptrs(sig, k, s, "dh0", "dh0", False)
@@ -646,13 +682,22 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     for n in bg.inputs(Role.SEQ):
         if n.name not in fstates.values():
             vals.load(n, True)
-    need = set()
-    for n in k.new_state_names:
-        need |= {a for a in nx.ancestors(k.nx, n) if not isinstance(k[a], Input)} | {n}
-    body_f.run([n.name for n in k.nodes if n.name in need])
-    for s, new in k.states:
-        if s in {f for f, _ in backward.forward_states}:
-            body_f.old(s, new)
+    if saved:  # the states before each step, from the saved outputs
+        loop("ts = t - 1  # the step before, in the scan's direction")
+        loop("if REVERSE:")
+        loop("    ts = t + 1")
+        loop("ts64 = ts.to(tl.int64)")
+        for s, o in saved.items():
+            var = _saved_old(loop, t, k, s, o, body_f.state_var(s))
+            vals.set(s, Val(var, frozenset(k[s].dims), True))
+    else:
+        need = set()
+        for n in k.new_state_names:
+            need |= {a for a in nx.ancestors(k.nx, n) if not isinstance(k[a], Input)} | {n}
+        body_f.run([n.name for n in k.nodes if n.name in need])
+        for s, new in k.states:
+            if s in {f for f, _ in backward.forward_states}:
+                body_f.old(s, new)
     body_b.run([n.name for n in bg.nodes if not isinstance(n, Input)])
     if segmented:
         loop("if SUMMARY:")

@@ -451,6 +451,9 @@ class ScanFunction(torch.autograd.Function):
         else:
             config = _config(prog, "forward", info, ins, launch)
             outs, finals, chks, run = launch(config)
+            # the outputs the backward reads its states from (ScanProgram.saved) are kept
+            # with the checkpoints, after them
+            chks = chks + [outs[list(k.outputs).index(o)] for o in prog.saved.values()]
             tc = run.tc
             _keep(_REPLAYS, key, lambda: Replay(run, ins, h0s, outs, finals, chks, tc))
         ctx.prog, ctx.info, ctx.has_h0 = prog, info, has_h0
@@ -493,6 +496,9 @@ class ScanFunction(torch.autograd.Function):
                 run.add(f"in:{name}", x, dim_strides(x, k[name].annotation.axes, sizes, k.time))
             for cot, gy, axes in cots:
                 run.add(f"in:{cot}", gy, dim_strides(gy, axes, sizes, k.time))
+            for o, y in zip(prog.saved.values(), chks[len(k.state_names):]):
+                axes = k.out_axes[list(k.outputs).index(o)]
+                run.add(f"saved:{o}", y, dim_strides(y, axes, sizes, k.time))
             for s, chk in zip(k.state_names, chks):
                 st = _state_strides(chk, k[s].dims, True)
                 if loop:  # the saved states are the adjoint step's Seq inputs

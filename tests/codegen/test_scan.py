@@ -721,27 +721,34 @@ def gated_rows(x: Seq("b d t"), a: Seq("b d t"), w: lrc.Param("d"), h: State("b 
     return h * lrc.silu(x), h
 
 
-def _rows_check(b: int, t: int, reverse: bool, cu=None, device="cpu"):
-    kern = lrc.compile(gated_rows, backend="triton", lowering="scan")
-    ref = lrc.compile(gated_rows, backend="reference")
+def _rows_check(b: int, t: int, reverse: bool, cu=None, device="cpu", spec=gated_rows,
+                dtype=torch.float32, tol=FWD, gtol=GRAD):
+    kern = lrc.compile(spec, backend="triton", lowering="scan")
+    ref = lrc.compile(spec, backend="reference")
     g = lambda *s: torch.randn(*s, dtype=torch.float64, device=device)  # noqa: E731
-    args = {"x": g(b, 5, t), "a": g(b, 5, t) + 1, "w": g(5)}
+    rows = spec.graph.annotation("x").dims[1] == "d"  # b d t
+    seq = (lambda: g(b, 5, t)) if rows else (lambda: g(b, t, 5))
+    args = {"x": seq(), "a": seq() + 1}
+    if spec is gated_rows:
+        args["w"] = g(5)
     n = b if cu is None else len(cu) - 1
     state = g(n, 5)
-    ours = {k: v.float().requires_grad_(True) for k, v in args.items()}
+    # the reference gets the values ours got (rounded to `dtype`)
+    args = {k: v.to(dtype).double() for k, v in args.items()}
+    ours = {k: v.to(dtype).requires_grad_(True) for k, v in args.items()}
     theirs = {k: v.clone().requires_grad_(True) for k, v in args.items()}
     s1, s2 = state.float().requires_grad_(True), state.clone().requires_grad_(True)
     y, h = kern(**ours, initial_state=s1, return_final_state=True, reverse=reverse,
                 cu_seqlens=cu)
     y2, h2 = ref(**theirs, initial_state=s2, return_final_state=True, reverse=reverse,
                  cu_seqlens=cu)
-    assert rel_err(y, y2) <= FWD and rel_err(h, h2) <= FWD
-    gy, gh = torch.randn_like(y2), torch.randn_like(h2)
+    assert rel_err(y, y2) <= tol and rel_err(h, h2) <= tol
+    gy, gh = torch.randn_like(y2).to(dtype).double(), torch.randn_like(h2)
     g1 = torch.autograd.grad((y.double() * gy).sum() + (h.double() * gh).sum(),
                              [*ours.values(), s1])
     g2 = torch.autograd.grad((y2 * gy).sum() + (h2 * gh).sum(), [*theirs.values(), s2])
     for nm, p, q in zip([*ours, "h0"], g1, g2, strict=True):
-        assert rel_err(p, q) <= GRAD, f"grad of {nm}: {rel_err(p, q):.2e}"
+        assert rel_err(p, q) <= gtol, f"grad of {nm}: {rel_err(p, q):.2e}"
     return kern
 
 
@@ -811,3 +818,41 @@ def test_tuner_times_the_kernels_alone(monkeypatch):
     for cfg in ("a", "a", "b", "a"):
         run(cfg)
     assert made == ["a", "b"] and fired == [(["p", "a"], {"TC": 4}, (1,))] * 2
+
+
+@lrc.recurrence
+def state_out_rows(x: Seq("b d t"), a: Seq("b d t"), h: State("b d")):
+    """The output is the new state (an elementwise linear RNN), time contiguous."""
+    h = lrc.sigmoid(a) * h + x
+    return h, h
+
+
+@lrc.recurrence
+def state_out_cols(x: Seq("b t d"), a: Seq("b t d"), h: State("b d")):
+    """The same with the channels contiguous (a tiled kernel)."""
+    h = lrc.sigmoid(a) * h + x
+    return h, h
+
+
+@pytest.mark.parametrize("spec", [state_out_rows, state_out_cols], ids=["rows", "tiles"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_backward_reads_the_saved_state(spec, reverse, monkeypatch):
+    """An output that is the new state (y = h') is saved, and the backward reads the state
+    before each step from it one step earlier (no recompute of the forward scan, no
+    shift), the chunk's checkpoint at its first step; against the reference: chunks shorter
+    than the sequence, segments, packed sequences, bf16 (the state read back rounded)."""
+    from lrc.runtime import scan_runtime
+
+    kern = _rows_check(2, 37, reverse, spec=spec)
+    assert kern.program.saved == {"h": "y"}
+    bwd = kern.source("backward")
+    assert "y_sv_ptr" in bwd and "reverse=REVERSE" not in bwd  # no forward scan in it
+    monkeypatch.setattr(scan_runtime, "CHUNK", 4)
+    _rows_check(2, 37, reverse, spec=spec)
+    _rows_check(1, 29, reverse, spec=spec, cu=torch.tensor([0, 7, 8, 29]))
+    _rows_check(2, 37, reverse, spec=spec, dtype=torch.bfloat16, tol=BF16, gtol=BF16)
+    monkeypatch.setattr(scan_runtime, "SEGMENTS", 3)
+    _rows_check(2, 37, reverse, spec=spec)
+    # rglru's output is its state too; mamba1's is not (its backward recomputes)
+    assert layers("rglru")[0].program.saved == {"h": "y"}
+    assert layers("mamba1")[0].program.saved == {}
