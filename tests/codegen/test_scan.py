@@ -856,3 +856,14 @@ def test_backward_reads_the_saved_state(spec, reverse, monkeypatch):
     # rglru's output is its state too; mamba1's is not (its backward recomputes)
     assert layers("rglru")[0].program.saved == {"h": "y"}
     assert layers("mamba1")[0].program.saved == {}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec", [state_out_rows, state_out_cols], ids=["rows", "tiles"])
+def test_gpu_backward_reads_the_saved_state(spec):
+    """The saved-state backward compiled for the GPU: tuned configs, a long odd sequence, both
+    directions, bf16."""
+    for reverse in (False, True):
+        _rows_check(3, 5000, reverse, spec=spec, device="cuda")
+        _rows_check(3, 5000, reverse, spec=spec, device="cuda", dtype=torch.bfloat16,
+                    tol=BF16, gtol=BF16)
