@@ -286,11 +286,27 @@ class Replay:
         self.launches = _templates(run, slots)
         self.run, self.tc = run, tc
 
-    def __call__(self, ins, h0s, device: torch.device):
-        new = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in self.new]
+    def __call__(self, ins, h0s, device: torch.device, scratch: dict | None = None):
+        """The launches on new buffers (those in `scratch`, by index, reused: see
+        `scratch`)."""
+        if scratch is None:
+            new = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in self.new]
+        else:
+            new = [scratch[i] if i in scratch else torch.empty(shape, dtype=dtype, device=device)
+                   for i, (shape, dtype) in enumerate(self.new)]
         _play(self.run, self.launches, {"in": ins, "h0": h0s, "new": new})
         return ([new[i] for i in self.outs], [new[i] for i in self.finals],
                 [new[i] for i in self.chks], self.tc)
+
+
+    def scratch(self, checkpoints: bool, device: torch.device) -> dict[int, torch.Tensor]:
+        """Buffers a caller that reads neither the final states (nor, with `checkpoints`,
+        the checkpoints) can keep and pass to every call: the kernels only write them, so
+        reusing one, even by calls running at once, changes nothing anyone reads, and the
+        call makes fewer allocations (host time)."""
+        keep = set(self.finals) | (set(self.chks) if checkpoints else set())
+        return {i: torch.empty(self.new[i][0], dtype=self.new[i][1], device=device)
+                for i in sorted(keep - set(self.outs))}
 
 
 _REPLAYS: dict[tuple, Replay] = {}
@@ -341,14 +357,29 @@ class BackReplay:
         self.launches = _templates(run, slots)
         self.run = run
 
-    def __call__(self, ins, chks, grads, device: torch.device):
+    def __call__(self, ins, chks, grads, device: torch.device, scratch: dict | None = None):
         new = []
-        for shape, strides, dtype, zero in self.new:
+        for i, (shape, strides, dtype, zero) in enumerate(self.new):
+            if scratch is not None and i in scratch:
+                new.append(scratch[i])
+                continue
             x = torch.empty_strided(shape, strides, dtype=dtype, device=device)
             new.append(x.zero_() if zero else x)
         _play(self.run, self.launches, {"in": ins, "chk": chks, "grad": grads, "new": new})
         return ({n: (new[i], parts) for n, (i, parts) in self.bufs.items()},
                 [new[i] for i in self.dh0s])
+
+
+    def scratch(self, device: torch.device) -> dict[int, torch.Tensor]:
+        """The initial states' gradient buffers, for a caller without initial states (the
+        kernel writes them, nobody reads them): kept and passed to every call (see
+        Replay.scratch)."""
+        out = {}
+        for i in self.dh0s:
+            shape, strides, dtype, zero = self.new[i]
+            if not zero and i not in {j for j, _ in self.bufs.values()}:
+                out[i] = torch.empty_strided(shape, strides, dtype=dtype, device=device)
+        return out
 
 
 _BACK_REPLAYS: dict[tuple, BackReplay] = {}

@@ -227,13 +227,16 @@ class Fast:
                  h0s: list[torch.Tensor], info: dict, grad: bool):
         self.replay, self.picks, self.outs = replay, picks, outs
         self.h0s, self.info, self.device, self.grad = h0s, info, info["device"], grad
-        self.backs: dict[tuple, Any] = {}  # cotangents' signature -> BackReplay
+        # write-only buffers kept across calls: the final states, and without gradients the
+        # checkpoints (Replay.scratch)
+        self.scratch = replay.scratch(not grad, self.device)
+        self.backs: dict[tuple, Any] = {}  # cotangents' signature -> (BackReplay, scratch)
 
     def __call__(self, args: tuple, kwargs: dict) -> list[torch.Tensor]:
         ins = [args[i] if positional else kwargs[i] for positional, i in self.picks]
         if self.grad:
             return list(FastGrad.apply(self, *ins))
-        kouts = self.replay(ins, self.h0s, self.device)[0]
+        kouts = self.replay(ins, self.h0s, self.device, self.scratch)[0]
         return [kouts[i] for i in self.outs]
 
 
@@ -252,7 +255,7 @@ class FastGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, fast: Fast, *ins: torch.Tensor):
-        kouts, _, chks, tc = fast.replay(list(ins), fast.h0s, fast.device)
+        kouts, _, chks, tc = fast.replay(list(ins), fast.h0s, fast.device, fast.scratch)
         ctx.fast, ctx.tc = fast, tc
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*ins, *chks)
@@ -270,14 +273,15 @@ class FastGrad(torch.autograd.Function):
         for i, gy in zip(fast.outs, gys):
             grads[i] = gy
         key = tuple(None if gy is None else (gy.shape, gy.stride(), gy.dtype) for gy in gys)
-        back = fast.backs.get(key)
-        if back is None:
+        hit = fast.backs.get(key)
+        if hit is None:
             res = ScanFunction.backward(_Saved(fast, saved, ctx.tc), *grads)
             back = _BACK_REPLAYS.get(_back_key(prog, info, ins, chks, grads, ctx.tc))
             if back is not None and back.run.prog is prog:
-                fast.backs[key] = back
+                fast.backs[key] = back, back.scratch(fast.device)
             return (None, *res[2:2 + n_in])
-        bufs, _ = back(ins, chks, grads, fast.device)
+        back, scratch = hit
+        bufs, _ = back(ins, chks, grads, fast.device, scratch)
         return (None, *input_grads(prog, info, ins, bufs))
 
 

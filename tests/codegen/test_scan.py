@@ -664,6 +664,39 @@ def test_fast_replay_with_gradients(monkeypatch):
     assert len(fast) == 3 and len(played) == 2
 
 
+def test_fast_replay_keeps_write_only_buffers(monkeypatch):
+    """A Fast replay keeps the buffers the kernels only write (final states, checkpoints
+    without gradients) across calls, never an output: outputs of calls kept alive are
+    distinct tensors, each right for its own inputs; with gradients the checkpoints are
+    made anew (each backward reads its own)."""
+    from lrc.runtime import triton_call
+
+    made = []
+    init = triton_call.Fast.__init__
+    monkeypatch.setattr(triton_call.Fast, "__init__",
+                        lambda self, *a: made.append(self) or init(self, *a))
+    kern, ref = layers("gla")
+    e = ZOO["gla"]
+    outs, wants = [], []
+    with torch.no_grad():
+        for _ in range(4):
+            args = e.example(b=2, t=19, dtype=torch.float32)
+            outs.append(kern(**args))
+            wants.append(ref(**{k: v.double() for k, v in args.items()}))
+    assert len({y.data_ptr() for y in outs}) == 4
+    assert all(rel_err(y, w) <= FWD for y, w in zip(outs, wants))
+    fast = made[-1]
+    assert not fast.grad and fast.scratch  # the final state and the checkpoints
+    kept = {i: x.data_ptr() for i, x in fast.scratch.items()}
+    assert set(kept).isdisjoint(fast.replay.outs)
+    args = {k: v.requires_grad_(True) for k, v in e.example(b=2, t=19, dtype=torch.float32).items()}
+    kern(**args)
+    kern(**args)
+    grad_fast = made[-1]
+    assert grad_fast.grad and set(grad_fast.scratch).isdisjoint(grad_fast.replay.chks)
+    assert {i: x.data_ptr() for i, x in fast.scratch.items()} == kept
+
+
 def test_no_fast_replay_is_looked_for_twice(monkeypatch):
     """A signature that cannot replay (pre work: Mamba-1's hoisted Params terms) is noted
     once, not examined again on every call."""
