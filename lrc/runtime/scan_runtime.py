@@ -286,17 +286,24 @@ class Replay:
         self.launches = _templates(run, slots)
         self.run, self.tc = run, tc
 
-    def __call__(self, ins, h0s, device: torch.device, scratch: dict | None = None):
-        """The launches on new buffers (those in `scratch`, by index, reused: see
-        `scratch`)."""
-        if scratch is None:
+    def __call__(self, ins, h0s, device: torch.device, plan: tuple | None = None):
+        """The launches on new buffers; with a `plan` (see `planned`) some are kept ones."""
+        if plan is None:
             new = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in self.new]
         else:
-            new = [scratch[i] if i in scratch else torch.empty(shape, dtype=dtype, device=device)
-                   for i, (shape, dtype) in enumerate(self.new)]
+            new = plan[0].copy()
+            for i, shape, dtype in plan[1]:
+                new[i] = torch.empty(shape, dtype=dtype, device=device)
         _play(self.run, self.launches, {"in": ins, "h0": h0s, "new": new})
         return ([new[i] for i in self.outs], [new[i] for i in self.finals],
                 [new[i] for i in self.chks], self.tc)
+
+    def planned(self, checkpoints: bool, device: torch.device) -> tuple[list, list]:
+        """A plan for `__call__`: the buffers the kernels only write, made once and kept
+        (`scratch`), and the rest to make on each call."""
+        keep = self.scratch(checkpoints, device)
+        return ([keep.get(i) for i in range(len(self.new))],
+                [(i, shape, dtype) for i, (shape, dtype) in enumerate(self.new) if i not in keep])
 
 
     def scratch(self, checkpoints: bool, device: torch.device) -> dict[int, torch.Tensor]:

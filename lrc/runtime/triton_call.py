@@ -229,14 +229,14 @@ class Fast:
         self.h0s, self.info, self.device, self.grad = h0s, info, info["device"], grad
         # write-only buffers kept across calls: the final states, and without gradients the
         # checkpoints (Replay.scratch)
-        self.scratch = replay.scratch(not grad, self.device)
+        self.plan = replay.planned(not grad, self.device)
         self.backs: dict[tuple, Any] = {}  # cotangents' signature -> (BackReplay, scratch)
 
     def __call__(self, args: tuple, kwargs: dict) -> list[torch.Tensor]:
         ins = [args[i] if positional else kwargs[i] for positional, i in self.picks]
         if self.grad:
             return list(FastGrad.apply(self, *ins))
-        kouts = self.replay(ins, self.h0s, self.device, self.scratch)[0]
+        kouts = self.replay(ins, self.h0s, self.device, self.plan)[0]
         return [kouts[i] for i in self.outs]
 
 
@@ -255,7 +255,7 @@ class FastGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, fast: Fast, *ins: torch.Tensor):
-        kouts, _, chks, tc = fast.replay(list(ins), fast.h0s, fast.device, fast.scratch)
+        kouts, _, chks, tc = fast.replay(list(ins), fast.h0s, fast.device, fast.plan)
         ctx.fast, ctx.tc = fast, tc
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*ins, *chks)

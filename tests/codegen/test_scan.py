@@ -686,15 +686,17 @@ def test_fast_replay_keeps_write_only_buffers(monkeypatch):
     assert len({y.data_ptr() for y in outs}) == 4
     assert all(rel_err(y, w) <= FWD for y, w in zip(outs, wants))
     fast = made[-1]
-    assert not fast.grad and fast.scratch  # the final state and the checkpoints
-    kept = {i: x.data_ptr() for i, x in fast.scratch.items()}
+    scratch = {i: x for i, x in enumerate(fast.plan[0]) if x is not None}
+    assert not fast.grad and scratch  # the final state and the checkpoints
+    kept = {i: x.data_ptr() for i, x in scratch.items()}
     assert set(kept).isdisjoint(fast.replay.outs)
     args = {k: v.requires_grad_(True) for k, v in e.example(b=2, t=19, dtype=torch.float32).items()}
     kern(**args)
     kern(**args)
     grad_fast = made[-1]
-    assert grad_fast.grad and set(grad_fast.scratch).isdisjoint(grad_fast.replay.chks)
-    assert {i: x.data_ptr() for i, x in fast.scratch.items()} == kept
+    grad_kept = {i for i, x in enumerate(grad_fast.plan[0]) if x is not None}
+    assert grad_fast.grad and grad_kept and grad_kept.isdisjoint(grad_fast.replay.chks)
+    assert {i: x.data_ptr() for i, x in enumerate(fast.plan[0]) if x is not None} == kept
 
 
 def test_no_fast_replay_is_looked_for_twice(monkeypatch):
