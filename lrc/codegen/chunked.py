@@ -21,7 +21,7 @@ import torch
 from ..ir.dims import Role
 from . import module as modules
 from .chunked_bwd import backward_source
-from .chunked_emit import forward_source, module_source
+from .chunked_emit import forward_source, module_source, states_source
 from .chunked_form import ChunkForm, extract
 from .chunked_tune import Config
 from .emit import ident
@@ -45,11 +45,13 @@ class Program:
                 raise Unsupported(f"input {n.arg} is complex")
         base = ident(g.name)
         self.names = {"forward": f"{base}_chunked_forward",
-                      "backward": f"{base}_chunked_backward"}
+                      "backward": f"{base}_chunked_backward",
+                      "states": f"{base}_chunked_states"}
         fwd, self.fparams = forward_source(self.form, self.names["forward"])
         bwd, self.bparams, self.graded = backward_source(self.form, self.names["backward"])
-        self.sources = {"forward": fwd, "backward": bwd}
-        self.source = module_source([fwd, bwd], f"Chunked kernels for {g.name}.")
+        sts, self.sparams = states_source(self.form, self.names["states"])
+        self.sources = {"forward": fwd, "backward": bwd, "states": sts}
+        self.source = module_source([fwd, bwd, sts], f"Chunked kernels for {g.name}.")
         self.override: tuple[Config, Config] | None = None
 
     def module(self, interpret: bool) -> ModuleType:

@@ -346,21 +346,40 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     k.tensor("h0", "h0", sdims, False)
     k.tensor("hT", "hT", sdims, False)
     k.tensor("chk", "chk", [d for d in sdims if d != f.batch], False, chunked=True)
+    k.tensor("loc", "loc", [d for d in sdims if d != f.batch], False, chunked=True)
+    k.tensor("dec", "dec", [d for d in sdims if d not in (f.batch, f.value)], False,
+             chunked=True)
     k.params += [("ptr", "cu", "cu_ptr"), ("ptr", "coff", "coff_ptr")]
     k.sizes()
     k.prologue()
     w("ZERO = tl.zeros([1, 1], tl.int64)  # makes every load a block")
     k.load_inputs(Role.PARAM)
+    # PHASE 0: one program walks all its chunks, the state carried in registers. Split over
+    # chunks (one program per chunk, the pid left after the grid dims): PHASE 1 stores each
+    # chunk's own contribution to the state (from zero) and its decay, `states_source`'s
+    # kernel passes the state from chunk to chunk, PHASE 2 reads the state entering its
+    # chunk and writes the outputs.
+    w("if PHASE == 0:")
+    w("    c_lo = z64")
+    w("    c_hi = n_c")
+    w("else:")
+    w("    c_lo = pid")
+    w("    c_hi = tl.minimum(pid + 1, n_c)")
     w("S = tl.zeros([BK, BV], tl.float32)")
-    w("if HAS_H0:")
-    w(f"    S += tl.load(h0_ptr + {k.state_offset('h0')}, mask=m_s, other=0.0)"
+    w("if PHASE == 0:")
+    w("    if HAS_H0:")
+    w(f"        S += tl.load(h0_ptr + {k.state_offset('h0')}, mask=m_s, other=0.0)"
       ".to(tl.float32)", "initial state")
-    w("for ci in range(0, n_c):")
+    w("for ci in range(c_lo, c_hi):")
     w.indent()
     k.rows("ci")
-    w("if SAVE:")
-    w(f"    tl.store(chk_ptr + {k.state_offset('chk', chunk=True)}, "
+    w("if PHASE == 0:")
+    w("    if SAVE:")
+    w(f"        tl.store(chk_ptr + {k.state_offset('chk', chunk=True)}, "
       "_cast(S, chk_ptr.dtype.element_ty, EMU), mask=m_s)", "state entering the chunk")
+    w("if PHASE == 2:")
+    w(f"    S = tl.load(chk_ptr + {k.state_offset('chk', chunk=True)}, mask=m_s, other=0.0)"
+      ".to(tl.float32)", "state entering the chunk")
     k.load_inputs(Role.SEQ)
     exprs = [q.expr for q in f.quantities]
     repl, red = k.cse(exprs)
@@ -370,6 +389,8 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     k.cumulative()
     k.intra()
     k.state_exps()
+    w("if PHASE != 1:")
+    w.indent()
     w("u = _dot(A, q_v, DT, IEEE, EMU) + _dot(q_q * eq, S, DT, IEEE, EMU)", "sum_k q * S")
     if f.q("ek"):
         w("u += tl.sum(q_ek, 1, keep_dims=True) * q_ev", "the readout's state-free term")
@@ -381,11 +402,61 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     w(f"y = {y}", f.output)
     w(f"tl.store(y_ptr + {k.offset('y', g[f.output].dims, True)}, "
       "_cast(y, y_ptr.dtype.element_ty, EMU), mask=m_t & m_v)")
-    w("S = S * elast_r + _dot(tl.trans(q_k * ek), q_v, DT, IEEE, EMU)",
-      f"{f.state} after the chunk")
     w.dedent()
+    w("if PHASE != 2:")
+    w("    S = S * elast_r + _dot(tl.trans(q_k * ek), q_v, DT, IEEE, EMU)",
+      f"{f.state} after the chunk")
+    w("if PHASE == 1:")
+    w(f"    tl.store(loc_ptr + {k.state_offset('loc', chunk=True)}, "
+      "_cast(S, loc_ptr.dtype.element_ty, EMU), mask=m_s)", "the chunk's own contribution")
+    w(f"    tl.store(dec_ptr + {_dec_offset(k)} + ZERO, elast_r + tl.zeros([BK, 1], "
+      "tl.float32), mask=m_kr & (i_vb == 0))", "the chunk's decay")
+    w.dedent()
+    w("if PHASE == 0:")
+    w(f"    tl.store(hT_ptr + {k.state_offset('hT')}, S, mask=m_s)", "final state")
+    return k.source(["HAS_H0", "SAVE", "PHASE"] + CONSTS), k.params
+
+
+def _dec_offset(k: Kernel) -> str:
+    """Offset of a chunk's decay (one per key; its state dims without batch and values)."""
+    f, terms = k.form, ["(c0 + c) * dec_sc"]
+    for d in k.g[f.state].dims:
+        if d == f.key:
+            terms.append(f"o_kr * dec_s_{d}")
+        elif d not in (f.batch, f.value):
+            terms.append(f"ix_{d} * dec_s_{d}")
+    return " + ".join(terms)
+
+
+def states_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
+    """The state passing of the forward split over chunks: per (grid index, value block),
+    from the initial state, the state entering each chunk (checkpoint) and after the last
+    (final state): S <- decay_c * S + local_c, in float32."""
+    k = Kernel(form, name)
+    f, w = form, k.w
+    sdims = k.g[f.state].dims
+    k.tensor("h0", "h0", sdims, False)
+    k.tensor("hT", "hT", sdims, False)
+    for key in ("chk", "loc"):
+        k.tensor(key, key, [d for d in sdims if d != f.batch], False, chunked=True)
+    k.tensor("dec", "dec", [d for d in sdims if d not in (f.batch, f.value)], False,
+             chunked=True)
+    k.params += [("ptr", "cu", "cu_ptr"), ("ptr", "coff", "coff_ptr")]
+    k.sizes()
+    k.prologue()
+    w("ZERO = tl.zeros([1, 1], tl.int64)")
+    w("S = tl.zeros([BK, BV], tl.float32)")
+    w("if HAS_H0:")
+    w(f"    S += tl.load(h0_ptr + {k.state_offset('h0')}, mask=m_s, other=0.0)"
+      ".to(tl.float32)", "initial state")
+    w("for c in range(0, n_c):")
+    w(f"    tl.store(chk_ptr + {k.state_offset('chk', chunk=True)}, "
+      "_cast(S, chk_ptr.dtype.element_ty, EMU), mask=m_s)", "state entering the chunk")
+    w(f"    d = tl.load(dec_ptr + {_dec_offset(k)} + ZERO, mask=m_kr, other=1.0)")
+    w(f"    S = S * d + tl.load(loc_ptr + {k.state_offset('loc', chunk=True)}, mask=m_s, "
+      "other=0.0).to(tl.float32)")
     w(f"tl.store(hT_ptr + {k.state_offset('hT')}, S, mask=m_s)", "final state")
-    return k.source(["HAS_H0", "SAVE"] + CONSTS), k.params
+    return k.source(["HAS_H0", "BT", "BK", "BV", "EMU", "VARLEN"]), k.params
 
 
 def module_source(kernels: list[str], title: str) -> str:
@@ -399,4 +470,5 @@ def input_symbol(form: ChunkForm, name: str) -> sp.Symbol:
     return node_symbol(form.g[name])
 
 
-__all__ = ["KEY", "VALUE", "Kernel", "forward_source", "module_source", "arg", "LOG_FLOOR"]
+__all__ = ["KEY", "VALUE", "Kernel", "forward_source", "module_source", "arg", "LOG_FLOOR",
+           "states_source"]

@@ -98,14 +98,27 @@ class Launcher:
         st = {"#c": chk.stride(0), **{d: chk.stride(i + 1) for i, d in enumerate(dims)}}
         return chk, st, offs
 
+    def decay_dims(self) -> list[str]:
+        f = self.form
+        return [d for d in self.g[f.state].dims if d not in (f.batch, f.value)]
+
+    def decays(self, chk: torch.Tensor) -> torch.Tensor:
+        """Each chunk's decay per key (the split forward's): (chunks, state dims but the batch
+        and the values), float32."""
+        return torch.empty([chk.shape[0]] + [self.ksizes[d] for d in self.decay_dims()],
+                           dtype=torch.float32, device=self.device)
+
     def grid(self, cfg: Config) -> tuple[int]:
         n = -(-self.V // cfg.BV)
         for d in self.form.grid:
             n *= self.ksizes[d]
         return (n,)
 
-    def launch(self, which: str, cfg: Config, tensors: dict, **consts) -> None:
-        params = self.prog.fparams if which == "forward" else self.prog.bparams
+    def launch(self, which: str, cfg: Config, tensors: dict, chunks: int = 1,
+               **consts) -> None:
+        """One launch of kernel `which`; `chunks`: programs per grid index (PHASE 1, 2)."""
+        params = {"forward": self.prog.fparams, "backward": self.prog.bparams,
+                  "states": self.prog.sparams}[which]
         args = []
         for p in params:
             if p[0] == "ptr":
@@ -118,9 +131,12 @@ class Launcher:
                       IEEE=self.interpret, EMU=self.interpret,
                       REVERSE=self.call.reverse,
                       VARLEN=self.varlen)
+        if which == "states":
+            for k in ("DT", "IEEE", "REVERSE"):
+                consts.pop(k)
         if not self.interpret:
             consts.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        self.fire(which, self.grid(cfg), args, consts)
+        self.fire(which, (self.grid(cfg)[0] * chunks,), args, consts)
 
     def fire(self, which: str, grid: tuple, args: list, consts: dict) -> None:
         fn = self.prog.kernel(which, self.interpret)
@@ -144,13 +160,25 @@ class Launcher:
         def go(cfg: Config):
             y = torch.empty(shape, dtype=self.call.out_dtype, device=self.device)
             hT = self.state_like()
-            chk, cst, offs = self.checkpoints(cfg, save)
+            chk, cst, offs = self.checkpoints(cfg, save or cfg.split)
             t = self.inputs(ins)
             t.update(out=(y, self.strides(y, axes, self.sizes)),
                      hT=(hT, self.state_strides(hT)),
                      h0=(h0, self.state_strides(h0)) if h0.numel() else (hT, {}),
-                     chk=(chk, cst), cu=(self.cu, {}), coff=(offs, {}))
-            self.launch("forward", cfg, t, HAS_H0=h0.numel() > 0, SAVE=save)
+                     chk=(chk, cst), loc=(chk, cst), dec=(chk, {}), cu=(self.cu, {}),
+                     coff=(offs, {}))
+            if not cfg.split:
+                self.launch("forward", cfg, t, HAS_H0=h0.numel() > 0, SAVE=save, PHASE=0)
+                return y, hT, chk, offs
+            # split over chunks: each chunk's own state, the state passing, the outputs
+            loc = torch.empty_like(chk)
+            dec = self.decays(chk)
+            t.update(loc=(loc, cst), dec=(dec, {"#c": dec.stride(0), **{
+                d: dec.stride(i + 1) for i, d in enumerate(self.decay_dims())}}))
+            chunks = max(-(-ln // cfg.BT) for ln in self.lens) if self.lens else 1
+            self.launch("forward", cfg, t, chunks, HAS_H0=False, SAVE=False, PHASE=1)
+            self.launch("states", cfg, t, HAS_H0=h0.numel() > 0)
+            self.launch("forward", cfg, t, chunks, HAS_H0=False, SAVE=False, PHASE=2)
             return y, hT, chk, offs
 
         if cfg is None:

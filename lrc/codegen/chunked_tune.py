@@ -21,6 +21,7 @@ class Config:
     BV: int
     num_warps: int = 4
     num_stages: int = 2
+    split: bool = False  # the forward split over chunks (chunked_emit.forward_source, PHASE)
 
 
 def pow2(n: int, least: int = 16) -> int:
@@ -53,7 +54,12 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
         out = [Config(64, bv, w, 2) for bv in bvs if bv >= 64 or bv == pow2(V) for w in (4, 8)]
         if not per_key and not save:
             out.append(Config(128, min(pow2(V), 64), 8, 2))
-        return out
+        # split over chunks (parallel chunk-local work, then the state passing): after the
+        # one-program-per-row configs, so the untimed choice keeps those; the one-row
+        # forward is bound by its chunk-to-chunk latency (Mamba-2 at the reference shape:
+        # 516 us at b = 1 to 4, 1051 at b = 8, one program per SM; session 7's probe)
+        bv = max(b for b in bvs if b >= 64 or b == pow2(V))
+        return out + [Config(64, bv, w, 2, split=True) for w in (4, 8)]
     # one program per whole value row: with the values split over programs (BV < V) Triton
     # 3.6 on the H200 gives wrong gradients or an illegal address for some configs (Mamba-2
     # P64 bf16: BV 32 at 4 warps, x's gradient 6e-2 off, right at 8 warps; a forward at BV 32

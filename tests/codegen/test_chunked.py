@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import lrc
-from lrc.codegen.chunked_tune import Config
+from lrc.codegen.chunked_tune import Config, pow2
 from lrc.codegen.partition import Unsupported
 from lrc.zoo import ZOO
 from tests.conftest import rel_err
@@ -360,3 +360,43 @@ def test_tuner_times_the_kernels_alone():
         run(cfg)
     assert made == ["a", "b"] and fired.count(("forward", (1,), ["a"], {})) == 3
     assert "fire" not in vars(fake)  # the instance's fire is the class's again
+
+
+SPLIT = (Config(16, 32, 1, 1, split=True), Config(16, 32, 1, 1))
+
+
+@pytest.mark.parametrize("name", CHUNKED_ZOO)
+def test_forward_split_over_chunks(name, monkeypatch):
+    """The forward split over chunks (each chunk's own state in parallel, the state passed
+    from chunk to chunk, then the outputs in parallel) against the reference: forward,
+    final state and every gradient (the backward reads the checkpoints it leaves); with an
+    initial state or none, reversed, packed sequences, bf16."""
+    from lrc.codegen.chunked_launch import Launcher
+
+    fired = []
+    fire = Launcher.fire
+    monkeypatch.setattr(Launcher, "fire", lambda self, which, grid, args, consts: fired.append(
+        (which, consts.get("PHASE"))) or fire(self, which, grid, args, consts))
+    spec, args, state = zoo(name)
+    check(spec, args, state, override=SPLIT)
+    assert fired[:3] == [("forward", 1), ("states", None), ("forward", 2)]
+    check(spec, args, override=SPLIT, reverse=True)
+    e = ZOO[name]
+    packed = e.example(b=1, t=41, dtype=torch.float64)
+    check(e.spec, packed, e.initial_state(b=3, dtype=torch.float64), override=SPLIT,
+          cu_seqlens=torch.tensor([0, 17, 18, 41]))
+    if name == "mamba2":
+        check(spec, args, state, dtype=torch.bfloat16, tol=LOW, gtol=LOW, override=SPLIT)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mamba2", "gla"])
+def test_gpu_forward_split_over_chunks(name):
+    """The split forward compiled for the GPU (the tuner may pick it): bf16 at T = 4097 and
+    float32 at T = 2049, every gradient through the checkpoints it leaves."""
+    V = pow2(GPU_SIZES[name].get("p", GPU_SIZES[name].get("v", 32)))
+    split = (Config(64, V, 4, 2, split=True), Config(64, V, 8, 1))
+    check(*zoo(name, b=2, t=4097, **GPU_SIZES[name]), dtype=torch.bfloat16, tol=LOW, gtol=LOW,
+          device="cuda", override=split)
+    split32 = (Config(32, V, 4, 1, split=True), Config(32, V, 8, 1))
+    check(*zoo(name, b=2, t=2049, **GPU_SIZES[name]), device="cuda", override=split32)
