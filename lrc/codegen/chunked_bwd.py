@@ -22,7 +22,7 @@ from __future__ import annotations
 import sympy as sp
 
 from ..ir.dims import Role
-from .chunked_emit import CONSTS, KEY, LOG_FLOOR, SPAN, Kernel, arg, input_symbol
+from .chunked_emit import CONSTS, KEY, LOG_FLOOR, SPAN, Kernel, dec_offset, arg, input_symbol
 from .chunked_form import ChunkForm
 
 COTANGENT = {"q": "d_q", "k": "d_k", "v": "d_v", "l": "d_l", "gate": "d_gate", "skip": "dy",
@@ -136,6 +136,10 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
     k.tensor("chk", "chk", [d for d in sdims if d != f.batch], False, chunked=True)
     k.tensor("dhT", "dhT", sdims, False)
     k.tensor("dh0", "dh0", sdims, False)
+    for key in ("dchk", "loc"):
+        k.tensor(key, key, [d for d in sdims if d != f.batch], False, chunked=True)
+    k.tensor("dec", "dec", [d for d in sdims if d not in (f.batch, f.value)], False,
+             chunked=True)
     syms = {n: input_symbol(f, n) for n in f.inputs}
     derivs = {}
     for q in f.quantities:
@@ -155,13 +159,33 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
         side = f.input_side(n)
         shape = "[1, BK]" if side == KEY else "[1, BV]" if side else "[1, 1]"
         w(f"acc_{arg(n)} = tl.zeros({shape}, tl.float32)")
+    # PHASE 0: one program walks its chunks back to front, the state's gradient carried.
+    # Split over chunks (the forward's PHASE 1, 2): each chunk's own contribution to that
+    # gradient and its decay, the states kernel passing it back to front, then each chunk's
+    # gradients from the gradient of the state leaving it
     w("dS = tl.zeros([BK, BV], tl.float32)  # gradient of the state leaving the chunk")
-    w("if HAS_DHT:")
-    w(f"    dS += tl.load(dhT_ptr + {k.state_offset('dhT')}, mask=m_s, other=0.0)"
+    w("if PHASE == 0:")
+    w("    c_lo = z64")
+    w("    c_hi = n_c")
+    w("    if HAS_DHT:")
+    w(f"        dS += tl.load(dhT_ptr + {k.state_offset('dhT')}, mask=m_s, other=0.0)"
       ".to(tl.float32)", "gradient of the final state")
-    w("for ci in range(0, n_c):")
+    w("else:")
+    w("    c_lo = pid")
+    w("    c_hi = tl.minimum(pid + 1, n_c)")
+    w("for ci in range(c_lo, c_hi):")
     w.indent()
     k.rows("n_c - 1 - ci")
+    w("if PHASE != 0:  # this program's chunk")
+    w("    c = ci")
+    w("    tau = c * BT + o_c")
+    w("    m_t = tau < n_t")
+    w("    t64 = bos + tau")
+    w("    if REVERSE:")
+    w("        t64 = bos + n_t - 1 - tau")
+    w("if PHASE == 2:")
+    w(f"    dS = tl.load(dchk_ptr + {k.state_offset('dchk', chunk=True)}, mask=m_s, "
+      "other=0.0).to(tl.float32)", "gradient of the state leaving the chunk")
     w(f"S0 = tl.load(chk_ptr + {k.state_offset('chk', chunk=True)}, mask=m_s, other=0.0)"
       ".to(tl.float32)", "state entering the chunk (checkpoint)")
     k.load_inputs(Role.SEQ)
@@ -186,6 +210,14 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
         w("d_gate = dy * u")
         w("du = dy * q_gate")
         du = "du"
+    w("if PHASE == 1:")
+    w(f"    dS = _dot(tl.trans(q_q * eq), {du}, DT, IEEE, EMU)", "the chunk's own part")
+    w(f"    tl.store(loc_ptr + {k.state_offset('loc', chunk=True)}, "
+      "_cast(dS, loc_ptr.dtype.element_ty, EMU), mask=m_s)")
+    w(f"    tl.store(dec_ptr + {dec_offset(k)} + ZERO, elast_r + tl.zeros([BK, 1], "
+      "tl.float32), mask=m_kr & (i_vb == 0))", "the chunk's decay")
+    w("else:")
+    w.indent()
     w(f"d_v = _dot(tl.trans(A), {du}, DT, IEEE, EMU) + _dot(q_k * ek, dS, DT, IEEE, EMU)")
     if f.q("ek"):
         w(f"d_ev = {du} * esum")
@@ -207,7 +239,9 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
         w("dlam -= tl.sum(gk, 1, keep_dims=True)")
         w("dlast = tl.sum(tl.sum(gk, 1, keep_dims=True), 0, keep_dims=True) + "
           "tl.sum(tl.sum(S0 * dS, 1, keep_dims=True), 0, keep_dims=True) * elast")
-    w(f"dS = dS * elast_r + _dot(tl.trans(q_q * eq), {du}, DT, IEEE, EMU)", "the state entering")
+    w("if PHASE == 0:")
+    w(f"    dS = dS * elast_r + _dot(tl.trans(q_q * eq), {du}, DT, IEEE, EMU)",
+      "the state entering")
     rc = ("tl.cumsum(dlam + dlq, 0, reverse=True)" if f.per_key else
           "tl.cumsum(tl.sum(dlam + dlq, 1), 0, reverse=True)[:, None]")
     w(f"d_l = {rc} - dlq + dlast" if f.old else f"d_l = {rc} + dlast",
@@ -228,12 +262,18 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
         w("else:")
         w(f"    tl.store({gv}_ptr + {off}, _cast({var}, {gv}_ptr.dtype.element_ty, EMU), mask={m})")
     w.dedent()
+    w.dedent()
+    w("if PHASE != 1:")
+    w.indent()
     for n in params:
         gv = f"g_{arg(n)}"
         off = k.offset(gv, g[n].dims, False)
         m = k.mask(g[n].dims, False)
         guard = f", mask={m}" if m != "None" else ""
         w(f"tl.atomic_add({gv}_ptr + {off} + ZERO, acc_{arg(n)}{guard})", f"gradient of {n}")
-    w(f"tl.store(dh0_ptr + {k.state_offset('dh0')}, dS, mask=m_s)", "gradient of the initial state")
-    consts = ["HAS_DHT"] + [atom_flag(n) for n in graded if f.seq(n)] + CONSTS
+    w.dedent()
+    w("if PHASE == 0:")
+    w(f"    tl.store(dh0_ptr + {k.state_offset('dh0')}, dS, mask=m_s)",
+      "gradient of the initial state")
+    consts = ["HAS_DHT", "PHASE"] + [atom_flag(n) for n in graded if f.seq(n)] + CONSTS
     return k.source(consts), k.params, graded

@@ -409,7 +409,7 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     w("if PHASE == 1:")
     w(f"    tl.store(loc_ptr + {k.state_offset('loc', chunk=True)}, "
       "_cast(S, loc_ptr.dtype.element_ty, EMU), mask=m_s)", "the chunk's own contribution")
-    w(f"    tl.store(dec_ptr + {_dec_offset(k)} + ZERO, elast_r + tl.zeros([BK, 1], "
+    w(f"    tl.store(dec_ptr + {dec_offset(k)} + ZERO, elast_r + tl.zeros([BK, 1], "
       "tl.float32), mask=m_kr & (i_vb == 0))", "the chunk's decay")
     w.dedent()
     w("if PHASE == 0:")
@@ -417,7 +417,7 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     return k.source(["HAS_H0", "SAVE", "PHASE"] + CONSTS), k.params
 
 
-def _dec_offset(k: Kernel) -> str:
+def dec_offset(k: Kernel) -> str:
     """Offset of a chunk's decay (one per key; its state dims without batch and values)."""
     f, terms = k.form, ["(c0 + c) * dec_sc"]
     for d in k.g[f.state].dims:
@@ -431,7 +431,9 @@ def _dec_offset(k: Kernel) -> str:
 def states_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     """The state passing of the forward split over chunks: per (grid index, value block),
     from the initial state, the state entering each chunk (checkpoint) and after the last
-    (final state): S <- decay_c * S + local_c, in float32."""
+    (final state): S <- decay_c * S + local_c, in float32. With BACK the backward's: the
+    state's gradient from the final one, back to front, leaving each chunk, then the
+    initial state's."""
     k = Kernel(form, name)
     f, w = form, k.w
     sdims = k.g[f.state].dims
@@ -449,14 +451,17 @@ def states_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     w("if HAS_H0:")
     w(f"    S += tl.load(h0_ptr + {k.state_offset('h0')}, mask=m_s, other=0.0)"
       ".to(tl.float32)", "initial state")
-    w("for c in range(0, n_c):")
+    w("for cc in range(0, n_c):")
+    w("    c = cc")
+    w("    if BACK:  # the backward's: the state's gradient, passed from the last chunk")
+    w("        c = n_c - 1 - cc")
     w(f"    tl.store(chk_ptr + {k.state_offset('chk', chunk=True)}, "
       "_cast(S, chk_ptr.dtype.element_ty, EMU), mask=m_s)", "state entering the chunk")
-    w(f"    d = tl.load(dec_ptr + {_dec_offset(k)} + ZERO, mask=m_kr, other=1.0)")
+    w(f"    d = tl.load(dec_ptr + {dec_offset(k)} + ZERO, mask=m_kr, other=1.0)")
     w(f"    S = S * d + tl.load(loc_ptr + {k.state_offset('loc', chunk=True)}, mask=m_s, "
       "other=0.0).to(tl.float32)")
     w(f"tl.store(hT_ptr + {k.state_offset('hT')}, S, mask=m_s)", "final state")
-    return k.source(["HAS_H0", "BT", "BK", "BV", "EMU", "VARLEN"]), k.params
+    return k.source(["HAS_H0", "BACK", "BT", "BK", "BV", "EMU", "VARLEN"]), k.params
 
 
 def module_source(kernels: list[str], title: str) -> str:

@@ -177,7 +177,7 @@ class Launcher:
                 d: dec.stride(i + 1) for i, d in enumerate(self.decay_dims())}}))
             chunks = max(-(-ln // cfg.BT) for ln in self.lens) if self.lens else 1
             self.launch("forward", cfg, t, chunks, HAS_H0=False, SAVE=False, PHASE=1)
-            self.launch("states", cfg, t, HAS_H0=h0.numel() > 0)
+            self.launch("states", cfg, t, HAS_H0=h0.numel() > 0, BACK=False)
             self.launch("forward", cfg, t, chunks, HAS_H0=False, SAVE=False, PHASE=2)
             return y, hT, chk, offs
 
@@ -240,13 +240,28 @@ class Launcher:
                 grads[n] = buf
             dh0 = self.state_like()
             dhTt = dhT if dhT is not None else dh0
-            t.update(dy=(dy, self.strides(dy, g.out_axes[0], self.sizes)),
-                     chk=(chk, {"#c": chk.stride(0), **{
-                         d: chk.stride(i + 1) for i, d in enumerate(
-                             [d for d in g[f.state].dims if d != f.batch])}}),
+            cst = {"#c": chk.stride(0), **{d: chk.stride(i + 1) for i, d in enumerate(
+                [d for d in g[f.state].dims if d != f.batch])}}
+            t.update(dy=(dy, self.strides(dy, g.out_axes[0], self.sizes)), chk=(chk, cst),
                      dhT=(dhTt, self.state_strides(dhTt)), dh0=(dh0, self.state_strides(dh0)),
+                     dchk=(chk, cst), loc=(chk, cst), dec=(chk, {}),
                      cu=(self.cu, {}), coff=(offs, {}))
-            self.launch("backward", cfg, t, HAS_DHT=dhT is not None, **consts)
+            if not cfg.split:
+                self.launch("backward", cfg, t, HAS_DHT=dhT is not None, PHASE=0, **consts)
+                return grads, dh0
+            # split over chunks: each chunk's own part of the state's gradient, that
+            # gradient passed back to front (the states kernel), each chunk's gradients
+            dchk, loc = torch.empty_like(chk), torch.empty_like(chk)
+            dec = self.decays(chk)
+            dst = {"#c": dec.stride(0), **{d: dec.stride(i + 1)
+                                           for i, d in enumerate(self.decay_dims())}}
+            t.update(dchk=(dchk, cst), loc=(loc, cst), dec=(dec, dst))
+            chunks = max(-(-ln // cfg.BT) for ln in self.lens) if self.lens else 1
+            self.launch("backward", cfg, t, chunks, HAS_DHT=False, PHASE=1, **consts)
+            st = dict(h0=t["dhT"], hT=t["dh0"], chk=(dchk, cst), loc=(loc, cst),
+                      dec=(dec, dst), cu=(self.cu, {}), coff=(offs, {}))
+            self.launch("states", cfg, st, HAS_H0=dhT is not None, BACK=True)
+            self.launch("backward", cfg, t, chunks, HAS_DHT=False, PHASE=2, **consts)
             return grads, dh0
 
         cfg = self.config("backward", go, dhT is not None, bt=cfg_f.BT)

@@ -70,7 +70,9 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
     # 3.5.1). With 128 values 4 warps need more shared memory than the H200 has, so 8 come
     # first there.
     warps = (8, 4) if pow2(V) >= 128 else (4, 8)
-    return [Config(bt or 64, pow2(V), w, 1) for w in warps]
+    out = [Config(bt or 64, pow2(V), w, 1) for w in warps]
+    # split over chunks (see the forward's): after the one-row configs
+    return out + [Config(bt or 64, pow2(V), w, 1, split=True) for w in warps]
 
 
 def chosen(key: tuple) -> Config | None:

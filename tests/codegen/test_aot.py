@@ -75,9 +75,10 @@ def test_scan_kernels_compile_for_the_h200(name, dtype):
 
 
 @pytest.mark.parametrize("name", ["mamba2", "gla"])
-def test_split_chunked_forward_compiles_for_the_h200(name):
-    """The forward split over chunks (its two phases and the state passing), bf16 at the
-    reference head sizes, compiles and fits: each launch as the tuner would try it."""
+def test_split_chunked_kernels_compile_for_the_h200(name):
+    """The forward and backward split over chunks (two phases each and the state passing),
+    bf16 at the reference head sizes, compile and fit: each launch as the tuner would try
+    it."""
     e = ZOO[name]
     kern = lrc.compile(e.spec, backend="triton", lowering="chunked")
     prog = kern._lowering("chunked")
@@ -85,10 +86,12 @@ def test_split_chunked_forward_compiles_for_the_h200(name):
     V = 64 if name == "mamba2" else 128
     for w in (4, 8):
         prog.override = (chunked_tune.Config(64, V, w, 2, split=True),
-                         chunked_tune.Config(64, V, 8, 1))
+                         chunked_tune.Config(64, V, w, 1, split=True))
         args = e.example(b=2, t=2049, dtype=torch.float32, **sizes)
+        leaves = {k: v.to(torch.bfloat16).requires_grad_(True) for k, v in args.items()}
         with aot.recording(as_gpu=132, compile=True) as launches:
-            kern(**{k: v.to(torch.bfloat16) for k, v in args.items()})
+            kern(**leaves).float().sum().backward()
         assert [(r.name.rsplit("_", 1)[-1], r.consts.get("PHASE")) for r in launches] == [
-            ("forward", 1), ("states", None), ("forward", 2)]
+            ("forward", 1), ("states", None), ("forward", 2),
+            ("backward", 1), ("states", None), ("backward", 2)]
         assert all(r.compiled.fits and 0 < r.compiled.regs <= 255 for r in launches)

@@ -362,24 +362,32 @@ def test_tuner_times_the_kernels_alone():
     assert "fire" not in vars(fake)  # the instance's fire is the class's again
 
 
-SPLIT = (Config(16, 32, 1, 1, split=True), Config(16, 32, 1, 1))
+ONE_ROW, BY_CHUNK = Config(16, 32, 1, 1), Config(16, 32, 1, 1, split=True)
 
 
 @pytest.mark.parametrize("name", CHUNKED_ZOO)
-def test_forward_split_over_chunks(name, monkeypatch):
-    """The forward split over chunks (each chunk's own state in parallel, the state passed
-    from chunk to chunk, then the outputs in parallel) against the reference: forward,
-    final state and every gradient (the backward reads the checkpoints it leaves); with an
-    initial state or none, reversed, packed sequences, bf16."""
+@pytest.mark.parametrize("sides", ["forward", "backward", "both"])
+def test_split_over_chunks(name, sides, monkeypatch):
+    """The forward and/or the backward split over chunks (each chunk's own part of the state,
+    or of its gradient, in parallel; the states kernel passing it from chunk to chunk, front
+    to back or back to front; then each chunk's outputs, or gradients, in parallel) against
+    the reference: forward, final state and every gradient; with an initial state or none,
+    reversed, packed sequences, bf16."""
     from lrc.codegen.chunked_launch import Launcher
 
+    SPLIT = (BY_CHUNK if sides != "backward" else ONE_ROW,
+             BY_CHUNK if sides != "forward" else ONE_ROW)
     fired = []
     fire = Launcher.fire
     monkeypatch.setattr(Launcher, "fire", lambda self, which, grid, args, consts: fired.append(
-        (which, consts.get("PHASE"))) or fire(self, which, grid, args, consts))
+        (which, consts.get("PHASE"), consts.get("BACK"))) or fire(self, which, grid, args,
+                                                                 consts))
     spec, args, state = zoo(name)
     check(spec, args, state, override=SPLIT)
-    assert fired[:3] == [("forward", 1), ("states", None), ("forward", 2)]
+    fwd = [("forward", 1, None), ("states", None, False), ("forward", 2, None)]
+    bwd = [("backward", 1, None), ("states", None, True), ("backward", 2, None)]
+    assert fired == ((fwd if SPLIT[0].split else [("forward", 0, None)]) +
+                     (bwd if SPLIT[1].split else [("backward", 0, None)]))
     check(spec, args, override=SPLIT, reverse=True)
     e = ZOO[name]
     packed = e.example(b=1, t=41, dtype=torch.float64)
@@ -391,12 +399,12 @@ def test_forward_split_over_chunks(name, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["mamba2", "gla"])
-def test_gpu_forward_split_over_chunks(name):
-    """The split forward compiled for the GPU (the tuner may pick it): bf16 at T = 4097 and
-    float32 at T = 2049, every gradient through the checkpoints it leaves."""
+def test_gpu_split_over_chunks(name):
+    """The forward and backward split over chunks compiled for the GPU (the tuner may pick
+    them): bf16 at T = 4097 and float32 at T = 2049, every gradient."""
     V = pow2(GPU_SIZES[name].get("p", GPU_SIZES[name].get("v", 32)))
-    split = (Config(64, V, 4, 2, split=True), Config(64, V, 8, 1))
+    split = (Config(64, V, 4, 2, split=True), Config(64, V, 8, 1, split=True))
     check(*zoo(name, b=2, t=4097, **GPU_SIZES[name]), dtype=torch.bfloat16, tol=LOW, gtol=LOW,
           device="cuda", override=split)
-    split32 = (Config(32, V, 4, 1, split=True), Config(32, V, 8, 1))
+    split32 = (Config(32, V, 4, 1, split=True), Config(32, V, 8, 1, split=True))
     check(*zoo(name, b=2, t=2049, **GPU_SIZES[name]), device="cuda", override=split32)
