@@ -136,10 +136,7 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
     k.tensor("chk", "chk", [d for d in sdims if d != f.batch], False, chunked=True)
     k.tensor("dhT", "dhT", sdims, False)
     k.tensor("dh0", "dh0", sdims, False)
-    for key in ("dchk", "loc"):
-        k.tensor(key, key, [d for d in sdims if d != f.batch], False, chunked=True)
-    k.tensor("dec", "dec", [d for d in sdims if d not in (f.batch, f.value)], False,
-             chunked=True)
+    k.chunk_states("dchk", "loc")
     syms = {n: input_symbol(f, n) for n in f.inputs}
     derivs = {}
     for q in f.quantities:

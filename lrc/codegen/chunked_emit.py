@@ -93,6 +93,15 @@ class Kernel:
         for d in dims:
             self.params.append(("stride", key, d, f"{var}_s_{d}"))
 
+    def chunk_states(self, *keys: str) -> None:
+        """Per-chunk state tiles `keys` (the state's dims but the batch) and `dec`, each
+        chunk's decay per key (nor the values): what the kernels split over chunks pass."""
+        f, sdims = self.form, self.g[self.form.state].dims
+        for key in keys:
+            self.tensor(key, key, [d for d in sdims if d != f.batch], False, chunked=True)
+        self.tensor("dec", "dec", [d for d in sdims if d not in (f.batch, f.value)], False,
+                    chunked=True)
+
     def sizes(self) -> None:
         for d in self.form.grid + (self.key, self.value):
             self.params.append(("size", d, f"size_{d}"))
@@ -345,10 +354,7 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     sdims = g[f.state].dims
     k.tensor("h0", "h0", sdims, False)
     k.tensor("hT", "hT", sdims, False)
-    k.tensor("chk", "chk", [d for d in sdims if d != f.batch], False, chunked=True)
-    k.tensor("loc", "loc", [d for d in sdims if d != f.batch], False, chunked=True)
-    k.tensor("dec", "dec", [d for d in sdims if d not in (f.batch, f.value)], False,
-             chunked=True)
+    k.chunk_states("chk", "loc")
     k.params += [("ptr", "cu", "cu_ptr"), ("ptr", "coff", "coff_ptr")]
     k.sizes()
     k.prologue()
@@ -439,10 +445,7 @@ def states_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     sdims = k.g[f.state].dims
     k.tensor("h0", "h0", sdims, False)
     k.tensor("hT", "hT", sdims, False)
-    for key in ("chk", "loc"):
-        k.tensor(key, key, [d for d in sdims if d != f.batch], False, chunked=True)
-    k.tensor("dec", "dec", [d for d in sdims if d not in (f.batch, f.value)], False,
-             chunked=True)
+    k.chunk_states("chk", "loc")
     k.params += [("ptr", "cu", "cu_ptr"), ("ptr", "coff", "coff_ptr")]
     k.sizes()
     k.prologue()
