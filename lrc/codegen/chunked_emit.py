@@ -93,6 +93,19 @@ class Kernel:
         for d in dims:
             self.params.append(("stride", key, d, f"{var}_s_{d}"))
 
+    def state_head(self, *keys: str) -> None:
+        """The initial and final state, per-chunk state tiles `keys`, the chunk decays
+        (`chunk_states`), the packed-sequence tensors and the sizes as parameters; the
+        prologue."""
+        sdims = self.g[self.form.state].dims
+        self.tensor("h0", "h0", sdims, False)
+        self.tensor("hT", "hT", sdims, False)
+        self.chunk_states(*keys)
+        self.params += [("ptr", "cu", "cu_ptr"), ("ptr", "coff", "coff_ptr")]
+        self.sizes()
+        self.prologue()
+        self.w("ZERO = tl.zeros([1, 1], tl.int64)  # makes every load a block")
+
     def chunk_states(self, *keys: str) -> None:
         """Per-chunk state tiles `keys` (the state's dims but the batch) and `dec`, each
         chunk's decay per key (nor the values): what the kernels split over chunks pass."""
@@ -351,14 +364,7 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
         node = g[n]
         k.tensor(f"in:{n}", arg(n), node.dims, f.seq(n))
     k.tensor("out", "y", g[f.output].dims, True)
-    sdims = g[f.state].dims
-    k.tensor("h0", "h0", sdims, False)
-    k.tensor("hT", "hT", sdims, False)
-    k.chunk_states("chk", "loc")
-    k.params += [("ptr", "cu", "cu_ptr"), ("ptr", "coff", "coff_ptr")]
-    k.sizes()
-    k.prologue()
-    w("ZERO = tl.zeros([1, 1], tl.int64)  # makes every load a block")
+    k.state_head("chk", "loc")
     k.load_inputs(Role.PARAM)
     # PHASE 0: one program walks all its chunks, the state carried in registers. Split over
     # chunks (one program per chunk, the pid left after the grid dims): PHASE 1 stores each
@@ -441,15 +447,8 @@ def states_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     state's gradient from the final one, back to front, leaving each chunk, then the
     initial state's."""
     k = Kernel(form, name)
-    f, w = form, k.w
-    sdims = k.g[f.state].dims
-    k.tensor("h0", "h0", sdims, False)
-    k.tensor("hT", "hT", sdims, False)
-    k.chunk_states("chk", "loc")
-    k.params += [("ptr", "cu", "cu_ptr"), ("ptr", "coff", "coff_ptr")]
-    k.sizes()
-    k.prologue()
-    w("ZERO = tl.zeros([1, 1], tl.int64)")
+    w = k.w
+    k.state_head("chk", "loc")
     w("S = tl.zeros([BK, BV], tl.float32)")
     w("if HAS_H0:")
     w(f"    S += tl.load(h0_ptr + {k.state_offset('h0')}, mask=m_s, other=0.0)"
