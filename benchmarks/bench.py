@@ -148,10 +148,24 @@ def time_lrc(case, name, layer, kwargs, floor_f=None, floor_fb=None, check=None)
     run()
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     record(case, name, "fwdbwd", bench(run), floor_fb, peak_MiB=round(peak),
-           gpu_us=device_us(run))
+           gpu_us=device_us(run), kernels=kernel_us(run))
     for v in leaves:
         v.requires_grad_(False)
         v.grad = None
+    tuned()
+
+
+def tuned():
+    """The tuner's timings of each candidate config (chunked and scan kernels), printed once."""
+    from lrc.codegen import chunked_tune
+
+    for key, times in chunked_tune.TIMES.items():
+        if key not in _SHOWN:
+            _SHOWN.add(key)
+            print("   tuned", key[-3:], [(str(c), round(t * 1e3, 1)) for c, t in times])
+
+
+_SHOWN: set = set()
 
 
 def time_peer(case, name, fn, leaves, floor_f=None, floor_fb=None, bwd=True):

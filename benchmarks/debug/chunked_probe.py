@@ -54,7 +54,9 @@ def probe(name, dims, batches):
     row(case=name, what="fwd+bwd", us=round(triton.testing.do_bench(run, return_mode="median")
                                             * 1e3, 1), kernels=kernels(run))
     row(case=name, what="configs", chosen={str(k[-3:]): str(v) for k, v in
-                                            chunked_tune._CACHE.items()})
+                                            chunked_tune._CACHE.items()},
+        timed={str(k[-3:]): [(str(c), round(t * 1e3, 1)) for c, t in v]
+               for k, v in chunked_tune.TIMES.items()})
     launch = chunked_launch.Launcher.launch
 
     def no_atomics(self, which, cfg, tensors, **consts):  # timing only: wrong gradients

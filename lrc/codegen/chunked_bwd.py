@@ -124,6 +124,14 @@ def _chain(k: Kernel, derivs: dict, names: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def entering(k: Kernel, du: str) -> str:
+    """(q * 2^Lq)^T du: the chunk's part of the gradient of the state entering it (a scalar
+    decay scales du's rows rather than q's)."""
+    if k.form.per_key:
+        return f"_dot(tl.trans(q_q * eq), {du}, DT, IEEE, EMU)"
+    return f"_dot(tl.trans(q_q), {du} * eq, DT, IEEE, EMU)"
+
+
 def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[str]]:
     """The backward kernel, its parameters, and the inputs whose gradient it writes."""
     k = Kernel(form, name)
@@ -159,9 +167,11 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
     # PHASE 0: one program walks its chunks back to front, the state's gradient carried.
     # Split over chunks (the forward's PHASE 1, 2): each chunk's own contribution to that
     # gradient and its decay, the states kernel passing it back to front, then each chunk's
-    # gradients from the gradient of the state leaving it
+    # gradients from the gradient of the state leaving it. PHASE 3 is PHASE 0 with only the
+    # state's gradient: passed back to front and stored per chunk (dchk) for a PHASE 2 launch
+    w("WALK: tl.constexpr = PHASE == 0 or PHASE == 3  # one program walks every chunk")
     w("dS = tl.zeros([BK, BV], tl.float32)  # gradient of the state leaving the chunk")
-    w("if PHASE == 0:")
+    w("if WALK:")
     w("    c_lo = z64")
     w("    c_hi = n_c")
     w("    if HAS_DHT:")
@@ -173,7 +183,7 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
     w("for ci in range(c_lo, c_hi):")
     w.indent()
     k.rows("n_c - 1 - ci")
-    w("if PHASE != 0:  # this program's chunk")
+    w("if not WALK:  # this program's chunk")
     w("    c = ci")
     w("    tau = c * BT + o_c")
     w("    m_t = tau < n_t")
@@ -207,15 +217,20 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
         w("d_gate = dy * u")
         w("du = dy * q_gate")
         du = "du"
-    w("if PHASE == 1:")
-    w(f"    dS = _dot(tl.trans(q_q * eq), {du}, DT, IEEE, EMU)", "the chunk's own part")
+    w("if PHASE == 3:")
+    w(f"    tl.store(dchk_ptr + {k.state_offset('dchk', chunk=True)}, "
+      "_cast(dS, dchk_ptr.dtype.element_ty, EMU), mask=m_s)", "gradient of the state leaving")
+    w(f"    dS = dS * elast_r + {entering(k, du)}", "the state entering")
+    w("elif PHASE == 1:")
+    w(f"    dS = {entering(k, du)}", "the chunk's own part")
     w(f"    tl.store(loc_ptr + {k.state_offset('loc', chunk=True)}, "
       "_cast(dS, loc_ptr.dtype.element_ty, EMU), mask=m_s)")
     w(f"    tl.store(dec_ptr + {dec_offset(k)} + ZERO, elast_r + tl.zeros([BK, 1], "
       "tl.float32), mask=m_kr & (i_vb == 0))", "the chunk's decay")
     w("else:")
     w.indent()
-    w(f"d_v = _dot(tl.trans(A), {du}, DT, IEEE, EMU) + _dot(q_k * ek, dS, DT, IEEE, EMU)")
+    w(f"d_v = _dot(tl.trans(A), {du}, DT, IEEE, EMU) + " + (
+        "_dot(q_k * ek, dS, DT, IEEE, EMU)" if f.per_key else "_dot(q_k, dS, DT, IEEE, EMU) * ek"))
     if f.q("ek"):
         w(f"d_ev = {du} * esum")
         w(f"d_ek = tl.where(m_t & m_k, tl.sum({du} * q_ev, 1, keep_dims=True) + ZK, 0.0)")
@@ -237,8 +252,7 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
         w("dlast = tl.sum(tl.sum(gk, 1, keep_dims=True), 0, keep_dims=True) + "
           "tl.sum(tl.sum(S0 * dS, 1, keep_dims=True), 0, keep_dims=True) * elast")
     w("if PHASE == 0:")
-    w(f"    dS = dS * elast_r + _dot(tl.trans(q_q * eq), {du}, DT, IEEE, EMU)",
-      "the state entering")
+    w(f"    dS = dS * elast_r + {entering(k, du)}", "the state entering")
     rc = ("tl.cumsum(dlam + dlq, 0, reverse=True)" if f.per_key else
           "tl.cumsum(tl.sum(dlam + dlq, 1), 0, reverse=True)[:, None]")
     w(f"d_l = {rc} - dlq + dlast" if f.old else f"d_l = {rc} + dlast",
@@ -260,7 +274,7 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
         w(f"    tl.store({gv}_ptr + {off}, _cast({var}, {gv}_ptr.dtype.element_ty, EMU), mask={m})")
     w.dedent()
     w.dedent()
-    w("if PHASE != 1:")
+    w("if PHASE == 0 or PHASE == 2:")
     w.indent()
     for n in params:
         gv = f"g_{arg(n)}"
@@ -269,7 +283,7 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
         guard = f", mask={m}" if m != "None" else ""
         w(f"tl.atomic_add({gv}_ptr + {off} + ZERO, acc_{arg(n)}{guard})", f"gradient of {n}")
     w.dedent()
-    w("if PHASE == 0:")
+    w("if WALK:")
     w(f"    tl.store(dh0_ptr + {k.state_offset('dh0')}, dS, mask=m_s)",
       "gradient of the initial state")
     consts = ["HAS_DHT", "PHASE"] + [atom_flag(n) for n in graded if f.seq(n)] + CONSTS

@@ -346,6 +346,21 @@ class Kernel:
         op = "<" if self.form.old else "<="
         w(f"w_j = tl.exp2(tl.where({j} {op} o_c, lq - lam_j, float('-inf')))")
 
+    def readout(self, q: str, s: str) -> str:
+        """(q * 2^Lq) s: the chunk's rows reading state `s`. A scalar decay scales the
+        product's rows (one float32 multiply of the result, q goes to the tensor cores as
+        loaded); a per-key one must scale q's columns first."""
+        if self.form.per_key:
+            return f"_dot({q} * eq, {s}, DT, IEEE, EMU)"
+        return f"_dot({q}, {s}, DT, IEEE, EMU) * eq"
+
+    def passed(self, k: str, v: str) -> str:
+        """(k * 2^(Lam_last - Lam))^T v: what the chunk adds to the state it passes on. A
+        scalar decay scales v's rows (BT x BV) rather than k's (BT x BK)."""
+        if self.form.per_key:
+            return f"_dot(tl.trans({k} * ek), {v}, DT, IEEE, EMU)"
+        return f"_dot(tl.trans({k}), {v} * ek, DT, IEEE, EMU)"
+
     def state_exps(self) -> None:
         """Decays of the inter-chunk terms (at most 1 for decays at most 1)."""
         w, f = self.w, self.form
@@ -370,24 +385,25 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     # chunks (one program per chunk, the pid left after the grid dims): PHASE 1 stores each
     # chunk's own contribution to the state (from zero) and its decay, `states_source`'s
     # kernel passes the state from chunk to chunk, PHASE 2 reads the state entering its
-    # chunk and writes the outputs.
-    w("if PHASE == 0:")
+    # chunk and writes the outputs. PHASE 3 is PHASE 0 without the outputs: the state pass
+    # alone, storing every chunk's entering state for a PHASE 2 launch after it.
+    w("WALK: tl.constexpr = PHASE == 0 or PHASE == 3  # one program walks every chunk")
+    w("if WALK:")
     w("    c_lo = z64")
     w("    c_hi = n_c")
     w("else:")
     w("    c_lo = pid")
     w("    c_hi = tl.minimum(pid + 1, n_c)")
     w("S = tl.zeros([BK, BV], tl.float32)")
-    w("if PHASE == 0:")
+    w("if WALK:")
     w("    if HAS_H0:")
     w(f"        S += tl.load(h0_ptr + {k.state_offset('h0')}, mask=m_s, other=0.0)"
       ".to(tl.float32)", "initial state")
     w("for ci in range(c_lo, c_hi):")
     w.indent()
     k.rows("ci")
-    w("if PHASE == 0:")
-    w("    if SAVE:")
-    w(f"        tl.store(chk_ptr + {k.state_offset('chk', chunk=True)}, "
+    w("if SAVE or PHASE == 3:")
+    w(f"    tl.store(chk_ptr + {k.state_offset('chk', chunk=True)}, "
       "_cast(S, chk_ptr.dtype.element_ty, EMU), mask=m_s)", "state entering the chunk")
     w("if PHASE == 2:")
     w(f"    S = tl.load(chk_ptr + {k.state_offset('chk', chunk=True)}, mask=m_s, other=0.0)"
@@ -401,9 +417,9 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     k.cumulative()
     k.intra()
     k.state_exps()
-    w("if PHASE != 1:")
+    w("if PHASE == 0 or PHASE == 2:")
     w.indent()
-    w("u = _dot(A, q_v, DT, IEEE, EMU) + _dot(q_q * eq, S, DT, IEEE, EMU)", "sum_k q * S")
+    w(f"u = _dot(A, q_v, DT, IEEE, EMU) + {k.readout('q_q', 'S')}", "sum_k q * S")
     if f.q("ek"):
         w("u += tl.sum(q_ek, 1, keep_dims=True) * q_ev", "the readout's state-free term")
     y = "u"
@@ -416,15 +432,14 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
       "_cast(y, y_ptr.dtype.element_ty, EMU), mask=m_t & m_v)")
     w.dedent()
     w("if PHASE != 2:")
-    w("    S = S * elast_r + _dot(tl.trans(q_k * ek), q_v, DT, IEEE, EMU)",
-      f"{f.state} after the chunk")
+    w(f"    S = S * elast_r + {k.passed('q_k', 'q_v')}", f"{f.state} after the chunk")
     w("if PHASE == 1:")
     w(f"    tl.store(loc_ptr + {k.state_offset('loc', chunk=True)}, "
       "_cast(S, loc_ptr.dtype.element_ty, EMU), mask=m_s)", "the chunk's own contribution")
     w(f"    tl.store(dec_ptr + {dec_offset(k)} + ZERO, elast_r + tl.zeros([BK, 1], "
       "tl.float32), mask=m_kr & (i_vb == 0))", "the chunk's decay")
     w.dedent()
-    w("if PHASE == 0:")
+    w("if WALK:")
     w(f"    tl.store(hT_ptr + {k.state_offset('hT')}, S, mask=m_s)", "final state")
     return k.source(["HAS_H0", "SAVE", "PHASE"] + CONSTS), k.params
 

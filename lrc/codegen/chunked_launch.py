@@ -18,7 +18,7 @@ from ..runtime import scan_runtime
 from ..runtime.scan_runtime import dim_strides
 from . import module as modules
 from .chunked_bwd import atom_flag
-from .chunked_tune import Config, candidates, choose, first_working, interpreted, pow2
+from .chunked_tune import PASS, Config, candidates, choose, first_working, interpreted, pow2
 
 
 @functools.cache
@@ -134,8 +134,9 @@ class Launcher:
         if which == "states":
             for k in ("DT", "IEEE", "REVERSE"):
                 consts.pop(k)
-        if not self.interpret:
-            consts.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        if not self.interpret:  # one chunk per program (PHASE 1, 2): nothing to pipeline
+            consts.update(num_warps=cfg.num_warps, num_stages=1 if consts.get("PHASE") in (
+                1, 2) else cfg.num_stages)
         self.fire(which, (self.grid(cfg)[0] * chunks,), args, consts)
 
     def fire(self, which: str, grid: tuple, args: list, consts: dict) -> None:
@@ -170,12 +171,16 @@ class Launcher:
             if not cfg.split:
                 self.launch("forward", cfg, t, HAS_H0=h0.numel() > 0, SAVE=save, PHASE=0)
                 return y, hT, chk, offs
+            chunks = max(-(-ln // cfg.BT) for ln in self.lens) if self.lens else 1
+            if cfg.split == PASS:  # the state pass alone, then every chunk's outputs
+                self.launch("forward", cfg, t, HAS_H0=h0.numel() > 0, SAVE=False, PHASE=3)
+                self.launch("forward", cfg, t, chunks, HAS_H0=False, SAVE=False, PHASE=2)
+                return y, hT, chk, offs
             # split over chunks: each chunk's own state, the state passing, the outputs
             loc = torch.empty_like(chk)
             dec = self.decays(chk)
             t.update(loc=(loc, cst), dec=(dec, {"#c": dec.stride(0), **{
                 d: dec.stride(i + 1) for i, d in enumerate(self.decay_dims())}}))
-            chunks = max(-(-ln // cfg.BT) for ln in self.lens) if self.lens else 1
             self.launch("forward", cfg, t, chunks, HAS_H0=False, SAVE=False, PHASE=1)
             self.launch("states", cfg, t, HAS_H0=h0.numel() > 0, BACK=False)
             self.launch("forward", cfg, t, chunks, HAS_H0=False, SAVE=False, PHASE=2)
@@ -249,14 +254,20 @@ class Launcher:
             if not cfg.split:
                 self.launch("backward", cfg, t, HAS_DHT=dhT is not None, PHASE=0, **consts)
                 return grads, dh0
+            chunks = max(-(-ln // cfg.BT) for ln in self.lens) if self.lens else 1
+            dchk = torch.empty_like(chk)
+            if cfg.split == PASS:  # the state's gradient passed alone, then every chunk's
+                t.update(dchk=(dchk, cst))
+                self.launch("backward", cfg, t, HAS_DHT=dhT is not None, PHASE=3, **consts)
+                self.launch("backward", cfg, t, chunks, HAS_DHT=False, PHASE=2, **consts)
+                return grads, dh0
             # split over chunks: each chunk's own part of the state's gradient, that
             # gradient passed back to front (the states kernel), each chunk's gradients
-            dchk, loc = torch.empty_like(chk), torch.empty_like(chk)
+            loc = torch.empty_like(chk)
             dec = self.decays(chk)
             dst = {"#c": dec.stride(0), **{d: dec.stride(i + 1)
                                            for i, d in enumerate(self.decay_dims())}}
             t.update(dchk=(dchk, cst), loc=(loc, cst), dec=(dec, dst))
-            chunks = max(-(-ln // cfg.BT) for ln in self.lens) if self.lens else 1
             self.launch("backward", cfg, t, chunks, HAS_DHT=False, PHASE=1, **consts)
             st = dict(h0=t["dhT"], hT=t["dh0"], chk=(dchk, cst), loc=(loc, cst),
                       dec=(dec, dst), cu=(self.cu, {}), coff=(offs, {}))

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 _CACHE: dict[tuple, Config] = {}
+TIMES: dict[tuple, list] = {}  # key -> [(config, median ms)] of each timed candidate (benchmarks read it)
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,14 @@ class Config:
     BV: int
     num_warps: int = 4
     num_stages: int = 2
-    split: bool = False  # the forward split over chunks (chunked_emit.forward_source, PHASE)
+    # split over chunks (chunked_emit.forward_source, PHASE): 0 not (one program walks a
+    # row's chunks, everything in one launch); LOCAL (1, or True): each chunk's own part of
+    # the state, the states kernel, the outputs; PASS (2): the state pass alone, then the
+    # outputs (or gradients) of every chunk in parallel
+    split: int = 0
+
+
+LOCAL, PASS = 1, 2
 
 
 def pow2(n: int, least: int = 16) -> int:
@@ -59,7 +67,7 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
         # forward is bound by its chunk-to-chunk latency (Mamba-2 at the reference shape:
         # 516 us at b = 1 to 4, 1051 at b = 8, one program per SM; session 7's probe)
         bv = max(b for b in bvs if b >= 64 or b == pow2(V))
-        return out + [Config(64, bv, w, 2, split=True) for w in (4, 8)]
+        return out + [Config(64, bv, w, 2, split=m) for m in (PASS, LOCAL) for w in (4, 8)]
     # one program per whole value row: with the values split over programs (BV < V) Triton
     # 3.6 on the H200 gives wrong gradients or an illegal address for some configs (Mamba-2
     # P64 bf16: BV 32 at 4 warps, x's gradient 6e-2 off, right at 8 warps; a forward at BV 32
@@ -72,7 +80,7 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
     warps = (8, 4) if pow2(V) >= 128 else (4, 8)
     out = [Config(bt or 64, pow2(V), w, 1) for w in warps]
     # split over chunks (see the forward's): after the one-row configs
-    return out + [Config(bt or 64, pow2(V), w, 1, split=True) for w in warps]
+    return out + [Config(bt or 64, pow2(V), w, 1, split=m) for m in (PASS, LOCAL) for w in warps]
 
 
 def chosen(key: tuple) -> Config | None:
@@ -116,6 +124,7 @@ def choose(key: tuple, configs: list, run: Callable) -> Config:
         except Exception as e:  # noqa: BLE001 (out of registers / shared memory: not a candidate)
             errors.append(f"{cfg}: {type(e).__name__}: {str(e)[:300]}")
             continue
+        TIMES.setdefault(key, []).append((cfg, t))
         if t < best_t:
             best, best_t = cfg, t
     if best is None:

@@ -74,24 +74,30 @@ def test_scan_kernels_compile_for_the_h200(name, dtype):
     assert_every_kernel_runs(record(name, "scan", dtype))
 
 
+SPLIT_LAUNCHES = {
+    chunked_tune.LOCAL: [("forward", 1), ("states", None), ("forward", 2),
+                         ("backward", 1), ("states", None), ("backward", 2)],
+    chunked_tune.PASS: [("forward", 3), ("forward", 2), ("backward", 3), ("backward", 2)]}
+
+
 @pytest.mark.parametrize("name", ["mamba2", "gla"])
-def test_split_chunked_kernels_compile_for_the_h200(name):
-    """The forward and backward split over chunks (two phases each and the state passing),
-    bf16 at the reference head sizes, compile and fit: each launch as the tuner would try
-    it."""
+@pytest.mark.parametrize("mode", [chunked_tune.LOCAL, chunked_tune.PASS])
+def test_split_chunked_kernels_compile_for_the_h200(name, mode):
+    """The forward and backward split over chunks (LOCAL: two phases each and the state
+    passing; PASS: the state pass alone, then the chunks), bf16 at the reference head sizes,
+    compile and fit: each launch as the tuner would try it."""
     e = ZOO[name]
     kern = lrc.compile(e.spec, backend="triton", lowering="chunked")
     prog = kern._lowering("chunked")
     sizes = {"mamba2": dict(g=1, r=4, p=64, n=128), "gla": dict(h=2, k=128, v=128)}[name]
     V = 64 if name == "mamba2" else 128
     for w in (4, 8):
-        prog.override = (chunked_tune.Config(64, V, w, 2, split=True),
-                         chunked_tune.Config(64, V, w, 1, split=True))
+        prog.override = (chunked_tune.Config(64, V, w, 2, split=mode),
+                         chunked_tune.Config(64, V, w, 1, split=mode))
         args = e.example(b=2, t=2049, dtype=torch.float32, **sizes)
         leaves = {k: v.to(torch.bfloat16).requires_grad_(True) for k, v in args.items()}
         with aot.recording(as_gpu=132, compile=True) as launches:
             kern(**leaves).float().sum().backward()
-        assert [(r.name.rsplit("_", 1)[-1], r.consts.get("PHASE")) for r in launches] == [
-            ("forward", 1), ("states", None), ("forward", 2),
-            ("backward", 1), ("states", None), ("backward", 2)]
+        assert [(r.name.rsplit("_", 1)[-1], r.consts.get("PHASE"))
+                for r in launches] == SPLIT_LAUNCHES[mode]
         assert all(r.compiled.fits and 0 < r.compiled.regs <= 255 for r in launches)

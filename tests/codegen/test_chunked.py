@@ -362,21 +362,29 @@ def test_tuner_times_the_kernels_alone():
     assert "fire" not in vars(fake)  # the instance's fire is the class's again
 
 
-ONE_ROW, BY_CHUNK = Config(16, 32, 1, 1), Config(16, 32, 1, 1, split=True)
+ONE_ROW = Config(16, 32, 1, 1)
+SPLITS = {"local": ([("forward", 1, None), ("states", None, False), ("forward", 2, None)],
+                    [("backward", 1, None), ("states", None, True), ("backward", 2, None)]),
+          "pass": ([("forward", 3, None), ("forward", 2, None)],
+                   [("backward", 3, None), ("backward", 2, None)])}
 
 
 @pytest.mark.parametrize("name", CHUNKED_ZOO)
 @pytest.mark.parametrize("sides", ["forward", "backward", "both"])
-def test_split_over_chunks(name, sides, monkeypatch):
-    """The forward and/or the backward split over chunks (each chunk's own part of the state,
-    or of its gradient, in parallel; the states kernel passing it from chunk to chunk, front
-    to back or back to front; then each chunk's outputs, or gradients, in parallel) against
-    the reference: forward, final state and every gradient; with an initial state or none,
-    reversed, packed sequences, bf16."""
+@pytest.mark.parametrize("mode", ["local", "pass"])
+def test_split_over_chunks(name, sides, mode, monkeypatch):
+    """The forward and/or the backward split over chunks against the reference: forward,
+    final state and every gradient; with an initial state or none, reversed, packed sequences,
+    bf16. `local`: each chunk's own part of the state, or of its gradient, in parallel, the
+    states kernel passing it from chunk to chunk (front to back, or back to front), then each
+    chunk's outputs, or gradients, in parallel. `pass`: one program per row passes the state
+    (or its gradient) alone and stores it per chunk, then the chunks in parallel."""
     from lrc.codegen.chunked_launch import Launcher
+    from lrc.codegen.chunked_tune import LOCAL, PASS
 
-    SPLIT = (BY_CHUNK if sides != "backward" else ONE_ROW,
-             BY_CHUNK if sides != "forward" else ONE_ROW)
+    by_chunk = Config(16, 32, 1, 1, split=LOCAL if mode == "local" else PASS)
+    SPLIT = (by_chunk if sides != "backward" else ONE_ROW,
+             by_chunk if sides != "forward" else ONE_ROW)
     fired = []
     fire = Launcher.fire
     monkeypatch.setattr(Launcher, "fire", lambda self, which, grid, args, consts: fired.append(
@@ -384,8 +392,7 @@ def test_split_over_chunks(name, sides, monkeypatch):
                                                                  consts))
     spec, args, state = zoo(name)
     check(spec, args, state, override=SPLIT)
-    fwd = [("forward", 1, None), ("states", None, False), ("forward", 2, None)]
-    bwd = [("backward", 1, None), ("states", None, True), ("backward", 2, None)]
+    fwd, bwd = SPLITS[mode]
     assert fired == ((fwd if SPLIT[0].split else [("forward", 0, None)]) +
                      (bwd if SPLIT[1].split else [("backward", 0, None)]))
     check(spec, args, override=SPLIT, reverse=True)
@@ -399,12 +406,14 @@ def test_split_over_chunks(name, sides, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["mamba2", "gla"])
-def test_gpu_split_over_chunks(name):
-    """The forward and backward split over chunks compiled for the GPU (the tuner may pick
-    them): bf16 at T = 4097 and float32 at T = 2049, every gradient."""
+@pytest.mark.parametrize("mode", [1, 2])
+def test_gpu_split_over_chunks(name, mode):
+    """The forward and backward split over chunks (mode: chunked_tune.LOCAL, PASS) compiled
+    for the GPU (the tuner may pick them): bf16 at T = 4097 and float32 at T = 2049, every
+    gradient."""
     V = pow2(GPU_SIZES[name].get("p", GPU_SIZES[name].get("v", 32)))
-    split = (Config(64, V, 4, 2, split=True), Config(64, V, 8, 1, split=True))
+    split = (Config(64, V, 4, 2, split=mode), Config(64, V, 8, 1, split=mode))
     check(*zoo(name, b=2, t=4097, **GPU_SIZES[name]), dtype=torch.bfloat16, tol=LOW, gtol=LOW,
           device="cuda", override=split)
-    split32 = (Config(32, V, 4, 1, split=True), Config(32, V, 8, 1, split=True))
+    split32 = (Config(32, V, 4, 1, split=mode), Config(32, V, 8, 1, split=mode))
     check(*zoo(name, b=2, t=2049, **GPU_SIZES[name]), device="cuda", override=split32)
