@@ -12,12 +12,13 @@ state entering every chunk (in the dot dtype); the backward reads those and writ
 gradients. Chunk and block sizes come from a small config set timed once per shape on the GPU
 (`chunked_tune`); under Triton's interpreter one small config runs.
 
-Two shapes of each kernel, chosen per config (`Config.split`): one program per (grid index,
-value block) walking its chunks with the state in registers (PHASE 0), or split over chunks:
+Three shapes of each kernel, chosen per config (`Config.split`): one program per (grid
+index, value block) walking its chunks with the state in registers (PHASE 0); or split over
+chunks, PASS: the same walk computing only the state (or its gradient) and storing it per
+chunk (PHASE 3), then every chunk's outputs (or gradients) in parallel (PHASE 2); or LOCAL:
 every chunk's own part of the state (or of its gradient) and its decay in parallel (PHASE 1),
 the module's states kernel passing it from chunk to chunk (front to back; back to front for
-the gradient), then every chunk's outputs (or gradients) in parallel (PHASE 2). The split
-materializes each chunk's part and decay too.
+the gradient), then PHASE 2. LOCAL materializes each chunk's part and decay too.
 """
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ def _cast(x, DT: tl.constexpr, EMU: tl.constexpr):
     # x.to(DT). The interpreter's float32 -> bfloat16 conversion truncates: under it (EMU)
     # round to nearest even by hand first, as the GPU does
     if EMU:
-        if DT == tl.bfloat16:
+        if DT == tl.bfloat16 and x.dtype == tl.float32:
             b = x.to(tl.uint32, bitcast=True)
             x = ((b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
     return x.to(DT)
@@ -213,8 +213,27 @@ class Kernel:
         w("if REVERSE:")
         w("    t64 = bos + n_t - 1 - tau")
 
+    def bare(self) -> dict[str, str]:
+        """Quantity name -> the Seq input it is exactly, over its whole tile (q = C, k = B):
+        that input is loaded in the dot dtype, as tl.dot takes it (a no-op for 16-bit inputs),
+        rather than as a float32 copy twice the registers; other math reading it converts it
+        there. Not q and k under a per-key decay: those are scaled in float32 before the
+        product anyway."""
+        f, out = self.form, {}
+        for q in f.quantities:
+            if q.name == "l" or not isinstance(q.expr, sp.Symbol) or (
+                    f.per_key and q.side == KEY):
+                continue
+            for n in f.inputs:
+                node = f.input(n)
+                if (node.role is Role.SEQ and q.expr == input_symbol(f, n)
+                        and f.input_side(n) == q.side):
+                    out[q.name] = n
+        return out
+
     def load_inputs(self, role: Role) -> None:
         w = self.w
+        bare = set(self.bare().values())
         for name in self.form.inputs:
             node = self.form.input(name)
             if node.role is not role:
@@ -224,14 +243,17 @@ class Kernel:
             off = self.offset(var, dims, timed)
             m = self.mask(dims, timed)
             guard = f", mask={m}, other=0.0" if m != "None" else ""
-            w(f"{var} = tl.load({var}_ptr + {off} + ZERO{guard}).to(tl.float32)", name)
+            cast = ".to(DT)" if name in bare else ".to(tl.float32)"
+            w(f"{var} = tl.load({var}_ptr + {off} + ZERO{guard}){cast}", name)
 
     def cse(self, exprs: list[sp.Basic]) -> tuple[list[tuple[sp.Symbol, sp.Basic]], list]:
         names = sp.numbered_symbols("cse", real=True)
         return sp.cse(exprs, symbols=names, order="none")
 
     def names(self, extra: dict | None = None) -> dict[str, str]:
-        out = {name: arg(name) for name in self.form.inputs}
+        bare = set(self.bare().values())
+        out = {name: arg(name) + (".to(tl.float32)" if name in bare else "")
+               for name in self.form.inputs}
         out.update(extra or {})
         return out
 
@@ -243,8 +265,12 @@ class Kernel:
     def quantities(self, exprs: dict[str, sp.Basic], names: dict[str, str]) -> None:
         """q_<name> for every quantity, broadcast to its tile and zero outside the masks."""
         f, w = self.form, self.w
+        bare = self.bare()
         for q in f.quantities:
             text = triton_expr(exprs[q.name], names)
+            if q.name in bare:  # in its own dtype (loaded zero outside the masks)
+                w(f"q_{q.name} = {arg(bare[q.name])}", f"{q.name} = {q.expr}")
+                continue
             if q.name == "l":
                 shape, m = ("ZK", "m_t & m_k") if f.per_key else ("Z1", "m_t")
                 w(f"l_raw = {text} + {shape}", "log-decay")

@@ -134,9 +134,12 @@ class Launcher:
         if which == "states":
             for k in ("DT", "IEEE", "REVERSE"):
                 consts.pop(k)
-        if not self.interpret:  # one chunk per program (PHASE 1, 2): nothing to pipeline
-            consts.update(num_warps=cfg.num_warps, num_stages=1 if consts.get("PHASE") in (
-                1, 2) else cfg.num_stages)
+        if not self.interpret:
+            consts.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            if consts.get("PHASE") in (1, 2):  # one chunk per program: nothing to pipeline
+                consts["num_stages"] = 1
+                if cfg.maxnreg:
+                    consts["maxnreg"] = cfg.maxnreg
         self.fire(which, (self.grid(cfg)[0] * chunks,), args, consts)
 
     def fire(self, which: str, grid: tuple, args: list, consts: dict) -> None:

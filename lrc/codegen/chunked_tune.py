@@ -27,6 +27,10 @@ class Config:
     # the state, the states kernel, the outputs; PASS (2): the state pass alone, then the
     # outputs (or gradients) of every chunk in parallel
     split: int = 0
+    # a register cap for the kernels that run one chunk per program (PHASE 1, 2): ptxas
+    # otherwise takes all 255 a thread may have, two 4-warp programs per SM; at 128 four fit,
+    # and the Mamba-2 and GLA phases compile without spilling (sm_90, Triton 3.6)
+    maxnreg: int | None = None
 
 
 LOCAL, PASS = 1, 2
@@ -62,12 +66,13 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
         out = [Config(64, bv, w, 2) for bv in bvs if bv >= 64 or bv == pow2(V) for w in (4, 8)]
         if not per_key and not save:
             out.append(Config(128, min(pow2(V), 64), 8, 2))
-        # split over chunks (parallel chunk-local work, then the state passing): after the
-        # one-program-per-row configs, so the untimed choice keeps those; the one-row
-        # forward is bound by its chunk-to-chunk latency (Mamba-2 at the reference shape:
-        # 516 us at b = 1 to 4, 1051 at b = 8, one program per SM; session 7's probe)
+        # split over chunks (the state pass alone, then every chunk in parallel): after the
+        # one-program-per-row configs, so the untimed choice keeps those. LOCAL (each chunk's
+        # own part first) stays for an override: at the reference shape it was slower than
+        # PASS (session 8, Mamba-2: forward 928 vs 738 us, backward 7943 vs 7790)
         bv = max(b for b in bvs if b >= 64 or b == pow2(V))
-        return out + [Config(64, bv, w, 2, split=m) for m in (PASS, LOCAL) for w in (4, 8)]
+        return out + [Config(64, bv, w, 2, split=PASS, maxnreg=r)
+                      for w, r in ((4, None), (4, 128), (8, 128))]
     # one program per whole value row: with the values split over programs (BV < V) Triton
     # 3.6 on the H200 gives wrong gradients or an illegal address for some configs (Mamba-2
     # P64 bf16: BV 32 at 4 warps, x's gradient 6e-2 off, right at 8 warps; a forward at BV 32
@@ -80,7 +85,8 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
     warps = (8, 4) if pow2(V) >= 128 else (4, 8)
     out = [Config(bt or 64, pow2(V), w, 1) for w in warps]
     # split over chunks (see the forward's): after the one-row configs
-    return out + [Config(bt or 64, pow2(V), w, 1, split=m) for m in (PASS, LOCAL) for w in warps]
+    return out + [Config(bt or 64, pow2(V), w, 1, split=PASS, maxnreg=r)
+                  for w, r in ((4, None), (4, 128), (8, 128))]
 
 
 def chosen(key: tuple) -> Config | None:
