@@ -138,8 +138,6 @@ class Launcher:
             consts.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
             if consts.get("PHASE") in (1, 2):  # one chunk per program: nothing to pipeline
                 consts["num_stages"] = 1
-                if cfg.maxnreg:
-                    consts["maxnreg"] = cfg.maxnreg
         self.fire(which, (self.grid(cfg)[0] * chunks,), args, consts)
 
     def fire(self, which: str, grid: tuple, args: list, consts: dict) -> None:

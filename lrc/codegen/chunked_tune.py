@@ -27,10 +27,6 @@ class Config:
     # the state, the states kernel, the outputs; PASS (2): the state pass alone, then the
     # outputs (or gradients) of every chunk in parallel
     split: int = 0
-    # a register cap for the kernels that run one chunk per program (PHASE 1, 2): ptxas
-    # otherwise takes all 255 a thread may have, two 4-warp programs per SM; at 128 four fit,
-    # and the Mamba-2 and GLA phases compile without spilling (sm_90, Triton 3.6)
-    maxnreg: int | None = None
 
 
 LOCAL, PASS = 1, 2
@@ -71,8 +67,7 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
         # own part first) stays for an override: at the reference shape it was slower than
         # PASS (session 8, Mamba-2: forward 928 vs 738 us, backward 7943 vs 7790)
         bv = max(b for b in bvs if b >= 64 or b == pow2(V))
-        return out + [Config(64, bv, w, 2, split=PASS, maxnreg=r)
-                      for w, r in ((4, None), (4, 128), (8, 128))]
+        return out + [Config(64, bv, 4, 2, split=PASS)]
     # one program per whole value row: with the values split over programs (BV < V) Triton
     # 3.6 on the H200 gives wrong gradients or an illegal address for some configs (Mamba-2
     # P64 bf16: BV 32 at 4 warps, x's gradient 6e-2 off, right at 8 warps; a forward at BV 32
@@ -85,8 +80,10 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
     warps = (8, 4) if pow2(V) >= 128 else (4, 8)
     out = [Config(bt or 64, pow2(V), w, 1) for w in warps]
     # split over chunks (see the forward's): after the one-row configs
-    return out + [Config(bt or 64, pow2(V), w, 1, split=PASS, maxnreg=r)
-                  for w, r in ((4, None), (4, 128), (8, 128))]
+    # (8 warps, and a 128-register cap on the one-chunk phases, which would let four 4-warp
+    # programs share an SM, were slower: session 8, Mamba-2 backward 7748 / 7895 us against
+    # 4823; GLA's backward does not fit 128 registers)
+    return out + [Config(bt or 64, pow2(V), 4, 1, split=PASS)]
 
 
 def chosen(key: tuple) -> Config | None:
