@@ -28,7 +28,7 @@ import torch
 
 from ..ir.dims import Role
 from . import module as modules
-from .chunked_bwd import backward_source
+from .chunked_bwd import backward_source, looped_dim
 from .chunked_emit import forward_source, module_source, states_source
 from .chunked_form import ChunkForm, extract
 from .chunked_tune import Config
@@ -57,6 +57,7 @@ class Program:
                       "states": f"{base}_chunked_states"}
         fwd, self.fparams = forward_source(self.form, self.names["forward"])
         bwd, self.bparams, self.graded = backward_source(self.form, self.names["backward"])
+        self.looped = looped_dim(self.form, self.graded)  # (dim, the inputs it shares)
         sts, self.sparams = states_source(self.form, self.names["states"])
         self.sources = {"forward": fwd, "backward": bwd, "states": sts}
         self.source = module_source([fwd, bwd, sts], f"Chunked kernels for {g.name}.")

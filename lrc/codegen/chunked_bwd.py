@@ -124,6 +124,21 @@ def _chain(k: Kernel, derivs: dict, names: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def looped_dim(form: ChunkForm, graded: list[str]) -> tuple[str | None, list[str]]:
+    """A grid dim some graded Seq inputs lack and the only one they lack (Mamba-2's heads,
+    which share a group's B and C), and those inputs: with HEADS, one program takes every
+    index of that dim in turn and sums those inputs' gradients in registers, where one
+    program per index would add them atomically. (None, []) where there is none."""
+    f = form
+    for n in graded:
+        lack = [d for d in f.grid if d not in f.input(n).dims]
+        if f.seq(n) and len(lack) == 1 and lack[0] != f.batch:
+            d = lack[0]
+            return d, [m for m in graded if f.seq(m) and
+                       [e for e in f.grid if e not in f.input(m).dims] == [d]]
+    return None, []
+
+
 def entering(k: Kernel, du: str) -> str:
     """(q * 2^Lq)^T du: the chunk's part of the gradient of the state entering it (a scalar
     decay scales du's rows rather than q's)."""
@@ -156,8 +171,24 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
         k.tensor(f"grad:{n}", f"g_{arg(n)}", g[n].dims, f.seq(n))
     k.params += [("ptr", "cu", "cu_ptr"), ("ptr", "coff", "coff_ptr")]
     k.sizes()
-    k.prologue()
+    hd, shared = looped_dim(f, graded)
+    k.prologue(hd)
     w("ZERO = tl.zeros([1, 1], tl.int64)  # makes every load a block")
+    if hd:
+        w("if HEADS:  # every index of the looped dim in turn (PHASE 2)")
+        w("    h_lo = z64")
+        w(f"    h_hi = z64 + size_{hd}")
+        w("else:")
+        w(f"    h_lo = ix_{hd}")
+        w(f"    h_hi = ix_{hd} + 1")
+        for n in shared:
+            side = f.input_side(n)
+            shape = "[BT, BK]" if side == KEY else "[BT, BV]" if side else "[BT, 1]"
+            w(f"sum_{arg(n)} = tl.zeros({shape}, tl.float32)",
+              f"gradient of {n}, summed over {hd}")
+        w("for i_h in range(h_lo, h_hi):")
+        w.indent()
+        w(f"ix_{hd} = i_h")
     k.load_inputs(Role.PARAM)
     params = [n for n in graded if not f.seq(n)]
     for n in params:
@@ -268,10 +299,17 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
             continue
         off = k.offset(gv, node.dims, True)
         m = k.mask(node.dims, True)
-        w(f"if {atom_flag(n)}:")
-        w(f"    tl.atomic_add({gv}_ptr + {off}, {var}, mask={m})")
-        w("else:")
-        w(f"    tl.store({gv}_ptr + {off}, _cast({var}, {gv}_ptr.dtype.element_ty, EMU), mask={m})")
+        pre = ""
+        if n in shared:
+            w("if HEADS:")
+            w(f"    sum_{arg(n)} += {var}")
+            w("else:")
+            pre = "    "
+        w(f"{pre}if {atom_flag(n)}:")
+        w(f"{pre}    tl.atomic_add({gv}_ptr + {off}, {var}, mask={m})")
+        w(f"{pre}else:")
+        w(f"{pre}    tl.store({gv}_ptr + {off}, _cast({var}, {gv}_ptr.dtype.element_ty, EMU), "
+          f"mask={m})")
     w.dedent()
     w.dedent()
     w("if PHASE == 0 or PHASE == 2:")
@@ -287,4 +325,15 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
     w(f"    tl.store(dh0_ptr + {k.state_offset('dh0')}, dS, mask=m_s)",
       "gradient of the initial state")
     consts = ["HAS_DHT", "PHASE"] + [atom_flag(n) for n in graded if f.seq(n)] + CONSTS
+    if hd:
+        w.dedent()
+        w("if HEADS:  # the sums over the looped dim, stored once (this program's chunk)")
+        w.indent()
+        k.rows("pid")
+        for n in shared:
+            gv, dims = f"g_{arg(n)}", g[n].dims
+            w(f"tl.store({gv}_ptr + {k.offset(gv, dims, True)}, _cast(sum_{arg(n)}, "
+              f"{gv}_ptr.dtype.element_ty, EMU), mask={k.mask(dims, True)})", f"gradient of {n}")
+        w.dedent()
+        consts.insert(2, "HEADS")
     return k.source(consts), k.params, graded

@@ -164,16 +164,22 @@ class Kernel:
 
     # ---- common body pieces
 
-    def prologue(self) -> None:
-        """Program id -> v-block and grid indices; index vectors and masks; the sequence."""
+    def prologue(self, looped: str | None = None) -> None:
+        """Program id -> v-block and grid indices; index vectors and masks; the sequence.
+        Grid dim `looped` is not a program index when the constexpr HEADS is set (the
+        program loops over it)."""
         w, f = self.w, self.form
         w("pid = tl.program_id(0)")
         w(f"n_vb = tl.cdiv(size_{self.value}, BV)")
         w("i_vb = pid % n_vb")
         w("pid = pid // n_vb")
         for d in reversed(f.grid):
-            w(f"ix_{d} = (pid % size_{d}).to(tl.int64)  # grid dim {d}")
-            w(f"pid = pid // size_{d}")
+            pre = ""
+            if d == looped:
+                w("if not HEADS:")
+                pre = "    "
+            w(f"{pre}ix_{d} = (pid % size_{d}).to(tl.int64)  # grid dim {d}")
+            w(f"{pre}pid = pid // size_{d}")
         w("z64 = tl.program_id(0).to(tl.int64) * 0")
         w("o_c = tl.arange(0, BT)[:, None]  # step within the chunk (rows)")
         w("o_cc = tl.arange(0, BT)[None, :]  # step within the chunk (columns)")

@@ -116,7 +116,8 @@ class Launcher:
 
     def launch(self, which: str, cfg: Config, tensors: dict, chunks: int = 1,
                **consts) -> None:
-        """One launch of kernel `which`; `chunks`: programs per grid index (PHASE 1, 2)."""
+        """One launch of kernel `which`; `chunks`: programs per grid index (PHASE 1, 2); with
+        HEADS, none per index of the looped dim (each program loops over it)."""
         params = {"forward": self.prog.fparams, "backward": self.prog.bparams,
                   "states": self.prog.sparams}[which]
         args = []
@@ -134,11 +135,16 @@ class Launcher:
         if which == "states":
             for k in ("DT", "IEEE", "REVERSE"):
                 consts.pop(k)
+        programs = self.grid(cfg)[0] * chunks
+        if which == "backward" and self.prog.looped[0]:
+            consts.setdefault("HEADS", False)
+            if consts["HEADS"]:
+                programs //= self.ksizes[self.prog.looped[0]]
         if not self.interpret:
             consts.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
             if consts.get("PHASE") in (1, 2):  # one chunk per program: nothing to pipeline
                 consts["num_stages"] = 1
-        self.fire(which, (self.grid(cfg)[0] * chunks,), args, consts)
+        self.fire(which, (programs,), args, consts)
 
     def fire(self, which: str, grid: tuple, args: list, consts: dict) -> None:
         fn = self.prog.kernel(which, self.interpret)
@@ -228,16 +234,21 @@ class Launcher:
         f, g = self.form, self.g
         graded = set(self.prog.graded)
 
+        hd, shared = self.prog.looped
+
         def go(cfg: Config):
             t = self.inputs(ins)
             grads, consts = {}, {}
             nvb = -(-self.V // cfg.BV)
+            heads = bool(cfg.heads and hd and cfg.split == PASS and nvb == 1)
             for n, x in zip(f.inputs, ins, strict=False):
                 if n not in graded:
                     continue
                 node = f.input(n)
-                atomic = node.role is Role.PARAM or nvb > 1 and f.value not in node.dims or any(
-                    self.ksizes[d] > 1 for d in f.grid if d not in node.dims)
+                summed = heads and n in shared  # over the looped dim, in registers
+                atomic = node.role is Role.PARAM or not summed and (
+                    nvb > 1 and f.value not in node.dims or any(
+                        self.ksizes[d] > 1 for d in f.grid if d not in node.dims))
                 if node.role is Role.SEQ:
                     consts[atom_flag(n)] = atomic
                 buf = (torch.zeros(x.shape, dtype=torch.float32, device=self.device) if atomic
@@ -260,7 +271,8 @@ class Launcher:
             if cfg.split == PASS:  # the state's gradient passed alone, then every chunk's
                 t.update(dchk=(dchk, cst))
                 self.launch("backward", cfg, t, HAS_DHT=dhT is not None, PHASE=3, **consts)
-                self.launch("backward", cfg, t, chunks, HAS_DHT=False, PHASE=2, **consts)
+                self.launch("backward", cfg, t, chunks, HAS_DHT=False, PHASE=2,
+                            **consts, **({"HEADS": True} if heads else {}))
                 return grads, dh0
             # split over chunks: each chunk's own part of the state's gradient, that
             # gradient passed back to front (the states kernel), each chunk's gradients

@@ -27,6 +27,9 @@ class Config:
     # the state, the states kernel, the outputs; PASS (2): the state pass alone, then the
     # outputs (or gradients) of every chunk in parallel
     split: int = 0
+    # the backward's PASS chunks (PHASE 2) looping over the heads that share an input, its
+    # gradient summed in registers rather than added atomically (chunked_bwd.looped_dim)
+    heads: bool = False
 
 
 LOCAL, PASS = 1, 2
@@ -83,7 +86,7 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
     # (8 warps, and a 128-register cap on the one-chunk phases, which would let four 4-warp
     # programs share an SM, were slower: session 8, Mamba-2 backward 7748 / 7895 us against
     # 4823; GLA's backward does not fit 128 registers)
-    return out + [Config(bt or 64, pow2(V), 4, 1, split=PASS)]
+    return out + [Config(bt or 64, pow2(V), 4, 1, split=PASS, heads=h) for h in (False, True)]
 
 
 def chosen(key: tuple) -> Config | None:

@@ -84,7 +84,8 @@ SPLIT_LAUNCHES = {
 @pytest.mark.parametrize("mode", [chunked_tune.LOCAL, chunked_tune.PASS])
 def test_split_chunked_kernels_compile_for_the_h200(name, mode):
     """The forward and backward split over chunks (LOCAL: two phases each and the state
-    passing; PASS: the state pass alone, then the chunks), bf16 at the reference head sizes,
+    passing; PASS: the state pass alone, then the chunks, the backward's looping over the
+    heads that share B and C where the spec has them), bf16 at the reference head sizes,
     compile and fit: each launch as the tuner would try it."""
     e = ZOO[name]
     kern = lrc.compile(e.spec, backend="triton", lowering="chunked")
@@ -93,7 +94,8 @@ def test_split_chunked_kernels_compile_for_the_h200(name, mode):
     V = 64 if name == "mamba2" else 128
     for w in (4, 8):
         prog.override = (chunked_tune.Config(64, V, w, 2, split=mode),
-                         chunked_tune.Config(64, V, w, 1, split=mode))
+                         chunked_tune.Config(64, V, w, 1, split=mode,
+                                             heads=mode == chunked_tune.PASS))
         args = e.example(b=2, t=2049, dtype=torch.float32, **sizes)
         leaves = {k: v.to(torch.bfloat16).requires_grad_(True) for k, v in args.items()}
         with aot.recording(as_gpu=132, compile=True) as launches:

@@ -367,11 +367,14 @@ SPLITS = {"local": ([("forward", 1, None), ("states", None, False), ("forward", 
                     [("backward", 1, None), ("states", None, True), ("backward", 2, None)]),
           "pass": ([("forward", 3, None), ("forward", 2, None)],
                    [("backward", 3, None), ("backward", 2, None)])}
+SPLITS["heads"] = SPLITS["pass"]
+# heads: the PASS backward's chunks looping over the heads that share B and C (Mamba-2's
+# groups; no other chunked zoo spec shares an input across a grid dim)
+SPLIT_CASES = [(n, m) for n in CHUNKED_ZOO for m in ("local", "pass")] + [("mamba2", "heads")]
 
 
-@pytest.mark.parametrize("name", CHUNKED_ZOO)
+@pytest.mark.parametrize("name,mode", SPLIT_CASES)
 @pytest.mark.parametrize("sides", ["forward", "backward", "both"])
-@pytest.mark.parametrize("mode", ["local", "pass"])
 def test_split_over_chunks(name, sides, mode, monkeypatch):
     """The forward and/or the backward split over chunks against the reference: forward,
     final state and every gradient; with an initial state or none, reversed, packed sequences,
@@ -382,19 +385,25 @@ def test_split_over_chunks(name, sides, mode, monkeypatch):
     from lrc.codegen.chunked_launch import Launcher
     from lrc.codegen.chunked_tune import LOCAL, PASS
 
-    by_chunk = Config(16, 32, 1, 1, split=LOCAL if mode == "local" else PASS)
+    by_chunk = Config(16, 32, 1, 1, split=LOCAL if mode == "local" else PASS,
+                      heads=mode == "heads")
     SPLIT = (by_chunk if sides != "backward" else ONE_ROW,
              by_chunk if sides != "forward" else ONE_ROW)
-    fired = []
+    fired, looped = [], []
     fire = Launcher.fire
-    monkeypatch.setattr(Launcher, "fire", lambda self, which, grid, args, consts: fired.append(
-        (which, consts.get("PHASE"), consts.get("BACK"))) or fire(self, which, grid, args,
-                                                                 consts))
+
+    def spy(self, which, grid, args, consts):
+        fired.append((which, consts.get("PHASE"), consts.get("BACK")))
+        looped.append(consts.get("HEADS", False))
+        return fire(self, which, grid, args, consts)
+
+    monkeypatch.setattr(Launcher, "fire", spy)
     spec, args, state = zoo(name)
     check(spec, args, state, override=SPLIT)
     fwd, bwd = SPLITS[mode]
     assert fired == ((fwd if SPLIT[0].split else [("forward", 0, None)]) +
                      (bwd if SPLIT[1].split else [("backward", 0, None)]))
+    assert looped[-1] == (mode == "heads" and sides != "forward")  # the backward's chunks
     check(spec, args, override=SPLIT, reverse=True)
     e = ZOO[name]
     packed = e.example(b=1, t=41, dtype=torch.float64)
@@ -405,15 +414,17 @@ def test_split_over_chunks(name, sides, mode, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["mamba2", "gla"])
-@pytest.mark.parametrize("mode", [1, 2])
+@pytest.mark.parametrize("name,mode", [("mamba2", 1), ("mamba2", 2), ("mamba2", 3),
+                                       ("gla", 1), ("gla", 2)])
 def test_gpu_split_over_chunks(name, mode):
-    """The forward and backward split over chunks (mode: chunked_tune.LOCAL, PASS) compiled
-    for the GPU (the tuner may pick them): bf16 at T = 4097 and float32 at T = 2049, every
-    gradient."""
+    """The forward and backward split over chunks (mode: chunked_tune.LOCAL, PASS; 3: PASS
+    with the backward's chunks looping over the heads sharing an input) compiled for the GPU
+    (the tuner may pick them): bf16 at T = 4097 and float32 at T = 2049, every gradient."""
     V = pow2(GPU_SIZES[name].get("p", GPU_SIZES[name].get("v", 32)))
-    split = (Config(64, V, 4, 2, split=mode), Config(64, V, 8, 1, split=mode))
+    heads, mode = mode == 3, min(mode, 2)
+    split = (Config(64, V, 4, 2, split=mode), Config(64, V, 8, 1, split=mode, heads=heads))
     check(*zoo(name, b=2, t=4097, **GPU_SIZES[name]), dtype=torch.bfloat16, tol=LOW, gtol=LOW,
           device="cuda", override=split)
-    split32 = (Config(32, V, 4, 1, split=mode), Config(32, V, 8, 1, split=mode))
+    split32 = (Config(32, V, 4, 1, split=mode),
+               Config(32, V, 8, 1, split=mode, heads=heads))
     check(*zoo(name, b=2, t=2049, **GPU_SIZES[name]), device="cuda", override=split32)
