@@ -25,6 +25,10 @@ B1      lam scanned directly from a_{t+1} loaded shifted; h_{t-1} still recomput
 B2      no gather: lam as B1; h_{t-1} scanned from (a_{t-1}, x_{t-1}) loaded shifted, identity
         at the chunk's first step, applied to the checkpoint
 B3      one scan, as the peer: lam as B1, h_{t-1} read from the saved output y shifted by -1
+B4      B3 without the shifted load of a: lam scanned as a triple (a_t, prod, sum) whose
+        combine takes the later segment's first decay, so a is read once, aligned
+B5      the generated backward's shape: mu scanned from a_t, lam by tl.gather (as B0), h_{t-1}
+        from the saved y (as B3)
 
 Each row is checked against a float64 loop in PyTorch (relative L2 error per output).
 Bytes per row: forward 3 arrays (x, a, y) + checkpoints; backward what the design moves:
@@ -209,7 +213,59 @@ def b3_kernel(y_ptr, a_ptr, dy_ptr, dx_ptr, da_ptr, R, T, TC: tl.constexpr,
         tl.store(da_ptr + base + t, (lam * hp).to(tl.bfloat16), mask=m)
 
 
-BWD = {"B0": b0_kernel, "B1": b1_kernel, "B2": b2_kernel, "B3": b3_kernel}
+@triton.jit
+def _comb3(f1, p1, q1, f2, p2, q2):
+    """lam_t = q + p * a_{e+1} * lam_{e+1} over a segment [t, e], f = a_t its first decay:
+    (1) the later segment, (2) the one before it (a reverse scan's order)."""
+    return f2, p2 * f1 * p1, q2 + p2 * f1 * q1
+
+
+@triton.jit
+def b4_kernel(y_ptr, a_ptr, dy_ptr, dx_ptr, da_ptr, R, T, TC: tl.constexpr,
+              BD: tl.constexpr, ROW: tl.constexpr, PC: tl.constexpr, ST: tl.constexpr):
+    o_t, o_r, m_r = _index(R, TC, BD, ROW)
+    base = o_r.to(tl.int64) * T
+    nc = tl.cdiv(T, TC)
+    g = tl.zeros(o_r.shape, tl.float32)  # a_{t+1} lam_{t+1} at the next chunk's first step
+    for ci in tl.range(0, nc, num_stages=ST):
+        c = nc - 1 - ci
+        t = c * TC + o_t
+        m = m_r & (t < T)
+        hp = tl.load(y_ptr + base + t - 1, mask=m & (t > 0), other=0.0).to(tl.float32)
+        a = tl.load(a_ptr + base + t, mask=m, other=1.0).to(tl.float32)
+        dy = tl.load(dy_ptr + base + t, mask=m, other=0.0).to(tl.float32)
+        _, P, Q = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), dy), 0, _comb3,
+                                      reverse=True)
+        lam = Q + P * g
+        g = tl.sum(tl.where(o_t == 0, a * lam, 0.0), 0, keep_dims=True)
+        tl.store(dx_ptr + base + t, lam.to(tl.bfloat16), mask=m)
+        tl.store(da_ptr + base + t, (lam * hp).to(tl.bfloat16), mask=m)
+
+
+@triton.jit
+def b5_kernel(y_ptr, a_ptr, dy_ptr, dx_ptr, da_ptr, R, T, TC: tl.constexpr,
+              BD: tl.constexpr, ROW: tl.constexpr, PC: tl.constexpr, ST: tl.constexpr):
+    o_t, o_r, m_r = _index(R, TC, BD, ROW)
+    base = o_r.to(tl.int64) * T
+    nc = tl.cdiv(T, TC)
+    g = tl.zeros(o_r.shape, tl.float32)  # mu at the next chunk's first step
+    for ci in tl.range(0, nc, num_stages=ST):
+        c = nc - 1 - ci
+        t = c * TC + o_t
+        m = m_r & (t < T)
+        hp = tl.load(y_ptr + base + t - 1, mask=m & (t > 0), other=0.0).to(tl.float32)
+        a = tl.load(a_ptr + base + t, mask=m, other=1.0).to(tl.float32)
+        dy = tl.load(dy_ptr + base + t, mask=m, other=0.0).to(tl.float32)
+        M, W = tl.associative_scan((a, a * dy), 0, _comb, reverse=True)
+        g_in = g
+        mu, g = _join(M, W, g, o_t, 0, PC)
+        lam = _next(mu, o_t, g_in, TC) + dy
+        tl.store(dx_ptr + base + t, lam.to(tl.bfloat16), mask=m)
+        tl.store(da_ptr + base + t, (lam * hp).to(tl.bfloat16), mask=m)
+
+
+BWD = {"B0": b0_kernel, "B1": b1_kernel, "B2": b2_kernel, "B3": b3_kernel, "B4": b4_kernel,
+       "B5": b5_kernel}
 
 
 # ---- configs: tile (TC, BD, warps, stages, pc); row=1 (TC, 1, warps, stages, pc)
@@ -362,7 +418,7 @@ def main():
 
     # -- the backward designs
     chks = {}
-    for design in ("B3", "B2", "B1", "B0"):
+    for design in ("B3", "B4", "B5", "B2", "B1", "B0"):
         k = BWD[design]
         cfgs = [(0, c) for c in tile] + [(1, c) for c in row_cfgs]
         for row, (TC, BD, w, st, pc) in cfgs + ([] if args.small else BWD_PC.get(design, [])):
@@ -371,7 +427,7 @@ def main():
             chk = chks[TC]
             grid = (R if row else triton.cdiv(R, BD),)
             kw = dict(TC=TC, BD=BD, ROW=row, PC=pc, ST=st, num_warps=w)
-            if design == "B3":
+            if design in ("B3", "B4", "B5"):
                 ins, nbytes = (y_saved, a, dy), 5 * N * 2
             else:
                 ins, nbytes = (x, a, dy, chk), 5 * N * 2 + chk.numel() * 4
@@ -444,6 +500,10 @@ def lrc_config(run, layer, cfg, x, a, dy, ref_y, ref_dx, ref_da, N):
         out["dx"], out["da"] = torch.autograd.grad(yg, (xg, ag), dy, retain_graph=True)
     run.run("B0_lrc", cfg, bwd, lambda: [("dx", out["dx"], ref_dx, 1e-2),
                                          ("da", out["da"], ref_da, 1e-2)], 5 * N * 2)
+    if run.timed and run.rows and run.rows[-1]["design"] == "B0_lrc":  # the kernel alone
+        from bench import kernel_us  # (autograd.grad's wall time may be the host's)
+        run.rows[-1]["kernels"] = kernel_us(bwd)
+        print(f"{'':44s} kernels {run.rows[-1]['kernels']}", flush=True)
 
 if __name__ == "__main__":
     sys.exit(main())

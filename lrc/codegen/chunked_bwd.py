@@ -126,9 +126,10 @@ def _chain(k: Kernel, derivs: dict, names: dict[str, str]) -> dict[str, str]:
 
 def looped_dim(form: ChunkForm, graded: list[str]) -> tuple[str | None, list[str]]:
     """A grid dim some graded Seq inputs lack and the only one they lack (Mamba-2's heads,
-    which share a group's B and C), and those inputs: with HEADS, one program takes every
-    index of that dim in turn and sums those inputs' gradients in registers, where one
-    program per index would add them atomically. (None, []) where there is none."""
+    which share a group's B and C), and those inputs: with HEADS, one program takes HEADS
+    indices of that dim in turn and sums those inputs' gradients in registers, adding them
+    once (atomically only where other blocks of indices add too), where one program per
+    index would add each atomically. (None, []) where there is none."""
     f = form
     for n in graded:
         lack = [d for d in f.grid if d not in f.input(n).dims]
@@ -175,9 +176,9 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
     k.prologue(hd)
     w("ZERO = tl.zeros([1, 1], tl.int64)  # makes every load a block")
     if hd:
-        w("if HEADS:  # every index of the looped dim in turn (PHASE 2)")
-        w("    h_lo = z64")
-        w(f"    h_hi = z64 + size_{hd}")
+        w("if HEADS:  # this program's block of the looped dim, in turn (PHASE 2)")
+        w("    h_lo = i_hb * HEADS")
+        w(f"    h_hi = tl.minimum(h_lo + HEADS, size_{hd})")
         w("else:")
         w(f"    h_lo = ix_{hd}")
         w(f"    h_hi = ix_{hd} + 1")
@@ -327,13 +328,17 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
     consts = ["HAS_DHT", "PHASE"] + [atom_flag(n) for n in graded if f.seq(n)] + CONSTS
     if hd:
         w.dedent()
-        w("if HEADS:  # the sums over the looped dim, stored once (this program's chunk)")
+        w("if HEADS:  # the sums over the block, added once (this program's chunk)")
         w.indent()
         k.rows("pid")
         for n in shared:
             gv, dims = f"g_{arg(n)}", g[n].dims
-            w(f"tl.store({gv}_ptr + {k.offset(gv, dims, True)}, _cast(sum_{arg(n)}, "
-              f"{gv}_ptr.dtype.element_ty, EMU), mask={k.mask(dims, True)})", f"gradient of {n}")
+            off, m = k.offset(gv, dims, True), k.mask(dims, True)
+            w(f"if {atom_flag(n)}:  # other blocks add to the same rows")
+            w(f"    tl.atomic_add({gv}_ptr + {off}, sum_{arg(n)}, mask={m})", f"gradient of {n}")
+            w("else:")
+            w(f"    tl.store({gv}_ptr + {off}, _cast(sum_{arg(n)}, {gv}_ptr.dtype.element_ty, "
+              f"EMU), mask={m})", f"gradient of {n}")
         w.dedent()
         consts.insert(2, "HEADS")
     return k.source(consts), k.params, graded

@@ -166,8 +166,8 @@ class Kernel:
 
     def prologue(self, looped: str | None = None) -> None:
         """Program id -> v-block and grid indices; index vectors and masks; the sequence.
-        Grid dim `looped` is not a program index when the constexpr HEADS is set (the
-        program loops over it)."""
+        Grid dim `looped` is cut into blocks of HEADS indices when the constexpr HEADS is
+        set: the program's index is its block (i_hb), and it loops over the block."""
         w, f = self.w, self.form
         w("pid = tl.program_id(0)")
         w(f"n_vb = tl.cdiv(size_{self.value}, BV)")
@@ -176,7 +176,10 @@ class Kernel:
         for d in reversed(f.grid):
             pre = ""
             if d == looped:
-                w("if not HEADS:")
+                w("if HEADS:  # blocks of HEADS indices, each program looping over its block")
+                w(f"    i_hb = (pid % tl.cdiv(size_{d}, HEADS)).to(tl.int64)")
+                w(f"    pid = pid // tl.cdiv(size_{d}, HEADS)")
+                w("else:")
                 pre = "    "
             w(f"{pre}ix_{d} = (pid % size_{d}).to(tl.int64)  # grid dim {d}")
             w(f"{pre}pid = pid // size_{d}")

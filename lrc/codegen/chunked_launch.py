@@ -137,9 +137,10 @@ class Launcher:
                 consts.pop(k)
         programs = self.grid(cfg)[0] * chunks
         if which == "backward" and self.prog.looped[0]:
-            consts.setdefault("HEADS", False)
-            if consts["HEADS"]:
-                programs //= self.ksizes[self.prog.looped[0]]
+            consts.setdefault("HEADS", 0)
+            if consts["HEADS"]:  # one program per block of HEADS heads
+                n = self.ksizes[self.prog.looped[0]]
+                programs = programs // n * -(-n // consts["HEADS"])
         if not self.interpret:
             consts.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
             if consts.get("PHASE") in (1, 2):  # one chunk per program: nothing to pipeline
@@ -240,13 +241,14 @@ class Launcher:
             t = self.inputs(ins)
             grads, consts = {}, {}
             nvb = -(-self.V // cfg.BV)
-            heads = bool(cfg.heads and hd and cfg.split == PASS and nvb == 1)
+            heads = cfg.heads if hd and cfg.split == PASS and nvb == 1 else 0
             for n, x in zip(f.inputs, ins, strict=False):
                 if n not in graded:
                     continue
                 node = f.input(n)
-                summed = heads and n in shared  # over the looped dim, in registers
-                atomic = node.role is Role.PARAM or not summed and (
+                summed = heads and n in shared  # over a block of the looped dim, in registers
+                atomic = node.role is Role.PARAM or (
+                    heads < self.ksizes[hd] if summed else
                     nvb > 1 and f.value not in node.dims or any(
                         self.ksizes[d] > 1 for d in f.grid if d not in node.dims))
                 if node.role is Role.SEQ:
@@ -272,7 +274,7 @@ class Launcher:
                 t.update(dchk=(dchk, cst))
                 self.launch("backward", cfg, t, HAS_DHT=dhT is not None, PHASE=3, **consts)
                 self.launch("backward", cfg, t, chunks, HAS_DHT=False, PHASE=2,
-                            **consts, **({"HEADS": True} if heads else {}))
+                            **consts, **({"HEADS": heads} if hd else {}))
                 return grads, dh0
             # split over chunks: each chunk's own part of the state's gradient, that
             # gradient passed back to front (the states kernel), each chunk's gradients

@@ -27,9 +27,10 @@ class Config:
     # the state, the states kernel, the outputs; PASS (2): the state pass alone, then the
     # outputs (or gradients) of every chunk in parallel
     split: int = 0
-    # the backward's PASS chunks (PHASE 2) looping over the heads that share an input, its
-    # gradient summed in registers rather than added atomically (chunked_bwd.looped_dim)
-    heads: bool = False
+    # the backward's PASS chunks (PHASE 2) each looping over this many of the heads that
+    # share an input, its gradient summed in registers and added once rather than by every
+    # head (chunked_bwd.looped_dim); 0: one program per head
+    heads: int = 0
 
 
 LOCAL, PASS = 1, 2
@@ -64,7 +65,7 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
     if which == "forward":
         out = [Config(64, bv, w, 2) for bv in bvs if bv >= 64 or bv == pow2(V) for w in (4, 8)]
         if not per_key and not save:
-            out.append(Config(128, min(pow2(V), 64), 8, 2))
+            out += [Config(128, min(pow2(V), 64), w, 2) for w in (4, 8)]
         # split over chunks (the state pass alone, then every chunk in parallel): after the
         # one-program-per-row configs, so the untimed choice keeps those. LOCAL (each chunk's
         # own part first) stays for an override: at the reference shape it was slower than
@@ -86,7 +87,7 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
     # (8 warps, and a 128-register cap on the one-chunk phases, which would let four 4-warp
     # programs share an SM, were slower: session 8, Mamba-2 backward 7748 / 7895 us against
     # 4823; GLA's backward does not fit 128 registers)
-    return out + [Config(bt or 64, pow2(V), 4, 1, split=PASS, heads=h) for h in (False, True)]
+    return out + [Config(bt or 64, pow2(V), 4, 1, split=PASS, heads=h) for h in (0, 8, 64)]
 
 
 def chosen(key: tuple) -> Config | None:

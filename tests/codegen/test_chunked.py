@@ -367,10 +367,12 @@ SPLITS = {"local": ([("forward", 1, None), ("states", None, False), ("forward", 
                     [("backward", 1, None), ("states", None, True), ("backward", 2, None)]),
           "pass": ([("forward", 3, None), ("forward", 2, None)],
                    [("backward", 3, None), ("backward", 2, None)])}
-SPLITS["heads"] = SPLITS["pass"]
-# heads: the PASS backward's chunks looping over the heads that share B and C (Mamba-2's
-# groups; no other chunked zoo spec shares an input across a grid dim)
-SPLIT_CASES = [(n, m) for n in CHUNKED_ZOO for m in ("local", "pass")] + [("mamba2", "heads")]
+SPLITS["heads"] = SPLITS["all heads"] = SPLITS["pass"]
+# heads: the PASS backward's chunks looping over blocks of the heads that share B and C
+# (Mamba-2's groups; no other chunked zoo spec shares an input across a grid dim): blocks of
+# 2 of the 3 heads (the sums added atomically), or all of them in one block (stored)
+SPLIT_CASES = [(n, m) for n in CHUNKED_ZOO for m in ("local", "pass")] + [
+    ("mamba2", "heads"), ("mamba2", "all heads")]
 
 
 @pytest.mark.parametrize("name,mode", SPLIT_CASES)
@@ -385,8 +387,8 @@ def test_split_over_chunks(name, sides, mode, monkeypatch):
     from lrc.codegen.chunked_launch import Launcher
     from lrc.codegen.chunked_tune import LOCAL, PASS
 
-    by_chunk = Config(16, 32, 1, 1, split=LOCAL if mode == "local" else PASS,
-                      heads=mode == "heads")
+    heads = {"heads": 2, "all heads": 4}.get(mode, 0)
+    by_chunk = Config(16, 32, 1, 1, split=LOCAL if mode == "local" else PASS, heads=heads)
     SPLIT = (by_chunk if sides != "backward" else ONE_ROW,
              by_chunk if sides != "forward" else ONE_ROW)
     fired, looped = [], []
@@ -403,7 +405,7 @@ def test_split_over_chunks(name, sides, mode, monkeypatch):
     fwd, bwd = SPLITS[mode]
     assert fired == ((fwd if SPLIT[0].split else [("forward", 0, None)]) +
                      (bwd if SPLIT[1].split else [("backward", 0, None)]))
-    assert looped[-1] == (mode == "heads" and sides != "forward")  # the backward's chunks
+    assert looped[-1] == (heads if sides != "forward" else 0)  # the backward's chunks
     check(spec, args, override=SPLIT, reverse=True)
     e = ZOO[name]
     packed = e.example(b=1, t=41, dtype=torch.float64)
@@ -421,7 +423,7 @@ def test_gpu_split_over_chunks(name, mode):
     with the backward's chunks looping over the heads sharing an input) compiled for the GPU
     (the tuner may pick them): bf16 at T = 4097 and float32 at T = 2049, every gradient."""
     V = pow2(GPU_SIZES[name].get("p", GPU_SIZES[name].get("v", 32)))
-    heads, mode = mode == 3, min(mode, 2)
+    heads, mode = (3 if mode == 3 else 0), min(mode, 2)  # 3 heads a block: the last short
     split = (Config(64, V, 4, 2, split=mode), Config(64, V, 8, 1, split=mode, heads=heads))
     check(*zoo(name, b=2, t=4097, **GPU_SIZES[name]), dtype=torch.bfloat16, tol=LOW, gtol=LOW,
           device="cuda", override=split)
