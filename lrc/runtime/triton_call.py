@@ -14,8 +14,9 @@ from ..ir.graph import Graph
 from ..ir.nodes import Input
 from .bind import batch_dim, from_canonical, to_canonical
 from .call import Call
-from .scan_runtime import (Launch, ScanFunction, canonical_inputs, dim_strides,
-                           dims_to_layout, evaluate, kernel_input, part_view)
+from .scan_runtime import (_BACK_REPLAYS, Launch, ScanFunction, _back_key, canonical_inputs,
+                           dim_strides, dims_to_layout, evaluate, input_grads, kernel_input,
+                           part_view)
 
 
 def _to_user_state(x: torch.Tensor, g: Graph, s: str, sizes: dict[str, int]) -> torch.Tensor:
@@ -263,16 +264,19 @@ class FastGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *gys):
-        from .scan_runtime import _BACK_REPLAYS, _back_key, input_grads
-
         fast, saved = ctx.fast, ctx.saved_tensors
         prog, info = fast.replay.run.prog, fast.info
         n_in = len(info["inputs"])
         ins, chks = saved[:n_in], saved[n_in:]
         grads: list = [None] * (len(prog.kernel.outputs) + len(prog.kernel.state_names))
-        for i, gy in zip(fast.outs, gys):
-            grads[i] = gy
-        key = tuple(None if gy is None else (gy.shape, gy.stride(), gy.dtype) for gy in gys)
+        if len(gys) == 1:  # one output (the usual call): no generator on the way to a launch
+            gy = gys[0]
+            grads[fast.outs[0]] = gy
+            key = (None,) if gy is None else ((gy.shape, gy.stride(), gy.dtype),)
+        else:
+            for i, gy in zip(fast.outs, gys):
+                grads[i] = gy
+            key = tuple(None if gy is None else (gy.shape, gy.stride(), gy.dtype) for gy in gys)
         hit = fast.backs.get(key)
         if hit is None:
             res = ScanFunction.backward(_Saved(fast, saved, ctx.tc), *grads)
