@@ -15,7 +15,9 @@ then every input's gradient is sum_F dF * dF/dX over the quantities F that read 
 the tile dims it lacks. A Seq gradient that several programs add to (an input shared across
 heads, such as Mamba-2's grouped B and C, or one lacking the value dim when the values are
 split over programs) is added atomically into a float32 buffer; Params accumulate over the
-chunks in registers and are added once per program.
+chunks in registers and are added once per program. Split over chunks (PASS), a program may
+take a block of HEADS of the heads sharing such an input in turn (`looped_dim`), summing its
+gradient in registers and adding it once per block instead of once per head.
 """
 from __future__ import annotations
 
