@@ -102,6 +102,22 @@ def _next(v, o_t, edge, TC: tl.constexpr):
 
 
 @triton.jit
+def _store_grads(dx_ptr, da_ptr, at, m, lam, hp):
+    """dx = lam, da = lam h_{t-1}, in bf16."""
+    tl.store(dx_ptr + at, lam.to(tl.bfloat16), mask=m)
+    tl.store(da_ptr + at, (lam * hp).to(tl.bfloat16), mask=m)
+
+
+@triton.jit
+def _saved_loads(y_ptr, a_ptr, dy_ptr, at, t, m):
+    """h_{t-1} from the saved y one step earlier, a_t, dy_t (float32)."""
+    hp = tl.load(y_ptr + at - 1, mask=m & (t > 0), other=0.0).to(tl.float32)
+    a = tl.load(a_ptr + at, mask=m, other=1.0).to(tl.float32)
+    dy = tl.load(dy_ptr + at, mask=m, other=0.0).to(tl.float32)
+    return hp, a, dy
+
+
+@triton.jit
 def f1_kernel(x_ptr, a_ptr, y_ptr, chk_ptr, R, T, TC: tl.constexpr, BD: tl.constexpr,
               ROW: tl.constexpr, PC: tl.constexpr, ST: tl.constexpr):
     o_t, o_r, m_r = _index(R, TC, BD, ROW)
@@ -140,8 +156,7 @@ def b0_kernel(x_ptr, a_ptr, dy_ptr, chk_ptr, dx_ptr, da_ptr, R, T, TC: tl.conste
         g_in = g
         mu, g = _join(M, W, g, o_t, 0, PC)
         lam = _next(mu, o_t, g_in, TC) + dy
-        tl.store(dx_ptr + base + t, lam.to(tl.bfloat16), mask=m)
-        tl.store(da_ptr + base + t, (lam * hp).to(tl.bfloat16), mask=m)
+        _store_grads(dx_ptr, da_ptr, base + t, m, lam, hp)
 
 
 @triton.jit
@@ -164,8 +179,7 @@ def b1_kernel(x_ptr, a_ptr, dy_ptr, chk_ptr, dx_ptr, da_ptr, R, T, TC: tl.conste
         hp = _prev(A * h0 + V, o_t, h0)
         F, W = tl.associative_scan((a1, dy), 0, _comb, reverse=True)
         lam, g = _join(F, W, g, o_t, 0, PC)
-        tl.store(dx_ptr + base + t, lam.to(tl.bfloat16), mask=m)
-        tl.store(da_ptr + base + t, (lam * hp).to(tl.bfloat16), mask=m)
+        _store_grads(dx_ptr, da_ptr, base + t, m, lam, hp)
 
 
 @triton.jit
@@ -189,8 +203,7 @@ def b2_kernel(x_ptr, a_ptr, dy_ptr, chk_ptr, dx_ptr, da_ptr, R, T, TC: tl.conste
         hp = A * h0 + V
         F, W = tl.associative_scan((a1, dy), 0, _comb, reverse=True)
         lam, g = _join(F, W, g, o_t, 0, PC)
-        tl.store(dx_ptr + base + t, lam.to(tl.bfloat16), mask=m)
-        tl.store(da_ptr + base + t, (lam * hp).to(tl.bfloat16), mask=m)
+        _store_grads(dx_ptr, da_ptr, base + t, m, lam, hp)
 
 
 @triton.jit
@@ -209,8 +222,7 @@ def b3_kernel(y_ptr, a_ptr, dy_ptr, dx_ptr, da_ptr, R, T, TC: tl.constexpr,
         dy = tl.load(dy_ptr + base + t, mask=m, other=0.0).to(tl.float32)
         F, W = tl.associative_scan((a1, dy), 0, _comb, reverse=True)
         lam, g = _join(F, W, g, o_t, 0, PC)
-        tl.store(dx_ptr + base + t, lam.to(tl.bfloat16), mask=m)
-        tl.store(da_ptr + base + t, (lam * hp).to(tl.bfloat16), mask=m)
+        _store_grads(dx_ptr, da_ptr, base + t, m, lam, hp)
 
 
 @triton.jit
@@ -231,15 +243,12 @@ def b4_kernel(y_ptr, a_ptr, dy_ptr, dx_ptr, da_ptr, R, T, TC: tl.constexpr,
         c = nc - 1 - ci
         t = c * TC + o_t
         m = m_r & (t < T)
-        hp = tl.load(y_ptr + base + t - 1, mask=m & (t > 0), other=0.0).to(tl.float32)
-        a = tl.load(a_ptr + base + t, mask=m, other=1.0).to(tl.float32)
-        dy = tl.load(dy_ptr + base + t, mask=m, other=0.0).to(tl.float32)
+        hp, a, dy = _saved_loads(y_ptr, a_ptr, dy_ptr, base + t, t, m)
         _, P, Q = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), dy), 0, _comb3,
                                       reverse=True)
         lam = Q + P * g
         g = tl.sum(tl.where(o_t == 0, a * lam, 0.0), 0, keep_dims=True)
-        tl.store(dx_ptr + base + t, lam.to(tl.bfloat16), mask=m)
-        tl.store(da_ptr + base + t, (lam * hp).to(tl.bfloat16), mask=m)
+        _store_grads(dx_ptr, da_ptr, base + t, m, lam, hp)
 
 
 @triton.jit
@@ -253,15 +262,12 @@ def b5_kernel(y_ptr, a_ptr, dy_ptr, dx_ptr, da_ptr, R, T, TC: tl.constexpr,
         c = nc - 1 - ci
         t = c * TC + o_t
         m = m_r & (t < T)
-        hp = tl.load(y_ptr + base + t - 1, mask=m & (t > 0), other=0.0).to(tl.float32)
-        a = tl.load(a_ptr + base + t, mask=m, other=1.0).to(tl.float32)
-        dy = tl.load(dy_ptr + base + t, mask=m, other=0.0).to(tl.float32)
+        hp, a, dy = _saved_loads(y_ptr, a_ptr, dy_ptr, base + t, t, m)
         M, W = tl.associative_scan((a, a * dy), 0, _comb, reverse=True)
         g_in = g
         mu, g = _join(M, W, g, o_t, 0, PC)
         lam = _next(mu, o_t, g_in, TC) + dy
-        tl.store(dx_ptr + base + t, lam.to(tl.bfloat16), mask=m)
-        tl.store(da_ptr + base + t, (lam * hp).to(tl.bfloat16), mask=m)
+        _store_grads(dx_ptr, da_ptr, base + t, m, lam, hp)
 
 
 BWD = {"B0": b0_kernel, "B1": b1_kernel, "B2": b2_kernel, "B3": b3_kernel, "B4": b4_kernel,
