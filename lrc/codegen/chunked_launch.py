@@ -205,7 +205,8 @@ class Launcher:
             c = interpreted(self.V)
             return Config(bt or c.BT, c.BV, c.num_warps, c.num_stages)
         configs = candidates(which, self.V, self.form.per_key, bool(flag), bt,
-                             wide=self.dt == torch.float32)
+                             wide=self.dt == torch.float32,
+                             looped=self.prog.looped[0] is not None)
         if not scan_runtime.TUNE:  # LRC_TUNE=0: no timing runs
             return first_working(self.key + (which, flag), configs, go)
         return choose(self.key + (which, flag), configs, self._kernels_only(go))

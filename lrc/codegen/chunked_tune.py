@@ -49,13 +49,15 @@ def interpreted(V: int) -> Config:
 
 
 def candidates(which: str, V: int, per_key: bool, save: bool = False,
-               bt: int | None = None, wide: bool = False) -> list[Config]:
+               bt: int | None = None, wide: bool = False, looped: bool = False) -> list[Config]:
     """The configs tried on the GPU. The backward keeps the forward's chunk (its checkpoints),
     so a forward that saves them for a backward stays at 64-step chunks; inference alone may
     take 128 (fewer sequential steps) where the decay is scalar. The backward takes all the
     values in one program. `wide`: float32 operands (tf32x3 products), twice the shared
     memory of 16-bit ones: one pipeline stage, and 32-step chunks where a backward follows
-    (GLA at K = V = 128: 164 KB; 64-step chunks need 262-328 KB, over the H200's 227 KB)."""
+    (GLA at K = V = 128: 164 KB; 64-step chunks need 262-328 KB, over the H200's 227 KB).
+    `looped`: the spec has heads sharing an input (chunked_bwd.looped_dim), so the backward
+    also tries its chunks looping over blocks of them."""
     bvs = sorted({min(pow2(V), b) for b in (32, 64, 128)})
     if wide:
         if which == "forward":
@@ -87,7 +89,8 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
     # (8 warps, and a 128-register cap on the one-chunk phases, which would let four 4-warp
     # programs share an SM, were slower: session 8, Mamba-2 backward 7748 / 7895 us against
     # 4823; GLA's backward does not fit 128 registers)
-    return out + [Config(bt or 64, pow2(V), 4, 1, split=PASS, heads=h) for h in (0, 8, 64)]
+    return out + [Config(bt or 64, pow2(V), 4, 1, split=PASS, heads=h)
+                  for h in ((0, 8, 64) if looped else (0,))]
 
 
 def chosen(key: tuple) -> Config | None:

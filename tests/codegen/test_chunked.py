@@ -430,3 +430,17 @@ def test_gpu_split_over_chunks(name, mode):
     split32 = (Config(32, V, 4, 1, split=mode),
                Config(32, V, 8, 1, split=mode, heads=heads))
     check(*zoo(name, b=2, t=2049, **GPU_SIZES[name]), device="cuda", override=split32)
+
+
+def test_looped_heads_only_where_heads_share_an_input():
+    """Mamba-2's heads share their group's B and C: its backward's chunks may loop over blocks
+    of heads (the tuner tries 8 and 64 a block); GLA's inputs are all per head, so its
+    candidates have no such blocks."""
+    from lrc.codegen.chunked_tune import candidates
+
+    looped = {n: layers(ZOO[n].spec)[2].looped for n in ("mamba2", "gla")}
+    assert looped["mamba2"][0] == "r" and set(looped["mamba2"][1]) == {"B", "C"}
+    assert looped["gla"] == (None, [])
+    heads = {c.heads for c in candidates("backward", 64, False, True, 64, looped=True)}
+    assert heads == {0, 8, 64}
+    assert {c.heads for c in candidates("backward", 128, True, True, 64)} == {0}
