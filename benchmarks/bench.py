@@ -339,6 +339,8 @@ def mamba2():
     k = Bt.detach().expand(Bs, Ls, Hs, Ns).contiguous()
     v = (x.detach() * dt.detach()[..., None])
     gg = dt.detach().float() * A.detach()
+    # forward only: fla 0.6's backward refuses Triton < 3.7.1 on Hopper ("incorrect results
+    # for gated chunk_bwd_dqkwg", fla #640; seen on the H200 with Triton 3.6, session 9)
     time_peer(case, "fla chunk_simple_gla", lambda: chunk_simple_gla(q, k, v, g=gg, scale=1.0),
               [], ff, bwd=False)
 

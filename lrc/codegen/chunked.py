@@ -56,7 +56,8 @@ class Program:
                       "backward": f"{base}_chunked_backward",
                       "states": f"{base}_chunked_states"}
         fwd, self.fparams = forward_source(self.form, self.names["forward"])
-        bwd, self.bparams, self.graded = backward_source(self.form, self.names["backward"])
+        bwd, self.bparams, self.graded, self.key_partial = backward_source(
+            self.form, self.names["backward"])
         self.looped = looped_dim(self.form, self.graded)  # (dim, the inputs it shares)
         sts, self.sparams = states_source(self.form, self.names["states"])
         self.sources = {"forward": fwd, "backward": bwd, "states": sts}

@@ -27,7 +27,7 @@ from ..ir.dims import Role
 from .chunked_emit import CONSTS, KEY, LOG_FLOOR, SPAN, Kernel, dec_offset, arg, input_symbol
 from .chunked_form import ChunkForm
 
-COTANGENT = {"q": "d_q", "k": "d_k", "v": "d_v", "l": "d_l", "gate": "d_gate", "skip": "dy",
+COTANGENT = {"q": "d_q", "k": "d_k", "v": "d_v", "l": "d_l", "gate": "d_gate", "skip": "d_skip",
              "ek": "d_ek", "ev": "d_ev"}
 
 
@@ -36,16 +36,9 @@ def atom_flag(name: str) -> str:
 
 
 def _intra_grads(k: Kernel) -> None:
-    """d_q, d_k from dA (the intra-chunk part), and the log-decay cotangents it implies."""
-    w, f = k.w, k.form
-    if not f.per_key:
-        w("dad = dA * dm")
-        w("d_q = _dot(dad, q_k, DT, IEEE, EMU)")
-        w("d_k = _dot(tl.trans(dad), q_q, DT, IEEE, EMU)")
-        w("pa = dA * A  # dA_ij/dlog-decay: +A_ij for the readout step i, -A_ij for step j")
-        w("dlq = tl.sum(pa, 1, keep_dims=True)")
-        w("dlam = -tl.sum(pa, 0)[:, None]")
-        return
+    """Per-key decays: d_q, d_k from dA (the intra-chunk part), and the log-decay cotangents
+    they imply (a scalar decay's are emitted inline in backward_source)."""
+    w = k.w
     w(f"if tl.max(hi - lo) <= {SPAN}:")
     w.indent()
     w("eqd = tl.exp2(lq - ref)  # recomputed: registers are scarcer than exp2 here")
@@ -88,42 +81,76 @@ def _intra_grads(k: Kernel) -> None:
     w("dlam = -(q_k * d_k)")
 
 
-def _chain(k: Kernel, derivs: dict, names: dict[str, str]) -> dict[str, str]:
-    """Per input, its gradient tile this chunk (emitted as d_<input>): sum_F dF * dF/dX over
-    the quantities F that read it, reduced over the tile dims it lacks."""
-    from .printer import triton_expr
+# the quantities' cotangents in the order they are final in the per-chunk gradients
+STAGES = (("v", "skip", "gate", "ev", "ek"), ("q",), ("k",), ("l",))
 
-    w, f = k.w, k.form
-    out: dict[str, str] = {}
-    seen: dict[str, str] = {}  # gradient expression -> the variable already holding it
-    for name in f.inputs:
-        side = f.input_side(name)
-        terms = []
-        for q in f.quantities:
-            e = derivs.get((q.name, name))
-            if e is None:
+
+class Chain:
+    """Per input, its gradient tile this chunk (emitted as d_<input>): sum_F dF * dF/dX over
+    the quantities F that read it, reduced over the tile dims it lacks. Emitted in STAGES, each
+    term as soon as its quantity's cotangent is final, and each input's gradient stored right
+    after its last term, so that few gradient tiles are alive at once (the backward's per-chunk
+    phase runs out of registers otherwise)."""
+
+    def __init__(self, k: Kernel, derivs: dict, names: dict[str, str], store) -> None:
+        from .printer import triton_expr
+
+        f = k.form
+        self.k, self.store = k, store
+        self.terms: dict[str, list[tuple[int, str]]] = {}  # input -> [(stage, term)]
+        for name in f.inputs:
+            side = f.input_side(name)
+            for q in f.quantities:
+                e = derivs.get((q.name, name))
+                if e is None:
+                    continue
+                if q.name == "l":
+                    m = "m_t & m_k" if f.per_key else "m_t"
+                    wide = f.per_key
+                else:
+                    m = "m_t & m_k" if q.side == KEY else "m_t & m_v"
+                    wide = True
+                factor = "" if e == 1 else f" * ({triton_expr(e, names)})"
+                c = f"tl.where({m}, {COTANGENT[q.name]}{factor}, 0.0)"
+                if side is None and wide:
+                    c = f"tl.sum({c}, 1, keep_dims=True)"
+                stage = next(i for i, st in enumerate(STAGES) if q.name in st)
+                self.terms.setdefault(name, []).append((stage, c))
+        # inputs with the same terms share one tile (dt and dt_bias in softplus(dt + dt_bias))
+        self.same: dict[str, str] = {}
+        first: dict[tuple, str] = {}
+        for name, ts in self.terms.items():
+            self.same[name] = first.setdefault(tuple(ts), name)
+
+    def stage(self, i: int) -> None:
+        """Emit the terms of stage i, and store the gradients that are then complete."""
+        w = self.k.w
+        for name, ts in self.terms.items():
+            if self.same[name] != name:
                 continue
-            if q.name == "l":
-                m = "m_t & m_k" if f.per_key else "m_t"
-                wide = f.per_key
-            else:
-                m = "m_t & m_k" if q.side == KEY else "m_t & m_v"
-                wide = True
-            factor = "" if e == 1 else f" * ({triton_expr(e, names)})"
-            c = f"tl.where({m}, {COTANGENT[q.name]}{factor}, 0.0)"
-            if side is None and wide:
-                c = f"tl.sum({c}, 1, keep_dims=True)"
-            terms.append(c)
-        if not terms:
-            continue
-        var, text = f"d_{arg(name)}", " + ".join(terms)
-        if text in seen:  # dt and dt_bias in softplus(dt + dt_bias): one tile for both
-            w(f"{var} = {seen[text]}", f"gradient of {name}")
-        else:
-            w(f"{var} = {text}", f"gradient of {name}")
-            seen[text] = var
-        out[name] = var
-    return out
+            var = f"d_{arg(name)}"
+            now = [c for s, c in ts if s == i]
+            if now:
+                started = any(s < i for s, _ in ts)
+                w(f"{var} {'+=' if started else '='} {' + '.join(now)}", f"gradient of {name}")
+            if max(s for s, _ in ts) != i:
+                continue
+            for other, rep in self.same.items():
+                if rep == name:
+                    if other != name:
+                        w(f"d_{arg(other)} = {var}", f"gradient of {other}")
+                    self.store(other, f"d_{arg(other)}")
+
+
+def key_partial(form: ChunkForm, derivs: dict) -> list[str]:
+    """The inputs whose gradient a program taking one block of the keys (NKB > 1) computes
+    only a part of, the blocks' parts added (atomically): those lacking the key dim (their
+    gradient sums over the keys) and those read by a quantity whose cotangent sums over them
+    (v, gate, ev; a scalar decay's l; skip, which only the first block adds)."""
+    f = form
+    summed = {"v", "gate", "ev", "skip"} | (set() if f.per_key else {"l"})
+    return [n for n in f.inputs if any(key[1] == n for key in derivs) and (
+        f.key not in f.input(n).dims or any(key == (q, n) for q in summed for key in derivs))]
 
 
 def looped_dim(form: ChunkForm, graded: list[str]) -> tuple[str | None, list[str]]:
@@ -150,8 +177,9 @@ def entering(k: Kernel, du: str) -> str:
     return f"_dot(tl.trans(q_q), {du} * eq, DT, IEEE, EMU)"
 
 
-def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[str]]:
-    """The backward kernel, its parameters, and the inputs whose gradient it writes."""
+def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[str], list[str]]:
+    """The backward kernel, its parameters, the inputs whose gradient it writes, and those of
+    them a block of the keys writes a part of (key_partial)."""
     k = Kernel(form, name)
     g, w, f = k.g, k.w, form
     for n in f.inputs:
@@ -175,7 +203,7 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
     k.params += [("ptr", "cu", "cu_ptr"), ("ptr", "coff", "coff_ptr")]
     k.sizes()
     hd, shared = looped_dim(f, graded)
-    k.prologue(hd)
+    k.prologue(hd, key_blocks=True)
     w("ZERO = tl.zeros([1, 1], tl.int64)  # makes every load a block")
     if hd:
         w("if HEADS:  # this program's block of the looped dim, in turn (PHASE 2)")
@@ -205,115 +233,137 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
     # state's gradient: passed back to front and stored per chunk (dchk) for a PHASE 2 launch
     w("WALK: tl.constexpr = PHASE == 0 or PHASE == 3  # one program walks every chunk")
     w("dS = tl.zeros([BK, BV], tl.float32)  # gradient of the state leaving the chunk")
+
+    def chunk() -> None:  # one chunk's steps (k.rows placed them)
+        w("if PHASE == 2:")
+        w(f"    dS = tl.load(dchk_ptr + {k.state_offset('dchk', chunk=True)}, mask=m_s, "
+          "other=0.0).to(tl.float32)", "gradient of the state leaving the chunk")
+
+        def load_s0() -> None:  # late, where it is first read: its registers are scarce
+            w(f"S0 = tl.load(chk_ptr + {k.state_offset('chk', chunk=True)}, mask=m_s, other=0.0)"
+              ".to(tl.float32)", "state entering the chunk (checkpoint)")
+        k.load_inputs(Role.SEQ)
+        w(f"dy = tl.load(dy_ptr + {k.offset('dy', g[f.output].dims, True)}, mask=m_t & m_v, "
+          "other=0.0).to(tl.float32)", f"gradient of {f.output}")
+        keys = list(derivs)
+        repl, red = k.cse([q.expr for q in f.quantities] + [derivs[x] for x in keys])
+        names = k.names()
+        k.emit_cse(repl, names)
+        nq = len(f.quantities)
+        k.quantities({q.name: e for q, e in zip(f.quantities, red[:nq], strict=False)}, names)
+        reduced = dict(zip(keys, red[nq:], strict=False))
+        k.cumulative()
+        k.intra()
+        k.state_exps()
+        du = "dy"
+        if f.q("ek"):
+            w("esum = tl.sum(q_ek, 1, keep_dims=True)")
+        if f.q("gate"):
+            load_s0()
+            w("u = _dot(A, q_v, DT, IEEE, EMU) + _dot(q_q * eq, S0, DT, IEEE, EMU)"
+              + (" + esum * q_ev" if f.q("ek") else ""), "the readout, recomputed")
+            w("d_gate = dy * u")
+            w("du = dy * q_gate")
+            du = "du"
+        w("if PHASE == 3:")
+        w(f"    tl.store(dchk_ptr + {k.state_offset('dchk', chunk=True)}, "
+          "_cast(dS, dchk_ptr.dtype.element_ty, EMU), mask=m_s)", "gradient of the state leaving")
+        w(f"    dS = dS * elast_r + {entering(k, du)}", "the state entering")
+        w("elif PHASE == 1:")
+        w(f"    dS = {entering(k, du)}", "the chunk's own part")
+        w(f"    tl.store(loc_ptr + {k.state_offset('loc', chunk=True)}, "
+          "_cast(dS, loc_ptr.dtype.element_ty, EMU), mask=m_s)")
+        w(f"    tl.store(dec_ptr + {dec_offset(k)} + ZERO, elast_r + tl.zeros([BK, 1], "
+          "tl.float32), mask=m_kr & (i_vb == 0))", "the chunk's decay")
+        w("else:")
+        w.indent()
+
+        def store(n: str, var: str) -> None:
+            node, gv = g[n], f"g_{arg(n)}"
+            if not f.seq(n):
+                w(f"acc_{arg(n)} += tl.sum({var}, 0, keep_dims=True)")
+                return
+            off, m = k.offset(gv, node.dims, True), k.mask(node.dims, True)
+            pre = ""
+            if n in shared:
+                w("if HEADS:")
+                w(f"    sum_{arg(n)} += {var}")
+                w("else:")
+                pre = "    "
+            w(f"{pre}if {atom_flag(n)}:")
+            w(f"{pre}    tl.atomic_add({gv}_ptr + {off}, {var}, mask={m})")
+            w(f"{pre}else:")
+            w(f"{pre}    tl.store({gv}_ptr + {off}, _cast({var}, {gv}_ptr.dtype.element_ty, EMU), "
+              f"mask={m})")
+
+        chain = Chain(k, reduced, names, store)
+        if f.q("skip"):  # the skip's gradient is dy itself: added by the first key block alone
+            w("d_skip = dy")
+            w("if NKB > 1:")
+            w("    d_skip = tl.where(i_kb == 0, dy, 0.0)")
+        w(f"d_v = _dot(tl.trans(A), {du}, DT, IEEE, EMU) + " + (
+            "_dot(q_k * ek, dS, DT, IEEE, EMU)" if f.per_key else
+            "_dot(q_k, dS, DT, IEEE, EMU) * ek"))
+        if f.q("ek"):
+            w(f"d_ev = {du} * esum")
+            w(f"d_ek = tl.where(m_t & m_k, tl.sum({du} * q_ev, 1, keep_dims=True) + ZK, 0.0)")
+        chain.stage(0)
+        w(f"dA = tl.where(causal, _dot({du}, tl.trans(q_v), DT, IEEE, EMU), 0.0)")
+        if f.per_key:
+            _intra_grads(k)
+        else:  # d_q's and d_k's intra-chunk parts, each where it is used
+            w("pa = dA * A  # dA_ij/dlog-decay: +A_ij for the readout step i, -A_ij for step j")
+            w("dlq = tl.sum(pa, 1, keep_dims=True)")
+            w("dlam = -tl.sum(pa, 0)[:, None]")
+            w("dad = dA * dm")
+        if not f.q("gate"):
+            load_s0()
+        sds = "tl.sum(S0 * dS, 1, keep_dims=True)"
+        w(f"sds = tl.trans({sds})" if f.per_key else f"sds = tl.sum({sds}, 0, keep_dims=True)",
+          "S_0 . dS: the whole chunk's decay")
+        w(f"dqs = _dot({du}, tl.trans(S0), DT, IEEE, EMU) * eq  # the readout of S_0")
+        w("d_q += dqs" if f.per_key else "d_q = _dot(dad, q_k, DT, IEEE, EMU) + dqs")
+        w("gq = q_q * dqs")
+        w("dlq += gq" if f.per_key else "dlq += tl.sum(gq, 1, keep_dims=True)")
+        chain.stage(1)
+        w("dkt = _dot(q_v, tl.trans(dS), DT, IEEE, EMU) * ek  # the state passed on")
+        w("d_k += dkt" if f.per_key else "d_k = _dot(tl.trans(dad), q_q, DT, IEEE, EMU) + dkt")
+        w("gk = q_k * dkt")
+        if f.per_key:
+            w("dlam -= gk")
+            w("dlast = tl.sum(gk, 0, keep_dims=True) + sds * elast")
+        else:
+            w("dlam -= tl.sum(gk, 1, keep_dims=True)")
+            w("dlast = tl.sum(tl.sum(gk, 1, keep_dims=True), 0, keep_dims=True) + sds * elast")
+        chain.stage(2)
+        w("if PHASE == 0:")
+        w(f"    dS = dS * elast_r + {entering(k, du)}", "the state entering")
+        rc = ("tl.cumsum(dlam + dlq, 0, reverse=True)" if f.per_key else
+              "tl.cumsum(tl.sum(dlam + dlq, 1), 0, reverse=True)[:, None]")
+        w(f"d_l = {rc} - dlq + dlast" if f.old else f"d_l = {rc} + dlast",
+          "log-decay: Lam_i = sum_{j<=i} l_j")
+        lm = "m_t & m_k" if f.per_key else "m_t"
+        w(f"d_l = tl.where({lm} & (l_raw > {LOG_FLOOR}), d_l, 0.0)  # floored decays: no gradient")
+        chain.stage(3)
+        w.dedent()  # the PHASE 0 / 2 branch
+
     w("if WALK:")
-    w("    c_lo = z64")
-    w("    c_hi = n_c")
-    w("    if HAS_DHT:")
-    w(f"        dS += tl.load(dhT_ptr + {k.state_offset('dhT')}, mask=m_s, other=0.0)"
+    w.indent()
+    w("if HAS_DHT:")
+    w(f"    dS += tl.load(dhT_ptr + {k.state_offset('dhT')}, mask=m_s, other=0.0)"
       ".to(tl.float32)", "gradient of the final state")
-    w("else:")
-    w("    c_lo = pid")
-    w("    c_hi = tl.minimum(pid + 1, n_c)")
-    w("for ci in range(c_lo, c_hi):")
+    w("for ci in range(z64, n_c):")
     w.indent()
     k.rows("n_c - 1 - ci")
-    w("if not WALK:  # this program's chunk")
-    w("    c = ci")
-    w("    tau = c * BT + o_c")
-    w("    m_t = tau < n_t")
-    w("    t64 = bos + tau")
-    w("    if REVERSE:")
-    w("        t64 = bos + n_t - 1 - tau")
-    w("if PHASE == 2:")
-    w(f"    dS = tl.load(dchk_ptr + {k.state_offset('dchk', chunk=True)}, mask=m_s, "
-      "other=0.0).to(tl.float32)", "gradient of the state leaving the chunk")
-    w(f"S0 = tl.load(chk_ptr + {k.state_offset('chk', chunk=True)}, mask=m_s, other=0.0)"
-      ".to(tl.float32)", "state entering the chunk (checkpoint)")
-    k.load_inputs(Role.SEQ)
-    w(f"dy = tl.load(dy_ptr + {k.offset('dy', g[f.output].dims, True)}, mask=m_t & m_v, "
-      "other=0.0).to(tl.float32)", f"gradient of {f.output}")
-    keys = list(derivs)
-    repl, red = k.cse([q.expr for q in f.quantities] + [derivs[x] for x in keys])
-    names = k.names()
-    k.emit_cse(repl, names)
-    nq = len(f.quantities)
-    k.quantities({q.name: e for q, e in zip(f.quantities, red[:nq], strict=False)}, names)
-    reduced = dict(zip(keys, red[nq:], strict=False))
-    k.cumulative()
-    k.intra()
-    k.state_exps()
-    du = "dy"
-    if f.q("ek"):
-        w("esum = tl.sum(q_ek, 1, keep_dims=True)")
-    if f.q("gate"):
-        w("u = _dot(A, q_v, DT, IEEE, EMU) + _dot(q_q * eq, S0, DT, IEEE, EMU)"
-          + (" + esum * q_ev" if f.q("ek") else ""), "the readout, recomputed")
-        w("d_gate = dy * u")
-        w("du = dy * q_gate")
-        du = "du"
-    w("if PHASE == 3:")
-    w(f"    tl.store(dchk_ptr + {k.state_offset('dchk', chunk=True)}, "
-      "_cast(dS, dchk_ptr.dtype.element_ty, EMU), mask=m_s)", "gradient of the state leaving")
-    w(f"    dS = dS * elast_r + {entering(k, du)}", "the state entering")
-    w("elif PHASE == 1:")
-    w(f"    dS = {entering(k, du)}", "the chunk's own part")
-    w(f"    tl.store(loc_ptr + {k.state_offset('loc', chunk=True)}, "
-      "_cast(dS, loc_ptr.dtype.element_ty, EMU), mask=m_s)")
-    w(f"    tl.store(dec_ptr + {dec_offset(k)} + ZERO, elast_r + tl.zeros([BK, 1], "
-      "tl.float32), mask=m_kr & (i_vb == 0))", "the chunk's decay")
-    w("else:")
-    w.indent()
-    w(f"d_v = _dot(tl.trans(A), {du}, DT, IEEE, EMU) + " + (
-        "_dot(q_k * ek, dS, DT, IEEE, EMU)" if f.per_key else "_dot(q_k, dS, DT, IEEE, EMU) * ek"))
-    if f.q("ek"):
-        w(f"d_ev = {du} * esum")
-        w(f"d_ek = tl.where(m_t & m_k, tl.sum({du} * q_ev, 1, keep_dims=True) + ZK, 0.0)")
-    w(f"dA = tl.where(causal, _dot({du}, tl.trans(q_v), DT, IEEE, EMU), 0.0)")
-    _intra_grads(k)
-    w(f"dqs = _dot({du}, tl.trans(S0), DT, IEEE, EMU)  # the readout of S_0")
-    w("d_q += dqs * eq")
-    w("gq = q_q * dqs * eq")
-    w("dlq += gq" if f.per_key else "dlq += tl.sum(gq, 1, keep_dims=True)")
-    w("dkt = _dot(q_v, tl.trans(dS), DT, IEEE, EMU)  # the state passed on")
-    w("d_k += dkt * ek")
-    w("gk = q_k * ek * dkt")
-    if f.per_key:
-        w("dlam -= gk")
-        w("dlast = tl.sum(gk, 0, keep_dims=True) + "
-          "tl.trans(tl.sum(S0 * dS, 1, keep_dims=True)) * elast")
-    else:
-        w("dlam -= tl.sum(gk, 1, keep_dims=True)")
-        w("dlast = tl.sum(tl.sum(gk, 1, keep_dims=True), 0, keep_dims=True) + "
-          "tl.sum(tl.sum(S0 * dS, 1, keep_dims=True), 0, keep_dims=True) * elast")
-    w("if PHASE == 0:")
-    w(f"    dS = dS * elast_r + {entering(k, du)}", "the state entering")
-    rc = ("tl.cumsum(dlam + dlq, 0, reverse=True)" if f.per_key else
-          "tl.cumsum(tl.sum(dlam + dlq, 1), 0, reverse=True)[:, None]")
-    w(f"d_l = {rc} - dlq + dlast" if f.old else f"d_l = {rc} + dlast",
-      "log-decay: Lam_i = sum_{j<=i} l_j")
-    lm = "m_t & m_k" if f.per_key else "m_t"
-    w(f"d_l = tl.where({lm} & (l_raw > {LOG_FLOOR}), d_l, 0.0)  # floored decays: no gradient")
-    grads = _chain(k, reduced, names)
-    for n, var in grads.items():
-        node = g[n]
-        gv = f"g_{arg(n)}"
-        if not f.seq(n):
-            w(f"acc_{arg(n)} += tl.sum({var}, 0, keep_dims=True)")
-            continue
-        off = k.offset(gv, node.dims, True)
-        m = k.mask(node.dims, True)
-        pre = ""
-        if n in shared:
-            w("if HEADS:")
-            w(f"    sum_{arg(n)} += {var}")
-            w("else:")
-            pre = "    "
-        w(f"{pre}if {atom_flag(n)}:")
-        w(f"{pre}    tl.atomic_add({gv}_ptr + {off}, {var}, mask={m})")
-        w(f"{pre}else:")
-        w(f"{pre}    tl.store({gv}_ptr + {off}, _cast({var}, {gv}_ptr.dtype.element_ty, EMU), "
-          f"mask={m})")
+    chunk()
     w.dedent()
+    w.dedent()
+    # the same steps again, not in a loop: a loop (even of one trip) keeps what the compiler
+    # hoists out of it in registers throughout, and this phase spilled hundreds of them
+    w("elif pid < n_c:  # this program's chunk")
+    w.indent()
+    k.rows("pid")
+    chunk()
     w.dedent()
     w("if PHASE == 0 or PHASE == 2:")
     w.indent()
@@ -327,7 +377,7 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
     w("if WALK:")
     w(f"    tl.store(dh0_ptr + {k.state_offset('dh0')}, dS, mask=m_s)",
       "gradient of the initial state")
-    consts = ["HAS_DHT", "PHASE"] + [atom_flag(n) for n in graded if f.seq(n)] + CONSTS
+    consts = ["HAS_DHT", "PHASE", "NKB"] + [atom_flag(n) for n in graded if f.seq(n)] + CONSTS
     if hd:
         w.dedent()
         w("if HEADS:  # the sums over the block, added once (this program's chunk)")
@@ -343,4 +393,4 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
               f"EMU), mask={m})", f"gradient of {n}")
         w.dedent()
         consts.insert(2, "HEADS")
-    return k.source(consts), k.params, graded
+    return k.source(consts), k.params, graded, key_partial(f, derivs)

@@ -164,15 +164,21 @@ class Kernel:
 
     # ---- common body pieces
 
-    def prologue(self, looped: str | None = None) -> None:
+    def prologue(self, looped: str | None = None, key_blocks: bool = False) -> None:
         """Program id -> v-block and grid indices; index vectors and masks; the sequence.
         Grid dim `looped` is cut into blocks of HEADS indices when the constexpr HEADS is
-        set: the program's index is its block (i_hb), and it loops over the block."""
+        set: the program's index is its block (i_hb), and it loops over the block.
+        `key_blocks`: the keys may be cut into NKB (constexpr) blocks of BK, one a program."""
         w, f = self.w, self.form
         w("pid = tl.program_id(0)")
         w(f"n_vb = tl.cdiv(size_{self.value}, BV)")
         w("i_vb = pid % n_vb")
         w("pid = pid // n_vb")
+        kb = ""
+        if key_blocks:
+            w("i_kb = pid % NKB  # the block of keys (of NKB)")
+            w("pid = pid // NKB")
+            kb = "i_kb * BK + "
         for d in reversed(f.grid):
             pre = ""
             if d == looped:
@@ -186,9 +192,9 @@ class Kernel:
         w("z64 = tl.program_id(0).to(tl.int64) * 0")
         w("o_c = tl.arange(0, BT)[:, None]  # step within the chunk (rows)")
         w("o_cc = tl.arange(0, BT)[None, :]  # step within the chunk (columns)")
-        w(f"o_k = tl.arange(0, BK)[None, :]  # key dim {self.key}")
+        w(f"o_k = {kb}tl.arange(0, BK)[None, :]  # key dim {self.key}")
         w(f"m_k = o_k < size_{self.key}")
-        w("o_kr = tl.arange(0, BK)[:, None]  # key dim as the state tile's rows")
+        w(f"o_kr = {kb}tl.arange(0, BK)[:, None]  # key dim as the state tile's rows")
         w(f"m_kr = o_kr < size_{self.key}")
         w(f"o_v = i_vb * BV + tl.arange(0, BV)[None, :]  # value dim {self.value}")
         w(f"m_v = o_v < size_{self.value}")
@@ -423,56 +429,63 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     # chunk and writes the outputs. PHASE 3 is PHASE 0 without the outputs: the state pass
     # alone, storing every chunk's entering state for a PHASE 2 launch after it.
     w("WALK: tl.constexpr = PHASE == 0 or PHASE == 3  # one program walks every chunk")
-    w("if WALK:")
-    w("    c_lo = z64")
-    w("    c_hi = n_c")
-    w("else:")
-    w("    c_lo = pid")
-    w("    c_hi = tl.minimum(pid + 1, n_c)")
     w("S = tl.zeros([BK, BV], tl.float32)")
+
+    def chunk() -> None:  # one chunk's steps (k.rows placed them)
+        w("if SAVE or PHASE == 3:")
+        w(f"    tl.store(chk_ptr + {k.state_offset('chk', chunk=True)}, "
+          "_cast(S, chk_ptr.dtype.element_ty, EMU), mask=m_s)", "state entering the chunk")
+        w("if PHASE == 2:")
+        w(f"    S = tl.load(chk_ptr + {k.state_offset('chk', chunk=True)}, mask=m_s, other=0.0)"
+          ".to(tl.float32)", "state entering the chunk")
+        k.load_inputs(Role.SEQ)
+        exprs = [q.expr for q in f.quantities]
+        repl, red = k.cse(exprs)
+        names = k.names()
+        k.emit_cse(repl, names)
+        k.quantities({q.name: e for q, e in zip(f.quantities, red, strict=False)}, names)
+        k.cumulative()
+        k.intra()
+        k.state_exps()
+        w("if PHASE == 0 or PHASE == 2:")
+        w.indent()
+        w(f"u = _dot(A, q_v, DT, IEEE, EMU) + {k.readout('q_q', 'S')}", "sum_k q * S")
+        if f.q("ek"):
+            w("u += tl.sum(q_ek, 1, keep_dims=True) * q_ev", "the readout's state-free term")
+        y = "u"
+        if f.q("gate"):
+            y = "q_gate * u"
+        if f.q("skip"):
+            y += " + q_skip"
+        w(f"y = {y}", f.output)
+        w(f"tl.store(y_ptr + {k.offset('y', g[f.output].dims, True)}, "
+          "_cast(y, y_ptr.dtype.element_ty, EMU), mask=m_t & m_v)")
+        w.dedent()
+        w("if PHASE != 2:")
+        w(f"    S = S * elast_r + {k.passed('q_k', 'q_v')}", f"{f.state} after the chunk")
+        w("if PHASE == 1:")
+        w(f"    tl.store(loc_ptr + {k.state_offset('loc', chunk=True)}, "
+          "_cast(S, loc_ptr.dtype.element_ty, EMU), mask=m_s)", "the chunk's own contribution")
+        w(f"    tl.store(dec_ptr + {dec_offset(k)} + ZERO, elast_r + tl.zeros([BK, 1], "
+          "tl.float32), mask=m_kr & (i_vb == 0))", "the chunk's decay")
+
     w("if WALK:")
-    w("    if HAS_H0:")
-    w(f"        S += tl.load(h0_ptr + {k.state_offset('h0')}, mask=m_s, other=0.0)"
+    w.indent()
+    w("if HAS_H0:")
+    w(f"    S += tl.load(h0_ptr + {k.state_offset('h0')}, mask=m_s, other=0.0)"
       ".to(tl.float32)", "initial state")
-    w("for ci in range(c_lo, c_hi):")
+    w("for ci in range(z64, n_c):")
     w.indent()
     k.rows("ci")
-    w("if SAVE or PHASE == 3:")
-    w(f"    tl.store(chk_ptr + {k.state_offset('chk', chunk=True)}, "
-      "_cast(S, chk_ptr.dtype.element_ty, EMU), mask=m_s)", "state entering the chunk")
-    w("if PHASE == 2:")
-    w(f"    S = tl.load(chk_ptr + {k.state_offset('chk', chunk=True)}, mask=m_s, other=0.0)"
-      ".to(tl.float32)", "state entering the chunk")
-    k.load_inputs(Role.SEQ)
-    exprs = [q.expr for q in f.quantities]
-    repl, red = k.cse(exprs)
-    names = k.names()
-    k.emit_cse(repl, names)
-    k.quantities({q.name: e for q, e in zip(f.quantities, red, strict=False)}, names)
-    k.cumulative()
-    k.intra()
-    k.state_exps()
-    w("if PHASE == 0 or PHASE == 2:")
-    w.indent()
-    w(f"u = _dot(A, q_v, DT, IEEE, EMU) + {k.readout('q_q', 'S')}", "sum_k q * S")
-    if f.q("ek"):
-        w("u += tl.sum(q_ek, 1, keep_dims=True) * q_ev", "the readout's state-free term")
-    y = "u"
-    if f.q("gate"):
-        y = "q_gate * u"
-    if f.q("skip"):
-        y += " + q_skip"
-    w(f"y = {y}", f.output)
-    w(f"tl.store(y_ptr + {k.offset('y', g[f.output].dims, True)}, "
-      "_cast(y, y_ptr.dtype.element_ty, EMU), mask=m_t & m_v)")
+    chunk()
     w.dedent()
-    w("if PHASE != 2:")
-    w(f"    S = S * elast_r + {k.passed('q_k', 'q_v')}", f"{f.state} after the chunk")
-    w("if PHASE == 1:")
-    w(f"    tl.store(loc_ptr + {k.state_offset('loc', chunk=True)}, "
-      "_cast(S, loc_ptr.dtype.element_ty, EMU), mask=m_s)", "the chunk's own contribution")
-    w(f"    tl.store(dec_ptr + {dec_offset(k)} + ZERO, elast_r + tl.zeros([BK, 1], "
-      "tl.float32), mask=m_kr & (i_vb == 0))", "the chunk's decay")
+    w.dedent()
+    # the same steps again, not in a loop: values the compiler hoists out of a loop (even one
+    # of one trip) stay in registers throughout it
+    w("elif pid < n_c:  # this program's chunk")
+    w.indent()
+    k.rows("pid")
+    chunk()
     w.dedent()
     w("if WALK:")
     w(f"    tl.store(hT_ptr + {k.state_offset('hT')}, S, mask=m_s)", "final state")

@@ -128,7 +128,8 @@ class Launcher:
                 args.append(tensors[p[1]][1].get(p[2], 0))
             else:
                 args.append(self.T if p[1] == "T" else self.ksizes[p[1]])
-        consts.update(BT=cfg.BT, BK=pow2(self.K), BV=cfg.BV, DT=_triton_dtype(self.dt),
+        consts.setdefault("BK", pow2(self.K))
+        consts.update(BT=cfg.BT, BV=cfg.BV, DT=_triton_dtype(self.dt),
                       IEEE=self.interpret, EMU=self.interpret,
                       REVERSE=self.call.reverse,
                       VARLEN=self.varlen)
@@ -136,6 +137,9 @@ class Launcher:
             for k in ("DT", "IEEE", "REVERSE"):
                 consts.pop(k)
         programs = self.grid(cfg)[0] * chunks
+        if which == "backward":
+            consts.setdefault("NKB", 1)
+            programs *= consts["NKB"]  # blocks of keys (PASS chunks, Config.bk)
         if which == "backward" and self.prog.looped[0]:
             consts.setdefault("HEADS", 0)
             if consts["HEADS"]:  # one program per block of HEADS heads
@@ -206,7 +210,7 @@ class Launcher:
             return Config(bt or c.BT, c.BV, c.num_warps, c.num_stages)
         configs = candidates(which, self.V, self.form.per_key, bool(flag), bt,
                              wide=self.dt == torch.float32,
-                             looped=self.prog.looped[0] is not None)
+                             looped=self.prog.looped[0] is not None, K=self.K)
         if not scan_runtime.TUNE:  # LRC_TUNE=0: no timing runs
             return first_working(self.key + (which, flag), configs, go)
         return choose(self.key + (which, flag), configs, self._kernels_only(go))
@@ -243,12 +247,15 @@ class Launcher:
             grads, consts = {}, {}
             nvb = -(-self.V // cfg.BV)
             heads = cfg.heads if hd and cfg.split == PASS and nvb == 1 else 0
+            bk = cfg.bk if cfg.split == PASS and 0 < cfg.bk < pow2(self.K) else pow2(self.K)
+            nkb = -(-self.K // bk)
             for n, x in zip(f.inputs, ins, strict=False):
                 if n not in graded:
                     continue
                 node = f.input(n)
                 summed = heads and n in shared  # over a block of the looped dim, in registers
                 atomic = node.role is Role.PARAM or (
+                    nkb > 1 and n in self.prog.key_partial) or (
                     heads < self.ksizes[hd] if summed else
                     nvb > 1 and f.value not in node.dims or any(
                         self.ksizes[d] > 1 for d in f.grid if d not in node.dims))
@@ -274,7 +281,7 @@ class Launcher:
             if cfg.split == PASS:  # the state's gradient passed alone, then every chunk's
                 t.update(dchk=(dchk, cst))
                 self.launch("backward", cfg, t, HAS_DHT=dhT is not None, PHASE=3, **consts)
-                self.launch("backward", cfg, t, chunks, HAS_DHT=False, PHASE=2,
+                self.launch("backward", cfg, t, chunks, HAS_DHT=False, PHASE=2, BK=bk, NKB=nkb,
                             **consts, **({"HEADS": heads} if hd else {}))
                 return grads, dh0
             # split over chunks: each chunk's own part of the state's gradient, that

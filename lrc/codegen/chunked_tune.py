@@ -31,6 +31,10 @@ class Config:
     # share an input, its gradient summed in registers and added once rather than by every
     # head (chunked_bwd.looped_dim); 0: one program per head
     heads: int = 0
+    # the backward's PASS chunks (PHASE 2) each taking a block of this many keys, one
+    # program per block: fewer registers, and the parts of the gradients that sum over the
+    # keys added atomically (chunked_bwd.key_partial); 0: all the keys in one program
+    bk: int = 0
 
 
 LOCAL, PASS = 1, 2
@@ -49,7 +53,8 @@ def interpreted(V: int) -> Config:
 
 
 def candidates(which: str, V: int, per_key: bool, save: bool = False,
-               bt: int | None = None, wide: bool = False, looped: bool = False) -> list[Config]:
+               bt: int | None = None, wide: bool = False, looped: bool = False,
+               K: int = 0) -> list[Config]:
     """The configs tried on the GPU. The backward keeps the forward's chunk (its checkpoints),
     so a forward that saves them for a backward stays at 64-step chunks; inference alone may
     take 128 (fewer sequential steps) where the decay is scalar. The backward takes all the
@@ -57,7 +62,8 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
     memory of 16-bit ones: one pipeline stage, and 32-step chunks where a backward follows
     (GLA at K = V = 128: 164 KB; 64-step chunks need 262-328 KB, over the H200's 227 KB).
     `looped`: the spec has heads sharing an input (chunked_bwd.looped_dim), so the backward
-    also tries its chunks looping over blocks of them."""
+    also tries its chunks looping over blocks of them. `K`: the keys, which the backward's
+    chunks may take in blocks of 64 where there are more."""
     bvs = sorted({min(pow2(V), b) for b in (32, 64, 128)})
     if wide:
         if which == "forward":
@@ -89,7 +95,10 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
     # (8 warps, and a 128-register cap on the one-chunk phases, which would let four 4-warp
     # programs share an SM, were slower: session 8, Mamba-2 backward 7748 / 7895 us against
     # 4823; GLA's backward does not fit 128 registers)
-    return out + [Config(bt or 64, pow2(V), 4, 1, split=PASS, heads=h)
+    # (the PASS backward at 8 warps was slower at every heads block: session 9, Mamba-2
+    # 3957-4779 us against 3371 at 4 warps); keys in blocks of 64 where there are more
+    return out + [Config(bt or 64, pow2(V), 4, 1, split=PASS, heads=h, bk=b)
+                  for b in sorted({0, 64 if pow2(K) > 64 else 0})
                   for h in ((0, 8, 64) if looped else (0,))]
 
 

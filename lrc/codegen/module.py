@@ -86,29 +86,46 @@ def interpreted():
     from triton.runtime import interpreter
 
     with _LOCK:
-        saved = [(interpreter.ScanOps, "generic_scan", interpreter.ScanOps.generic_scan)]
-        interpreter.ScanOps.generic_scan = _sliced_scan
-        if triton.knobs.runtime.interpret:  # TRITON_INTERPRET=1: Triton's helpers are ready
-            try:
-                yield
-            finally:
-                interpreter.ScanOps.generic_scan = saved[0][2]
-            return
-        for mod in (tl, std, tl.math):
-            for name, val in list(vars(mod).items()):
-                if isinstance(val, JITFunction):
-                    saved.append((mod, name, val))
-                    setattr(mod, name, InterpretedFunction(val.fn))
-        for name, val in list(vars(tl.tensor).items()):
-            if isinstance(val, JITFunction):
-                fn = InterpretedFunction(val.fn)
-                saved.append((tl.tensor, name, val))
-                setattr(tl.tensor, name, (lambda f: lambda self, *a, **k: f(self, *a, **k))(fn))
+        # Everything swapped here, and whatever Triton's interpreter leaves patched, is put
+        # back on exit: its launches restore what they patch, but a jit helper called inside
+        # one (tl.cdiv, whose globals name triton.language.core) patches that module again
+        # and never restores it, and a kernel compiled for the GPU later in the process then
+        # fails at its first such call (seen as CompilationErrors at tl.cdiv in the CPU
+        # tests' sm_90 compiles, depending on which tests ran before in the worker).
+        snap = _snapshot(tl, tl.core, tl.math, std, tl.core.tensor, tl.core.dtype,
+                         tl.core.tensor_descriptor_base, interpreter.ScanOps)
         try:
+            interpreter.ScanOps.generic_scan = _sliced_scan
+            if not triton.knobs.runtime.interpret:  # TRITON_INTERPRET=1: helpers are ready
+                for mod in (tl, std, tl.math):
+                    for name, val in list(vars(mod).items()):
+                        if isinstance(val, JITFunction):
+                            setattr(mod, name, InterpretedFunction(val.fn))
+                for name, val in list(vars(tl.tensor).items()):
+                    if isinstance(val, JITFunction):
+                        fn = InterpretedFunction(val.fn)
+                        setattr(tl.tensor, name,
+                                (lambda f: lambda self, *a, **k: f(self, *a, **k))(fn))
             yield
         finally:
-            for mod, name, val in saved:
-                setattr(mod, name, val)
+            _restore(snap)
+
+
+def _snapshot(*owners) -> list[tuple[object, dict]]:
+    return [(o, dict(vars(o))) for o in owners]
+
+
+def _restore(snap: list[tuple[object, dict]]) -> None:
+    """Every attribute of the snapshot's modules and classes put back as it was (names the
+    interpreter added stay: its rewritten helpers, cached, read them)."""
+    for owner, before in snap:
+        now = vars(owner)
+        for name, val in before.items():
+            if now.get(name, _GONE) is not val:
+                setattr(owner, name, val)
+
+
+_GONE = object()
 
 
 def _sliced_scan(self, inputs):

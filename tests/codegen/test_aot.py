@@ -85,17 +85,19 @@ SPLIT_LAUNCHES = {
 def test_split_chunked_kernels_compile_for_the_h200(name, mode):
     """The forward and backward split over chunks (LOCAL: two phases each and the state
     passing; PASS: the state pass alone, then the chunks, the backward's looping over the
-    heads that share B and C where the spec has them), bf16 at the reference head sizes,
+    heads that share B and C where the spec has them, and taking the keys in blocks),
+    bf16 at the reference head sizes,
     compile and fit: each launch as the tuner would try it."""
     e = ZOO[name]
     kern = lrc.compile(e.spec, backend="triton", lowering="chunked")
     prog = kern._lowering("chunked")
     sizes = {"mamba2": dict(g=1, r=4, p=64, n=128), "gla": dict(h=2, k=128, v=128)}[name]
     V = 64 if name == "mamba2" else 128
-    for w in (4, 8):
+    for w in (4, 8):  # PASS at 4 warps: the backward's chunks take the keys in blocks of 64
+        pas = mode == chunked_tune.PASS
         prog.override = (chunked_tune.Config(64, V, w, 2, split=mode),
-                         chunked_tune.Config(64, V, w, 1, split=mode,
-                                             heads=8 if mode == chunked_tune.PASS else 0))
+                         chunked_tune.Config(64, V, w, 1, split=mode, heads=8 if pas else 0,
+                                             bk=64 if pas and w == 4 else 0))
         args = e.example(b=2, t=2049, dtype=torch.float32, **sizes)
         leaves = {k: v.to(torch.bfloat16).requires_grad_(True) for k, v in args.items()}
         with aot.recording(as_gpu=132, compile=True) as launches:

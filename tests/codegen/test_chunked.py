@@ -415,20 +415,60 @@ def test_split_over_chunks(name, sides, mode, monkeypatch):
         check(spec, args, state, dtype=torch.bfloat16, tol=LOW, gtol=LOW, override=SPLIT)
 
 
+KEY_DIM = {"mamba2": "n", "gla": "k", "retnet": "k", "rwkv6": "k"}
+
+
+@pytest.mark.parametrize("name,heads", [("mamba2", 0), ("mamba2", 2), ("gla", 0), ("rwkv6", 0)])
+def test_backward_key_blocks(name, heads, monkeypatch):
+    """The PASS backward's chunks taking the keys in blocks (Config.bk: 37 keys, three blocks
+    of 16, the last short), each block adding its part of the gradients that sum over the
+    keys: against the reference, every gradient and the initial state's; reversed, packed,
+    bf16. Mamba-2 (scalar decay, skip, heads sharing B and C, also looped 2 heads a block),
+    GLA (per-key decay), RWKV-6 (per-key decay and the bonus term)."""
+    from lrc.codegen.chunked_launch import Launcher
+    from lrc.codegen.chunked_tune import PASS
+
+    keyed = Config(16, 32, 1, 1, split=PASS, heads=heads, bk=16)
+    blocks = []
+    fire = Launcher.fire
+
+    def spy(self, which, grid, args, consts):
+        if which == "backward":
+            blocks.append((consts["PHASE"], consts["NKB"], consts["BK"]))
+        return fire(self, which, grid, args, consts)
+
+    monkeypatch.setattr(Launcher, "fire", spy)
+    dims = {KEY_DIM[name]: 37}
+    spec, args, state = zoo(name, **dims)
+    check(spec, args, state, override=(ONE_ROW, keyed))
+    assert blocks == [(3, 1, 64), (2, 3, 16)]
+    check(spec, args, override=(ONE_ROW, keyed), reverse=True)
+    e = ZOO[name]
+    packed = e.example(b=1, t=41, dtype=torch.float64, **dims)
+    check(e.spec, packed, e.initial_state(b=3, dtype=torch.float64, **dims),
+          override=(ONE_ROW, keyed), cu_seqlens=torch.tensor([0, 17, 18, 41]))
+    if name == "mamba2":
+        check(spec, args, state, dtype=torch.bfloat16, tol=LOW, gtol=LOW,
+              override=(ONE_ROW, keyed))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name,mode", [("mamba2", 1), ("mamba2", 2), ("mamba2", 3),
-                                       ("gla", 1), ("gla", 2)])
+                                       ("mamba2", 4), ("gla", 1), ("gla", 2), ("gla", 4)])
 def test_gpu_split_over_chunks(name, mode):
     """The forward and backward split over chunks (mode: chunked_tune.LOCAL, PASS; 3: PASS
-    with the backward's chunks looping over the heads sharing an input) compiled for the GPU
-    (the tuner may pick them): bf16 at T = 4097 and float32 at T = 2049, every gradient."""
+    with the backward's chunks looping over the heads sharing an input; 4: PASS with the
+    backward's chunks taking the keys in blocks of 64) compiled for the GPU (the tuner may
+    pick them): bf16 at T = 4097 and float32 at T = 2049, every gradient."""
     V = pow2(GPU_SIZES[name].get("p", GPU_SIZES[name].get("v", 32)))
-    heads, mode = (3 if mode == 3 else 0), min(mode, 2)  # 3 heads a block: the last short
-    split = (Config(64, V, 4, 2, split=mode), Config(64, V, 8, 1, split=mode, heads=heads))
+    heads, bk = (3 if mode == 3 else 0), (64 if mode == 4 else 0)  # 3 heads: the last short
+    mode = min(mode, 2)
+    split = (Config(64, V, 4, 2, split=mode),
+             Config(64, V, 4 if bk else 8, 1, split=mode, heads=heads, bk=bk))
     check(*zoo(name, b=2, t=4097, **GPU_SIZES[name]), dtype=torch.bfloat16, tol=LOW, gtol=LOW,
           device="cuda", override=split)
     split32 = (Config(32, V, 4, 1, split=mode),
-               Config(32, V, 8, 1, split=mode, heads=heads))
+               Config(32, V, 8, 1, split=mode, heads=heads, bk=bk))
     check(*zoo(name, b=2, t=2049, **GPU_SIZES[name]), device="cuda", override=split32)
 
 
