@@ -85,6 +85,24 @@ def kernel_us(fn, n=3) -> dict[str, float]:
     return {k: round(t / n, 1) for k, t in times.items() if t > 0}
 
 
+def launches_us(fn) -> list:
+    """[kernel name, GPU us] of each launch of one call of `fn`, in launch order (what
+    kernel_us sums by name: a PASS split's state pass and chunks apart)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        ev = [e for e in prof.events() if str(e.device_type).endswith("CUDA")]
+        ev.sort(key=lambda e: e.time_range.start)
+        return [[e.name[:40], round(e.time_range.elapsed_us(), 1)] for e in ev]
+    except Exception as e:  # noqa: BLE001 (a profiler detail must not lose the row)
+        return [f"{type(e).__name__}: {e}"[:200]]
+
+
 def device_us(fn, n=3):
     """GPU time per call (kernels only): with the wall-clock median of `bench`, separates what
     the kernels take from the host's launch overhead."""
@@ -148,7 +166,7 @@ def time_lrc(case, name, layer, kwargs, floor_f=None, floor_fb=None, check=None)
     run()
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     record(case, name, "fwdbwd", bench(run), floor_fb, peak_MiB=round(peak),
-           gpu_us=device_us(run), kernels=kernel_us(run))
+           gpu_us=device_us(run), kernels=kernel_us(run), launches=launches_us(run))
     for v in leaves:
         v.requires_grad_(False)
         v.grad = None

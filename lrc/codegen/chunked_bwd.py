@@ -198,11 +198,14 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
             if syms[n] in q.expr.free_symbols:
                 derivs[(q.name, n)] = sp.diff(q.expr, syms[n])
     graded = [n for n in f.inputs if any(key[1] == n for key in derivs)]
+    hd, shared = looped_dim(f, graded)
+    # a gradient of an input the heads share carries the looped dim: its stride is 0 but
+    # where each head stores into its own slab (Config.spread)
+    gdims = {n: list(g[n].dims) + ([hd] if n in shared else []) for n in graded}
     for n in graded:
-        k.tensor(f"grad:{n}", f"g_{arg(n)}", g[n].dims, f.seq(n))
+        k.tensor(f"grad:{n}", f"g_{arg(n)}", gdims[n], f.seq(n))
     k.params += [("ptr", "cu", "cu_ptr"), ("ptr", "coff", "coff_ptr")]
     k.sizes()
-    hd, shared = looped_dim(f, graded)
     k.prologue(hd, key_blocks=True)
     w("ZERO = tl.zeros([1, 1], tl.int64)  # makes every load a block")
     if hd:
@@ -283,7 +286,7 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
             if not f.seq(n):
                 w(f"acc_{arg(n)} += tl.sum({var}, 0, keep_dims=True)")
                 return
-            off, m = k.offset(gv, node.dims, True), k.mask(node.dims, True)
+            off, m = k.offset(gv, gdims[n], True), k.mask(node.dims, True)
             pre = ""
             if n in shared:
                 w("if HEADS:")

@@ -93,17 +93,17 @@ class Kernel:
         for d in dims:
             self.params.append(("stride", key, d, f"{var}_s_{d}"))
 
-    def state_head(self, *keys: str) -> None:
+    def state_head(self, *keys: str, key_blocks: bool = False) -> None:
         """The initial and final state, per-chunk state tiles `keys`, the chunk decays
         (`chunk_states`), the packed-sequence tensors and the sizes as parameters; the
-        prologue."""
+        prologue (`key_blocks`: see `prologue`)."""
         sdims = self.g[self.form.state].dims
         self.tensor("h0", "h0", sdims, False)
         self.tensor("hT", "hT", sdims, False)
         self.chunk_states(*keys)
         self.params += [("ptr", "cu", "cu_ptr"), ("ptr", "coff", "coff_ptr")]
         self.sizes()
-        self.prologue()
+        self.prologue(key_blocks=key_blocks)
         self.w("ZERO = tl.zeros([1, 1], tl.int64)  # makes every load a block")
 
     def chunk_states(self, *keys: str) -> None:
@@ -420,7 +420,7 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
         node = g[n]
         k.tensor(f"in:{n}", arg(n), node.dims, f.seq(n))
     k.tensor("out", "y", g[f.output].dims, True)
-    k.state_head("chk", "loc")
+    k.state_head("chk", "loc", key_blocks=True)
     k.load_inputs(Role.PARAM)
     # PHASE 0: one program walks all its chunks, the state carried in registers. Split over
     # chunks (one program per chunk, the pid left after the grid dims): PHASE 1 stores each
@@ -489,7 +489,7 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     w.dedent()
     w("if WALK:")
     w(f"    tl.store(hT_ptr + {k.state_offset('hT')}, S, mask=m_s)", "final state")
-    return k.source(["HAS_H0", "SAVE", "PHASE"] + CONSTS), k.params
+    return k.source(["HAS_H0", "SAVE", "PHASE", "NKB"] + CONSTS), k.params
 
 
 def dec_offset(k: Kernel) -> str:

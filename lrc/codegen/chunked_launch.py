@@ -137,9 +137,9 @@ class Launcher:
             for k in ("DT", "IEEE", "REVERSE"):
                 consts.pop(k)
         programs = self.grid(cfg)[0] * chunks
-        if which == "backward":
+        if which != "states":
             consts.setdefault("NKB", 1)
-            programs *= consts["NKB"]  # blocks of keys (PASS chunks, Config.bk)
+            programs *= consts["NKB"]  # blocks of keys (Config.bk, Config.wk)
         if which == "backward" and self.prog.looped[0]:
             consts.setdefault("HEADS", 0)
             if consts["HEADS"]:  # one program per block of HEADS heads
@@ -152,9 +152,17 @@ class Launcher:
         self.fire(which, (programs,), args, consts)
 
     def fire(self, which: str, grid: tuple, args: list, consts: dict) -> None:
+        if which == "sum":  # spread gradients summed over their slabs (a launch, timed too)
+            torch.sum(args[0], 0, out=args[1])
+            return
         fn = self.prog.kernel(which, self.interpret)
         with modules.interpreted() if self.interpret else nullcontext():
             fn[grid](*args, **consts)
+
+    def walk_keys(self, cfg: Config) -> dict:
+        """BK and NKB of a PASS state pass (Config.wk: its keys in blocks)."""
+        wk = cfg.wk if 0 < cfg.wk < pow2(self.K) else pow2(self.K)
+        return dict(BK=wk, NKB=-(-self.K // wk))
 
     def inputs(self, ins) -> dict:
         out = {}
@@ -185,7 +193,8 @@ class Launcher:
                 return y, hT, chk, offs
             chunks = max(-(-ln // cfg.BT) for ln in self.lens) if self.lens else 1
             if cfg.split == PASS:  # the state pass alone, then every chunk's outputs
-                self.launch("forward", cfg, t, HAS_H0=h0.numel() > 0, SAVE=False, PHASE=3)
+                self.launch("forward", cfg, t, HAS_H0=h0.numel() > 0, SAVE=False, PHASE=3,
+                            **self.walk_keys(cfg))
                 self.launch("forward", cfg, t, chunks, HAS_H0=False, SAVE=False, PHASE=2)
                 return y, hT, chk, offs
             # split over chunks: each chunk's own state, the state passing, the outputs
@@ -249,22 +258,32 @@ class Launcher:
             heads = cfg.heads if hd and cfg.split == PASS and nvb == 1 else 0
             bk = cfg.bk if cfg.split == PASS and 0 < cfg.bk < pow2(self.K) else pow2(self.K)
             nkb = -(-self.K // bk)
+            spread = bool(cfg.spread and hd and cfg.split == PASS and not heads)
+            sums = []
             for n, x in zip(f.inputs, ins, strict=False):
                 if n not in graded:
                     continue
                 node = f.input(n)
                 summed = heads and n in shared  # over a block of the looped dim, in registers
+                slabs = spread and n in shared  # one per index of the looped dim, summed after
                 atomic = node.role is Role.PARAM or (
                     nkb > 1 and n in self.prog.key_partial) or (
                     heads < self.ksizes[hd] if summed else
-                    nvb > 1 and f.value not in node.dims or any(
+                    nvb > 1 and f.value not in node.dims or not slabs and any(
                         self.ksizes[d] > 1 for d in f.grid if d not in node.dims))
                 if node.role is Role.SEQ:
                     consts[atom_flag(n)] = atomic
-                buf = (torch.zeros(x.shape, dtype=torch.float32, device=self.device) if atomic
-                       else torch.empty(x.shape, dtype=x.dtype, device=self.device))
-                t[f"grad:{n}"] = (buf, self.strides(buf, node.annotation.axes, self.sizes))
-                grads[n] = buf
+                shape = ((self.ksizes[hd],) if slabs else ()) + tuple(x.shape)
+                buf = (torch.zeros(shape, dtype=torch.float32, device=self.device) if atomic
+                       else torch.empty(shape, dtype=x.dtype, device=self.device))
+                view = buf[0] if slabs else buf
+                st = self.strides(view, node.annotation.axes, self.sizes)
+                if slabs:
+                    st[hd] = buf.stride(0)
+                    sums.append((buf, torch.empty_like(view)))
+                    view = sums[-1][1]
+                t[f"grad:{n}"] = (buf, st)
+                grads[n] = view
             dh0 = self.state_like()
             dhTt = dhT if dhT is not None else dh0
             cst = {"#c": chk.stride(0), **{d: chk.stride(i + 1) for i, d in enumerate(
@@ -280,9 +299,12 @@ class Launcher:
             dchk = torch.empty_like(chk)
             if cfg.split == PASS:  # the state's gradient passed alone, then every chunk's
                 t.update(dchk=(dchk, cst))
-                self.launch("backward", cfg, t, HAS_DHT=dhT is not None, PHASE=3, **consts)
+                self.launch("backward", cfg, t, HAS_DHT=dhT is not None, PHASE=3, **consts,
+                            **self.walk_keys(cfg))
                 self.launch("backward", cfg, t, chunks, HAS_DHT=False, PHASE=2, BK=bk, NKB=nkb,
                             **consts, **({"HEADS": heads} if hd else {}))
+                for buf, out in sums:
+                    self.fire("sum", None, [buf, out], {})
                 return grads, dh0
             # split over chunks: each chunk's own part of the state's gradient, that
             # gradient passed back to front (the states kernel), each chunk's gradients

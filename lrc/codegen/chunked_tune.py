@@ -35,6 +35,13 @@ class Config:
     # program per block: fewer registers, and the parts of the gradients that sum over the
     # keys added atomically (chunked_bwd.key_partial); 0: all the keys in one program
     bk: int = 0
+    # the PASS state passes (PHASE 3, forward and backward) taking a block of this many keys,
+    # one program per block (a state's rows pass independently); 0: all the keys
+    wk: int = 0
+    # the PASS backward's chunks, one program per head, each storing its part of the
+    # gradient of an input the heads share into its own slab, the slabs summed after
+    # (instead of adding it atomically, or looping over heads); chunked_bwd.looped_dim
+    spread: bool = False
 
 
 LOCAL, PASS = 1, 2
@@ -79,7 +86,8 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
         # own part first) stays for an override: at the reference shape it was slower than
         # PASS (session 8, Mamba-2: forward 928 vs 738 us, backward 7943 vs 7790)
         bv = max(b for b in bvs if b >= 64 or b == pow2(V))
-        return out + [Config(64, bv, 4, 2, split=PASS)]
+        return out + [Config(64, bv, 4, 2, split=PASS, wk=w)
+                      for w in sorted({0, 64 if pow2(K) > 64 else 0})]
     # one program per whole value row: with the values split over programs (BV < V) Triton
     # 3.6 on the H200 gives wrong gradients or an illegal address for some configs (Mamba-2
     # P64 bf16: BV 32 at 4 warps, x's gradient 6e-2 off, right at 8 warps; a forward at BV 32
@@ -96,10 +104,14 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
     # programs share an SM, were slower: session 8, Mamba-2 backward 7748 / 7895 us against
     # 4823; GLA's backward does not fit 128 registers)
     # (the PASS backward at 8 warps was slower at every heads block: session 9, Mamba-2
-    # 3957-4779 us against 3371 at 4 warps); keys in blocks of 64 where there are more
-    return out + [Config(bt or 64, pow2(V), 4, 1, split=PASS, heads=h, bk=b)
-                  for b in sorted({0, 64 if pow2(K) > 64 else 0})
-                  for h in ((0, 8, 64) if looped else (0,))]
+    # 3957-4779 us against 3371 at 4 warps; blocks of 8 heads lost to 64 in sessions 8 and
+    # 9). Where there are more than 64 keys: the state pass in blocks of 64, and the chunks too
+    keys = [(0, 0)] + ([(0, 64), (64, 64)] if pow2(K) > 64 else [])
+    out += [Config(bt or 64, pow2(V), 4, 1, split=PASS, heads=h, bk=b, wk=wk)
+            for b, wk in keys for h in ((0, 64) if looped else (0,))]
+    if looped:  # each head's part of the shared inputs' gradients in its own slab
+        out.append(Config(bt or 64, pow2(V), 4, 1, split=PASS, spread=True, wk=keys[-1][1]))
+    return out
 
 
 def chosen(key: tuple) -> Config | None:

@@ -93,11 +93,15 @@ def test_split_chunked_kernels_compile_for_the_h200(name, mode):
     prog = kern._lowering("chunked")
     sizes = {"mamba2": dict(g=1, r=4, p=64, n=128), "gla": dict(h=2, k=128, v=128)}[name]
     V = 64 if name == "mamba2" else 128
-    for w in (4, 8):  # PASS at 4 warps: the backward's chunks take the keys in blocks of 64
-        pas = mode == chunked_tune.PASS
-        prog.override = (chunked_tune.Config(64, V, w, 2, split=mode),
-                         chunked_tune.Config(64, V, w, 1, split=mode, heads=8 if pas else 0,
-                                             bk=64 if pas and w == 4 else 0))
+    for w in (4, 8):  # PASS at 4 warps: the keys in blocks of 64 (the state passes and the
+        # backward's chunks) and 8 heads a block; at 8 warps: the shared gradients in slabs
+        pas, four = mode == chunked_tune.PASS, w == 4
+        keys = dict(wk=64) if pas and four else {}
+        prog.override = (chunked_tune.Config(64, V, w, 2, split=mode, **keys),
+                         chunked_tune.Config(64, V, w, 1, split=mode, **keys,
+                                             heads=8 if pas and four else 0,
+                                             bk=64 if pas and four else 0,
+                                             spread=pas and not four))
         args = e.example(b=2, t=2049, dtype=torch.float32, **sizes)
         leaves = {k: v.to(torch.bfloat16).requires_grad_(True) for k, v in args.items()}
         with aot.recording(as_gpu=132, compile=True) as launches:

@@ -418,63 +418,81 @@ def test_split_over_chunks(name, sides, mode, monkeypatch):
 KEY_DIM = {"mamba2": "n", "gla": "k", "retnet": "k", "rwkv6": "k"}
 
 
-@pytest.mark.parametrize("name,heads", [("mamba2", 0), ("mamba2", 2), ("gla", 0), ("rwkv6", 0)])
-def test_backward_key_blocks(name, heads, monkeypatch):
-    """The PASS backward's chunks taking the keys in blocks (Config.bk: 37 keys, three blocks
-    of 16, the last short), each block adding its part of the gradients that sum over the
-    keys: against the reference, every gradient and the initial state's; reversed, packed,
-    bf16. Mamba-2 (scalar decay, skip, heads sharing B and C, also looped 2 heads a block),
-    GLA (per-key decay), RWKV-6 (per-key decay and the bonus term)."""
-    from lrc.codegen.chunked_launch import Launcher
-    from lrc.codegen.chunked_tune import PASS
+KEYED = {  # mode -> (forward config, backward config, the launches (kernel, PHASE, NKB, BK))
+    "chunks": (ONE_ROW, Config(16, 32, 1, 1, split=2, bk=16),
+               [("forward", 0, 1, 64), ("backward", 3, 1, 64), ("backward", 2, 3, 16)]),
+    "chunks, heads": (ONE_ROW, Config(16, 32, 1, 1, split=2, heads=2, bk=16),
+                      [("forward", 0, 1, 64), ("backward", 3, 1, 64), ("backward", 2, 3, 16)]),
+    "passes": (Config(16, 32, 1, 1, split=2, wk=16), Config(16, 32, 1, 1, split=2, bk=16, wk=16),
+               [("forward", 3, 3, 16), ("forward", 2, 1, 64), ("backward", 3, 3, 16),
+                ("backward", 2, 3, 16)]),
+    "spread": (ONE_ROW, Config(16, 32, 1, 1, split=2, spread=True, wk=16),
+               [("forward", 0, 1, 64), ("backward", 3, 3, 16), ("backward", 2, 1, 64),
+                ("sum", None, None, None), ("sum", None, None, None)]),
+}
 
-    keyed = Config(16, 32, 1, 1, split=PASS, heads=heads, bk=16)
-    blocks = []
+
+@pytest.mark.parametrize("name,mode", [("mamba2", m) for m in KEYED] + [
+    ("gla", "chunks"), ("gla", "passes"), ("rwkv6", "passes")])
+def test_key_blocks(name, mode, monkeypatch):
+    """PASS with the keys in blocks (37 keys, three blocks of 16, the last short): the
+    backward's chunks (Config.bk), each block adding its part of the gradients that sum over
+    the keys; the state passes (Config.wk), forward and backward, a state's rows passed
+    independently; and (spread) each head's part of the gradients of Mamba-2's shared B and C
+    stored in its own slab and the slabs summed. Against the reference, every gradient and
+    the initial state's; reversed, packed, bf16. Mamba-2 (scalar decay, skip, heads sharing
+    B and C, also looped 2 heads a block), GLA (per-key decay), RWKV-6 (per-key decay and the
+    bonus term)."""
+    from lrc.codegen.chunked_launch import Launcher
+
+    fwd, bwd, expect = KEYED[mode]
+    launches = []
     fire = Launcher.fire
 
     def spy(self, which, grid, args, consts):
-        if which == "backward":
-            blocks.append((consts["PHASE"], consts["NKB"], consts["BK"]))
+        launches.append((which, consts.get("PHASE"), consts.get("NKB"), consts.get("BK")))
         return fire(self, which, grid, args, consts)
 
     monkeypatch.setattr(Launcher, "fire", spy)
     dims = {KEY_DIM[name]: 37}
     spec, args, state = zoo(name, **dims)
-    check(spec, args, state, override=(ONE_ROW, keyed))
-    assert blocks == [(3, 1, 64), (2, 3, 16)]
-    check(spec, args, override=(ONE_ROW, keyed), reverse=True)
+    check(spec, args, state, override=(fwd, bwd))
+    assert launches == expect
+    check(spec, args, override=(fwd, bwd), reverse=True)
     e = ZOO[name]
     packed = e.example(b=1, t=41, dtype=torch.float64, **dims)
     check(e.spec, packed, e.initial_state(b=3, dtype=torch.float64, **dims),
-          override=(ONE_ROW, keyed), cu_seqlens=torch.tensor([0, 17, 18, 41]))
+          override=(fwd, bwd), cu_seqlens=torch.tensor([0, 17, 18, 41]))
     if name == "mamba2":
-        check(spec, args, state, dtype=torch.bfloat16, tol=LOW, gtol=LOW,
-              override=(ONE_ROW, keyed))
+        check(spec, args, state, dtype=torch.bfloat16, tol=LOW, gtol=LOW, override=(fwd, bwd))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name,mode", [("mamba2", 1), ("mamba2", 2), ("mamba2", 3),
-                                       ("mamba2", 4), ("gla", 1), ("gla", 2), ("gla", 4)])
+                                       ("mamba2", 4), ("mamba2", 5), ("gla", 1), ("gla", 2),
+                                       ("gla", 4)])
 def test_gpu_split_over_chunks(name, mode):
     """The forward and backward split over chunks (mode: chunked_tune.LOCAL, PASS; 3: PASS
     with the backward's chunks looping over the heads sharing an input; 4: PASS with the
-    backward's chunks taking the keys in blocks of 64) compiled for the GPU (the tuner may
-    pick them): bf16 at T = 4097 and float32 at T = 2049, every gradient."""
+    state passes and the backward's chunks taking the keys in blocks of 64; 5: PASS with
+    the heads' parts of the shared inputs' gradients in slabs) compiled for the GPU (the
+    tuner may pick them): bf16 at T = 4097 and float32 at T = 2049, every gradient."""
     V = pow2(GPU_SIZES[name].get("p", GPU_SIZES[name].get("v", 32)))
-    heads, bk = (3 if mode == 3 else 0), (64 if mode == 4 else 0)  # 3 heads: the last short
+    more = {3: dict(heads=3), 4: dict(bk=64, wk=64), 5: dict(spread=True)}.get(mode, {})
+    walk = {"wk": more["wk"]} if "wk" in more else {}  # 3 heads a block: the last short
     mode = min(mode, 2)
-    split = (Config(64, V, 4, 2, split=mode),
-             Config(64, V, 4 if bk else 8, 1, split=mode, heads=heads, bk=bk))
+    split = (Config(64, V, 4, 2, split=mode, **walk),
+             Config(64, V, 4 if more else 8, 1, split=mode, **more))
     check(*zoo(name, b=2, t=4097, **GPU_SIZES[name]), dtype=torch.bfloat16, tol=LOW, gtol=LOW,
           device="cuda", override=split)
-    split32 = (Config(32, V, 4, 1, split=mode),
-               Config(32, V, 8, 1, split=mode, heads=heads, bk=bk))
+    split32 = (Config(32, V, 4, 1, split=mode, **walk),
+               Config(32, V, 8, 1, split=mode, **more))
     check(*zoo(name, b=2, t=2049, **GPU_SIZES[name]), device="cuda", override=split32)
 
 
 def test_looped_heads_only_where_heads_share_an_input():
     """Mamba-2's heads share their group's B and C: its backward's chunks may loop over blocks
-    of heads (the tuner tries 8 and 64 a block); GLA's inputs are all per head, so its
+    of heads (the tuner tries 64 a block); GLA's inputs are all per head, so its
     candidates have no such blocks."""
     from lrc.codegen.chunked_tune import candidates
 
@@ -482,5 +500,5 @@ def test_looped_heads_only_where_heads_share_an_input():
     assert looped["mamba2"][0] == "r" and set(looped["mamba2"][1]) == {"B", "C"}
     assert looped["gla"] == (None, [])
     heads = {c.heads for c in candidates("backward", 64, False, True, 64, looped=True)}
-    assert heads == {0, 8, 64}
+    assert heads == {0, 64}
     assert {c.heads for c in candidates("backward", 128, True, True, 64)} == {0}
