@@ -29,7 +29,7 @@ class Compiled:
     ok: bool
     seconds: float
     regs: int = 0    # registers per thread
-    spills: int = 0  # local memory per thread, bytes (register spills)
+    spills: int = 0  # stack frame per thread, bytes: register spills (ptxas's LOCAL stays 0)
     shared: int = 0
     error: str = ""
 
@@ -133,8 +133,9 @@ def compile_launch(rec: Launch, capability: int = 90) -> Compiled:
 
 
 def _usage(cubin: bytes | None) -> tuple[int, int]:
-    """(registers per thread, local-memory bytes per thread: spills) of a cubin, read with
-    the cuobjdump Triton ships; (0, 0) where it is missing."""
+    """(registers per thread, stack bytes per thread: spills) of a cubin, read with the
+    cuobjdump Triton ships; (0, 0) where it is missing. Spilled registers live in the stack
+    frame (STACK; the SASS's STL/LDL); LOCAL stays 0 for them."""
     import os
     import re
     import subprocess
@@ -151,5 +152,5 @@ def _usage(cubin: bytes | None) -> tuple[int, int]:
         fh.flush()
         out = subprocess.run([tool, "--dump-resource-usage", fh.name], capture_output=True,
                              text=True).stdout
-    reg, loc = re.search(r"REG:(\d+)", out), re.search(r"LOCAL:(\d+)", out)
+    reg, loc = re.search(r"REG:(\d+)", out), re.search(r"STACK:(\d+)", out)
     return int(reg.group(1)) if reg else 0, int(loc.group(1)) if loc else 0

@@ -12,12 +12,19 @@ entering state S_0 from the forward's checkpoints. Per chunk (Lam, Lq, A as in t
     d_l  = reverse cumsum of the log-decay cotangents (natural units; exp2 folds log2(e) in)
 
 then every input's gradient is sum_F dF * dF/dX over the quantities F that read it, reduced over
-the tile dims it lacks. A Seq gradient that several programs add to (an input shared across
-heads, such as Mamba-2's grouped B and C, or one lacking the value dim when the values are
-split over programs) is added atomically into a float32 buffer; Params accumulate over the
-chunks in registers and are added once per program. Split over chunks (PASS), a program may
-take a block of HEADS of the heads sharing such an input in turn (`looped_dim`), summing its
-gradient in registers and adding it once per block instead of once per head.
+the tile dims it lacks (`Chain`: each term as soon as its cotangent is final, each gradient
+stored as soon as it is complete, so few gradient tiles are alive at once). A Seq gradient
+that several programs add to (an input shared across heads, such as Mamba-2's grouped B and
+C, or one lacking the value dim when the values are split over programs) is added atomically
+into a float32 buffer; Params accumulate over the chunks in registers and are added once per
+program. Split over chunks (PASS), the state's gradient is passed alone first (PHASE 3,
+optionally one program per block of keys: a state's rows pass independently), then every
+chunk's gradients are computed in parallel (PHASE 2), emitted without a loop around them.
+There, for an input the heads share, a program may take a block of HEADS heads in turn
+(`looped_dim`, summing in registers and adding once per block), or store its head's part in
+the head's own slab of a buffer that is summed afterwards (Config.spread: no atomics, the
+fastest for Mamba-2); and a program may take one block of the keys (NKB blocks), adding its
+part of the gradients that sum over the keys (`key_partial`).
 """
 from __future__ import annotations
 

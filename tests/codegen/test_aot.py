@@ -109,3 +109,27 @@ def test_split_chunked_kernels_compile_for_the_h200(name, mode):
         assert [(r.name.rsplit("_", 1)[-1], r.consts.get("PHASE"))
                 for r in launches] == SPLIT_LAUNCHES[mode]
         assert all(r.compiled.fits and 0 < r.compiled.regs <= 255 for r in launches)
+
+
+def test_spills_are_read_from_the_stack_frame():
+    """aot reports spills: a kernel holding 8192 float32 values in one warp's registers
+    spills them (ptxas puts them in the stack frame), one holding 128 does not."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    @triton.jit
+    def reverse(x_ptr, N: tl.constexpr):
+        o = tl.arange(0, N)
+        x = tl.load(x_ptr + o)
+        tl.store(x_ptr + N - 1 - o, tl.cumsum(x, 0) * x)
+
+    def usage(n):
+        src = ASTSource(reverse, {"x_ptr": "*fp32", "N": "constexpr"}, constexprs={"N": n})
+        k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
+        return aot._usage(k.asm["cubin"])
+
+    regs, spills = usage(8192)
+    assert regs > 0 and spills > 0
+    assert usage(128)[1] == 0
