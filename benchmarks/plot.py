@@ -99,6 +99,8 @@ if __name__ == "__main__":
     bars(s4, "session4_vs_peers.png", "Fourth session (2026-11-28)")
     bars(load("session7_bench_diag.json"), "session7_diag_vs_peers.png",
          "Elementwise scan, seventh session (2026-11-29): row kernels, tuned on kernel time")
+    bars(load("session9_bench_final.json"), "session9_chunked_vs_peers.png",
+         "Chunked lowering, ninth session (2026-11-29): Mamba-2 and GLA")
     conv = load("bench_conv.json")
     bars([r for r in conv if "sweep" not in r["case"]], "conv_vs_peer.png",
          "Conv lowering vs PyTorch eager S4D")
