@@ -482,7 +482,8 @@ def forward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     w.dedent()
     # the same steps again, not in a loop: values the compiler hoists out of a loop (even one
     # of one trip) stay in registers throughout it
-    w("elif pid < n_c:  # this program's chunk")
+    w("elif pid < n_c:  # this program's chunk: the steps above, without their loop "
+      "(what a loop hoists stays in registers across it)")
     w.indent()
     k.rows("pid")
     chunk()
