@@ -455,6 +455,8 @@ def test_key_blocks(name, mode, monkeypatch):
 
     monkeypatch.setattr(Launcher, "fire", spy)
     dims = {KEY_DIM[name]: 37}
+    if name == "mamba2":  # one group of 3 heads (blocks of 2 and 1 where they loop)
+        dims.update(g=1, r=3)
     spec, args, state = zoo(name, **dims)
     check(spec, args, state, override=(fwd, bwd))
     assert launches == expect
