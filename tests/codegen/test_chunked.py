@@ -465,7 +465,10 @@ def test_key_blocks(name, mode, monkeypatch):
     packed = e.example(b=1, t=41, dtype=torch.float64, **dims)
     check(e.spec, packed, e.initial_state(b=3, dtype=torch.float64, **dims),
           override=(fwd, bwd), cu_seqlens=torch.tensor([0, 17, 18, 41]))
-    if name == "mamba2":
+    if name == "mamba2":  # bf16 at the default 9 heads: with 3, dt_bias's gradient (3 sums
+        # over every step, with cancellation) is 1.3-1.5e-2 off for some seeds, the one-row
+        # backward's as much as the key blocks' (LRC_SEED=4042349003)
+        spec, args, state = zoo(name, n=37)
         check(spec, args, state, dtype=torch.bfloat16, tol=LOW, gtol=LOW, override=(fwd, bwd))
 
 
