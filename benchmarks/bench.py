@@ -143,7 +143,7 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-def time_lrc(case, name, layer, kwargs, floor_f=None, floor_fb=None, check=None):
+def time_lrc(case, name, layer, kwargs, floor_f=None, floor_fb=None, check=None, bwd=True):
     """First call (compile), forward, forward+backward and peak memory of an lrc layer."""
     torch.cuda.synchronize()
     t0 = time.time()
@@ -156,6 +156,8 @@ def time_lrc(case, name, layer, kwargs, floor_f=None, floor_fb=None, check=None)
         extra["rel_err"] = f"{err:.1e}"
     extra["gpu_us"] = device_us(lambda: layer(**kwargs))
     record(case, name, "fwd", bench(lambda: layer(**kwargs)), floor_f, **extra)
+    if not bwd:
+        return tuned()
     leaves = [v for v in kwargs.values() if v.is_floating_point()]
     for v in leaves:
         v.requires_grad_(True)
@@ -310,10 +312,14 @@ def mamba1():
                  C=Ct[:1, :, :512], D=Dv[:64], z=z[:1, :64, :512], delta_bias=bias[:64])
     ref = lrc.compile(selective_scan, backend="reference")
     want = ref(**{k: v.double() for k, v in small.items()})
+    # BENCH_FWD_ONLY=1: forwards only (lrc's Mamba-1 forward+backward, 25 ms, and its tuning
+    # take minutes of a GPU session)
+    bwd = os.environ.get("BENCH_FWD_ONLY") != "1"
     for name, loop in lrc_variants():
         layer = compile_variant(selective_scan, loop)
-        err = rel(layer(**small), want)
-        time_lrc(case, name, layer, args, ff, ffb, lambda y, e=err: e)
+        with torch.no_grad():
+            err = rel(layer(**small), want)
+        time_lrc(case, name, layer, args, ff, ffb, lambda y, e=err: e, bwd=bwd)
     try:
         import selective_scan_cuda  # noqa: F401
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -324,8 +330,8 @@ def mamba1():
     got = selective_scan_fn(*[small[k] for k in ("u", "delta", "A", "B", "C", "D", "z",
                                                  "delta_bias")], True)
     print(f"   mamba_ssm vs float64 reference: {rel(got, want):.1e}")
-    leaves = [v.requires_grad_(True) for v in (u, delta, A, Bt, Ct, Dv, z, bias)]
-    time_peer(case, "mamba_ssm selective_scan CUDA", fn, leaves, ff, ffb)
+    leaves = [v.requires_grad_(bwd) for v in (u, delta, A, Bt, Ct, Dv, z, bias)]
+    time_peer(case, "mamba_ssm selective_scan CUDA", fn, leaves, ff, ffb, bwd=bwd)
 
 
 @guarded

@@ -41,6 +41,7 @@ class Tiling:
     split: tuple[str, ...]
     grid: tuple[str, ...]
     time_last: bool = False  # the time-chunk axis last (fastest) instead of first
+    unroll: str | None = None  # a whole dim that is no register axis: see `scan.unrolled`
 
     @property
     def taxis(self) -> int:
@@ -54,6 +55,14 @@ class Tiling:
         tile = [f"BLOCK_{d}" if d in dims else "1" for d in self.tile]
         t = ["TC" if timed else "1"]
         return "[" + ", ".join(tile + t if self.time_last else t + tile) + "]"
+
+    def carried_shape(self, dims) -> str:
+        """The register shape of a value carried from chunk to chunk (a state): with an
+        unrolled dim, that dim takes the time axis (q_<dim> indexes it)."""
+        if self.unroll is None or self.unroll not in dims:
+            return self.shape(dims, False)
+        tile = [f"BLOCK_{d}" if d in dims else "1" for d in self.tile]
+        return "[" + ", ".join(tile + [f"BLOCK_{self.unroll}"]) + "]"
 
 
 @dataclass(frozen=True)
@@ -98,21 +107,27 @@ class Writer:
         return "\n".join(out)
 
 
-def index_terms(tiling: Tiling, dims, prefix: str, timed: bool) -> list[str]:
-    """Offset terms `index * stride` of a tensor over `dims` (and time) in this kernel."""
+def index_terms(tiling: Tiling, dims, prefix: str, timed: bool, carried: bool = False
+                ) -> list[str]:
+    """Offset terms `index * stride` of a tensor over `dims` (and time) in this kernel.
+    `carried`: of a value carried between chunks (see Tiling.carried_shape)."""
     terms = []
     if timed:
         terms.append(f"t64 * {prefix}_st")
     for d in dims:
-        if d in tiling.tile:
+        if d == tiling.unroll:
+            terms.append(f"{'q' if carried else 'o'}_{d} * {prefix}_s_{d}")
+        elif d in tiling.tile:
             terms.append(f"o_{d} * {prefix}_s_{d}")
         else:
             terms.append(f"i_{d} * {prefix}_s_{d}")
     return terms
 
 
-def mask_of(tiling: Tiling, dims, timed: bool) -> str:
+def mask_of(tiling: Tiling, dims, timed: bool, carried: bool = False) -> str:
     parts = (["m_t"] if timed else []) + [f"m_{d}" for d in dims if d in tiling.tile]
+    if tiling.unroll in dims:
+        parts.append(f"{'mq' if carried else 'm'}_{tiling.unroll}")
     return " & ".join(parts) if parts else "None"
 
 
@@ -128,6 +143,7 @@ class Values:
         self.g, self.tiling, self.w = g, tiling, w
         self.vals: dict[str, Val] = {}
         self.pending: dict[sp.Symbol, sp.Basic] = {}  # common subexpressions, emitted on use
+        self.zeroed: list[str] = []  # sums over an unrolled dim: their zeros before its loop
 
     def __getitem__(self, name: str) -> Val:
         return self.vals[name]
@@ -229,6 +245,11 @@ class Values:
         if d not in x.dims:
             self.w(f"{var} = {x.var} * size_{d}", node.name)
             val = Val(var, x.dims, x.timed, x.partial)
+        elif d == t.unroll:  # added up over the unrolled loop; zeroed before it
+            self.w(f"{var} += {x.var} if EVEN else tl.where(m_{d}, {x.var}, 0.0)", node.name)
+            self.zeroed.append(f"{var} = tl.zeros({t.shape(x.dims - {d}, x.timed)}, "
+                               "tl.float32)")
+            val = Val(var, x.dims - {d}, x.timed, x.partial)
         elif d in t.tile:
             self.w(f"{var} = tl.sum(tl.where(m_{d}, {x.var}, 0.0), axis={t.axis(d)}, "
                    f"keep_dims=True)", node.name)

@@ -16,7 +16,7 @@ from .partition import Unsupported
 from .loop import loop_source, step_source
 from .scan import (Signature, backward_source, forward_source, independent, module_source,
                    saved_states, varlen_able)
-from .tiling import choose_tiling
+from .tiling import choose_tiling, unrolled
 
 
 @dataclass
@@ -34,6 +34,7 @@ class ScanProgram:
     kernel: Graph = field(init=False)
     blocks: tuple[Block, ...] = field(init=False)
     tiling: Tiling = field(init=False)
+    tilings: dict[str, Tiling] = field(init=False)  # a kernel's own, where not `tiling`
     backward: Backward = field(init=False)
     bblocks: tuple[Block, ...] = field(init=False)
     varlen: bool = field(init=False)  # packed sequences (cu_seqlens) run in one launch
@@ -70,7 +71,9 @@ class ScanProgram:
                                                        self.backward.graph, self.bblocks,
                                                        self.backward, self.tiling,
                                                        f"{base}_backward", batch, self.saved)
+            extra = self._unrolled(base, batch)
         except Unsupported as why:  # any other linear transition: one token at a time
+            extra = {}
             self.blocks = self.bblocks = ()
             self.mode = f"loop ({why})"
             self.segmented = self.bsegmented = self.varlen = False
@@ -82,7 +85,24 @@ class ScanProgram:
         stp, ssig = step_source(self.kernel, self.tiling, f"{base}_step")
         self.sources = {"forward": fwd, "backward": bwd, "step": stp}
         self.signatures = {"forward": fsig, "backward": bsig, "step": ssig}
-        self.source = module_source([fwd, bwd, stp], f"Scan kernels for {g.name}.")
+        self.tilings = {}
+        for which, (src, sig, tiling) in extra.items():
+            self.sources[which], self.signatures[which], self.tilings[which] = src, sig, tiling
+        self.source = module_source(list(self.sources.values()), f"Scan kernels for {g.name}.")
+
+    def _unrolled(self, base: str, batch: str | None) -> dict:
+        """{'forward_n': (source, signature, tiling)}: the forward with the whole dim unrolled
+        (tiling.unrolled), where that applies; the no-gradient forward may run it. Its
+        checkpoints are a chunk apart that the backward's tiling cannot take, so a forward
+        that saves for a backward runs `forward`."""
+        t = unrolled(self.kernel, self.tiling)
+        if t is None:
+            return {}
+        try:
+            src, sig = forward_source(self.kernel, self.blocks, t, f"{base}_forward_n", batch)
+        except Unsupported:
+            return {}
+        return {"forward_n": (src, sig, t)}
 
     def module(self, interpret: bool) -> ModuleType:
         return modules.load(self.source, interpret)

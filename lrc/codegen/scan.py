@@ -82,6 +82,10 @@ def _prologue(w: Writer, tiling: Tiling) -> None:
         w(f"m_{d} = o_{d} < size_{d}")
     sl = ", ".join(":" if j == tiling.taxis else "None" for j in range(rank))
     w(f"o_t = tl.arange(0, TC)[{sl}]")
+    if tiling.unroll is not None:  # the carried states' axis along the unrolled dim
+        d = tiling.unroll
+        w(f"q_{d} = tl.arange(0, BLOCK_{d})[{sl}]")
+        w(f"mq_{d} = q_{d} < size_{d}")
     w(f"ONE = tl.zeros([{', '.join(['1'] * rank)}], tl.int64)  # makes any pointer a block")
 
 
@@ -183,6 +187,9 @@ class ChunkBody:
                                   "over programs")
         full = lambda e: f"({vals.expr(self.r(e))} + z_{self.tag}{i})"
         w(f"z_{self.tag}{i} = tl.zeros({t.shape(dims, True)}, tl.float32)")
+        if t.unroll is not None:
+            self.column_scan(i, b, dims)
+            return
         if b.size == 1:
             (a,), (inp,) = b.coef[0], b.inp
             w(f"a_{self.tag}{i} = tl.where(m_t, {full(a)}, 1.0)", f"decay of {b.states[0]}")
@@ -222,6 +229,48 @@ class ChunkBody:
             w(f"{self.state_var(s)} = tl.sum(tl.where(o_t == LAST_{self.tag}, "
               f"{vals[new].var}, 0.0), axis={self.vals.tiling.taxis}, keep_dims=True)")
 
+    def column_scan(self, i: int, b: Block, dims) -> None:
+        """A state's column o_<u> of the unrolled dim u (a diagonal block): read from the
+        carried tile, scanned over the chunk with the carry folded into its first step (so
+        the scan's values are the states), written back as the chunk's last state. EVEN (no
+        step past T in the chunk, no index past u's size) drops the masks: a select per
+        element and index, and Triton cannot fold `x + zeros` away, so values are broadcast."""
+        w, t, tg, vals = self.w, self.vals.tiling, self.tag, self.vals
+        u = t.unroll
+        if b.size != 1:
+            raise Unsupported(f"state {', '.join(b.states)}: a block of {b.size} along an "
+                              "unrolled dim")
+        (a,), (inp,) = b.coef[0], b.inp
+        s = self.state_var(b.states[0])
+        full = lambda e: f"tl.broadcast_to({vals.expr(self.r(e))}, {t.shape(dims, True)})"
+        self.carry_in[b.states[0]] = f"{s}_in"
+        w(f"{s}_in = tl.sum(tl.where(q_{u} == o_{u}, {s}, 0.0), axis={t.taxis}, keep_dims=True)")
+        w(f"a_{tg}{i} = {full(a)}", f"decay of {b.states[0]}")
+        w(f"b_{tg}{i} = {full(inp)}", f"input of {b.states[0]}")
+        w("if not EVEN:")
+        w(f"    a_{tg}{i} = tl.where(m_t, a_{tg}{i}, 1.0)")
+        w(f"    b_{tg}{i} = tl.where(m_t, b_{tg}{i}, 0.0)")
+        w(f"b_{tg}{i} += tl.where(o_t == FIRST_{tg}, a_{tg}{i} * {s}_in, 0.0)",
+          "the carry at the first step")
+        new = ident(b.news[0]) + f"_{tg}"
+        w(f"_, {new} = tl.associative_scan((a_{tg}{i}, b_{tg}{i}), {t.taxis}, _scan1, "
+          f"reverse={self.reverse})", b.news[0])
+        self.vals.set(b.news[0], Val(new, frozenset(dims), True))
+        w(f"{s} = tl.where(q_{u} == o_{u}, tl.sum(tl.where(o_t == LAST_{tg}, {new}, 0.0), "
+          f"axis={t.taxis}, keep_dims=True), {s})")
+
+    def flush(self) -> None:
+        """Emit now every common subexpression computable from the values at hand (before an
+        unrolled loop: what does not vary along it is computed once, not per index)."""
+        have = set(self.vals.vals)
+        ready = {}
+        for sym, e in self.vals.pending.items():  # in creation order: operands first
+            if sym.name not in have and all(x.name in have or x in ready
+                                            for x in e.free_symbols):
+                ready[sym] = e
+        for sym in ready:
+            self.vals.need(sym)
+
     def old(self, s: str, new: str) -> None:
         """The state before each step of the chunk: the new values shifted by one step."""
         vals, w = self.vals, self.w
@@ -233,15 +282,17 @@ class ChunkBody:
           f"{s} before each step")
         vals.set(s, Val(var, nv.dims, True))
 
-    def run(self, nodes: list[str]) -> None:
-        """Emit `nodes` and the block scans, in dependency order."""
+    def run(self, nodes: list[str], share: bool = True) -> None:
+        """Emit `nodes` and the block scans, in dependency order (`share`: find their common
+        subexpressions first; else those of an earlier `share`)."""
         news = {n: (i, b) for i, b in enumerate(self.blocks) for n in b.news}
         olds = {s: n for b in self.blocks for s, n in zip(b.states, b.news)}
         todo = [n for n in nodes if n not in news]
         active = tuple(b if any(n in nodes for n in b.news) else None for b in self.blocks)
         units = _units(self.g, active, todo)
-        self.share([u for u in units if not isinstance(u, tuple) and u not in self.vals],
-                   [self.blocks[u[1]] for u in units if isinstance(u, tuple)])
+        if share:
+            self.share([u for u in units if not isinstance(u, tuple) and u not in self.vals],
+                       [self.blocks[u[1]] for u in units if isinstance(u, tuple)])
         for u in units:
             if isinstance(u, tuple):
                 b = self.blocks[u[1]]
@@ -277,7 +328,7 @@ def _state_ptrs(sig: Signature, g: Graph, s: str, key: str, suffix: str, chunked
 
 def _state_offset(t: Tiling, g: Graph, s: str, suffix: str, chunk: str | None) -> str:
     var = f"{ident(s)}_{suffix}"
-    terms = index_terms(t, g[s].dims, var, False)
+    terms = index_terms(t, g[s].dims, var, False, carried=True)
     if chunk is not None:
         terms.insert(0, f"{chunk} * {var}_sc")
     return " + ".join(terms) or "0"
@@ -328,31 +379,34 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
     sig.params.append(("size", "SEG_LEN", "SEG_LEN"))
     consts = ["HAS_H0", "SAVE", "REVERSE", "SUMMARY", "TC", "STAGES", "VARLEN"] + [
         f"BLOCK_{d}" for d in t.tile]
+    if t.unroll:  # EVEN: whole chunks, no index past the unrolled dim's size (Launch.even)
+        consts += [f"BLOCK_{t.unroll}", "EVEN"]
     _prologue(w, t)
     at = len(w.lines)
     w("seg = pid  # the segment of time this program scans")
     _direction(w, "REVERSE", "f")
     varying = time_varying(g)
+    along = _along_unrolled(g, t)
     for n in g.inputs():
-        if n.role is Role.PARAM:
+        if n.role is Role.PARAM and t.unroll not in n.dims:
             vals.load(n, False)
         elif n.role is Role.INDEX:
             vals.index(n)
     body = ChunkBody(g, blocks, vals, w, "REVERSE", "f")
     core = [n.name for n in g.nodes if not isinstance(n, Input)]
     news = set(g.new_state_names)  # a new state is scanned per chunk, even a constant one
-    hoisted = [n for n in core if n not in varying and n not in news]
+    hoisted = [n for n in core if n not in varying and n not in news and n not in along]
     body.run(hoisted)
     for s in g.state_names:
-        w(f"{body.state_var(s)} = tl.zeros({t.shape(g[s].dims, False)}, tl.float32)")
-    segmented = independent(g, blocks)
+        w(f"{body.state_var(s)} = tl.zeros({t.carried_shape(g[s].dims)}, tl.float32)")
+    segmented = independent(g, blocks) and t.unroll is None
     w("if not SUMMARY:")
     w.indent()
     for s in g.state_names:
         sv, dims = body.state_var(s), g[s].dims
         w("if HAS_H0:")
         w(f"    {sv} += tl.load({ident(s)}_h0_ptr + {_state_offset(t, g, s, 'h0', None)}"
-          f"{guard(mask_of(t, dims, False))}).to(tl.float32)", f"initial {s}")
+          f"{guard(mask_of(t, dims, False, carried=True))}).to(tl.float32)", f"initial {s}")
     if segmented:
         _join_before(w, g, blocks, t, body.state_var, backward=False)
     w.dedent()
@@ -379,12 +433,18 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
     w.indent()
     for s in g.state_names:
         w(f"tl.store({ident(s)}_chk_ptr + ONE + {_state_offset(t, g, s, 'chk', 'c')}, "
-          f"{body.state_var(s)}, mask={mask_of(t, g[s].dims, False)})", f"checkpoint of {s}")
+          f"{body.state_var(s)}, mask={mask_of(t, g[s].dims, False, carried=True)})",
+          f"checkpoint of {s}")
     w.dedent()
     w.dedent()
     for n in g.inputs(Role.SEQ):
-        vals.load(n, True)
-    body.run([n for n in core if n in varying or n in news])
+        if t.unroll not in n.dims:
+            vals.load(n, True)
+    chunk = [n for n in core if n in varying or n in news or n in along]
+    if t.unroll is None:
+        body.run(chunk)
+    else:
+        _unrolled(w, g, body, chunk, along)
     if segmented:
         w("if SUMMARY:")
         w.indent()
@@ -411,7 +471,7 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
     w("if not SUMMARY:")
     w.indent()
     for s in g.state_names:
-        m = mask_of(t, g[s].dims, False)
+        m = mask_of(t, g[s].dims, False, carried=True)
         m = "last" if m == "None" else f"{m} & last"
         w(f"tl.store({ident(s)}_hT_ptr + ONE + {_state_offset(t, g, s, 'hT', None)}, "
           f"{body.state_var(s)}, mask={m})", f"final {s}")
@@ -419,6 +479,98 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
     _varlen(w, at, sig, t, batch)
     src = _kernel(name, sig, consts, w)
     return src, sig
+
+
+def _along_unrolled(g: Graph, t: Tiling) -> dict[str, str]:
+    """Where each node is computed with an unrolled dim u: in the loop over u ("in": a value
+    along u; "sum": a sum over u, added up there) or after it ("after": reading such a sum);
+    nodes not named come before the loop; {} without an unrolled dim. Refused (Unsupported)
+    where the loop cannot run once per chunk: a value along u reading a sum over u, an output
+    along u, a state not along u."""
+    u = t.unroll
+    if u is None:
+        return {}
+    out: dict[str, str] = {}
+    for n in g.nodes:
+        if isinstance(n, Input):
+            if n.role is Role.INDEX and u in n.dims:
+                raise Unsupported(f"index input {n.name} along the unrolled dim {u!r}")
+            continue
+        before = {out[a] for a in n.args if a in out}
+        if u in n.dims or (isinstance(n, Sum) and n.dim == u and u in g[n.arg].dims):
+            if before - {"in"}:
+                raise Unsupported(f"{n.name}: a value along {u!r} reads a sum over {u!r}")
+            out[n.name] = "sum" if isinstance(n, Sum) and n.dim == u else "in"
+        elif "in" in before:
+            raise Unsupported(f"{n.name}: leaves the unrolled dim {u!r} but by a sum")
+        elif before:
+            out[n.name] = "after"
+    for o in g.outputs:
+        if u in g[o].dims:
+            raise Unsupported(f"output {o} is along the unrolled dim {u!r}")
+    for s in g.state_names:
+        if u not in g[s].dims:
+            raise Unsupported(f"state {s} is not along the unrolled dim {u!r}")
+    return out
+
+
+def _unrolled(w: Writer, g: Graph, body: ChunkBody, chunk: list[str],
+              along: dict[str, str]) -> None:
+    """One chunk's work with an unrolled dim u (see `unrolled` in tiling.py): what does not
+    vary along u first, then a loop over u unrolled at compile time, one [BLOCK, TC] tile per
+    index (inputs along u loaded per index, state columns scanned, sums over u added up),
+    then what reads those sums."""
+    u, vals = body.vals.tiling.unroll, body.vals
+    news = set(g.new_state_names)
+    body.share([n for n in chunk if n not in news], list(body.blocks))
+    inputs = {n.name for n in g.inputs() if u in n.dims}
+    _hoist_factors(body, inputs | set(along) | set(g.state_names) | news)
+    body.run([n for n in chunk if n not in along], share=False)
+    body.flush()
+    mark, first = len(w.lines), len(vals.zeroed)
+    w(f"for o_{u} in tl.static_range(BLOCK_{u}):  # {u}, unrolled: one index at a time")
+    w.indent()
+    w(f"m_{u} = o_{u} < size_{u}")
+    for n in g.inputs():
+        if n.role in (Role.SEQ, Role.PARAM) and u in n.dims:
+            vals.load(n, n.role is Role.SEQ)
+    body.run([n for n in chunk if along.get(n) in ("in", "sum")], share=False)
+    w.dedent()
+    w.lines[mark:mark] = ["    " * w.depth + z for z in vals.zeroed[first:]]
+    body.run([n for n in chunk if along.get(n) == "after"], share=False)
+
+
+def _hoist_factors(body: ChunkBody, along: set[str]) -> None:
+    """The factors of a product in the loop over an unrolled dim that do not vary along it
+    (the values named in `along` do), made one value computed before the loop: B * dt * u
+    multiplies B by dt * u per index, not by dt and then u."""
+    pending = body.vals.pending
+    dep = set(along)
+    for sym, e in pending.items():  # in creation order: operands first
+        if any(x.name in dep for x in e.free_symbols):
+            dep.add(sym.name)
+    made: dict[sp.Basic, sp.Symbol] = {}
+
+    def split(e: sp.Basic) -> sp.Basic:
+        if not e.args:
+            return e
+        if e.is_Mul:
+            free = [a for a in e.args if a.free_symbols and not
+                    any(x.name in dep for x in a.free_symbols)]
+            if len(free) > 1:
+                prod = sp.Mul(*free)
+                if prod not in made:
+                    ShareBody.count += 1
+                    made[prod] = sp.Symbol(f"f{ShareBody.count}", real=True)
+                    pending[made[prod]] = prod
+                rest = [split(a) for a in e.args if a not in free]
+                return sp.Mul(made[prod], *rest)
+        return e.func(*[split(a) for a in e.args])
+
+    for e, r in list(body.reduced.items()):
+        body.reduced[e] = split(r)
+    for sym in [x for x in pending if x.name in dep]:
+        pending[sym] = split(pending[sym])
 
 
 def varlen_able(tiling: Tiling, batch: str | None) -> bool:
@@ -510,7 +662,7 @@ def _join(w: Writer, g: Graph, blocks: tuple[Block, ...], t: Tiling, var) -> Non
         svs = [var(s) for s in b.states]
         rows = []
         for s in b.states:
-            mask = guard(mask_of(t, g[s].dims, False))
+            mask = guard(mask_of(t, g[s].dims, False, carried=True))
             base = _state_offset(t, g, s, "dec", "j")
             ms = [f"tl.load({ident(s)}_dec_ptr + {base} + {k} * {ident(s)}_dec_sj{mask})"
                   for k in range(b.size)]
@@ -543,7 +695,7 @@ def _decay_step(w: Writer, blocks: tuple[Block, ...], body: "ChunkBody", t: Tili
 def _summary_store(w: Writer, g: Graph, blocks: tuple[Block, ...], t: Tiling, var) -> None:
     for i, b in enumerate(blocks):
         for r, s in enumerate(b.states):
-            m = mask_of(t, g[s].dims, False)
+            m = mask_of(t, g[s].dims, False, carried=True)
             w(f"tl.store({ident(s)}_sum_ptr + ONE + {_state_offset(t, g, s, 'sum', 'seg')}, "
               f"{var(s)}, mask={m})", f"{s} at the segment's end from zero")
             for c in range(b.size):
@@ -652,7 +804,8 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     for s, adj in backward.adjoints:
         pre("if HAS_DHT:")
         pre(f"    {body_b.state_var(adj)} += tl.load({ident(adj)}_dhT_ptr + "
-            f"{_state_offset(t, bg, adj, 'dhT', None)}{guard(mask_of(t, k[s].dims, False))})"
+            f"{_state_offset(t, bg, adj, 'dhT', None)}"
+            f"{guard(mask_of(t, k[s].dims, False, carried=True))})"
             ".to(tl.float32)", f"gradient of the final {s}")
     if segmented:
         _join_before(pre, bg, bb, t, body_b.state_var, backward=True)
@@ -678,7 +831,7 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     for s in k.state_names:
         sv = body_f.state_var(s)
         loop(f"{sv} = tl.load({ident(s)}_chk_ptr + {_state_offset(t, k, s, 'chk', 'c')}"
-             f"{guard(mask_of(t, k[s].dims, False))})", f"checkpoint of {s}")
+             f"{guard(mask_of(t, k[s].dims, False, carried=True))})", f"checkpoint of {s}")
     for n in bg.inputs(Role.SEQ):
         if n.name not in fstates.values():
             vals.load(n, True)
@@ -748,7 +901,7 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     for acc, var, off, dims, atomic, mask in accs:
         post(_store(var, off, acc, mask, atomic))
     for s, adj in backward.adjoints:
-        m = mask_of(t, k[s].dims, False)
+        m = mask_of(t, k[s].dims, False, carried=True)
         m = "last" if m == "None" else f"{m} & last"
         post(f"tl.store({ident(s)}_dh0_ptr + ONE + {_state_offset(t, k, s, 'dh0', None)}, "
              f"{body_b.state_var(adj)}, mask={m})", f"gradient of the initial {s}")

@@ -28,6 +28,8 @@ class ScanConfig:
     block: int | None = None
     warps: int = 4
     stages: int = 2
+    unroll: bool = False  # the forward with the whole dim unrolled (ScanProgram.tilings)
+    maxnreg: int | None = None  # ptxas's register cap per thread (None: its own choice)
 
 
 # (TC, BLOCK, warps, stages), the best few of benchmarks/results/sweep_scan.json (B8 T4096
@@ -50,6 +52,18 @@ WHOLE_DIM_BACKWARD = [(16, 32, 4, 2), (16, 64, 8, 2)]
 ROW = [(1024, None, 4, 3), (2048, None, 4, 1), (2048, None, 4, 2), (1024, None, 2, 3),
        (512, None, 4, 2)]
 ROW_BACKWARD = [(2048, None, 4, 1), (1024, None, 2, 3), (2048, None, 4, 2), (1024, None, 4, 2)]
+
+
+# the forward with Mamba-1's n unrolled (tiling.unrolled), (TC, BLOCK, warps, stages, register
+# cap): benchmarks/results/session10_designs_mamba1_lrc.json on the H200 (B8 D2048 L4096 N16
+# bf16, us): 1149.7, 1232.0, 1289.7, 1210.4 uncapped, 1745.7 uncapped (ptxas takes 255
+# registers uncapped, one 8-warp program per SM); the hand-written design at (128, 16, 8) 927.8
+UNROLLED = [(32, 64, 8, 2, 128), (64, 32, 8, 2, 128), (128, 16, 8, 2, 128), (32, 64, 8, 2, None),
+            (128, 16, 8, 2, None)]
+
+
+def candidates_unrolled() -> list[ScanConfig]:
+    return [ScanConfig(*r[:4], unroll=True, maxnreg=r[4]) for r in UNROLLED]
 
 
 def candidates(time_inner: bool, whole: int, tc: int | None = None,

@@ -84,6 +84,8 @@ def block_sizes(t: Tiling, sizes: dict[str, int], chunk: int, budget: int = MAX_
     for d in t.split:
         while blocks[d] > 16 and grid_size(t, sizes, blocks) < programs:
             blocks[d] //= 2
+    if t.unroll is not None:  # no register axis: a loop's length
+        blocks[t.unroll] = next_pow2(sizes[t.unroll])
     return blocks
 
 
@@ -94,3 +96,19 @@ def grid_size(t: Tiling, sizes: dict[str, int], blocks: dict[str, int]) -> int:
     for d in t.split:
         n *= -(-sizes[d] // blocks[d])
     return n
+
+
+def unrolled(k: Graph, t: Tiling) -> Tiling | None:
+    """A tiling for the forward with the one whole dim unrolled, where that suits: time the
+    contiguous axis of the first Seq input, every state along that dim (Mamba-1's n: the
+    state h[b, d, n], y = sum_n C h). Each chunk is then a [BLOCK, TC] tile per index of
+    the dim, time last, so a thread holds consecutive steps and the scans over time stay in
+    registers and warps (mamba_ssm's CUDA kernel's shape; benchmarks/designs_mamba1.py), where
+    the [TC, BLOCK_d, BLOCK_n] tile scans across warps. None where it does not apply."""
+    whole = [d for d in t.tile if d not in t.split]
+    seqs = [n for n in k.inputs(Role.SEQ) if n.annotation.axes]
+    if (len(whole) != 1 or not seqs or seqs[0].annotation.axes[-1] != (k.time,)
+            or any(whole[0] not in k[s].dims for s in k.state_names)):
+        return None
+    tile = tuple(d for d in t.tile if d != whole[0])
+    return Tiling(t.space, tile, t.split, t.grid, time_last=True, unroll=whole[0])

@@ -101,6 +101,7 @@ def segments(prog: ScanProgram, run: "Launch", T: int, backward: bool = False
     tc = run.tc
     whole = -(-T // tc) * tc
     able = prog.bsegmented if backward else prog.segmented
+    able = able and run.tiling is prog.tiling  # an unrolled forward has no SUMMARY pass
     if prog.mode != "scan" or not able or T <= tc or run.cu is not None:
         return 1, max(whole, tc)
     if SEGMENTS is not None:
@@ -126,6 +127,7 @@ class Launch:
         sequence; then `sizes` holds the number of sequences along the batch dim and `T` the
         longest sequence."""
         self.prog, self.which, self.sizes, self.T = prog, which, sizes, T
+        self.tiling = prog.tilings.get(which, prog.tiling)
         self.device, self.cu = device, cu
         self.interpret = device.type != "cuda" and AS_GPU is None
         self.programs = 1 if self.interpret else 4 * _sm_count(device)
@@ -137,19 +139,21 @@ class Launch:
     def configure(self, config: ScanConfig | None) -> None:
         """Chunk, blocks, warps and stages: `config`'s, else the defaults of this module."""
         prog, sizes = self.prog, self.sizes
-        key = (id(prog), self.chunked, tuple(sizes.items()), self.T, config, self.programs,
+        key = (id(prog), self.which, self.chunked, tuple(sizes.items()), self.T, config,
+               self.programs,
                CHUNK, BUDGET, NUM_WARPS, NUM_STAGES)
         hit = _CONFIGURED.get(key)
+        self.maxnreg = config.maxnreg if config else None
         if hit is not None and hit[0] is prog:
             self.tc, blocks, self.warps, self.stages, self.n_seg, self.seg_len = hit[1:]
             self.blocks = dict(blocks)
             return
         self.tc = (1 if not self.chunked else config.tc if config else
                    chunk_of(prog, sizes, self.T))
-        self.blocks = block_sizes(prog.tiling, sizes, self.tc, budget=BUDGET,
+        self.blocks = block_sizes(self.tiling, sizes, self.tc, budget=BUDGET,
                                   programs=self.programs)
         if config is not None and config.block is not None:
-            for d in prog.tiling.split:
+            for d in self.tiling.split:
                 self.blocks[d] = min(next_pow2(sizes[d]), config.block)
         self.warps = config.warps if config else NUM_WARPS
         self.stages = config.stages if config else NUM_STAGES
@@ -186,7 +190,7 @@ class Launch:
 
     def arguments(self, consts: dict) -> tuple[list, dict, tuple]:
         """The kernel's arguments in signature order, its constexprs and its grid."""
-        prog, t, blocks = self.prog, self.prog.tiling, self.blocks
+        prog, t, blocks = self.prog, self.tiling, self.blocks
         if self.chunked and "cu" not in self.tensors:
             self.tensors["cu"] = (self.cu if self.cu is not None else _no_cu(self.device), {})
         params = []
@@ -199,6 +203,9 @@ class Launch:
                 extra = {"T": self.T, "N_SEG": self.n_seg, "SEG_LEN": self.seg_len}
                 params.append(extra[p[1]] if p[1] in extra else self.sizes[p[1]])
         consts = dict(consts, TC=self.tc, **{f"BLOCK_{d}": b for d, b in blocks.items()})
+        if t.unroll is not None:  # nothing to mask: whole chunks, the unrolled dim's size
+            consts["EVEN"] = (self.cu is None and self.T % self.tc == 0
+                              and blocks[t.unroll] == self.sizes[t.unroll])
         if self.chunked:
             consts["STAGES"] = self.stages
             consts["VARLEN"] = self.cu is not None
@@ -210,7 +217,8 @@ class Launch:
             with modules.interpreted():
                 fn[grid](*params, **consts)
         else:
-            fn[grid](*params, num_warps=self.warps, num_stages=self.stages, **consts)
+            cap = {} if self.maxnreg is None else {"maxnreg": self.maxnreg}
+            fn[grid](*params, num_warps=self.warps, num_stages=self.stages, **cap, **consts)
 
 
 def _templates(run: "Launch", slots: dict[int, tuple[str, int]]) -> list[tuple]:
@@ -331,7 +339,8 @@ def _replay_key(prog: ScanProgram, info: dict, ins, h0s) -> tuple | None:
     return (id(prog), info["T"], info["reverse"], tuple(info["sizes"].items()),
             tuple(info["out_dtypes"]), device, tuple(info["inputs"]), same, capturing,
             tuple((x.shape, x.stride(), x.dtype, x.device) for x in ins),
-            tuple((x.shape, x.stride(), x.dtype, x.device) for x in h0s), knobs())
+            tuple((x.shape, x.stride(), x.dtype, x.device) for x in h0s), knobs(),
+            _unrolling(prog, info, None))
 
 
 class BackReplay:
@@ -443,7 +452,8 @@ class ScanFunction(torch.autograd.Function):
         loop = prog.mode != "scan"  # the one-token loop saves every state, the scan one per chunk
 
         def launch(config: ScanConfig | None):
-            run = Launch(prog, "forward", ksizes, kT, device, config, cu)
+            which = "forward_n" if config is not None and config.unroll else "forward"
+            run = Launch(prog, which, ksizes, kT, device, config, cu)
             for name, x in zip(info["inputs"], ins):
                 run.add(f"in:{name}", x, dim_strides(x, k[name].annotation.axes, sizes, k.time))
             outs = []
@@ -647,7 +657,8 @@ def _varlen(prog: ScanProgram, info: dict) -> tuple:
 
 def _tune_key(prog: ScanProgram, which: str, info: dict, ins, tc: int | None) -> tuple:
     return (prog.source, which, tuple(info["sizes"].items()), info["T"], tc, info["reverse"],
-            tuple((x.dtype, x.stride()) for x in ins), info.get("varlen") is not None)
+            tuple((x.dtype, x.stride()) for x in ins), info.get("varlen") is not None,
+            _unrolling(prog, info, tc))
 
 
 def _config(prog: ScanProgram, which: str, info: dict, ins, launch, tc: int | None = None
@@ -710,7 +721,16 @@ def _candidates(prog: ScanProgram, info: dict, ins, tc: int | None) -> list[Scan
     t = prog.tiling
     whole = math.prod(info["sizes"][d] for d in t.tile if d not in t.split)
     out = scan_tune.candidates(_time_inner(prog, info, ins), whole, tc, not t.tile)
+    if _unrolling(prog, info, tc):
+        out = scan_tune.candidates_unrolled() + out
     return [c for c in out if tc is None or c.tc == tc or not info["reverse"]]
+
+
+def _unrolling(prog: ScanProgram, info: dict, tc: int | None) -> bool:
+    """Whether this forward may run the unrolled kernel (`forward_n`): nothing will need its
+    checkpoints (no gradient), and time is one stretch (no packed sequences)."""
+    return (tc is None and bool(info.get("infer")) and "forward_n" in prog.sources
+            and info.get("varlen") is None)
 
 
 def _time_inner(prog: ScanProgram, info: dict, ins) -> bool:

@@ -122,7 +122,8 @@ def _run(prog: ScanProgram, call: Call, tensors, states, T: int, varlen=None,
     info = dict(sizes=sizes, T=T, inputs=names, out_dtypes=out_dtypes, device=call.device,
                 reverse=call.reverse, state_axes={s: g[s].annotation.axes for s in k.state_names},
                 varlen=varlen)
-    if torch.is_grad_enabled() and any(x.requires_grad for x in (*ins, *h0s)):
+    info["infer"] = not (torch.is_grad_enabled() and any(x.requires_grad for x in (*ins, *h0s)))
+    if not info["infer"]:
         res = ScanFunction.apply(prog, info, *ins, *h0s)
     else:  # nothing to differentiate: the forward alone, without autograd's bookkeeping
         res = ScanFunction.forward(_NoGrad(), prog, info, *ins, *h0s)
@@ -313,7 +314,7 @@ def fast_entry(prog: ScanProgram, call: Call, args: tuple, kwargs: dict,
     h0s = [_no_state(call.device) for _ in k.state_names]
     out_dtypes = [call.out_dtype if o in g.outputs else torch.float32 for o in k.outputs]
     info = dict(sizes=call.sizes, T=call.T, inputs=names, out_dtypes=out_dtypes,
-                device=call.device, reverse=call.reverse, varlen=None,
+                device=call.device, reverse=call.reverse, varlen=None, infer=not grad,
                 state_axes={s: g[s].annotation.axes for s in k.state_names})
     replay = _REPLAYS.get(_replay_key(prog, info, ins, h0s))
     if replay is None or replay.run.prog is not prog:

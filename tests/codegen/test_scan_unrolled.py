@@ -1,0 +1,163 @@
+"""The forward with a whole state dim unrolled (Mamba-1's n: tiling.unrolled, `forward_n`)
+against the float64 reference: outputs, final state, initial state, reverse, the chunks'
+carries; with gradients too, through the checkpoints it saves for the usual backward. Which
+specs get it, and when the no-gradient forward may run it."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lrc
+from lrc import Param, Seq, State
+from lrc.codegen import aot, chunked_tune
+from lrc.codegen.scan_tune import UNROLLED, ScanConfig, candidates_unrolled
+from lrc.runtime import scan_runtime
+from tests.codegen.test_scan import check
+from tests.conftest import rel_err
+
+
+@lrc.recurrence
+def gated_s6(u: Seq("b d t"), delta: Seq("b d t"), A: Param("d n"), B: Seq("b n t"),
+             C: Seq("b n t"), D: Param("d"), z: Seq("b d t"), delta_bias: Param("d"),
+             h: State("b d n")):
+    """mamba_ssm's selective_scan_fn with z and delta_bias (benchmarks/bench.py's spec)."""
+    dt = lrc.softplus(delta + delta_bias)
+    h = lrc.exp(dt * A) * h + dt * B * u
+    return ((C * h).sum("n") + D * u) * lrc.silu(z), h
+
+
+def gated_inputs(b, d, t, n, dtype=torch.float64, device="cpu"):
+    r = lambda *s, std=1.0: (std * torch.randn(*s, dtype=torch.float64, device=device)).to(dtype)
+    return dict(u=r(b, d, t), delta=r(b, d, t, std=0.5), A=-torch.rand(d, n, dtype=dtype,
+                device=device) - 0.5, B=r(b, n, t), C=r(b, n, t), D=r(d), z=r(b, d, t),
+                delta_bias=r(d))
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """The kernels each call launched (Launch.which), in order."""
+    seen = []
+    call = scan_runtime.Launch.__call__
+
+    def spy(self, **consts):
+        seen.append(self.which)
+        return call(self, **consts)
+
+    monkeypatch.setattr(scan_runtime.Launch, "__call__", spy)
+    return seen
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("tc, block", [(8, 2), (64, 4)])
+def test_mamba1_unrolled_forward(reverse, tc, block, monkeypatch, launched):
+    """Forward, final state and every gradient (the backward reading the unrolled forward's
+    checkpoints), 5 channels in blocks of 2 or 4 (a masked tail), 37 steps in chunks of 8
+    (carries between chunks) or one chunk; n = 3 (an unrolled loop of 4, one masked)."""
+    monkeypatch.setattr(scan_runtime, "CONFIG", ScanConfig(tc, block, 4, 2, unroll=True))
+    check("mamba1", b=2, t=37, reverse=reverse, d=5, n=3)
+    assert launched == ["forward_n", "backward"]
+
+
+def test_gated_s6_unrolled_without_gradients(monkeypatch, launched):
+    """bench.py's selective scan (z gate, delta_bias): the no-gradient forward, with an
+    initial and a final state, against the reference."""
+    monkeypatch.setattr(scan_runtime, "CONFIG", ScanConfig(16, 2, 4, 2, unroll=True))
+    kern = lrc.compile(gated_s6, backend="triton")
+    ref = lrc.compile(gated_s6, backend="reference")
+    args = gated_inputs(2, 7, 45, 5)
+    h0 = torch.randn(2, 7, 5, dtype=torch.float64)
+    y, h = kern(**{k: v.float() for k, v in args.items()}, initial_state=h0.float(),
+                return_final_state=True)
+    y2, h2 = ref(**args, initial_state=h0, return_final_state=True)
+    assert rel_err(y, y2) <= 1e-4 and rel_err(h, h2) <= 1e-4
+    assert launched == ["forward_n"]
+
+
+def test_which_specs_unroll():
+    """Mamba-1's forward gets the unrolled kernel; an elementwise state (no whole dim), a
+    state returned along n, and an output whose terms along n read a sum over n do not."""
+    assert "forward_n" in lrc.compile(gated_s6, backend="triton").program.sources
+
+    @lrc.recurrence
+    def along_n(x: Seq("b d t"), a: Param("d n"), h: State("b d n")):
+        h = a * h + x
+        return h, h
+
+    @lrc.recurrence
+    def normalized(x: Seq("b d t"), B: Seq("b n t"), a: Param("d n"), h: State("b d n")):
+        h = a * h + B * x
+        return (h * (h * B).sum("n")).sum("n"), h
+
+    @lrc.recurrence
+    def elementwise(x: Seq("b d t"), a: Seq("b d t"), h: State("b d")):
+        h = a * h + x
+        return h, h
+
+    for spec in (along_n, elementwise):
+        prog = lrc.compile(spec, backend="triton").program
+        assert prog.mode == "scan" and "forward_n" not in prog.sources, spec.name
+    prog = lrc.compile(normalized, backend="triton").program
+    assert "forward_n" not in prog.sources
+
+
+def test_no_gradient_forward_may_unroll():
+    """The tuner offers the unrolled configs to a forward nothing differentiates, not to one
+    whose checkpoints a backward reads, nor to packed sequences."""
+    prog = lrc.compile(gated_s6, backend="triton").program
+    args = gated_inputs(2, 7, 45, 5, torch.float32)
+    names = [n.name for n in prog.kernel.inputs() if n.role.name in ("SEQ", "PARAM")]
+    ins = [args[n] for n in names]
+    info = dict(sizes=dict(b=2, d=7, n=5), T=45, inputs=names, reverse=False, varlen=None)
+    unrolled = lambda **kw: [c for c in scan_runtime._candidates(prog, dict(info, **kw), ins,
+                                                                 None) if c.unroll]
+    assert len(unrolled(infer=True)) == len(UNROLLED)
+    assert unrolled(infer=False) == []
+    assert unrolled(infer=True, varlen=(None, 45, 2)) == []
+    assert [c for c in scan_runtime._candidates(prog, dict(info, infer=True), ins, 16)
+            if c.unroll] == []
+
+
+def test_unrolled_forward_compiles_for_the_h200(monkeypatch):
+    """Every unrolled candidate, bf16, at the Mamba-1 reference's channel and state sizes
+    (1 x 64 channels, n = 16), built for sm_90 (uncapped): it compiles, fits, and holds no
+    spills."""
+    monkeypatch.setattr(chunked_tune, "_CACHE", {})
+    kern = lrc.compile(gated_s6, backend="triton")
+    args = {k: v.to(torch.bfloat16) if v.dim() == 3 else v.float()
+            for k, v in gated_inputs(1, 64, 512, 16).items()}
+    for row in UNROLLED:
+        monkeypatch.setattr(scan_runtime, "CONFIG", ScanConfig(*row[:4], unroll=True))
+        with aot.recording(as_gpu=132, compile=True) as launches:
+            kern(**args)
+        (r,) = launches
+        assert r.name.endswith("forward_n") and r.compiled.ok and r.compiled.fits, r
+        assert 0 < r.compiled.regs <= 255 and r.compiled.spills == 0, (row, r.compiled)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
+def test_gpu_unrolled_candidates(dtype, tol, monkeypatch, launched):
+    """Each unrolled candidate at real sizes (T = 4099, n = 16), no gradients."""
+    ref = lrc.compile(gated_s6, backend="reference")
+    kern = lrc.compile(gated_s6, backend="triton")
+    args = gated_inputs(2, 96, 4099, 16, device="cuda")
+    want = ref(**args)
+    ours = {k: v.to(dtype) if v.dim() == 3 else v.float() for k, v in args.items()}
+    for cfg in candidates_unrolled():
+        monkeypatch.setattr(scan_runtime, "CONFIG", cfg)
+        got = kern(**ours)
+        assert rel_err(got, want) <= tol, (cfg, rel_err(got, want))
+    assert set(launched) == {"forward_n"}
+
+
+@pytest.mark.gpu
+def test_gpu_unrolled_tuned(monkeypatch):
+    """The tuner's choice for a no-gradient forward at real sizes, bf16."""
+    monkeypatch.setattr(scan_runtime, "TUNE", True)
+    ref = lrc.compile(gated_s6, backend="reference")
+    kern = lrc.compile(gated_s6, backend="triton")
+    args = gated_inputs(2, 256, 4097, 16, device="cuda")
+    with torch.no_grad():
+        got = kern(**{k: v.to(torch.bfloat16) if v.dim() == 3 else v.float()
+                      for k, v in args.items()})
+    assert rel_err(got, ref(**args)) <= 1e-2
