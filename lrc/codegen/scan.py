@@ -32,6 +32,13 @@ def _scan1(a1, b1, a2, b2):
 
 
 @triton.jit
+def _scan3(f1, p1, q1, f2, p2, q2):
+    # v = e + (the decay of the step before, in the scan's order) * (v there): a step is
+    # (a, 1, e); a stretch is (its last decay, P, Q) with v = Q + P * (the carry into it)
+    return f2, p2 * f1 * p1, q2 + p2 * f1 * q1
+
+
+@triton.jit
 def _scan2(a11, a12, a21, a22, b1, b2, c11, c12, c21, c22, d1, d2):
     # 2x2 blocks (complex states as real pairs): (A, b) then (C, d) -> (C A, C b + d)
     return (c11 * a11 + c12 * a21, c11 * a12 + c12 * a22,
@@ -146,6 +153,7 @@ class ChunkBody:
         self.totals: dict[int, list[str]] = {}  # block -> its cumulative decay (scan outputs)
         self.step = False
         self.reduced: dict[sp.Basic, sp.Basic] = {}
+        self.need_old: set[str] = set()  # states whose values before each step are read
 
     def share(self, nodes: list[str], blocks: list[Block]) -> None:
         """Common subexpressions of this stretch of work (sympy's cse), emitted when first used."""
@@ -190,6 +198,9 @@ class ChunkBody:
         if t.unroll is not None:
             self.column_scan(i, b, dims)
             return
+        if b.size == 1 and b.states[0] in self.need_old and self.offset(b) is not None:
+            self.shifted_scan(i, b, dims)
+            return
         if b.size == 1:
             (a,), (inp,) = b.coef[0], b.inp
             w(f"a_{self.tag}{i} = tl.where(m_t, {full(a)}, 1.0)", f"decay of {b.states[0]}")
@@ -228,6 +239,41 @@ class ChunkBody:
         for s, new in zip(b.states, b.news):
             w(f"{self.state_var(s)} = tl.sum(tl.where(o_t == LAST_{self.tag}, "
               f"{vals[new].var}, 0.0), axis={self.vals.tiling.taxis}, keep_dims=True)")
+
+    def offset(self, b: Block) -> sp.Basic | None:
+        """e when a one-state block's update is new = a (old + e) (an adjoint: the gradient
+        of the new state joins the output's before the decay), else None."""
+        a, inp = self.r(b.coef[0][0]), self.r(b.inp[0])
+        if a == 0 or inp == 0:
+            return None
+        num, den = sp.fraction(sp.cancel(inp / a))
+        return num / den if not den.free_symbols else None
+
+    def shifted_scan(self, i: int, b: Block, dims) -> None:
+        """A block of the form new = a (old + e) whose old values are read: v = old + e obeys
+        v = e + a' v' (' the step before, in the scan's order), scanned as a triple whose
+        combine takes the earlier stretch's last decay (_scan3). So the old values come out
+        aligned, old = v - e, with no shift of the new values (tl.gather)."""
+        w, t, tg, vals = self.w, self.vals.tiling, self.tag, self.vals
+        full = lambda e: f"({vals.expr(self.r(e))} + z_{tg}{i})"
+        s, new = self.state_var(b.states[0]), ident(b.news[0]) + f"_{tg}"
+        w(f"a_{tg}{i} = tl.where(m_t, {full(b.coef[0][0])}, 1.0)", f"decay of {b.states[0]}")
+        w(f"e_{tg}{i} = tl.where(m_t, {full(self.offset(b))}, 0.0)",
+          f"{b.states[0]} before each step, less its value")
+        w(f"_, P_{tg}{i}, Q_{tg}{i} = tl.associative_scan((a_{tg}{i}, z_{tg}{i} + 1.0, "
+          f"e_{tg}{i}), {t.taxis}, _scan3, reverse={self.reverse})")
+        w(f"v_{tg}{i} = Q_{tg}{i} + P_{tg}{i} * {s}")
+        w(f"A_{tg}{i} = a_{tg}{i} * P_{tg}{i}", "decay of the chunk so far")
+        self.totals[i] = [f"A_{tg}{i}"]
+        self.carry_in[b.states[0]] = f"{s}_in"
+        w(f"{s}_in = {s}")
+        old = f"{ident(b.states[0])}_old_{tg}"
+        w(f"{old} = v_{tg}{i} - e_{tg}{i}", f"{b.states[0]} before each step")
+        w(f"{new} = a_{tg}{i} * v_{tg}{i}", b.news[0])
+        vals.set(b.states[0], Val(old, frozenset(dims), True))
+        vals.set(b.news[0], Val(new, frozenset(dims), True))
+        w(f"{s} = tl.sum(tl.where(o_t == LAST_{tg}, {new}, 0.0), axis={t.taxis}, "
+          "keep_dims=True)")
 
     def column_scan(self, i: int, b: Block, dims) -> None:
         """A state's column o_<u> of the unrolled dim u (a diagonal block): read from the
@@ -290,6 +336,14 @@ class ChunkBody:
         todo = [n for n in nodes if n not in news]
         active = tuple(b if any(n in nodes for n in b.news) else None for b in self.blocks)
         units = _units(self.g, active, todo)
+        for u in units:
+            if isinstance(u, tuple):
+                b = self.blocks[u[1]]
+                reads = {x.name for e in [c for row in b.coef for c in row] + list(b.inp)
+                         for x in e.free_symbols}
+            else:
+                reads = set(self.g[u].args)
+            self.need_old |= {x for x in reads if x in olds}
         if share:
             self.share([u for u in units if not isinstance(u, tuple) and u not in self.vals],
                        [self.blocks[u[1]] for u in units if isinstance(u, tuple)])

@@ -134,6 +134,7 @@ class Launch:
         self.chunked = which != "step" and prog.mode == "scan"
         self.tensors: dict[str, tuple[torch.Tensor, dict]] = {}
         self.fired: list[tuple[list, dict, tuple]] = []  # (arguments, constexprs, grid)
+        self.compiled: list = []  # the kernel each fired launch ran (None interpreted)
         self.configure(config)
 
     def configure(self, config: ScanConfig | None) -> None:
@@ -186,7 +187,7 @@ class Launch:
     def __call__(self, **consts) -> None:
         params, consts, grid = self.arguments(consts)
         self.fired.append((params, consts, grid))
-        self.fire(params, consts, grid)
+        self.compiled.append(self.fire(params, consts, grid))
 
     def arguments(self, consts: dict) -> tuple[list, dict, tuple]:
         """The kernel's arguments in signature order, its constexprs and its grid."""
@@ -211,14 +212,47 @@ class Launch:
             consts["VARLEN"] = self.cu is not None
         return params, consts, (grid_size(t, self.sizes, blocks) * self.n_seg,)
 
-    def fire(self, params: list, consts: dict, grid: tuple) -> None:
+    def fire(self, params: list, consts: dict, grid: tuple):
+        """Launch; returns the compiled kernel that ran (None under the interpreter)."""
         fn = self.prog.kernel_fn(self.which, self.interpret)
         if self.interpret:
             with modules.interpreted():
                 fn[grid](*params, **consts)
-        else:
-            cap = {} if self.maxnreg is None else {"maxnreg": self.maxnreg}
-            fn[grid](*params, num_warps=self.warps, num_stages=self.stages, **cap, **consts)
+            return None
+        cap = {} if self.maxnreg is None else {"maxnreg": self.maxnreg}
+        return fn[grid](*params, num_warps=self.warps, num_stages=self.stages, **cap, **consts)
+
+
+class Direct:
+    """A recorded launch fired again straight through its compiled kernel's launcher. Triton's
+    `fn[grid](...)` binds and specializes every argument and looks the kernel up on each call:
+    with the ~50 arguments of a scan kernel that is tens of microseconds of host time on the
+    GPU machine, more than an elementwise scan's kernel leaves before its backward (issue 7).
+    A replay's arguments differ from the recorded ones only in their tensors, whose shapes,
+    strides and dtypes the replay key fixes; what the kernel was specialized on besides is
+    each pointer's 16-byte alignment, checked per call (else the launch takes Triton's path)."""
+
+    def __init__(self, kernel, params: list, consts: dict, holes: list):
+        from triton import knobs
+        from triton.runtime.driver import driver
+
+        names = kernel.src.fn.arg_names
+        self.kernel, self.knobs, self.driver = kernel, knobs.runtime, driver.active
+        self.device = self.driver.get_current_device()
+        self.tail = [consts[n] for n in names[len(params):]]  # the constexprs, in order
+        self.holes = [i for i, _, _ in holes]
+        self.aligned = [params[i].data_ptr() % 16 == 0 for i in self.holes]
+
+    def fits(self, params: list) -> bool:
+        return (self.knobs.launch_enter_hook is None and self.knobs.launch_exit_hook is None
+                and self.driver.get_current_device() == self.device
+                and all((params[i].data_ptr() % 16 == 0) == a
+                        for i, a in zip(self.holes, self.aligned)))
+
+    def __call__(self, params: list, grid: tuple) -> None:
+        k = self.kernel
+        k.run(grid[0], 1, 1, self.driver.get_current_stream(self.device), k.function,
+              k.packed_metadata, None, None, None, *params, *self.tail)
 
 
 def _templates(run: "Launch", slots: dict[int, tuple[str, int]]) -> list[tuple]:
@@ -227,7 +261,8 @@ def _templates(run: "Launch", slots: dict[int, tuple[str, int]]) -> list[tuple]:
     are dropped from `run`, not kept alive."""
     kept = _NO_CU.get(run.device)  # the one tensor argument that is not the call's
     launches = []
-    for params, consts, grid in run.fired:
+    compiled = run.compiled + [None] * (len(run.fired) - len(run.compiled))
+    for (params, consts, grid), kernel in zip(run.fired, compiled):
         template = [slots.get(id(p), ("const", p)) if isinstance(p, torch.Tensor)
                     else ("const", p) for p in params]
         if any(k == "const" and isinstance(v, torch.Tensor) and v is not kept
@@ -235,8 +270,10 @@ def _templates(run: "Launch", slots: dict[int, tuple[str, int]]) -> list[tuple]:
             raise ValueError("a launch argument of unknown origin: not replayable")
         base = [v if k == "const" else None for k, v in template]
         holes = [(i, k, v) for i, (k, v) in enumerate(template) if k != "const"]
-        launches.append((base, holes, consts, grid))
-    run.tensors, run.fired = {}, []
+        direct = None if kernel is None or len(grid) != 1 else Direct(kernel, params, consts,
+                                                                       holes)
+        launches.append((base, holes, consts, grid, direct))
+    run.tensors, run.fired, run.compiled = {}, [], []
     return launches
 
 
@@ -255,11 +292,14 @@ def _keep(table: dict, key: tuple | None, make) -> None:
 
 def _play(run: "Launch", launches: list[tuple], src: dict[str, list]) -> None:
     """Fire `launches` (from _templates) with their holes filled from `src`."""
-    for base, holes, consts, grid in launches:
+    for base, holes, consts, grid, direct in launches:
         params = base.copy()
         for i, k, v in holes:
             params[i] = src[k][v]
-        run.fire(params, consts, grid)
+        if direct is not None and direct.fits(params):
+            direct(params, grid)
+        else:
+            run.fire(params, consts, grid)
 
 
 class Replay:

@@ -6,6 +6,8 @@ GPU at real sizes (run on the GPU machine).
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -882,6 +884,8 @@ def test_backward_reads_the_saved_state(spec, reverse, monkeypatch):
     assert kern.program.saved == {"h": "y"}
     bwd = kern.source("backward")
     assert "y_sv_ptr" in bwd and "reverse=REVERSE" not in bwd  # no forward scan in it
+    # the adjoint before each step comes aligned out of a triple scan, not shifted
+    assert "_scan3, reverse=BACK" in bwd and "tl.gather" not in bwd
     monkeypatch.setattr(scan_runtime, "CHUNK", 4)
     _rows_check(2, 37, reverse, spec=spec)
     _rows_check(1, 29, reverse, spec=spec, cu=torch.tensor([0, 7, 8, 29]))
@@ -902,3 +906,43 @@ def test_gpu_backward_reads_the_saved_state(spec):
         _rows_check(3, 5000, reverse, spec=spec, device="cuda")
         _rows_check(3, 5000, reverse, spec=spec, device="cuda", dtype=torch.bfloat16,
                     tol=BF16, gtol=BF16)
+
+
+@pytest.mark.gpu
+def test_gpu_replays_launch_directly(monkeypatch):
+    """Replayed launches (forward and backward) go straight to the compiled kernel's launcher
+    (scan_runtime.Direct), right on fresh values; an input whose pointer is not 16-byte
+    aligned, unlike the recorded one's, takes Triton's path (which specializes anew), also
+    right."""
+    from lrc.runtime import scan_runtime
+
+    monkeypatch.setattr(scan_runtime, "_REPLAYS", {})
+    monkeypatch.setattr(scan_runtime, "_BACK_REPLAYS", {})
+    direct, slow = [], []
+    call, fire = scan_runtime.Direct.__call__, scan_runtime.Launch.fire
+    monkeypatch.setattr(scan_runtime.Direct, "__call__",
+                        lambda self, *a: direct.append(1) or call(self, *a))
+    monkeypatch.setattr(scan_runtime.Launch, "fire",
+                        lambda self, *a: slow.append(1) or fire(self, *a))
+    kern = lrc.compile(state_out_rows, backend="triton")
+    ref = lrc.compile(state_out_rows, backend="reference")
+    shape = (2, 5, 301)
+    for i in range(4):
+        misaligned = i == 3
+        x, a = torch.randn(shape, device="cuda"), torch.randn(shape, device="cuda")
+        if misaligned:  # a float32 view one element into its storage
+            x = torch.empty(math.prod(shape) + 1, device="cuda")[1:].view(shape).copy_(x)
+            assert x.data_ptr() % 16 != 0
+        x.requires_grad_(True)
+        gy = torch.randn(shape, device="cuda")
+        before = (len(direct), len(slow))
+        y = kern(x=x, a=a)
+        (gx,) = torch.autograd.grad(y, [x], gy)
+        x2 = x.detach().double().requires_grad_(True)
+        y2 = ref(x=x2, a=a.double())
+        (gx2,) = torch.autograd.grad(y2, [x2], gy.double())
+        assert rel_err(y, y2) <= FWD and rel_err(gx, gx2) <= GRAD
+        if i == 2:  # forward and backward replayed, both direct
+            assert len(direct) - before[0] == 2 and len(slow) == before[1]
+        if misaligned:
+            assert len(direct) == before[0] and len(slow) - before[1] == 2
