@@ -164,6 +164,89 @@ def m1_bwd(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
     tl.atomic_add(dbias_ptr + o_d, dbias, mask=m_d)
 
 
+@triton.jit
+def _comb3(f1, p1, q1, f2, p2, q2):
+    """v = q + (the decay of the step before, in the scan's order) * (v there): a step is
+    (a, 1, q); a stretch (its last decay, P, Q), v = Q + P * (the carry into it)."""
+    return f2, p2 * f1 * p1, q2 + p2 * f1 * q1
+
+
+@triton.jit
+def m1_bwd2(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, chk_ptr,
+            du_ptr, ddl_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+            T, DS, N: tl.constexpr, BD: tl.constexpr, TC: tl.constexpr,
+            STAGES: tl.constexpr):
+    """m1_bwd with the adjoint scanned as a triple (_comb3: no decay one step later, so one
+    exp2 per element instead of two), meant for 1-2 warps: the reductions over channels (dB,
+    dC) and over time (dA) stay inside a warp, no barrier."""
+    pid = tl.program_id(0)
+    nd = tl.cdiv(DS, BD)
+    i_b = (pid // nd).to(tl.int64)
+    o_d = (pid % nd) * BD + tl.arange(0, BD)[:, None]
+    m_d = o_d < DS
+    o_t = tl.arange(0, TC)[None, :]
+    o_n = tl.arange(0, N)[None, :]
+    row = (i_b * DS + o_d) * T
+    bias = tl.load(bias_ptr + o_d, mask=m_d, other=0.0)
+    Dp = tl.load(D_ptr + o_d, mask=m_d, other=0.0)
+    gc = tl.zeros([BD, N], tl.float32)  # a lambda at the next chunk's first step
+    dA = tl.zeros([BD, N], tl.float32)
+    dD = tl.zeros([BD, 1], tl.float32)
+    dbias = tl.zeros([BD, 1], tl.float32)
+    nc = tl.cdiv(T, TC)
+    for ci in tl.range(0, nc, num_stages=STAGES):
+        c = nc - 1 - ci
+        t = c * TC + o_t
+        m = m_d & (t < T)
+        u = tl.load(u_ptr + row + t, mask=m, other=0.0).to(tl.float32)
+        dl = tl.load(dl_ptr + row + t, mask=m, other=0.0).to(tl.float32) + bias
+        z = tl.load(z_ptr + row + t, mask=m, other=0.0).to(tl.float32)
+        do = tl.load(dout_ptr + row + t, mask=m, other=0.0).to(tl.float32)
+        dt = _softplus(dl)
+        du = dt * u
+        sz = tl.sigmoid(z)
+        dy = do * z * sz
+        ypre = Dp * u
+        acc_du = Dp * dy
+        acc_dt = tl.zeros([BD, TC], tl.float32)
+        ones = tl.full([BD, TC], 1.0, tl.float32)
+        for n in tl.static_range(N):
+            A_n = tl.load(A_ptr + o_d * N + n, mask=m_d, other=0.0)  # A * log2(e)
+            B_n = tl.load(B_ptr + (i_b * N + n) * T + t, mask=t < T, other=0.0).to(tl.float32)
+            C_n = tl.load(C_ptr + (i_b * N + n) * T + t, mask=t < T, other=0.0).to(tl.float32)
+            a = tl.where(m, tl.exp2(dt * A_n), 1.0)
+            b = du * B_n
+            h0 = tl.load(chk_ptr + ((i_b * nc + c) * DS + o_d) * N + n, mask=m_d, other=0.0)
+            b1 = b + tl.where(o_t == 0, a * h0, 0.0)
+            _, hh = tl.associative_scan((a, b1), 1, _comb)
+            ypre += C_n * hh
+            g_n = tl.sum(tl.where(o_n == n, gc, 0.0), axis=1, keep_dims=True)
+            _, P, Q = tl.associative_scan((a, ones, C_n * dy), 1, _comb3, reverse=True)
+            g = Q + P * g_n
+            first = tl.sum(tl.where(o_t == 0, a * g, 0.0), axis=1, keep_dims=True)
+            gc = tl.where(o_n == n, first, gc)
+            hp = hh - b  # a_t h_{t-1}
+            acc_dt += g * (A_n * (1.0 / 1.4426950408889634) * hp + B_n * u)
+            acc_du += g * dt * B_n
+            dA_n = tl.sum(g * dt * hp, axis=1, keep_dims=True)
+            dA = tl.where(o_n == n, dA + dA_n, dA)
+            dB_n = tl.sum(tl.where(m, g * du, 0.0), axis=0)
+            dC_n = tl.sum(tl.where(m, dy * hh, 0.0), axis=0)
+            tt = c * TC + tl.arange(0, TC)
+            tl.atomic_add(dB_ptr + (i_b * N + n) * T + tt, dB_n, mask=tt < T, sem="relaxed")
+            tl.atomic_add(dC_ptr + (i_b * N + n) * T + tt, dC_n, mask=tt < T, sem="relaxed")
+        ddl = acc_dt * tl.sigmoid(dl)
+        tl.store(du_ptr + row + t, acc_du.to(du_ptr.dtype.element_ty), mask=m)
+        tl.store(ddl_ptr + row + t, ddl.to(ddl_ptr.dtype.element_ty), mask=m)
+        dz = do * ypre * sz * (1.0 + z * (1.0 - sz))
+        tl.store(dz_ptr + row + t, dz.to(dz_ptr.dtype.element_ty), mask=m)
+        dD += tl.sum(tl.where(m, dy * u, 0.0), axis=1, keep_dims=True)
+        dbias += tl.sum(tl.where(m, ddl, 0.0), axis=1, keep_dims=True)
+    tl.atomic_add(dA_ptr + o_d * N + o_n, dA, mask=m_d)
+    tl.atomic_add(dD_ptr + o_d, dD, mask=m_d)
+    tl.atomic_add(dbias_ptr + o_d, dbias, mask=m_d)
+
+
 def forward(args, BD, TC, warps, FOLD=True, SAVE=False, STAGES=2):
     u, dl, A, B, C, D, z, bias = args
     b, ds, T = u.shape
@@ -176,7 +259,7 @@ def forward(args, BD, TC, warps, FOLD=True, SAVE=False, STAGES=2):
     return y, chk
 
 
-def backward(args, dout, chk, BD, TC, warps, ATOMIC=True, STAGES=1):
+def backward(args, dout, chk, BD, TC, warps, ATOMIC=True, STAGES=1, V2=False):
     u, dl, A, B, C, D, z, bias = args
     b, ds, T = u.shape
     N = A.shape[1]
@@ -186,9 +269,14 @@ def backward(args, dout, chk, BD, TC, warps, ATOMIC=True, STAGES=1):
     dC = torch.zeros(b, N, T, device=u.device)
     dD = torch.zeros(ds, device=u.device)
     dbias = torch.zeros(ds, device=u.device)
-    m1_bwd[(b * triton.cdiv(ds, BD),)](u, dl, (A * LOG2E).contiguous(), B, C, D, z, bias, dout,
-                                       chk, du, ddl, dz, dA, dB, dC, dD, dbias, T, ds, N, BD, TC,
-                                       ATOMIC, STAGES, num_warps=warps)
+    if V2:
+        m1_bwd2[(b * triton.cdiv(ds, BD),)](u, dl, (A * LOG2E).contiguous(), B, C, D, z, bias,
+                                            dout, chk, du, ddl, dz, dA, dB, dC, dD, dbias, T,
+                                            ds, N, BD, TC, STAGES, num_warps=warps)
+    else:
+        m1_bwd[(b * triton.cdiv(ds, BD),)](u, dl, (A * LOG2E).contiguous(), B, C, D, z, bias,
+                                           dout, chk, du, ddl, dz, dA, dB, dC, dD, dbias, T, ds,
+                                           N, BD, TC, ATOMIC, STAGES, num_warps=warps)
     return du, ddl, dA, dB, dC, dD, dz, dbias
 
 
@@ -218,14 +306,14 @@ def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def check(args, BD, TC, warps, **kw):
+def check(args, BD, TC, warps, v2=False, **kw):
     """forward and every gradient against float64 autograd through `reference`."""
     leaves = [v.detach().double().requires_grad_(True) for v in args]
     want = reference(leaves)
     dout = torch.randn_like(want)
     wg = torch.autograd.grad(want, leaves, dout)
     y, chk = forward(args, BD, TC, warps, SAVE=True, **kw)
-    gs = backward(args, dout.to(args[0].dtype), chk, BD, TC, warps)
+    gs = backward(args, dout.to(args[0].dtype), chk, BD, TC, warps, V2=v2)
     errs = {"y": rel(y, want)}
     for name, g, w in zip(("u", "delta", "A", "B", "C", "D", "z", "delta_bias"), gs, wg):
         errs[name] = rel(g, w)
@@ -266,14 +354,19 @@ def lrc_rows(args, rows):
     scan_runtime.CONFIG = None
 
 
+# (channels a program, steps a chunk, warps) of --bwd2
+BWD2 = [(4, 64, 1), (2, 128, 1), (8, 32, 1), (8, 64, 2), (4, 128, 2), (16, 32, 2),
+        (1, 256, 1), (16, 64, 4), (4, 256, 4)]
+
+
 def main():
     small = "--small" in sys.argv
     dev = "cpu" if small else "cuda"
     if small:
         args = inputs(2, 6, 37, 16, torch.float32, dev)
-        for BD, TC in ((4, 16), (2, 64)):
-            errs = check(args, BD, TC, 4)
-            print(BD, TC, {k: f"{v:.1e}" for k, v in errs.items()})
+        for BD, TC, v2 in ((4, 16, False), (2, 64, False), (4, 16, True), (2, 64, True)):
+            errs = check(args, BD, TC, 4, v2)
+            print(BD, TC, "v2" if v2 else "", {k: f"{v:.1e}" for k, v in errs.items()})
         return
     rows = []
     out = os.environ.get("OUT", "/tmp")
@@ -282,6 +375,27 @@ def main():
     cargs = [v[:1] if v.dim() == 3 else (v[:64] if v.shape[0] == 2048 else v) for v in cargs]
     print("check (B1 D64 L4096):", {k: f"{v:.1e}" for k, v in check(cargs, 4, 256, 4).items()},
           flush=True)
+    if "--bwd2" in sys.argv:  # the triple-scan backward at few warps (session 11)
+        print("check v2 (B1 D64 L4096):", {k: f"{v:.1e}" for k, v in
+                                            check(cargs, 4, 64, 1, True).items()}, flush=True)
+        y, chk = forward(args, 4, 256, 4)
+        dout = torch.randn_like(y)
+        for BD, TC, w in BWD2:
+            try:
+                _, chk = forward(args, BD, TC, w, SAVE=True)
+                us = triton.testing.do_bench(
+                    lambda: backward(args, dout, chk, BD, TC, w, V2=True), warmup=3, rep=10,
+                    return_mode="median") * 1e3
+                f_us = triton.testing.do_bench(
+                    lambda: forward(args, BD, TC, w, SAVE=True), warmup=3, rep=10,
+                    return_mode="median") * 1e3
+            except Exception as e:
+                print("bwd2", BD, TC, w, "failed:", str(e)[:200], flush=True)
+                continue
+            rows.append(dict(kind="bwd2", BD=BD, TC=TC, warps=w, us=us, fwd_save_us=f_us))
+            print(rows[-1], flush=True)
+        json.dump(rows, open(os.path.join(out, "designs_mamba1_bwd2.json"), "w"), indent=1)
+        return
     if "--lrc" in sys.argv:
         lrc_rows(args, rows)
         us = triton.testing.do_bench(lambda: forward(args, 16, 128, 8), warmup=10, rep=50,

@@ -101,6 +101,8 @@ if __name__ == "__main__":
          "Elementwise scan, seventh session (2026-11-29): row kernels, tuned on kernel time")
     bars(load("session9_bench_final.json"), "session9_chunked_vs_peers.png",
          "Chunked lowering, ninth session (2026-11-29): Mamba-2 and GLA")
+    bars(load("session11_bench_diag_mamba2.json") + load("session11_bench_gla.json"),
+         "session11_vs_peers.png", "Eleventh session (2026-11-29): elementwise, Mamba-2, GLA")
     conv = load("bench_conv.json")
     bars([r for r in conv if "sweep" not in r["case"]], "conv_vs_peer.png",
          "Conv lowering vs PyTorch eager S4D")
