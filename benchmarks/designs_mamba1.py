@@ -16,6 +16,7 @@ step later), and adds dB, dC over its channels, then atomically over programs.
 
 Every row is checked against a float64 loop over time on the same inputs.
 """
+import ast
 import json
 import os
 import sys
@@ -172,13 +173,48 @@ def _comb3(f1, p1, q1, f2, p2, q2):
 
 
 @triton.jit
+def _bwd_column(n, gc, dA, ypre, acc_dt, acc_du, dt, du, u, dy, m, m_d, o_d, o_t, o_n, t,
+                i_b, chk_ptr, A_ptr, B_ptr, C_ptr, dB_ptr, dC_ptr, c, nc, T, DS,
+                N: tl.constexpr, TC: tl.constexpr):
+    """State column n of one chunk: its states recomputed from the checkpoint, its adjoint
+    scanned as a triple, its terms of every gradient."""
+    A_n = tl.load(A_ptr + o_d * N + n, mask=m_d, other=0.0)  # A * log2(e)
+    B_n = tl.load(B_ptr + (i_b * N + n) * T + t, mask=t < T, other=0.0).to(tl.float32)
+    C_n = tl.load(C_ptr + (i_b * N + n) * T + t, mask=t < T, other=0.0).to(tl.float32)
+    a = tl.where(m, tl.exp2(dt * A_n), 1.0)
+    b = du * B_n
+    h0 = tl.load(chk_ptr + ((i_b * nc + c) * DS + o_d) * N + n, mask=m_d, other=0.0)
+    b1 = b + tl.where(o_t == 0, a * h0, 0.0)
+    _, hh = tl.associative_scan((a, b1), 1, _comb)
+    ypre += C_n * hh
+    g_n = tl.sum(tl.where(o_n == n, gc, 0.0), axis=1, keep_dims=True)
+    _, P, Q = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), C_n * dy), 1, _comb3,
+                                  reverse=True)
+    g = Q + P * g_n
+    first = tl.sum(tl.where(o_t == 0, a * g, 0.0), axis=1, keep_dims=True)
+    gc = tl.where(o_n == n, first, gc)
+    hp = hh - b  # a_t h_{t-1}
+    acc_dt += g * (A_n * (1.0 / 1.4426950408889634) * hp + B_n * u)
+    acc_du += g * dt * B_n
+    dA_n = tl.sum(g * dt * hp, axis=1, keep_dims=True)
+    dA = tl.where(o_n == n, dA + dA_n, dA)
+    dB_n = tl.sum(tl.where(m, g * du, 0.0), axis=0)
+    dC_n = tl.sum(tl.where(m, dy * hh, 0.0), axis=0)
+    tt = c * TC + tl.arange(0, TC)
+    tl.atomic_add(dB_ptr + (i_b * N + n) * T + tt, dB_n, mask=tt < T, sem="relaxed")
+    tl.atomic_add(dC_ptr + (i_b * N + n) * T + tt, dC_n, mask=tt < T, sem="relaxed")
+    return gc, dA, ypre, acc_dt, acc_du
+
+
+@triton.jit
 def m1_bwd2(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, chk_ptr,
             du_ptr, ddl_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
             T, DS, N: tl.constexpr, BD: tl.constexpr, TC: tl.constexpr,
-            STAGES: tl.constexpr):
+            STAGES: tl.constexpr, U: tl.constexpr = 0):
     """m1_bwd with the adjoint scanned as a triple (_comb3: no decay one step later, so one
     exp2 per element instead of two), meant for 1-2 warps: the reductions over channels (dB,
-    dC) and over time (dA) stay inside a warp, no barrier."""
+    dC) and over time (dA) stay inside a warp, no barrier. U: the loop over n unrolled whole
+    (0, static_range) or by U (tl.range's loop_unroll_factor: fewer live registers)."""
     pid = tl.program_id(0)
     nd = tl.cdiv(DS, BD)
     i_b = (pid // nd).to(tl.int64)
@@ -209,32 +245,16 @@ def m1_bwd2(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr
         ypre = Dp * u
         acc_du = Dp * dy
         acc_dt = tl.zeros([BD, TC], tl.float32)
-        ones = tl.full([BD, TC], 1.0, tl.float32)
-        for n in tl.static_range(N):
-            A_n = tl.load(A_ptr + o_d * N + n, mask=m_d, other=0.0)  # A * log2(e)
-            B_n = tl.load(B_ptr + (i_b * N + n) * T + t, mask=t < T, other=0.0).to(tl.float32)
-            C_n = tl.load(C_ptr + (i_b * N + n) * T + t, mask=t < T, other=0.0).to(tl.float32)
-            a = tl.where(m, tl.exp2(dt * A_n), 1.0)
-            b = du * B_n
-            h0 = tl.load(chk_ptr + ((i_b * nc + c) * DS + o_d) * N + n, mask=m_d, other=0.0)
-            b1 = b + tl.where(o_t == 0, a * h0, 0.0)
-            _, hh = tl.associative_scan((a, b1), 1, _comb)
-            ypre += C_n * hh
-            g_n = tl.sum(tl.where(o_n == n, gc, 0.0), axis=1, keep_dims=True)
-            _, P, Q = tl.associative_scan((a, ones, C_n * dy), 1, _comb3, reverse=True)
-            g = Q + P * g_n
-            first = tl.sum(tl.where(o_t == 0, a * g, 0.0), axis=1, keep_dims=True)
-            gc = tl.where(o_n == n, first, gc)
-            hp = hh - b  # a_t h_{t-1}
-            acc_dt += g * (A_n * (1.0 / 1.4426950408889634) * hp + B_n * u)
-            acc_du += g * dt * B_n
-            dA_n = tl.sum(g * dt * hp, axis=1, keep_dims=True)
-            dA = tl.where(o_n == n, dA + dA_n, dA)
-            dB_n = tl.sum(tl.where(m, g * du, 0.0), axis=0)
-            dC_n = tl.sum(tl.where(m, dy * hh, 0.0), axis=0)
-            tt = c * TC + tl.arange(0, TC)
-            tl.atomic_add(dB_ptr + (i_b * N + n) * T + tt, dB_n, mask=tt < T, sem="relaxed")
-            tl.atomic_add(dC_ptr + (i_b * N + n) * T + tt, dC_n, mask=tt < T, sem="relaxed")
+        if U == 0:
+            for n in tl.static_range(N):
+                gc, dA, ypre, acc_dt, acc_du = _bwd_column(
+                    n, gc, dA, ypre, acc_dt, acc_du, dt, du, u, dy, m, m_d, o_d, o_t, o_n, t,
+                    i_b, chk_ptr, A_ptr, B_ptr, C_ptr, dB_ptr, dC_ptr, c, nc, T, DS, N, TC)
+        else:
+            for n in tl.range(0, N, num_stages=1, loop_unroll_factor=U):
+                gc, dA, ypre, acc_dt, acc_du = _bwd_column(
+                    n, gc, dA, ypre, acc_dt, acc_du, dt, du, u, dy, m, m_d, o_d, o_t, o_n, t,
+                    i_b, chk_ptr, A_ptr, B_ptr, C_ptr, dB_ptr, dC_ptr, c, nc, T, DS, N, TC)
         ddl = acc_dt * tl.sigmoid(dl)
         tl.store(du_ptr + row + t, acc_du.to(du_ptr.dtype.element_ty), mask=m)
         tl.store(ddl_ptr + row + t, ddl.to(ddl_ptr.dtype.element_ty), mask=m)
@@ -259,7 +279,7 @@ def forward(args, BD, TC, warps, FOLD=True, SAVE=False, STAGES=2):
     return y, chk
 
 
-def backward(args, dout, chk, BD, TC, warps, ATOMIC=True, STAGES=1, V2=False):
+def backward(args, dout, chk, BD, TC, warps, ATOMIC=True, STAGES=1, V2=False, U=0, cap=None):
     u, dl, A, B, C, D, z, bias = args
     b, ds, T = u.shape
     N = A.shape[1]
@@ -272,7 +292,8 @@ def backward(args, dout, chk, BD, TC, warps, ATOMIC=True, STAGES=1, V2=False):
     if V2:
         m1_bwd2[(b * triton.cdiv(ds, BD),)](u, dl, (A * LOG2E).contiguous(), B, C, D, z, bias,
                                             dout, chk, du, ddl, dz, dA, dB, dC, dD, dbias, T,
-                                            ds, N, BD, TC, STAGES, num_warps=warps)
+                                            ds, N, BD, TC, STAGES, U, num_warps=warps,
+                                            **({"maxnreg": cap} if cap else {}))
     else:
         m1_bwd[(b * triton.cdiv(ds, BD),)](u, dl, (A * LOG2E).contiguous(), B, C, D, z, bias,
                                            dout, chk, du, ddl, dz, dA, dB, dC, dD, dbias, T, ds,
@@ -306,14 +327,14 @@ def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def check(args, BD, TC, warps, v2=False, **kw):
+def check(args, BD, TC, warps, v2=False, U=0, **kw):
     """forward and every gradient against float64 autograd through `reference`."""
     leaves = [v.detach().double().requires_grad_(True) for v in args]
     want = reference(leaves)
     dout = torch.randn_like(want)
     wg = torch.autograd.grad(want, leaves, dout)
     y, chk = forward(args, BD, TC, warps, SAVE=True, **kw)
-    gs = backward(args, dout.to(args[0].dtype), chk, BD, TC, warps, V2=v2)
+    gs = backward(args, dout.to(args[0].dtype), chk, BD, TC, warps, V2=v2, U=U)
     errs = {"y": rel(y, want)}
     for name, g, w in zip(("u", "delta", "A", "B", "C", "D", "z", "delta_bias"), gs, wg):
         errs[name] = rel(g, w)
@@ -355,8 +376,12 @@ def lrc_rows(args, rows):
 
 
 # (channels a program, steps a chunk, warps) of --bwd2
-BWD2 = [(4, 64, 1), (2, 128, 1), (8, 32, 1), (8, 64, 2), (4, 128, 2), (16, 32, 2),
-        (1, 256, 1), (16, 64, 4), (4, 256, 4)]
+# (channels a program, steps a chunk, warps[, n unrolled by (0: whole), register cap]) of
+# --bwd2; BWD2_ALL the session-11 first run (n unrolled whole, no cap)
+BWD2_ALL = [(4, 64, 1), (2, 128, 1), (8, 32, 1), (8, 64, 2), (4, 128, 2), (16, 32, 2),
+            (1, 256, 1), (16, 64, 4), (4, 256, 4)]
+BWD2 = [(2, 128, 1, 1, None), (2, 128, 1, 1, 128), (16, 32, 2, 1, None), (16, 32, 2, 1, 128),
+        (4, 64, 1, 1, 128), (16, 64, 4, 1, None), (16, 64, 4, 1, 128)]
 
 
 def main():
@@ -364,9 +389,10 @@ def main():
     dev = "cpu" if small else "cuda"
     if small:
         args = inputs(2, 6, 37, 16, torch.float32, dev)
-        for BD, TC, v2 in ((4, 16, False), (2, 64, False), (4, 16, True), (2, 64, True)):
-            errs = check(args, BD, TC, 4, v2)
-            print(BD, TC, "v2" if v2 else "", {k: f"{v:.1e}" for k, v in errs.items()})
+        for BD, TC, v2, U in ((4, 16, False, 0), (2, 64, False, 0), (4, 16, True, 0),
+                              (2, 64, True, 1)):
+            errs = check(args, BD, TC, 4, v2, U)
+            print(BD, TC, "v2" if v2 else "", U, {k: f"{v:.1e}" for k, v in errs.items()})
         return
     rows = []
     out = os.environ.get("OUT", "/tmp")
@@ -377,22 +403,31 @@ def main():
           flush=True)
     if "--bwd2" in sys.argv:  # the triple-scan backward at few warps (session 11)
         print("check v2 (B1 D64 L4096):", {k: f"{v:.1e}" for k, v in
-                                            check(cargs, 4, 64, 1, True).items()}, flush=True)
+                                            check(cargs, 4, 64, 1, True, 1).items()}, flush=True)
+        if "--all" in sys.argv:
+            BWD2[:] = BWD2_ALL
+        if os.environ.get("BWD2"):  # a list of config tuples, e.g. "[(2, 128, 1, 1, 128)]"
+            BWD2[:] = ast.literal_eval(os.environ["BWD2"])
         y, chk = forward(args, 4, 256, 4)
         dout = torch.randn_like(y)
-        for BD, TC, w in BWD2:
+        chks = {}
+        for BD, TC, w, U, cap in [r + (0, None) if len(r) == 3 else r for r in BWD2]:
             try:
-                _, chk = forward(args, BD, TC, w, SAVE=True)
+                if (BD, TC, w) not in chks:
+                    _, chk = forward(args, BD, TC, w, SAVE=True)
+                    f_us = triton.testing.do_bench(
+                        lambda: forward(args, BD, TC, w, SAVE=True), warmup=3, rep=10,
+                        return_mode="median") * 1e3
+                    chks[BD, TC, w] = chk, f_us
+                chk, f_us = chks[BD, TC, w]
                 us = triton.testing.do_bench(
-                    lambda: backward(args, dout, chk, BD, TC, w, V2=True), warmup=3, rep=10,
-                    return_mode="median") * 1e3
-                f_us = triton.testing.do_bench(
-                    lambda: forward(args, BD, TC, w, SAVE=True), warmup=3, rep=10,
-                    return_mode="median") * 1e3
+                    lambda: backward(args, dout, chk, BD, TC, w, V2=True, U=U, cap=cap),
+                    warmup=3, rep=10, return_mode="median") * 1e3
             except Exception as e:
-                print("bwd2", BD, TC, w, "failed:", str(e)[:200], flush=True)
+                print("bwd2", BD, TC, w, U, cap, "failed:", str(e)[:200], flush=True)
                 continue
-            rows.append(dict(kind="bwd2", BD=BD, TC=TC, warps=w, us=us, fwd_save_us=f_us))
+            rows.append(dict(kind="bwd2", BD=BD, TC=TC, warps=w, unroll=U, maxnreg=cap, us=us,
+                             fwd_save_us=f_us))
             print(rows[-1], flush=True)
         json.dump(rows, open(os.path.join(out, "designs_mamba1_bwd2.json"), "w"), indent=1)
         return
