@@ -434,7 +434,7 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
     consts = ["HAS_H0", "SAVE", "REVERSE", "SUMMARY", "TC", "STAGES", "VARLEN"] + [
         f"BLOCK_{d}" for d in t.tile]
     if t.unroll:  # EVEN: whole chunks, no index past the unrolled dim's size (Launch.even)
-        consts += [f"BLOCK_{t.unroll}", "EVEN"]
+        consts += [f"BLOCK_{t.unroll}", "EVEN", "LOOP_BY"]
     _prologue(w, t)
     at = len(w.lines)
     w("seg = pid  # the segment of time this program scans")
@@ -571,9 +571,10 @@ def _along_unrolled(g: Graph, t: Tiling) -> dict[str, str]:
 def _unrolled(w: Writer, g: Graph, body: ChunkBody, chunk: list[str],
               along: dict[str, str]) -> None:
     """One chunk's work with an unrolled dim u (see `unrolled` in tiling.py): what does not
-    vary along u first, then a loop over u unrolled at compile time, one [BLOCK, TC] tile per
-    index (inputs along u loaded per index, state columns scanned, sums over u added up),
-    then what reads those sums."""
+    vary along u first, then a loop over u, one [BLOCK, TC] tile per index (inputs along u
+    loaded per index, state columns scanned, sums over u added up), then what reads those
+    sums. The loop is unrolled whole at compile time, or with LOOP_BY > 0 (ScanConfig.loop)
+    a `tl.range` unrolled that many times: the same steps, fewer registers."""
     u, vals = body.vals.tiling.unroll, body.vals
     news = set(g.new_state_names)
     body.share([n for n in chunk if n not in news], list(body.blocks))
@@ -582,14 +583,21 @@ def _unrolled(w: Writer, g: Graph, body: ChunkBody, chunk: list[str],
     body.run([n for n in chunk if n not in along], share=False)
     body.flush()
     mark, first = len(w.lines), len(vals.zeroed)
-    w(f"for o_{u} in tl.static_range(BLOCK_{u}):  # {u}, unrolled: one index at a time")
-    w.indent()
+    w(f"if LOOP_BY == 0:  # {u} unrolled whole: one index at a time, each a constant")
+    w(f"    for o_{u} in tl.static_range(BLOCK_{u}):")
+    w.indent().indent()
+    start = len(w.lines)
     w(f"m_{u} = o_{u} < size_{u}")
     for n in g.inputs():
         if n.role in (Role.SEQ, Role.PARAM) and u in n.dims:
             vals.load(n, n.role is Role.SEQ)
     body.run([n for n in chunk if along.get(n) in ("in", "sum")], share=False)
     w.dedent()
+    w.dedent()
+    steps = w.lines[start:]
+    w("else:  # the same steps in a loop unrolled LOOP_BY times: fewer values live at once")
+    w(f"    for o_{u} in tl.range(0, BLOCK_{u}, num_stages=1, loop_unroll_factor=LOOP_BY):")
+    w.lines += steps
     w.lines[mark:mark] = ["    " * w.depth + z for z in vals.zeroed[first:]]
     body.run([n for n in chunk if along.get(n) == "after"], share=False)
 

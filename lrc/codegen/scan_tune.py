@@ -30,6 +30,9 @@ class ScanConfig:
     stages: int = 2
     unroll: bool = False  # the forward with the whole dim unrolled (ScanProgram.tilings)
     maxnreg: int | None = None  # ptxas's register cap per thread (None: its own choice)
+    # the unrolled dim's loop (scan.py's _unrolled): 0 unrolled whole at compile time
+    # (tl.static_range); k > 0 a loop unrolled k times (tl.range): fewer values live at once
+    loop: int = 0
 
 
 # (TC, BLOCK, warps, stages), the best few of benchmarks/results/sweep_scan.json (B8 T4096
@@ -58,12 +61,17 @@ ROW_BACKWARD = [(2048, None, 4, 1), (1024, None, 2, 3), (2048, None, 4, 2), (102
 # cap): benchmarks/results/session10_designs_mamba1_lrc.json on the H200 (B8 D2048 L4096 N16
 # bf16, us): 1149.7, 1232.0, 1289.7, 1210.4 uncapped, 1745.7 uncapped (ptxas takes 255
 # registers uncapped, one 8-warp program per SM); the hand-written design at (128, 16, 8) 927.8
+# Then the same as loops (ScanConfig.loop 1): an sm_90 build of Mamba-1's forward_n takes 127
+# registers at (32, 64, 8 warps) against 211 unrolled whole, 128 at (128, 16) against 255,
+# no spills (session 11, development machine; not timed yet; at (64, 32) 128 with 8 bytes
+# spilled)
 UNROLLED = [(32, 64, 8, 2, 128), (64, 32, 8, 2, 128), (128, 16, 8, 2, 128), (32, 64, 8, 2, None),
-            (128, 16, 8, 2, None)]
+            (128, 16, 8, 2, None), (32, 64, 8, 2, None, 1), (128, 16, 8, 2, None, 1)]
 
 
 def candidates_unrolled() -> list[ScanConfig]:
-    return [ScanConfig(*r[:4], unroll=True, maxnreg=r[4]) for r in UNROLLED]
+    return [ScanConfig(*r[:4], unroll=True, maxnreg=r[4], loop=r[5] if len(r) > 5 else 0)
+            for r in UNROLLED]
 
 
 def candidates(time_inner: bool, whole: int, tc: int | None = None,

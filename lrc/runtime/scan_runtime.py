@@ -145,6 +145,7 @@ class Launch:
                CHUNK, BUDGET, NUM_WARPS, NUM_STAGES)
         hit = _CONFIGURED.get(key)
         self.maxnreg = config.maxnreg if config else None
+        self.loop = config.loop if config else 0
         if hit is not None and hit[0] is prog:
             self.tc, blocks, self.warps, self.stages, self.n_seg, self.seg_len = hit[1:]
             self.blocks = dict(blocks)
@@ -207,6 +208,7 @@ class Launch:
         if t.unroll is not None:  # nothing to mask: whole chunks, the unrolled dim's size
             consts["EVEN"] = (self.cu is None and self.T % self.tc == 0
                               and blocks[t.unroll] == self.sizes[t.unroll])
+            consts["LOOP_BY"] = self.loop
         if self.chunked:
             consts["STAGES"] = self.stages
             consts["VARLEN"] = self.cu is not None

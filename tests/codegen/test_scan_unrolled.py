@@ -4,6 +4,8 @@ carries; with gradients too, through the checkpoints it saves for the usual back
 specs get it, and when the no-gradient forward may run it."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -48,12 +50,14 @@ def launched(monkeypatch):
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("tc, block", [(8, 2), (64, 4)])
-def test_mamba1_unrolled_forward(reverse, tc, block, monkeypatch, launched):
+@pytest.mark.parametrize("tc, block, loop", [(8, 2, 0), (64, 4, 0), (8, 4, 1), (64, 2, 3)])
+def test_mamba1_unrolled_forward(reverse, tc, block, loop, monkeypatch, launched):
     """Forward, final state and every gradient (the backward reading the unrolled forward's
     checkpoints), 5 channels in blocks of 2 or 4 (a masked tail), 37 steps in chunks of 8
-    (carries between chunks) or one chunk; n = 3 (an unrolled loop of 4, one masked)."""
-    monkeypatch.setattr(scan_runtime, "CONFIG", ScanConfig(tc, block, 4, 2, unroll=True))
+    (carries between chunks) or one chunk; n = 3 (an unrolled loop of 4, one masked), or a
+    `tl.range` loop over n unrolled once or 3 times (4 indices: a remainder)."""
+    monkeypatch.setattr(scan_runtime, "CONFIG", ScanConfig(tc, block, 4, 2, unroll=True,
+                                                           loop=loop))
     check("mamba1", b=2, t=37, reverse=reverse, d=5, n=3)
     assert launched == ["forward_n", "backward"]
 
@@ -125,13 +129,17 @@ def test_unrolled_forward_compiles_for_the_h200(monkeypatch):
     kern = lrc.compile(gated_s6, backend="triton")
     args = {k: v.to(torch.bfloat16) if v.dim() == 3 else v.float()
             for k, v in gated_inputs(1, 64, 512, 16).items()}
-    for row in UNROLLED:
-        monkeypatch.setattr(scan_runtime, "CONFIG", ScanConfig(*row[:4], unroll=True))
+    regs = {}
+    for cfg in candidates_unrolled():
+        monkeypatch.setattr(scan_runtime, "CONFIG", replace(cfg, maxnreg=None))
         with aot.recording(as_gpu=132, compile=True) as launches:
             kern(**args)
         (r,) = launches
         assert r.name.endswith("forward_n") and r.compiled.ok and r.compiled.fits, r
-        assert 0 < r.compiled.regs <= 255 and r.compiled.spills == 0, (row, r.compiled)
+        assert 0 < r.compiled.regs <= 255 and r.compiled.spills == 0, (cfg, r.compiled)
+        regs[cfg.tc, cfg.block, cfg.loop] = r.compiled.regs
+    # the loop over n keeps fewer values live than n unrolled whole
+    assert all(regs[tc, block, 1] < regs[tc, block, 0] for tc, block, loop in regs if loop)
 
 
 @pytest.mark.gpu
