@@ -128,6 +128,22 @@ def guarded(fn):
     return run
 
 
+def host_wall(fn, n=100):
+    """Wall-clock us per call of `fn`, best of 3 runs of n back-to-back calls and one
+    synchronize (host time where the kernels are tiny: host_probe.py)."""
+    fn()
+    fn()
+    torch.cuda.synchronize()
+    best = []
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+        best.append((time.perf_counter() - t) / n * 1e6)
+    return round(min(best), 1)
+
+
 def fwdbwd(fn, leaves):
     def run():
         for t in leaves:

@@ -39,19 +39,55 @@ def _softplus(x):
 
 
 @triton.jit
-def m1_fwd(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, chk_ptr,
-           T, DS, N: tl.constexpr, BD: tl.constexpr, TC: tl.constexpr, FOLD: tl.constexpr,
-           SAVE: tl.constexpr, STAGES: tl.constexpr):
+def _rows(bias_ptr, D_ptr, T, DS, N: tl.constexpr, BD: tl.constexpr, TC: tl.constexpr):
+    """This program's batch and BD channels ([BD, 1] offsets, mask), a chunk's steps and the
+    state's indices ([1, TC], [1, N]), the (b, d) rows' offsets in u, delta, z, y ([BD, 1]),
+    and the channels' delta_bias and D."""
     pid = tl.program_id(0)
     nd = tl.cdiv(DS, BD)
     i_b = (pid // nd).to(tl.int64)
     o_d = (pid % nd) * BD + tl.arange(0, BD)[:, None]
     m_d = o_d < DS
-    o_t = tl.arange(0, TC)[None, :]
-    o_n = tl.arange(0, N)[None, :]
-    row = (i_b * DS + o_d) * T  # [BD, 1] offsets of (b, d) rows in u, delta, z, y
     bias = tl.load(bias_ptr + o_d, mask=m_d, other=0.0)
     Dp = tl.load(D_ptr + o_d, mask=m_d, other=0.0)
+    return (i_b, o_d, m_d, tl.arange(0, TC)[None, :], tl.arange(0, N)[None, :],
+            (i_b * DS + o_d) * T, bias, Dp)
+
+
+@triton.jit
+def _chunk_grads(du_ptr, ddl_ptr, dz_ptr, at, m, acc_du, acc_dt, dl, do, ypre, z, sz, dy, u,
+                 dD, dbias):
+    """A backward chunk's end: du, ddelta, dz stored at offsets `at`; D's and delta_bias's
+    gradients summed over its steps."""
+    ddl = acc_dt * tl.sigmoid(dl)
+    tl.store(du_ptr + at, acc_du.to(du_ptr.dtype.element_ty), mask=m)
+    tl.store(ddl_ptr + at, ddl.to(ddl_ptr.dtype.element_ty), mask=m)
+    dz = do * ypre * sz * (1.0 + z * (1.0 - sz))
+    tl.store(dz_ptr + at, dz.to(dz_ptr.dtype.element_ty), mask=m)
+    dD += tl.sum(tl.where(m, dy * u, 0.0), axis=1, keep_dims=True)
+    dbias += tl.sum(tl.where(m, ddl, 0.0), axis=1, keep_dims=True)
+    return dD, dbias
+
+
+@triton.jit
+def _column_terms(n, g, hh, b, A_n, B_n, u, dt, du, dy, m, o_n, acc_dt, acc_du, dA):
+    """State column n's terms of the gradients, from its adjoint g, states hh and inputs b:
+    added into delta's and u's, into A's column n; B's and C's summed over the channels."""
+    hp = hh - b  # a_t h_{t-1}
+    acc_dt += g * (A_n * (1.0 / 1.4426950408889634) * hp + B_n * u)
+    acc_du += g * dt * B_n
+    dA_n = tl.sum(g * dt * hp, axis=1, keep_dims=True)
+    dA = tl.where(o_n == n, dA + dA_n, dA)
+    dB_n = tl.sum(tl.where(m, g * du, 0.0), axis=0)
+    dC_n = tl.sum(tl.where(m, dy * hh, 0.0), axis=0)
+    return acc_dt, acc_du, dA, dB_n, dC_n
+
+
+@triton.jit
+def m1_fwd(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, chk_ptr,
+           T, DS, N: tl.constexpr, BD: tl.constexpr, TC: tl.constexpr, FOLD: tl.constexpr,
+           SAVE: tl.constexpr, STAGES: tl.constexpr):
+    i_b, o_d, m_d, o_t, o_n, row, bias, Dp = _rows(bias_ptr, D_ptr, T, DS, N, BD, TC)
     h = tl.zeros([BD, N], tl.float32)
     nc = tl.cdiv(T, TC)
     for c in tl.range(0, nc, num_stages=STAGES):
@@ -90,16 +126,7 @@ def m1_bwd(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
            du_ptr, ddl_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
            T, DS, N: tl.constexpr, BD: tl.constexpr, TC: tl.constexpr, ATOMIC: tl.constexpr,
            STAGES: tl.constexpr):
-    pid = tl.program_id(0)
-    nd = tl.cdiv(DS, BD)
-    i_b = (pid // nd).to(tl.int64)
-    o_d = (pid % nd) * BD + tl.arange(0, BD)[:, None]
-    m_d = o_d < DS
-    o_t = tl.arange(0, TC)[None, :]
-    o_n = tl.arange(0, N)[None, :]
-    row = (i_b * DS + o_d) * T
-    bias = tl.load(bias_ptr + o_d, mask=m_d, other=0.0)
-    Dp = tl.load(D_ptr + o_d, mask=m_d, other=0.0)
+    i_b, o_d, m_d, o_t, o_n, row, bias, Dp = _rows(bias_ptr, D_ptr, T, DS, N, BD, TC)
     gc = tl.zeros([BD, N], tl.float32)  # the state's adjoint at the next chunk's first step
     dA = tl.zeros([BD, N], tl.float32)
     dD = tl.zeros([BD, 1], tl.float32)
@@ -139,13 +166,8 @@ def m1_bwd(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
             _, g = tl.associative_scan((an, x), 1, _comb, reverse=True)
             first = tl.sum(tl.where(o_t == 0, g, 0.0), axis=1, keep_dims=True)
             gc = tl.where(o_n == n, first, gc)
-            hp = hh - b  # a_t h_{t-1}
-            acc_dt += g * (A_n * (1.0 / 1.4426950408889634) * hp + B_n * u)
-            acc_du += g * dt * B_n
-            dA_n = tl.sum(g * dt * hp, axis=1, keep_dims=True)
-            dA = tl.where(o_n == n, dA + dA_n, dA)
-            dB_n = tl.sum(tl.where(m, g * du, 0.0), axis=0)
-            dC_n = tl.sum(tl.where(m, dy * hh, 0.0), axis=0)
+            acc_dt, acc_du, dA, dB_n, dC_n = _column_terms(n, g, hh, b, A_n, B_n, u, dt, du, dy, m,
+                                                           o_n, acc_dt, acc_du, dA)
             tt = c * TC + tl.arange(0, TC)
             if ATOMIC:
                 tl.atomic_add(dB_ptr + (i_b * N + n) * T + tt, dB_n, mask=tt < T, sem="relaxed")
@@ -153,13 +175,8 @@ def m1_bwd(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
             else:  # timing only: one program's partial sums stored, not added
                 tl.store(dB_ptr + (i_b * N + n) * T + tt, dB_n, mask=tt < T)
                 tl.store(dC_ptr + (i_b * N + n) * T + tt, dC_n, mask=tt < T)
-        ddl = acc_dt * tl.sigmoid(dl)
-        tl.store(du_ptr + row + t, acc_du.to(du_ptr.dtype.element_ty), mask=m)
-        tl.store(ddl_ptr + row + t, ddl.to(ddl_ptr.dtype.element_ty), mask=m)
-        dz = do * ypre * sz * (1.0 + z * (1.0 - sz))
-        tl.store(dz_ptr + row + t, dz.to(dz_ptr.dtype.element_ty), mask=m)
-        dD += tl.sum(tl.where(m, dy * u, 0.0), axis=1, keep_dims=True)
-        dbias += tl.sum(tl.where(m, ddl, 0.0), axis=1, keep_dims=True)
+        dD, dbias = _chunk_grads(du_ptr, ddl_ptr, dz_ptr, row + t, m, acc_du, acc_dt, dl, do,
+                                 ypre, z, sz, dy, u, dD, dbias)
     tl.atomic_add(dA_ptr + o_d * N + o_n, dA, mask=m_d)
     tl.atomic_add(dD_ptr + o_d, dD, mask=m_d)
     tl.atomic_add(dbias_ptr + o_d, dbias, mask=m_d)
@@ -193,13 +210,8 @@ def _bwd_column(n, gc, dA, ypre, acc_dt, acc_du, dt, du, u, dy, m, m_d, o_d, o_t
     g = Q + P * g_n
     first = tl.sum(tl.where(o_t == 0, a * g, 0.0), axis=1, keep_dims=True)
     gc = tl.where(o_n == n, first, gc)
-    hp = hh - b  # a_t h_{t-1}
-    acc_dt += g * (A_n * (1.0 / 1.4426950408889634) * hp + B_n * u)
-    acc_du += g * dt * B_n
-    dA_n = tl.sum(g * dt * hp, axis=1, keep_dims=True)
-    dA = tl.where(o_n == n, dA + dA_n, dA)
-    dB_n = tl.sum(tl.where(m, g * du, 0.0), axis=0)
-    dC_n = tl.sum(tl.where(m, dy * hh, 0.0), axis=0)
+    acc_dt, acc_du, dA, dB_n, dC_n = _column_terms(n, g, hh, b, A_n, B_n, u, dt, du, dy, m, o_n,
+                                                   acc_dt, acc_du, dA)
     tt = c * TC + tl.arange(0, TC)
     tl.atomic_add(dB_ptr + (i_b * N + n) * T + tt, dB_n, mask=tt < T, sem="relaxed")
     tl.atomic_add(dC_ptr + (i_b * N + n) * T + tt, dC_n, mask=tt < T, sem="relaxed")
@@ -215,16 +227,7 @@ def m1_bwd2(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr
     exp2 per element instead of two), meant for 1-2 warps: the reductions over channels (dB,
     dC) and over time (dA) stay inside a warp, no barrier. U: the loop over n unrolled whole
     (0, static_range) or by U (tl.range's loop_unroll_factor: fewer live registers)."""
-    pid = tl.program_id(0)
-    nd = tl.cdiv(DS, BD)
-    i_b = (pid // nd).to(tl.int64)
-    o_d = (pid % nd) * BD + tl.arange(0, BD)[:, None]
-    m_d = o_d < DS
-    o_t = tl.arange(0, TC)[None, :]
-    o_n = tl.arange(0, N)[None, :]
-    row = (i_b * DS + o_d) * T
-    bias = tl.load(bias_ptr + o_d, mask=m_d, other=0.0)
-    Dp = tl.load(D_ptr + o_d, mask=m_d, other=0.0)
+    i_b, o_d, m_d, o_t, o_n, row, bias, Dp = _rows(bias_ptr, D_ptr, T, DS, N, BD, TC)
     gc = tl.zeros([BD, N], tl.float32)  # a lambda at the next chunk's first step
     dA = tl.zeros([BD, N], tl.float32)
     dD = tl.zeros([BD, 1], tl.float32)
@@ -255,13 +258,8 @@ def m1_bwd2(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr
                 gc, dA, ypre, acc_dt, acc_du = _bwd_column(
                     n, gc, dA, ypre, acc_dt, acc_du, dt, du, u, dy, m, m_d, o_d, o_t, o_n, t,
                     i_b, chk_ptr, A_ptr, B_ptr, C_ptr, dB_ptr, dC_ptr, c, nc, T, DS, N, TC)
-        ddl = acc_dt * tl.sigmoid(dl)
-        tl.store(du_ptr + row + t, acc_du.to(du_ptr.dtype.element_ty), mask=m)
-        tl.store(ddl_ptr + row + t, ddl.to(ddl_ptr.dtype.element_ty), mask=m)
-        dz = do * ypre * sz * (1.0 + z * (1.0 - sz))
-        tl.store(dz_ptr + row + t, dz.to(dz_ptr.dtype.element_ty), mask=m)
-        dD += tl.sum(tl.where(m, dy * u, 0.0), axis=1, keep_dims=True)
-        dbias += tl.sum(tl.where(m, ddl, 0.0), axis=1, keep_dims=True)
+        dD, dbias = _chunk_grads(du_ptr, ddl_ptr, dz_ptr, row + t, m, acc_du, acc_dt, dl, do,
+                                 ypre, z, sz, dy, u, dD, dbias)
     tl.atomic_add(dA_ptr + o_d * N + o_n, dA, mask=m_d)
     tl.atomic_add(dD_ptr + o_d, dD, mask=m_d)
     tl.atomic_add(dbias_ptr + o_d, dbias, mask=m_d)

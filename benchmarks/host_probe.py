@@ -7,20 +7,12 @@ Each row: the best of 3 runs of 100 back-to-back calls (B1-2, T16-32), wall-cloc
 with one synchronize at the end; at these sizes the kernels take a few us, so this is host
 time. `host_ops` is the cost model's count of the Params' terms (`lowering.host_ops`).
 """
-import sys, time, json, os, torch
+import sys, json, os, torch
 sys.path.insert(0, "benchmarks"); sys.path.insert(0, ".")
 import lrc, bench
 from lrc.zoo import ZOO
 
-def wall(fn, n=100):
-    fn(); fn(); torch.cuda.synchronize()
-    best = []
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(n): fn()
-        torch.cuda.synchronize()
-        best.append((time.perf_counter() - t) / n * 1e6)
-    return round(min(best), 1)
+wall = lambda fn, n=100: bench.host_wall(fn, n)  # noqa: E731
 res = {}
 layer = lrc.compile(bench.diag, backend="triton")
 x = torch.randn(1, 16, 32, device="cuda", requires_grad=True)

@@ -5,19 +5,11 @@ launches took the direct path.
 
     PYTHONPATH=$PWD python benchmarks/debug/direct_launch_probe.py   # prints (GPU machine)
 """
-import sys, time, torch
+import sys, torch
 sys.path.insert(0, "benchmarks"); sys.path.insert(0, ".")
 import lrc, bench
 from lrc.runtime import scan_runtime
-def wall(fn, n=200):
-    fn(); fn(); torch.cuda.synchronize()
-    best = []
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(n): fn()
-        torch.cuda.synchronize()
-        best.append((time.perf_counter() - t) / n * 1e6)
-    return round(min(best), 1)
+wall = lambda fn, n=200: bench.host_wall(fn, n)  # noqa: E731
 calls = []
 fits = scan_runtime.Direct.fits
 call = scan_runtime.Direct.__call__
