@@ -16,6 +16,7 @@ from .partition import Unsupported
 from .loop import loop_source, step_source
 from .scan import (Signature, backward_source, forward_source, independent, module_source,
                    saved_states, varlen_able)
+from .scan_unrolled import backward_unrolled_source
 from .tiling import choose_tiling, unrolled
 
 
@@ -91,10 +92,10 @@ class ScanProgram:
         self.source = module_source(list(self.sources.values()), f"Scan kernels for {g.name}.")
 
     def _unrolled(self, base: str, batch: str | None) -> dict:
-        """{'forward_n': (source, signature, tiling)}: the forward with the whole dim unrolled
-        (tiling.unrolled), where that applies; the no-gradient forward may run it. Its
-        checkpoints are a chunk apart that the backward's tiling cannot take, so a forward
-        that saves for a backward runs `forward`."""
+        """{'forward_n', 'backward_n': (source, signature, tiling)}: the forward and the
+        backward with the whole dim unrolled (tiling.unrolled, scan_unrolled), where they
+        apply. They save and read the checkpoints `forward` and `backward` do, so either
+        forward pairs with either backward at the same chunk length."""
         t = unrolled(self.kernel, self.tiling)
         if t is None:
             return {}
@@ -102,7 +103,18 @@ class ScanProgram:
             src, sig = forward_source(self.kernel, self.blocks, t, f"{base}_forward_n", batch)
         except Unsupported:
             return {}
-        return {"forward_n": (src, sig, t)}
+        out = {"forward_n": (src, sig, t)}
+        if self.saved:  # the backward reads saved outputs, not checkpoints
+            return out
+        try:
+            bsrc, bsig, partials = backward_unrolled_source(
+                self.kernel, self.blocks, self.backward.graph, self.bblocks, self.backward, t,
+                f"{base}_backward_n", batch)
+        except Unsupported:
+            return out
+        if partials == self.partials:  # the same gradient buffers as `backward`'s
+            out["backward_n"] = (bsrc, bsig, t)
+        return out
 
     def module(self, interpret: bool) -> ModuleType:
         return modules.load(self.source, interpret)

@@ -154,6 +154,9 @@ class ChunkBody:
         self.step = False
         self.reduced: dict[sp.Basic, sp.Basic] = {}
         self.need_old: set[str] = set()  # states whose values before each step are read
+        # states along an unrolled dim whose column enters each chunk from memory (the
+        # backward's checkpoints), not from a carried tile: state -> the column's load
+        self.columns: dict[str, str] = {}
 
     def share(self, nodes: list[str], blocks: list[Block]) -> None:
         """Common subexpressions of this stretch of work (sympy's cse), emitted when first used."""
@@ -193,11 +196,17 @@ class ChunkBody:
             if vals.of(e)[2]:
                 raise Unsupported(f"state {', '.join(b.states)}: its update reads a sum spread "
                                   "over programs")
-        full = lambda e: f"({vals.expr(self.r(e))} + z_{self.tag}{i})"
-        w(f"z_{self.tag}{i} = tl.zeros({t.shape(dims, True)}, tl.float32)")
+        if t.unroll is not None and b.size == 1 and b.states[0] in self.need_old:
+            if self.offset(b) is None:
+                raise Unsupported(f"state {b.states[0]}: its values before each step along "
+                                  "an unrolled dim")
+            self.column_shifted_scan(i, b, dims)
+            return
         if t.unroll is not None:
             self.column_scan(i, b, dims)
             return
+        full = lambda e: f"({vals.expr(self.r(e))} + z_{self.tag}{i})"
+        w(f"z_{self.tag}{i} = tl.zeros({t.shape(dims, True)}, tl.float32)")
         if b.size == 1 and b.states[0] in self.need_old and self.offset(b) is not None:
             self.shifted_scan(i, b, dims)
             return
@@ -277,33 +286,75 @@ class ChunkBody:
 
     def column_scan(self, i: int, b: Block, dims) -> None:
         """A state's column o_<u> of the unrolled dim u (a diagonal block): read from the
-        carried tile, scanned over the chunk with the carry folded into its first step (so
-        the scan's values are the states), written back as the chunk's last state. EVEN (no
-        step past T in the chunk, no index past u's size) drops the masks: a select per
-        element and index, and Triton cannot fold `x + zeros` away, so values are broadcast."""
-        w, t, tg, vals = self.w, self.vals.tiling, self.tag, self.vals
-        u = t.unroll
+        carried tile (or loaded, `columns`), scanned over the chunk with the carry folded
+        into its first step (so the scan's values are the states), written back as the
+        chunk's last state. EVEN (no step past T in the chunk, no index past u's size) drops
+        the masks: a select per element and index, and Triton cannot fold `x + zeros` away,
+        so values are broadcast."""
+        w, tg = self.w, self.tag
         if b.size != 1:
             raise Unsupported(f"state {', '.join(b.states)}: a block of {b.size} along an "
                               "unrolled dim")
         (a,), (inp,) = b.coef[0], b.inp
-        s = self.state_var(b.states[0])
-        full = lambda e: f"tl.broadcast_to({vals.expr(self.r(e))}, {t.shape(dims, True)})"
-        self.carry_in[b.states[0]] = f"{s}_in"
-        w(f"{s}_in = tl.sum(tl.where(q_{u} == o_{u}, {s}, 0.0), axis={t.taxis}, keep_dims=True)")
-        w(f"a_{tg}{i} = {full(a)}", f"decay of {b.states[0]}")
-        w(f"b_{tg}{i} = {full(inp)}", f"input of {b.states[0]}")
-        w("if not EVEN:")
-        w(f"    a_{tg}{i} = tl.where(m_t, a_{tg}{i}, 1.0)")
-        w(f"    b_{tg}{i} = tl.where(m_t, b_{tg}{i}, 0.0)")
+        s = self._column_in(b.states[0])
+        self._column_terms(i, dims, (("a", a, "1.0", "decay"), ("b", inp, "0.0", "input")),
+                           b.states[0])
         w(f"b_{tg}{i} += tl.where(o_t == FIRST_{tg}, a_{tg}{i} * {s}_in, 0.0)",
           "the carry at the first step")
         new = ident(b.news[0]) + f"_{tg}"
-        w(f"_, {new} = tl.associative_scan((a_{tg}{i}, b_{tg}{i}), {t.taxis}, _scan1, "
-          f"reverse={self.reverse})", b.news[0])
+        w(f"_, {new} = tl.associative_scan((a_{tg}{i}, b_{tg}{i}), {self.vals.tiling.taxis}, "
+          f"_scan1, reverse={self.reverse})", b.news[0])
         self.vals.set(b.news[0], Val(new, frozenset(dims), True))
-        w(f"{s} = tl.where(q_{u} == o_{u}, tl.sum(tl.where(o_t == LAST_{tg}, {new}, 0.0), "
-          f"axis={t.taxis}, keep_dims=True), {s})")
+        self._column_out(b.states[0], new)
+
+    def column_shifted_scan(self, i: int, b: Block, dims) -> None:
+        """`shifted_scan` for a state's column o_<u> of the unrolled dim u: the column of
+        the carried tile enters the triple scan, its value before each step comes out
+        aligned (the adjoint of Mamba-1's state in the backward with n unrolled)."""
+        w, t, tg = self.w, self.vals.tiling, self.tag
+        s = self._column_in(b.states[0])
+        self._column_terms(i, dims, (("a", b.coef[0][0], "1.0", "decay"),
+                                     ("e", self.offset(b), "0.0", "offset")), b.states[0])
+        w(f"_, P_{tg}{i}, Q_{tg}{i} = tl.associative_scan((a_{tg}{i}, tl.full(a_{tg}{i}.shape, "
+          f"1.0, tl.float32), e_{tg}{i}), {t.taxis}, _scan3, reverse={self.reverse})")
+        w(f"v_{tg}{i} = Q_{tg}{i} + P_{tg}{i} * {s}_in")
+        old, new = f"{ident(b.states[0])}_old_{tg}", ident(b.news[0]) + f"_{tg}"
+        w(f"{old} = v_{tg}{i} - e_{tg}{i}", f"{b.states[0]} before each step")
+        w(f"{new} = a_{tg}{i} * v_{tg}{i}", b.news[0])
+        self.vals.set(b.states[0], Val(old, frozenset(dims), True))
+        self.vals.set(b.news[0], Val(new, frozenset(dims), True))
+        self._column_out(b.states[0], new)
+
+    def _column_in(self, state: str) -> str:
+        """Emit `<s>_in`, the state's column entering the chunk; returns <s>."""
+        u, s = self.vals.tiling.unroll, self.state_var(state)
+        self.carry_in[state] = f"{s}_in"
+        if state in self.columns:
+            self.w(f"{s}_in = {self.columns[state]}", f"{state} entering the chunk")
+        else:
+            self.w(f"{s}_in = tl.sum(tl.where(q_{u} == o_{u}, {s}, 0.0), "
+                   f"axis={self.vals.tiling.taxis}, keep_dims=True)")
+        return s
+
+    def _column_terms(self, i: int, dims, terms, state: str) -> None:
+        """A column scan's per-step terms (prefix, expression, value past the end, what),
+        broadcast to the chunk, masked past the end unless EVEN."""
+        w, t, tg, vals = self.w, self.vals.tiling, self.tag, self.vals
+        for p, e, _, what in terms:
+            w(f"{p}_{tg}{i} = tl.broadcast_to({vals.expr(self.r(e))}, {t.shape(dims, True)})",
+              f"{what} of {state}")
+        w("if not EVEN:")
+        for p, _, pad, _ in terms:
+            w(f"    {p}_{tg}{i} = tl.where(m_t, {p}_{tg}{i}, {pad})")
+
+    def _column_out(self, state: str, new: str) -> None:
+        """The chunk's last value of the column back into the carried tile (not for a
+        column loaded per chunk)."""
+        if state in self.columns:
+            return
+        u, t, s = self.vals.tiling.unroll, self.vals.tiling, self.state_var(state)
+        self.w(f"{s} = tl.where(q_{u} == o_{u}, tl.sum(tl.where(o_t == LAST_{self.tag}, {new}, "
+               f"0.0), axis={t.taxis}, keep_dims=True), {s})")
 
     def flush(self) -> None:
         """Emit now every common subexpression computable from the values at hand (before an
@@ -535,7 +586,7 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
     return src, sig
 
 
-def _along_unrolled(g: Graph, t: Tiling) -> dict[str, str]:
+def _along_unrolled(g: Graph, t: Tiling, outputs_along: bool = False) -> dict[str, str]:
     """Where each node is computed with an unrolled dim u: in the loop over u ("in": a value
     along u; "sum": a sum over u, added up there) or after it ("after": reading such a sum);
     nodes not named come before the loop; {} without an unrolled dim. Refused (Unsupported)
@@ -559,7 +610,7 @@ def _along_unrolled(g: Graph, t: Tiling) -> dict[str, str]:
             raise Unsupported(f"{n.name}: leaves the unrolled dim {u!r} but by a sum")
         elif before:
             out[n.name] = "after"
-    for o in g.outputs:
+    for o in g.outputs if not outputs_along else ():
         if u in g[o].dims:
             raise Unsupported(f"output {o} is along the unrolled dim {u!r}")
     for s in g.state_names:
@@ -680,7 +731,7 @@ def _partial_axes(val: Val, t: Tiling) -> list[str]:
 
 def _store(var: str, off: str, value: str, mask: str, atomic: bool) -> str:
     if atomic:
-        return f"tl.atomic_add({var}_ptr + ONE + {off}, {value}, mask={mask})"
+        return f"tl.atomic_add({var}_ptr + ONE + {off}, {value}, mask={mask}, sem='relaxed')"
     return (f"tl.store({var}_ptr + ONE + {off}, ({value}).to({var}_ptr.dtype.element_ty), "
             f"mask={mask})")
 
@@ -688,7 +739,7 @@ def _store(var: str, off: str, value: str, mask: str, atomic: bool) -> str:
 def _owned(mask: str, dims, partial, t: Tiling) -> str:
     """`mask`, and only the first program along the kernel's program dims a gradient neither
     has nor sums over: the others hold the same value, which an atomic add would count again."""
-    rest = [d for d in t.space if d not in t.tile or d in t.split]
+    rest = [d for d in t.space if (d not in t.tile or d in t.split) and d != t.unroll]
     first = [f"({'blk_' if d in t.split else 'i_'}{d} == 0)" for d in rest
              if d not in dims and d not in partial]
     if not first:

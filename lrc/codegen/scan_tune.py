@@ -69,9 +69,34 @@ UNROLLED = [(32, 64, 8, 2, 128), (64, 32, 8, 2, 128), (128, 16, 8, 2, 128), (32,
             (128, 16, 8, 2, None), (32, 64, 8, 2, None, 1), (128, 16, 8, 2, None, 1)]
 
 
-def candidates_unrolled() -> list[ScanConfig]:
+# the forward that saves checkpoints for backward_n, at backward_n's chunk length: (TC, BLOCK,
+# warps, stages, register cap, loop) as UNROLLED
+UNROLLED_TRAINING = [(128, 16, 8, 2, None, 1), (128, 16, 8, 2, 128, 0), (128, 16, 4, 2, None, 1),
+                     (128, 32, 8, 2, None, 1), (128, 8, 4, 2, None, 1)]
+# backward_n at the forward's chunk length TC: (BLOCK, warps, stages, register cap, loop).
+# benchmarks/designs_mamba1.py's m1_bwd2 on the H200 (session 11, B8 D2048 L4096 N16 bf16):
+# 2 channels, 128 steps, one warp, a loop over n unrolled once, capped at 128 registers,
+# 5200 us; unrolled twice 5210; uncapped 6030; one channel 5895 (1 x 256: 5679); 4 channels
+# at 64 steps 6398
+UNROLLED_BACKWARD = [(2, 1, 1, 128, 1), (2, 1, 2, 128, 1), (2, 1, 1, 128, 2), (1, 1, 1, 128, 1),
+                     (2, 1, 1, None, 1), (4, 1, 1, 128, 1), (4, 2, 1, 128, 1)]
+
+
+def _unrolled_configs(rows) -> list[ScanConfig]:
     return [ScanConfig(*r[:4], unroll=True, maxnreg=r[4], loop=r[5] if len(r) > 5 else 0)
-            for r in UNROLLED]
+            for r in rows]
+
+
+def candidates_unrolled() -> list[ScanConfig]:
+    return _unrolled_configs(UNROLLED)
+
+
+def candidates_unrolled_training() -> list[ScanConfig]:
+    return _unrolled_configs(UNROLLED_TRAINING)
+
+
+def candidates_unrolled_backward(tc: int) -> list[ScanConfig]:
+    return _unrolled_configs([(tc,) + r for r in UNROLLED_BACKWARD])
 
 
 def candidates(time_inner: bool, whole: int, tc: int | None = None,

@@ -586,7 +586,9 @@ class ScanFunction(torch.autograd.Function):
                 fresh.append((t, zero))
                 return t
 
-            run = Launch(prog, "backward", ksizes, kT, device, config, cu)
+            unrolled = config is not None and config.unroll and "backward_n" in prog.sources
+            which = "backward_n" if unrolled else "backward"
+            run = Launch(prog, which, ksizes, kT, device, config, cu)
             for name, x in zip(info["inputs"], ins):
                 run.add(f"in:{name}", x, dim_strides(x, k[name].annotation.axes, sizes, k.time))
             for cot, gy, axes in cots:
@@ -634,9 +636,12 @@ class ScanFunction(torch.autograd.Function):
                 # a Seq gradient stored once per element: in its input's dtype (no float32
                 # buffer and cast pass); partial sums and atomic adds stay in float32
                 # and laid out like it (no copy to the input's strides afterwards)
-                if timed and not atomic and not parts and not slots:
+                if timed and not parts and not slots and (not atomic or which == "backward_n"):
+                    # backward_n adds B's gradient along time per index of n (in float32):
+                    # laid out as B, time contiguous, the adds are vectors
                     like = ins[names.index(x)]
-                    buf = made(torch.empty_like(like))
+                    buf = made(torch.zeros_like(like, dtype=torch.float32) if atomic else
+                               torch.empty_like(like), atomic)
                     run.add(f"grad:{x}", buf, dim_strides(buf, k[x].annotation.axes, sizes,
                                                           k.time))
                     bufs[x] = (buf, None)
@@ -685,7 +690,7 @@ def input_grads(prog: ScanProgram, info: dict, ins, bufs: dict) -> list[torch.Te
     for name, x in zip(info["inputs"], ins):
         buf, n_parts = bufs[name]
         if n_parts is None:
-            out.append(buf)
+            out.append(buf.to(x.dtype))
             continue
         gsum = buf.sum(tuple(range(n_parts))) if n_parts else buf
         out.append(_to_layout(gsum, prog.kernel, name, info["sizes"]).to(x.dtype))
@@ -764,20 +769,35 @@ def _candidates(prog: ScanProgram, info: dict, ins, tc: int | None) -> list[Scan
     """scan_tune's candidates for this kernel and call. A backward of a chunk k times the
     forward's reads every k-th checkpoint, which holds the state entering its chunk only
     left to right (right to left the last chunk is short, and the states entering the
-    backward's chunks are not every k-th): reverse scans keep the forward's chunk."""
+    backward's chunks are not every k-th): reverse scans keep the forward's chunk. Where
+    the unrolled kernels apply (`_unrolling`): the no-gradient forward tries forward_n's
+    configs first; with a backward_n the forward that saves for it tries only forward_n at
+    backward_n's chunk lengths, and the backward tries backward_n's configs and one of the
+    usual backward's (Mamba-1's takes ~25 ms at the reference shape against ~5 for
+    backward_n: timing more of them costs seconds of tuning for nothing)."""
     t = prog.tiling
     whole = math.prod(info["sizes"][d] for d in t.tile if d not in t.split)
     out = scan_tune.candidates(_time_inner(prog, info, ins), whole, tc, not t.tile)
     if _unrolling(prog, info, tc):
-        out = scan_tune.candidates_unrolled() + out
+        if tc is not None:  # the usual backward's first config as the fallback only
+            out = scan_tune.candidates_unrolled_backward(tc) + out[:1]
+        elif info.get("infer"):
+            out = scan_tune.candidates_unrolled() + out
+        else:
+            out = scan_tune.candidates_unrolled_training()
     return [c for c in out if tc is None or c.tc == tc or not info["reverse"]]
 
 
 def _unrolling(prog: ScanProgram, info: dict, tc: int | None) -> bool:
-    """Whether this forward may run the unrolled kernel (`forward_n`): nothing will need its
-    checkpoints (no gradient), and time is one stretch (no packed sequences)."""
-    return (tc is None and bool(info.get("infer")) and "forward_n" in prog.sources
-            and info.get("varlen") is None)
+    """Whether this launch may run an unrolled kernel (ScanProgram._unrolled): time is one
+    stretch (no packed sequences), and the launch is a forward nothing differentiates
+    (`forward_n`), or a program has `backward_n` and the launch is its backward or the
+    forward that saves checkpoints for it."""
+    if info.get("varlen") is not None or "forward_n" not in prog.sources:
+        return False
+    if tc is None and info.get("infer"):
+        return True
+    return "backward_n" in prog.sources
 
 
 def _time_inner(prog: ScanProgram, info: dict, ins) -> bool:

@@ -11,7 +11,9 @@ import torch
 
 import lrc
 from lrc import Param, Seq, State
-from lrc.codegen import aot, chunked_tune
+from lrc.codegen import aot, chunked_tune, scan_tune
+from lrc.codegen.partition import Unsupported
+from lrc.codegen.scan_unrolled import _old_through_decay
 from lrc.codegen.scan_tune import UNROLLED, ScanConfig, candidates_unrolled
 from lrc.runtime import scan_runtime
 from tests.codegen.test_scan import check
@@ -51,15 +53,22 @@ def launched(monkeypatch):
 
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("tc, block, loop", [(8, 2, 0), (64, 4, 0), (8, 4, 1), (64, 2, 3)])
-def test_mamba1_unrolled_forward(reverse, tc, block, loop, monkeypatch, launched):
-    """Forward, final state and every gradient (the backward reading the unrolled forward's
-    checkpoints), 5 channels in blocks of 2 or 4 (a masked tail), 37 steps in chunks of 8
-    (carries between chunks) or one chunk; n = 3 (an unrolled loop of 4, one masked), or a
-    `tl.range` loop over n unrolled once or 3 times (4 indices: a remainder)."""
+@pytest.mark.parametrize("usual", [False, True])
+def test_mamba1_unrolled_forward(reverse, tc, block, loop, usual, monkeypatch, launched):
+    """Forward, final state and every gradient (backward_n, or with `usual` the usual
+    backward, reading the unrolled forward's checkpoints), 5 channels in blocks of 2 or 4 (a
+    masked tail), 37 steps in chunks of 8 (carries between chunks) or one chunk; n = 3 (an
+    unrolled loop of 4, one masked), or a `tl.range` loop over n unrolled once or 3 times (4
+    indices: a remainder)."""
     monkeypatch.setattr(scan_runtime, "CONFIG", ScanConfig(tc, block, 4, 2, unroll=True,
                                                            loop=loop))
+    if usual:  # a program without backward_n (check compiles through test_scan.layers)
+        from tests.codegen import test_scan
+        kern, ref = test_scan.layers("mamba1")
+        monkeypatch.delitem(kern.program.sources, "backward_n")
+        monkeypatch.setattr(test_scan, "layers", lambda name: (kern, ref))
     check("mamba1", b=2, t=37, reverse=reverse, d=5, n=3)
-    assert launched == ["forward_n", "backward"]
+    assert launched == ["forward_n", "backward" if usual else "backward_n"]
 
 
 def test_gated_s6_unrolled_without_gradients(monkeypatch, launched):
@@ -104,21 +113,31 @@ def test_which_specs_unroll():
     assert "forward_n" not in prog.sources
 
 
-def test_no_gradient_forward_may_unroll():
-    """The tuner offers the unrolled configs to a forward nothing differentiates, not to one
-    whose checkpoints a backward reads, nor to packed sequences."""
+def test_which_launches_may_unroll():
+    """The tuner's candidates: the no-gradient forward tries forward_n's configs before the
+    usual ones; with a backward_n, the forward that saves checkpoints tries forward_n only,
+    at backward_n's chunk lengths, and its backward tries backward_n's configs at the
+    forward's chunk with one usual config last; packed sequences never unroll; a program
+    without backward_n trains with the usual kernels."""
     prog = lrc.compile(gated_s6, backend="triton").program
     args = gated_inputs(2, 7, 45, 5, torch.float32)
     names = [n.name for n in prog.kernel.inputs() if n.role.name in ("SEQ", "PARAM")]
     ins = [args[n] for n in names]
     info = dict(sizes=dict(b=2, d=7, n=5), T=45, inputs=names, reverse=False, varlen=None)
-    unrolled = lambda **kw: [c for c in scan_runtime._candidates(prog, dict(info, **kw), ins,
-                                                                 None) if c.unroll]
-    assert len(unrolled(infer=True)) == len(UNROLLED)
-    assert unrolled(infer=False) == []
-    assert unrolled(infer=True, varlen=(None, 45, 2)) == []
-    assert [c for c in scan_runtime._candidates(prog, dict(info, infer=True), ins, 16)
-            if c.unroll] == []
+    cands = lambda tc=None, **kw: scan_runtime._candidates(prog, dict(info, **kw), ins, tc)
+    infer = cands(infer=True)
+    assert infer[:len(UNROLLED)] == candidates_unrolled()
+    assert not any(c.unroll for c in infer[len(UNROLLED):])
+    train = cands(infer=False)
+    assert train and all(c.unroll for c in train)
+    assert {c.tc for c in train} == {r[0] for r in scan_tune.UNROLLED_TRAINING}
+    back = cands(128, infer=False)
+    assert [c.unroll for c in back] == [True] * len(scan_tune.UNROLLED_BACKWARD) + [False]
+    assert {c.tc for c in back} == {128}
+    for kw in (dict(infer=True), dict(infer=False)):
+        assert not any(c.unroll for c in cands(varlen=(None, 45, 2), **kw))
+    del prog.sources["backward_n"]
+    assert not any(c.unroll for c in cands(infer=False) + cands(128, infer=False))
 
 
 def test_unrolled_forward_compiles_for_the_h200(monkeypatch):
@@ -169,3 +188,80 @@ def test_gpu_unrolled_tuned(monkeypatch):
         got = kern(**{k: v.to(torch.bfloat16) if v.dim() == 3 else v.float()
                       for k, v in args.items()})
     assert rel_err(got, ref(**args)) <= 1e-2
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("tc, block, loop", [(8, 2, 0), (64, 4, 0), (8, 4, 1), (64, 2, 3)])
+def test_gated_s6_unrolled_backward(reverse, tc, block, loop, monkeypatch, launched):
+    """backward_n for bench.py's selective scan (z gate, delta_bias): every gradient, the
+    initial state's included, against the reference; 7 channels in blocks of 2 or 4, 45 steps
+    in chunks of 8 or one chunk, n = 5 (a masked tail of the unrolled loop)."""
+    monkeypatch.setattr(scan_runtime, "CONFIG", ScanConfig(tc, block, 4, 2, unroll=True,
+                                                           loop=loop))
+    _check_gated(gated_inputs(2, 7, 45, 5), reverse, torch.float32, 1e-4, 1e-3)
+    assert launched == ["forward_n", "backward_n"]
+
+
+def _check_gated(args, reverse, dtype, tol, gtol):
+    kern = lrc.compile(gated_s6, backend="triton")
+    ref = lrc.compile(gated_s6, backend="reference")
+    b, d, n = args["u"].shape[0], args["u"].shape[1], args["A"].shape[1]
+    h0 = torch.randn(b, d, n, dtype=torch.float64, device=args["u"].device)
+    ours = {k: (v.to(dtype) if v.dim() == 3 else v.float()).requires_grad_(True)
+            for k, v in args.items()}
+    theirs = {k: v.clone().requires_grad_(True) for k, v in args.items()}
+    h_ours, h_ref = h0.float().requires_grad_(True), h0.clone().requires_grad_(True)
+    y, h = kern(**ours, initial_state=h_ours, return_final_state=True, reverse=reverse)
+    y2, h2 = ref(**theirs, initial_state=h_ref, return_final_state=True, reverse=reverse)
+    assert rel_err(y, y2) <= tol and rel_err(h, h2) <= tol
+    gy, gh = torch.randn_like(y2), torch.randn_like(h2)
+    g1 = torch.autograd.grad((y.double() * gy).sum() + (h.double() * gh).sum(),
+                             list(ours.values()) + [h_ours])
+    g2 = torch.autograd.grad((y2 * gy).sum() + (h2 * gh).sum(), list(theirs.values()) + [h_ref])
+    for name, a, e in zip(list(ours) + ["initial_state"], g1, g2):
+        assert torch.isfinite(a).all() and rel_err(a, e) <= gtol, (name, rel_err(a, e))
+
+
+def test_backward_n_reads_the_state_through_its_decay():
+    """backward_n rewrites the forward state before a step as (h' - b) / a where the adjoint
+    step reads it times its decay a (no shift of the recomputed states, no division left);
+    a spec whose gradient reads h alone gets no backward_n (the usual backward runs)."""
+    prog = lrc.compile(gated_s6, backend="triton").program
+    src = prog.sources["backward_n"]
+    assert "tl.gather" not in src and "h_old" not in src and "_scan3" in src
+
+    @lrc.recurrence
+    def plain_decay(x: Seq("b d t"), lam: Seq("b d t"), B: Seq("b n t"), C: Seq("b n t"),
+                    h: State("b d n")):  # lam's gradient reads h: sum_n g h
+        h = lam * h + B * x
+        return (C * h).sum("n"), h
+
+    prog = lrc.compile(plain_decay, backend="triton").program
+    assert "forward_n" in prog.sources and "backward_n" not in prog.sources
+    with pytest.raises(Unsupported, match="other than through its decay"):
+        _old_through_decay(prog.backward.graph, prog.blocks,
+                           dict(prog.backward.forward_states))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, tol, gtol", [(torch.float32, 1e-4, 1e-3),
+                                              (torch.bfloat16, 1e-2, 1e-2)])
+def test_gpu_backward_n_candidates(dtype, tol, gtol, monkeypatch, launched):
+    """Each backward_n candidate at real sizes (T = 4099, n = 16, 96 channels), forward and
+    every gradient against the float64 reference."""
+    args = gated_inputs(2, 96, 4099, 16, device="cuda")
+    for row in scan_tune.UNROLLED_BACKWARD:
+        cfg = ScanConfig(128, *row[:3], unroll=True, maxnreg=row[3], loop=row[4])
+        monkeypatch.setattr(scan_runtime, "CONFIG", cfg)
+        _check_gated(args, False, dtype, tol, gtol)
+    assert set(launched) == {"forward_n", "backward_n"}
+
+
+@pytest.mark.gpu
+def test_gpu_training_tuned(monkeypatch, launched):
+    """The tuner's choices for a forward that saves checkpoints and its backward at real
+    sizes, bf16: forward_n at backward_n's chunk, then backward_n (or the fallback)."""
+    monkeypatch.setattr(scan_runtime, "TUNE", True)
+    _check_gated(gated_inputs(2, 256, 4097, 16, device="cuda"), False, torch.bfloat16, 1e-2,
+                 1e-2)
+    assert launched[0] == "forward_n"

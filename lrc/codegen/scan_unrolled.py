@@ -1,0 +1,281 @@
+"""The backward kernel with a whole state dim unrolled (Mamba-1's n): `backward_n`.
+
+The forward with n unrolled (`tiling.unrolled`, scan.py's `_unrolled`) holds one [BLOCK, TC]
+tile per index of n, time last, so each thread keeps consecutive steps and the scans over time
+stay in registers and warps. Its backward does the same per chunk, right to left: before a loop
+over n, what does not vary along n (the gates, the output's gradient); in the loop, per index,
+the forward column recomputed from the chunk's checkpoint, the adjoint column scanned as a
+triple (`ChunkBody.column_shifted_scan`: its values before each step come out aligned), the
+terms of every gradient along n (B's and C's summed over this program's channels and added
+atomically, A's added into a carried [BLOCK, n] tile), the sums over n added up; after the
+loop, what reads those sums (u's, delta's, z's gradients).
+
+The forward state before each step, h, is not recomputed by a shift: every term of the adjoint
+step that reads it reads it through its decay, a h = h' - b (h' the step's new value, b its
+input), so `_old_through_decay` rewrites those terms (Mamba-1: dA's and ddelta's terms read
+exp(dt A) h). A spec whose terms read h otherwise gets no backward_n.
+
+benchmarks/designs_mamba1.py (`m1_bwd2`) is the hand-written kernel this follows.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import networkx as nx
+import sympy as sp
+
+from ..ir.dims import Role
+from ..ir.graph import Graph
+from ..ir.nodes import Input, Map
+from ..passes.analysis import time_varying
+from .blocks import Block
+from .emit import Tiling, Values, Writer, guard, ident, index_terms, mask_of
+from .partition import Unsupported
+from .scan import (ChunkBody, ShareBody, Signature, _along_unrolled, _direction, _hoist_factors,
+                   _kernel, _owned, _partial_axes, _prologue, _state_offset, _state_ptrs,
+                   _store, _varlen)
+
+
+def _old_through_decay(bg: Graph, kb: tuple[Block, ...], fstates: dict[str, str]) -> Graph:
+    """The adjoint step with each forward state s before the step replaced by (s' - b) / a
+    (its block's update s' = a s + b): where s is read times a, that leaves s' - b. Refused
+    (Unsupported) where a term would still read s or divide by a."""
+    sub = {}
+    for b in kb:
+        if b.size != 1 or b.states[0] not in fstates:
+            continue
+        (a,), (inp,) = b.coef[0], b.inp
+        if a == 0:
+            raise Unsupported(f"state {b.states[0]}: a zero decay")
+        sub[sp.Symbol(fstates[b.states[0]], real=True)] = (
+            (sp.Symbol(b.news[0], real=True) - inp) / a, a)
+    news = {b.news[0] for b in kb}
+    nodes = [n for n in bg.nodes if isinstance(n, Input)]
+    for b in kb:  # the new values the rewritten terms read (the recompute's scan makes them)
+        if b.news[0] not in bg and b.states[0] in fstates:
+            dims = bg[fstates[b.states[0]]].dims
+            nodes.append(Map(b.news[0], dims, b.coef[0][0] * sp.Symbol(
+                fstates[b.states[0]], real=True) + b.inp[0]))
+    for n in bg.nodes:
+        if isinstance(n, Input):
+            continue
+        if isinstance(n, Map) and n.name not in news:
+            e = n.expr
+            for s, (by, a) in sub.items():
+                if s in e.free_symbols:
+                    e = e.subs(s, by)
+                    if s in e.free_symbols or (1 / a) in e.atoms(sp.Pow, sp.exp) or any(
+                            (1 / a).equals(x) for x in e.atoms(sp.exp)):
+                        raise Unsupported(f"{n.name}: reads the forward state {s} other than "
+                                          "through its decay")
+            n = replace(n, expr=e)
+        nodes.append(n)
+    return replace(bg, nodes=tuple(nodes))
+
+
+def backward_unrolled_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block, ...],
+                             backward, tiling: Tiling, name: str, batch: str | None = None
+                             ) -> tuple[str, Signature, dict]:
+    """The backward kernel with tiling.unroll's dim unrolled (see the module's doc). Its
+    signature is `backward_source`'s less the segment summaries: one segment of time per
+    program. Returns the source, the signature and the gradients' partial dims (the host
+    adds those up), as `backward_source` does."""
+    t, u = tiling, tiling.unroll
+    fstates = dict(backward.forward_states)
+    bg = _old_through_decay(bg, kb, fstates)
+    if any(x.name in fstates.values() for n in bg.nodes if isinstance(n, Map)
+           and n.name not in k.new_state_names for x in n.expr.free_symbols):
+        raise Unsupported("the adjoint step reads a forward state itself")
+    if any(b.size != 1 for b in kb + bb):
+        raise Unsupported("a block of several states along an unrolled dim")
+    need = set()
+    for n in k.new_state_names:
+        need |= {a for a in nx.ancestors(k.nx, n) if not isinstance(k[a], Input)} | {n}
+    fnodes = [n.name for n in k.nodes if n.name in need]
+    along_f = {n: v for n, v in _along_unrolled(k, t).items() if n in need}
+    along_b = _along_unrolled(bg, t, outputs_along=True)
+    sig = Signature()
+    for n in k.inputs():
+        if n.role in (Role.SEQ, Role.PARAM):
+            sig.ptr(f"in:{n.name}", ident(n.name))
+            sig.strides(f"in:{n.name}", ident(n.name), (["#t"] if n.role is Role.SEQ else [])
+                        + list(n.dims))
+    for o, cot in backward.cotangents:
+        sig.ptr(f"in:{cot}", ident(cot))
+        sig.strides(f"in:{cot}", ident(cot), ["#t"] + list(bg[cot].dims))
+    for s in k.state_names:
+        _state_ptrs(sig, k, s, "chk", "chk", True)
+    for s, adj in backward.adjoints:
+        _state_ptrs(sig, bg, adj, "dhT", "dhT", False)
+        _state_ptrs(sig, k, s, "dh0", "dh0", False)
+    w = Writer()
+    _prologue(w, t)
+    at = len(w.lines)
+    w("seg = pid  # one segment: the whole sequence")
+    _direction(w, "REVERSE", "f")
+    _direction(w, "BACK", "b")
+    vals = Values(bg, t, w)
+    for n in bg.inputs(Role.PARAM):
+        if u not in n.dims:
+            vals.load(n, False)
+    for n in k.inputs(Role.INDEX) + bg.inputs(Role.INDEX):
+        if n.name not in vals:
+            vals.index(n)
+    body_f = ChunkBody(k, kb, vals, w, "REVERSE", "f")
+    body_b = ChunkBody(bg, bb, vals, w, "BACK", "b", allow_partial=True)
+    varying = time_varying(bg)
+    fixed = [n.name for n in bg.nodes if not isinstance(n, Input) and n.name not in varying
+             and n.name not in bg.state_dependent and n.name not in along_b]
+    body_b.run(fixed)
+    for s, adj in backward.adjoints:
+        sv = body_b.state_var(adj)
+        w(f"{sv} = tl.zeros({t.carried_shape(k[s].dims)}, tl.float32)")
+        w("if HAS_DHT:")
+        w(f"    {sv} += tl.load({ident(adj)}_dhT_ptr + {_state_offset(t, bg, adj, 'dhT', None)}"
+          f"{guard(mask_of(t, k[s].dims, False, carried=True))}).to(tl.float32)",
+          f"gradient of the final {s}")
+    for s in k.state_names:  # each column of a chunk's checkpoint, loaded in the loop over u
+        var = f"{ident(s)}_chk"
+        off = " + ".join([f"c * {var}_sc"] + index_terms(t, k[s].dims, var, False))
+        body_f.columns[s] = f"tl.load({var}_ptr + {off}{guard(mask_of(t, k[s].dims, False))})"
+    grads, accs = _gradient_slots(k, bg, backward, t, sig, w)
+    partials = {out: (parts, atomic) for out, (_, parts, atomic, _) in grads.items()}
+    w("n_chunks = tl.cdiv(T, TC)")
+    w("for ci in tl.range(0, n_chunks, num_stages=STAGES):")
+    w.indent()
+    w("c = n_chunks - 1 - ci")
+    w("if REVERSE:")
+    w("    c = ci")
+    w("t = c * TC + o_t")
+    w("m_t = t < T")
+    w("t64 = t.to(tl.int64)")
+    for n in bg.inputs(Role.SEQ):
+        if n.name not in fstates.values() and u not in n.dims:
+            vals.load(n, True)
+    chunk_f = [n for n in fnodes if n not in vals]
+    chunk_b = [n.name for n in bg.nodes if not isinstance(n, Input) and n.name not in vals]
+    # one set of common subexpressions for both steps: the recompute's decay is the adjoint's
+    exprs = [k[n].expr for n in chunk_f if isinstance(k[n], Map)]
+    exprs += [bg[n].expr for n in chunk_b if isinstance(bg[n], Map) and n not in need]
+    for b in kb + bb:
+        exprs += [c for row in b.coef for c in row] + list(b.inp)
+    ShareBody.count += 1
+    repl, reduced = sp.cse(exprs, symbols=sp.numbered_symbols(f"c{ShareBody.count}_", real=True),
+                           order="none")
+    vals.pending.update(dict(repl))
+    body_b.reduced = body_f.reduced = dict(zip(exprs, reduced))
+    inputs_u = {n.name for n in k.inputs() + bg.inputs() if u in n.dims}
+    _hoist_factors(body_b, inputs_u | set(along_f) | set(along_b) | set(k.state_names)
+                   | set(k.new_state_names) | set(bg.state_names) | set(bg.new_state_names)
+                   | set(fstates.values()))
+    body_f.run([n for n in chunk_f if n not in along_f], share=False)
+    body_b.run([n for n in chunk_b if n not in along_b], share=False)
+    body_b.flush()
+    mark, first = len(w.lines), len(vals.zeroed)
+    w(f"if LOOP_BY == 0:  # {u} unrolled whole: one index at a time, each a constant")
+    w(f"    for o_{u} in tl.static_range(BLOCK_{u}):")
+    w.indent().indent()
+    start = len(w.lines)
+    w(f"m_{u} = o_{u} < size_{u}")
+    loaded = set()
+    for n in k.inputs() + bg.inputs():
+        if (n.role in (Role.SEQ, Role.PARAM) and u in n.dims and n.name not in loaded
+                and n.name not in fstates.values()):
+            loaded.add(n.name)
+            vals.load(n, n.role is Role.SEQ)
+    body_f.run([n for n in chunk_f if n in along_f], share=False)
+    body_b.run([n for n in chunk_b if along_b.get(n) in ("in", "sum")], share=False)
+    for out, (x, parts, atomic, var) in grads.items():
+        if along_b.get(out) != "in":
+            continue
+        v, dims = vals[out], k[x].dims
+        if k[x].role is Role.SEQ:
+            off = " + ".join([f"{_partial(d, t)} * {var}_s__p_{d}" for d in parts]
+                             + index_terms(t, dims, var, True))
+            w(_store(var, off, vals.full(v, dims, True),
+                     _owned(mask_of(t, dims, True), dims, v.partial, t), atomic), out)
+        else:
+            w(f"{var}_acc = tl.where(q_{u} == o_{u}, {var}_acc + tl.sum(tl.where(m_t, "
+              f"{vals.full(v, dims, True)}, 0.0), axis={t.taxis}, keep_dims=True), {var}_acc)",
+              out)
+    w.dedent()
+    w.dedent()
+    steps = w.lines[start:]
+    w("else:  # the same steps in a loop unrolled LOOP_BY times: fewer values live at once")
+    w(f"    for o_{u} in tl.range(0, BLOCK_{u}, num_stages=1, loop_unroll_factor=LOOP_BY):")
+    w.lines += steps
+    w.lines[mark:mark] = ["    " * w.depth + z for z in vals.zeroed[first:]]
+    body_b.run([n for n in chunk_b if along_b.get(n) == "after"], share=False)
+    for out, (x, parts, atomic, var) in grads.items():
+        if along_b.get(out) == "in":
+            continue
+        v, dims = vals[out], k[x].dims
+        if k[x].role is Role.SEQ:
+            off = " + ".join([f"{_partial(d, t)} * {var}_s__p_{d}" for d in parts]
+                             + index_terms(t, dims, var, True))
+            w(_store(var, off, vals.full(v, dims, True),
+                     _owned(mask_of(t, dims, True), dims, v.partial, t), atomic), out)
+        else:
+            w(f"{var}_acc += tl.sum(tl.where(m_t, {vals.full(v, dims, True)}, 0.0), "
+              f"axis={t.taxis}, keep_dims=True)", out)
+    w.dedent()
+    for var, off, dims, atomic, mask in accs:
+        w(_store(var, off, f"{var}_acc", mask, atomic))
+    for s, adj in backward.adjoints:
+        m = mask_of(t, k[s].dims, False, carried=True)
+        w(f"tl.store({ident(s)}_dh0_ptr + ONE + {_state_offset(t, k, s, 'dh0', None)}, "
+          f"{body_b.state_var(adj)}, mask={m})", f"gradient of the initial {s}")
+    for d in t.space:
+        sig.params.append(("size", d, f"size_{d}"))
+    sig.params.append(("size", "T", "T"))
+    sig.params.append(("size", "N_SEG", "N_SEG"))
+    sig.params.append(("size", "SEG_LEN", "SEG_LEN"))
+    _varlen(w, at, sig, t, batch)
+    consts = ["HAS_DHT", "REVERSE", "BACK", "SUMMARY", "TC", "STAGES", "VARLEN", "EVEN",
+              "LOOP_BY"] + [f"BLOCK_{d}" for d in t.tile] + [f"BLOCK_{u}"]
+    return _kernel(name, sig, consts, w), sig, partials
+
+
+def _partial(d: str, t: Tiling) -> str:
+    return f"blk_{d}.to(tl.int64)" if d in t.split else f"i_{d}"
+
+
+def _gradient_slots(k: Graph, bg: Graph, backward, t: Tiling, sig: Signature, w: Writer
+                    ) -> tuple[dict, list]:
+    """Each gradient's buffer in the signature: {output: (input, partial axes, atomic, var)},
+    and for a Param's gradient its accumulator (zeroed here; carried along the unrolled dim
+    like a state where it varies along it) with where it is stored after the chunks."""
+    grads, accs = {}, []
+    for x, out in backward.seq_grads + backward.param_grads:
+        dims = k[x].dims
+        # a gradient's partial dims follow from its node's: the sums over programs it reads
+        partial = _partial_dims(bg, out, t)
+        parts = [d for d in t.space if d in partial and d not in t.split]
+        atomic = bool(partial & set(t.split))
+        var = f"{ident(out)}_g"
+        sig.ptr(f"grad:{x}", var)
+        timed = k[x].role is Role.SEQ
+        sig.strides(f"grad:{x}", var, ([] if timed else ["#c"]) + [f"#p_{d}" for d in parts]
+                    + (["#t"] if timed else []) + list(dims))
+        grads[out] = (x, parts, atomic, var)
+        if not timed:
+            w(f"{var}_acc = tl.zeros({t.carried_shape(dims)}, tl.float32)")
+            off = " + ".join([f"seg * {var}_sc"] + [f"{_partial(d, t)} * {var}_s__p_{d}"
+                                                      for d in parts]
+                             + index_terms(t, dims, var, False, carried=True))
+            mask = _owned(mask_of(t, dims, False, carried=True), dims, partial, t)
+            accs.append((var, off, dims, atomic, mask))
+    return grads, accs
+
+
+def _partial_dims(bg: Graph, out: str, t: Tiling) -> frozenset[str]:
+    """The dims `out` is summed over only in part by one program: sums over grid dims or a
+    split tile dim on its way (Values.sum's rule, read off the graph before emitting)."""
+    from ..ir.nodes import Sum
+    found: set[str] = set()
+    for a in nx.ancestors(bg.nx, out) | {out}:
+        n = bg[a]
+        if isinstance(n, Sum) and n.dim in bg[n.arg].dims and (
+                n.dim in t.split or (n.dim not in t.tile and n.dim != t.unroll)):
+            found.add(n.dim)
+    return frozenset(found)
