@@ -157,6 +157,16 @@ class ChunkBody:
         # states along an unrolled dim whose column enters each chunk from memory (the
         # backward's checkpoints), not from a carried tile: state -> the column's load
         self.columns: dict[str, str] = {}
+        # a state's decay at the neighbour step (the one before in the scan's order), where
+        # the kernel loaded its inputs there: its values before each step come from a pair
+        # scan instead of `shifted_scan`'s triple (state -> expression)
+        self.next_decay: dict[str, sp.Basic] = {}
+        # the same pair scan's terms (decay before, offset) in the chunk's steps reversed,
+        # when the scan runs right to left (state -> (decay, offset) over reversed values):
+        # Triton reverses a scan by flipping its inputs and outputs across the lanes, 40
+        # shuffles each at [2, 128] on a warp; from reversed loads it takes one flip back
+        self.reversed_terms: dict[str, tuple[sp.Basic, sp.Basic]] = {}
+        self.column_loads: list[str] = []  # their inputs along the unrolled dim, per index
 
     def share(self, nodes: list[str], blocks: list[Block]) -> None:
         """Common subexpressions of this stretch of work (sympy's cse), emitted when first used."""
@@ -249,10 +259,12 @@ class ChunkBody:
             w(f"{self.state_var(s)} = tl.sum(tl.where(o_t == LAST_{self.tag}, "
               f"{vals[new].var}, 0.0), axis={self.vals.tiling.taxis}, keep_dims=True)")
 
-    def offset(self, b: Block) -> sp.Basic | None:
+    def offset(self, b: Block, raw: bool = False) -> sp.Basic | None:
         """e when a one-state block's update is new = a (old + e) (an adjoint: the gradient
-        of the new state joins the output's before the decay), else None."""
-        a, inp = self.r(b.coef[0][0]), self.r(b.inp[0])
+        of the new state joins the output's before the decay), else None. `raw`: over the
+        graph's nodes, not the common subexpressions."""
+        r = (lambda e: e) if raw else self.r
+        a, inp = r(b.coef[0][0]), r(b.inp[0])
         if a == 0 or inp == 0:
             return None
         num, den = sp.fraction(sp.cancel(inp / a))
@@ -315,9 +327,32 @@ class ChunkBody:
         s = self._column_in(b.states[0])
         self._column_terms(i, dims, (("a", b.coef[0][0], "1.0", "decay"),
                                      ("e", self.offset(b), "0.0", "offset")), b.states[0])
-        w(f"_, P_{tg}{i}, Q_{tg}{i} = tl.associative_scan((a_{tg}{i}, tl.full(a_{tg}{i}.shape, "
-          f"1.0, tl.float32), e_{tg}{i}), {t.taxis}, _scan3, reverse={self.reverse})")
-        w(f"v_{tg}{i} = Q_{tg}{i} + P_{tg}{i} * {s}_in")
+        nxt = self.next_decay.get(b.states[0])
+        rev = self.reversed_terms.get(b.states[0])
+        shape, vals = t.shape(dims, True), self.vals
+        if nxt is not None and rev is not None:
+            w(f"if {self.reverse}:  # the chunk's steps reversed: a scan left to right")
+            w(f"    n_{tg}{i} = tl.where(nx_ok_rv, tl.broadcast_to({vals.expr(rev[0])}, "
+              f"{shape}), 1.0)", f"decay of {b.states[0]} one step before, reversed")
+            w(f"    x_{tg}{i} = tl.where(m_rv, tl.broadcast_to({vals.expr(rev[1])}, {shape}), "
+              f"0.0) + tl.where(o_t == 0, {s}_in, 0.0)", f"offset of {b.states[0]}, reversed")
+            w(f"    _, v_{tg}{i} = tl.associative_scan((n_{tg}{i}, x_{tg}{i}), {t.taxis}, "
+              "_scan1)")
+            w(f"    v_{tg}{i} = tl.flip(v_{tg}{i}, {t.taxis})")
+            w("else:")
+            w.indent()
+        if nxt is not None:  # v = e + a(the step before) v(there): a pair scan
+            w(f"n_{tg}{i} = tl.where(nx_ok, tl.broadcast_to({vals.expr(nxt)}, "
+              f"{shape}), 1.0)", f"decay of {b.states[0]} one step before")
+            w(f"_, v_{tg}{i} = tl.associative_scan((n_{tg}{i}, e_{tg}{i} + tl.where(o_t == "
+              f"FIRST_{tg}, {s}_in, 0.0)), {t.taxis}, _scan1, reverse={self.reverse})")
+            if rev is not None:
+                w.dedent()
+        else:
+            w(f"_, P_{tg}{i}, Q_{tg}{i} = tl.associative_scan((a_{tg}{i}, tl.full("
+              f"a_{tg}{i}.shape, 1.0, tl.float32), e_{tg}{i}), {t.taxis}, _scan3, "
+              f"reverse={self.reverse})")
+            w(f"v_{tg}{i} = Q_{tg}{i} + P_{tg}{i} * {s}_in")
         old, new = f"{ident(b.states[0])}_old_{tg}", ident(b.news[0]) + f"_{tg}"
         w(f"{old} = v_{tg}{i} - e_{tg}{i}", f"{b.states[0]} before each step")
         w(f"{new} = a_{tg}{i} * v_{tg}{i}", b.news[0])

@@ -26,10 +26,10 @@ import sympy as sp
 
 from ..ir.dims import Role
 from ..ir.graph import Graph
-from ..ir.nodes import Input, Map
+from ..ir.nodes import Input, Map, Sum
 from ..passes.analysis import time_varying
 from .blocks import Block
-from .emit import Tiling, Values, Writer, guard, ident, index_terms, mask_of
+from .emit import Tiling, Val, Values, Writer, guard, ident, index_terms, mask_of
 from .partition import Unsupported
 from .scan import (ChunkBody, ShareBody, Signature, _along_unrolled, _direction, _hoist_factors,
                    _kernel, _owned, _partial_axes, _prologue, _state_offset, _state_ptrs,
@@ -73,6 +73,74 @@ def _old_through_decay(bg: Graph, kb: tuple[Block, ...], fstates: dict[str, str]
     return replace(bg, nodes=tuple(nodes))
 
 
+def _merge_same(g: Graph) -> Graph:
+    """Nodes that compute the same thing (a Map's expression, a Sum's argument and dim, over
+    the same dims) made one: later nodes read the first. Outputs and states stay."""
+    keep = set(g.outputs) | set(g.new_state_names)
+    seen: dict[tuple, str] = {}
+    to: dict[sp.Symbol, sp.Symbol] = {}
+    nodes = []
+    for n in g.nodes:
+        if isinstance(n, Map):
+            n = replace(n, expr=n.expr.xreplace(to))
+            key = ("map", n.dims, n.expr)
+        elif isinstance(n, Sum):
+            arg = to.get(sp.Symbol(n.arg, real=True))
+            n = replace(n, arg=arg.name) if arg is not None else n
+            key = ("sum", n.dims, n.arg, n.dim)
+        else:
+            nodes.append(n)
+            continue
+        if key in seen and n.name not in keep:
+            to[sp.Symbol(n.name, real=True)] = sp.Symbol(seen[key], real=True)
+            continue
+        seen.setdefault(key, n.name)
+        nodes.append(n)
+    return replace(g, nodes=tuple(nodes))
+
+
+def _pull_factors(g: Graph, u: str) -> Graph:
+    """Each sum over the unrolled dim u of a product with factors that do not vary along u,
+    those factors taken outside: sum_n s(x) q_n = s(x) sum_n q_n (Mamba-1's delta gradient:
+    one multiply by softplus' per step, not per step and index). A sum over u of a sum over
+    another dim is swapped first (sum_n sum_b = sum_b sum_n), and duplicates merged, so that
+    delta_bias's gradient becomes a sum over b of delta's."""
+    g = _merge_same(g)
+    users = {n.name: set(g.users(n.name)) for n in g.nodes}
+    nodes = list(g.nodes)
+    for i, n in enumerate(nodes):  # sum_u (sum_v x) -> sum_v (sum_u x)
+        inner = g[n.arg] if isinstance(n, Sum) and n.dim == u else None
+        if (isinstance(inner, Sum) and inner.dim != u and users[inner.name] == {n.name}
+                and inner.name not in g.outputs):
+            x = g[inner.arg]
+            j = nodes.index(inner)
+            nodes[j] = Sum(inner.name, g.order(d for d in x.dims if d != u), x.name, u)
+            nodes[i] = Sum(n.name, n.dims, inner.name, inner.dim)
+    g = _merge_same(replace(g, nodes=tuple(nodes)))
+    users = {n.name: set(g.users(n.name)) for n in g.nodes}
+    nodes = []
+    for n in g.nodes:
+        x = g[n.arg] if isinstance(n, Sum) and n.dim == u else None
+        if not isinstance(x, Map) or u not in x.dims:
+            nodes.append(n)
+            continue
+        e = sp.factor_terms(x.expr)
+        along = [f for f in sp.Mul.make_args(e)
+                 if any(u in g[s.name].dims for s in f.free_symbols)]
+        out = [f for f in sp.Mul.make_args(e) if f not in along]
+        if not along or not out or not any(f.free_symbols for f in out):
+            nodes.append(n)
+            continue
+        part = sp.Mul(*along)
+        dims = g.order(d for s in part.free_symbols for d in g[s.name].dims)
+        if users[x.name] == {n.name}:  # x is read by this sum only: its place is taken
+            nodes = [m for m in nodes if m.name != x.name]
+        nodes.append(Map(f"{x.name}~{u}", dims, part))
+        nodes.append(Sum(f"{n.name}~{u}", tuple(d for d in dims if d != u), f"{x.name}~{u}", u))
+        nodes.append(Map(n.name, n.dims, sp.Mul(*out) * sp.Symbol(f"{n.name}~{u}", real=True)))
+    return replace(g, nodes=tuple(nodes))
+
+
 def backward_unrolled_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block, ...],
                              backward, tiling: Tiling, name: str, batch: str | None = None
                              ) -> tuple[str, Signature, dict]:
@@ -82,7 +150,7 @@ def backward_unrolled_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tup
     adds those up), as `backward_source` does."""
     t, u = tiling, tiling.unroll
     fstates = dict(backward.forward_states)
-    bg = _old_through_decay(bg, kb, fstates)
+    bg = _pull_factors(_old_through_decay(bg, kb, fstates), u)
     if any(x.name in fstates.values() for n in bg.nodes if isinstance(n, Map)
            and n.name not in k.new_state_names for x in n.expr.free_symbols):
         raise Unsupported("the adjoint step reads a forward state itself")
@@ -170,7 +238,9 @@ def backward_unrolled_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tup
                    | set(fstates.values()))
     body_f.run([n for n in chunk_f if n not in along_f], share=False)
     body_b.run([n for n in chunk_b if n not in along_b], share=False)
+    _next_decays(w, bg, bb, body_b, vals, t)
     body_b.flush()
+    _reversed_terms(w, bg, bb, body_b, vals, t)
     mark, first = len(w.lines), len(vals.zeroed)
     w(f"if LOOP_BY == 0:  # {u} unrolled whole: one index at a time, each a constant")
     w(f"    for o_{u} in tl.static_range(BLOCK_{u}):")
@@ -183,6 +253,8 @@ def backward_unrolled_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tup
                 and n.name not in fstates.values()):
             loaded.add(n.name)
             vals.load(n, n.role is Role.SEQ)
+    for line in body_b.column_loads:
+        w(line)
     body_f.run([n for n in chunk_f if n in along_f], share=False)
     body_b.run([n for n in chunk_b if along_b.get(n) in ("in", "sum")], share=False)
     for out, (x, parts, atomic, var) in grads.items():
@@ -236,6 +308,126 @@ def backward_unrolled_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tup
     return _kernel(name, sig, consts, w), sig, partials
 
 
+def _next_decays(w: Writer, g: Graph, blocks: tuple[Block, ...], body: ChunkBody,
+                 vals: Values, t: Tiling) -> None:
+    """The adjoint's values before each step, v = e + a' v' (' the step before in the scan's
+    order), by a pair scan over (a', e) rather than a triple over (a, 1, e): where a block's
+    decay reads inputs only (Seq ones not along the unrolled dim), those are loaded at the
+    neighbour step (per chunk, before the loop over u) and the decay there registered with
+    `body` (ChunkBody.next_decay), its parts that do not vary along u computed once. One more
+    exp per element (the SFUs have room: Mamba-1's backward is bound by the scans' shuffles
+    and arithmetic), a lighter scan: the triple combine costs twice the pair's."""
+    u = t.unroll
+    todo, seqs = [], set()
+    for b in blocks:
+        names = {x.name for x in b.coef[0][0].free_symbols} if b.size == 1 else {""}
+        if all(n in g and isinstance(g[n], Input) and g[n].role in (Role.SEQ, Role.PARAM)
+               and not (g[n].role is Role.SEQ and u in g[n].dims) for n in names):
+            todo.append(b)
+            seqs |= {n for n in names if g[n].role is Role.SEQ}
+    if not todo:
+        return
+    w("ts = t + 1  # the step before, in the adjoint scan's order")
+    w("if not BACK:")
+    w("    ts = t - 1")
+    w("nx_ok = (ts >= 0) & (ts < T)")
+    for n in sorted(seqs):
+        dims = [d for d in g[n].dims if d in t.space]
+        var = ident(n)
+        off = " + ".join([f"ts.to(tl.int64) * {var}_st"] + index_terms(t, dims, var, False))
+        mask = " & ".join(["nx_ok"] + [f"m_{d}" for d in dims if d in t.tile])
+        w(f"{var}_nx = tl.load({var}_ptr + {off}, mask={mask}, other=0.0).to(tl.float32)",
+          f"{n} one step before")
+        vals.set(f"{n}⁺", Val(f"{var}_nx", frozenset(dims), True))
+    to = {sp.Symbol(n, real=True): sp.Symbol(f"{n}⁺", real=True) for n in seqs}
+    for b in todo:
+        body.next_decay[b.states[0]] = _hoist_subtrees(vals, g, b.coef[0][0].xreplace(to), u)
+
+
+def _inputs_only(g: Graph, e: sp.Basic) -> sp.Basic | None:
+    """`e` with the Map nodes it reads written out, down to Seq and Param inputs; None where
+    it reads anything else (a state, a sum)."""
+    while True:
+        maps = {s: g[s.name].expr for s in e.free_symbols
+                if s.name in g and isinstance(g[s.name], Map)}
+        if not maps:
+            break
+        e = e.xreplace(maps)
+    ok = all(s.name in g and isinstance(g[s.name], Input) and g[s.name].role in (Role.SEQ,
+             Role.PARAM) for s in e.free_symbols)
+    return e if ok else None
+
+
+def _reversed_terms(w: Writer, g: Graph, blocks: tuple[Block, ...], body: ChunkBody,
+                    vals: Values, t: Tiling) -> None:
+    """For the adjoint's pair scan (`_next_decays`) when it runs right to left (BACK): its
+    terms over the chunk's steps reversed (ChunkBody.reversed_terms), so that the scan runs
+    left to right and only its result is flipped back. The values they read are flipped
+    once per chunk where they do not vary along the unrolled dim (after `flush`), per index
+    otherwise (Triton reverses a scan by flipping its two inputs and its output, 120
+    shuffles at [2, 128] on a warp; a reversed load is not vectorized, and its layout made
+    the scans' shuffles quadruple)."""
+    u, ax = t.unroll, t.taxis
+    terms = {}
+    for s, nxt in body.next_decay.items():
+        (b,) = [b for b in blocks if b.states[0] == s]
+        e = _inputs_only(g, body.offset(b, raw=True))
+        if e is not None:
+            terms[s] = (nxt, _hoist_subtrees(vals, g, e, u))
+    if not terms:
+        return
+    body.flush()
+    w("t_rv = c * TC + (TC - 1 - o_t)  # the chunk's steps reversed")
+    w("m_rv = t_rv < T")
+    w("nx_ok_rv = t_rv + 1 < T  # the step before each, in the adjoint scan's order")
+    to = {}
+    for x in sorted({x for a, e in terms.values() for x in a.free_symbols | e.free_symbols},
+                    key=lambda x: x.name):
+        if x.name in vals and vals[x.name].timed:
+            v = vals[x.name]
+            w(f"{v.var}_rv = tl.flip({v.var} + tl.zeros({t.shape(v.dims, True)}, "
+              f"tl.float32), {ax})")
+            vals.set(f"{x.name}~rv", Val(f"{v.var}_rv", v.dims, True))
+        elif x.name not in vals and g[x.name].role is Role.SEQ:  # along u: per index
+            dims = frozenset(d for d in g[x.name].dims if d in t.space)
+            body.column_loads.append(f"{ident(x.name)}_rv = tl.flip({ident(x.name)} + "
+                                     f"tl.zeros({t.shape(dims, True)}, tl.float32), {ax})")
+            vals.set(f"{x.name}~rv", Val(f"{ident(x.name)}_rv", dims, True))
+        else:
+            continue
+        to[x] = sp.Symbol(f"{x.name}~rv", real=True)
+    for s, (a, e) in terms.items():
+        body.reversed_terms[s] = (a.xreplace(to), e.xreplace(to))
+
+
+def _hoist_subtrees(vals: Values, g: Graph, e: sp.Basic, u: str) -> sp.Basic:
+    """`e` with each largest subexpression that does not vary along u made a common
+    subexpression (emitted before the loop over u by ChunkBody.flush)."""
+    def along(x: sp.Symbol) -> bool:
+        return u in (vals[x.name].dims if x.name in vals else g[x.name].dims)
+
+    def hoist(x: sp.Basic) -> sp.Symbol:
+        ShareBody.count += 1
+        sym = sp.Symbol(f"f{ShareBody.count}", real=True)
+        vals.pending[sym] = x
+        return sym
+
+    def walk(x: sp.Basic) -> sp.Basic:
+        if not x.args or not x.free_symbols:
+            return x
+        if not any(along(s) for s in x.free_symbols):
+            return hoist(x)
+        if x.is_Mul or x.is_Add:  # the terms or factors that do not vary, as one
+            fixed = [a for a in x.args if not any(along(s) for s in a.free_symbols)]
+            rest = [walk(a) for a in x.args if a not in fixed]
+            if len([a for a in fixed if a.free_symbols]) > 1 or any(a.args for a in fixed):
+                return x.func(hoist(x.func(*fixed)), *rest)
+            return x.func(*fixed, *rest)
+        return x.func(*[walk(a) for a in x.args])
+
+    return walk(e)
+
+
 def _partial(d: str, t: Tiling) -> str:
     return f"blk_{d}.to(tl.int64)" if d in t.split else f"i_{d}"
 
@@ -271,7 +463,6 @@ def _gradient_slots(k: Graph, bg: Graph, backward, t: Tiling, sig: Signature, w:
 def _partial_dims(bg: Graph, out: str, t: Tiling) -> frozenset[str]:
     """The dims `out` is summed over only in part by one program: sums over grid dims or a
     split tile dim on its way (Values.sum's rule, read off the graph before emitting)."""
-    from ..ir.nodes import Sum
     found: set[str] = set()
     for a in nx.ancestors(bg.nx, out) | {out}:
         n = bg[a]

@@ -387,7 +387,7 @@ def _replay_key(prog: ScanProgram, info: dict, ins, h0s) -> tuple | None:
             tuple(info["out_dtypes"]), device, tuple(info["inputs"]), same, capturing,
             tuple((x.shape, x.stride(), x.dtype, x.device) for x in ins),
             tuple((x.shape, x.stride(), x.dtype, x.device) for x in h0s), knobs(),
-            _unrolling(prog, info, None))
+            _unrolling(prog, info, None), bool(info.get("infer")))
 
 
 class BackReplay:
@@ -710,7 +710,7 @@ def _varlen(prog: ScanProgram, info: dict) -> tuple:
 def _tune_key(prog: ScanProgram, which: str, info: dict, ins, tc: int | None) -> tuple:
     return (prog.source, which, tuple(info["sizes"].items()), info["T"], tc, info["reverse"],
             tuple((x.dtype, x.stride()) for x in ins), info.get("varlen") is not None,
-            _unrolling(prog, info, tc))
+            _unrolling(prog, info, tc), bool(info.get("infer")))
 
 
 def _config(prog: ScanProgram, which: str, info: dict, ins, launch, tc: int | None = None

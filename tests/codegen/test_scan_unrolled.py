@@ -225,10 +225,14 @@ def _check_gated(args, reverse, dtype, tol, gtol):
 def test_backward_n_reads_the_state_through_its_decay():
     """backward_n rewrites the forward state before a step as (h' - b) / a where the adjoint
     step reads it times its decay a (no shift of the recomputed states, no division left);
-    a spec whose gradient reads h alone gets no backward_n (the usual backward runs)."""
+    a spec whose gradient reads h alone gets no backward_n (the usual backward runs). Its
+    adjoint scans pairs, no triple."""
     prog = lrc.compile(gated_s6, backend="triton").program
     src = prog.sources["backward_n"]
-    assert "tl.gather" not in src and "h_old" not in src and "_scan3" in src
+    assert "tl.gather" not in src and "h_old" not in src and "_scan3" not in src
+    # the adjoint: a pair scan over the decay one step before; right to left, over the
+    # chunk's steps reversed (its inputs flipped per chunk or per index), its result flipped
+    assert "delta_nx = tl.load" in src and "tl.flip(v_b0" in src
 
     @lrc.recurrence
     def plain_decay(x: Seq("b d t"), lam: Seq("b d t"), B: Seq("b n t"), C: Seq("b n t"),
