@@ -251,8 +251,10 @@ class Values:
                                "tl.float32)")
             val = Val(var, x.dims - {d}, x.timed, x.partial)
         elif d in t.tile:
-            self.w(f"{var} = tl.sum(tl.where(m_{d}, {x.var}, 0.0), axis={t.axis(d)}, "
-                   f"keep_dims=True)", node.name)
+            masked = f"tl.where(m_{d}, {x.var}, 0.0)"
+            if t.unroll is not None:  # EVEN: no index past the dim's size (Launch.arguments)
+                masked = f"({x.var} if EVEN else {masked})"
+            self.w(f"{var} = tl.sum({masked}, axis={t.axis(d)}, keep_dims=True)", node.name)
             partial = x.partial | ({d} if d in t.split else set())
             val = Val(var, x.dims - {d}, x.timed, frozenset(partial))
         else:  # a grid dim: this program holds one index of it

@@ -98,6 +98,16 @@ class TritonPrinter(StrPrinter):
     def _print_BooleanFalse(self, expr) -> str:
         return "False"
 
+    def _print_exp(self, expr) -> str:
+        # exp(a b) as exp2((a log2 e) b): Triton's exp multiplies by log2(e) per element;
+        # folded into the first factor (a param, a constant) that is one multiply less
+        arg = expr.args[0]
+        if arg.is_Mul and len(arg.args) > 1:
+            first, rest = arg.args[0], sp.Mul(*arg.args[1:])
+            return (f"tl.exp2(({self._print(first)} * 1.4426950408889634) * "
+                    f"{self.parenthesize(rest, sp.printing.precedence.PRECEDENCE['Mul'])})")
+        return f"tl.exp({self._print(arg)})"
+
     def _print_Function(self, expr) -> str:
         name = type(expr).__name__
         if name not in _CALLS:

@@ -167,6 +167,10 @@ class ChunkBody:
         # shuffles each at [2, 128] on a warp; from reversed loads it takes one flip back
         self.reversed_terms: dict[str, tuple[sp.Basic, sp.Basic]] = {}
         self.column_loads: list[str] = []  # their inputs along the unrolled dim, per index
+        self.decay_one_past_end: set[str] = set()  # reversed decays that need no mask
+        # state -> (its value plus offset, v, as a variable; the offset over graph nodes):
+        # a node that computes old + offset takes v instead (column_shifted_scan)
+        self.plus_offset: dict[str, tuple[str, sp.Basic]] = {}
 
     def share(self, nodes: list[str], blocks: list[Block]) -> None:
         """Common subexpressions of this stretch of work (sympy's cse), emitted when first used."""
@@ -332,10 +336,15 @@ class ChunkBody:
         shape, vals = t.shape(dims, True), self.vals
         if nxt is not None and rev is not None:
             w(f"if {self.reverse}:  # the chunk's steps reversed: a scan left to right")
-            w(f"    n_{tg}{i} = tl.where(nx_ok_rv, tl.broadcast_to({vals.expr(rev[0])}, "
-              f"{shape}), 1.0)", f"decay of {b.states[0]} one step before, reversed")
-            w(f"    x_{tg}{i} = tl.where(m_rv, tl.broadcast_to({vals.expr(rev[1])}, {shape}), "
-              f"0.0) + tl.where(o_t == 0, {s}_in, 0.0)", f"offset of {b.states[0]}, reversed")
+            n = f"tl.broadcast_to({vals.expr(rev[0])}, {shape})"
+            if b.states[0] not in self.decay_one_past_end:
+                n = f"tl.where(nx_ok_rv, {n}, 1.0)"
+            w(f"    n_{tg}{i} = {n}", f"decay of {b.states[0]} one step before, reversed")
+            w(f"    x_{tg}{i} = tl.broadcast_to({vals.expr(rev[1])}, {shape})",
+              f"offset of {b.states[0]}, reversed")
+            w("    if not EVEN:")
+            w(f"        x_{tg}{i} = tl.where(m_rv, x_{tg}{i}, 0.0)")
+            w(f"    x_{tg}{i} += tl.where(o_t == 0, {s}_in, 0.0)", "the carry at the first step")
             w(f"    _, v_{tg}{i} = tl.associative_scan((n_{tg}{i}, x_{tg}{i}), {t.taxis}, "
               "_scan1)")
             w(f"    v_{tg}{i} = tl.flip(v_{tg}{i}, {t.taxis})")
@@ -358,7 +367,17 @@ class ChunkBody:
         w(f"{new} = a_{tg}{i} * v_{tg}{i}", b.news[0])
         self.vals.set(b.states[0], Val(old, frozenset(dims), True))
         self.vals.set(b.news[0], Val(new, frozenset(dims), True))
+        self.plus_offset[b.states[0]] = (f"v_{tg}{i}", self.offset(b, raw=True))
         self._column_out(b.states[0], new)
+
+    def _plus_offset(self, node: Map) -> tuple[str, str] | None:
+        """(v's variable, the state) where `node` computes a state's value plus its offset (the adjoint
+        of Mamba-1's state: lambda = e + the gradient from the next step), else None."""
+        for s, (v, off) in self.plus_offset.items():
+            sym = sp.Symbol(s, real=True)
+            if sym in node.expr.free_symbols and sp.expand(node.expr - off - sym) == 0:
+                return v, s
+        return None
 
     def _column_in(self, state: str) -> str:
         """Emit `<s>_in`, the state's column entering the chunk; returns <s>."""
@@ -448,7 +467,11 @@ class ChunkBody:
             for a in node.args:
                 if a in olds and a not in self.vals:
                     self.old(a, olds[a])
-            if isinstance(node, Map):
+            v = self._plus_offset(node) if isinstance(node, Map) else None
+            if v is not None:
+                self.w(f"{ident(u)} = {v[0]}", u)
+                self.vals.set(u, Val(ident(u), self.vals[v[1]].dims, True))
+            elif isinstance(node, Map):
                 self.vals.map(node, self.r(node.expr))
             elif isinstance(node, Sum):
                 self.vals.sum(node, self.allow_partial)

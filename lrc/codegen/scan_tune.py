@@ -69,11 +69,14 @@ UNROLLED = [(32, 64, 8, 2, 128), (64, 32, 8, 2, 128), (128, 16, 8, 2, 128), (32,
             (128, 16, 8, 2, None), (32, 64, 8, 2, None, 1), (128, 16, 8, 2, None, 1)]
 
 
-# the forward that saves checkpoints for backward_n, at backward_n's chunk length: (TC, BLOCK,
-# warps, stages, register cap, loop) as UNROLLED
-UNROLLED_TRAINING = [(128, 16, 8, 2, None, 1), (128, 16, 8, 2, 128, 0), (128, 16, 4, 2, None, 1),
-                     (128, 32, 8, 2, None, 1), (128, 8, 4, 2, None, 1)]
-# backward_n at the forward's chunk length TC: (BLOCK, warps, stages, register cap, loop).
+# the forward that saves checkpoints for backward_n, at a chunk length that divides
+# backward_n's (which reads every k-th checkpoint): (TC, BLOCK, warps, stages, register cap,
+# loop) as UNROLLED. Session 12 on the H200 (B8 D2048 L4096 N16 bf16, us): 1149 at 32 steps,
+# 1289 at 128 capped, 1586 at 128 looped, 2360 at (128, 32), ~6000 at 4 warps
+UNROLLED_TRAINING = [(32, 64, 8, 2, 128, 0), (64, 32, 8, 2, 128, 0), (128, 16, 8, 2, 128, 0),
+                     (128, 16, 8, 2, None, 1)]
+BACKWARD_TC = 128  # backward_n's chunk, where the forward's divides it (else the forward's)
+# backward_n at BACKWARD_TC or the forward's chunk: (BLOCK, warps, stages, register cap, loop).
 # benchmarks/designs_mamba1.py's m1_bwd2 on the H200 (session 11, B8 D2048 L4096 N16 bf16):
 # 2 channels, 128 steps, one warp, a loop over n unrolled once, capped at 128 registers,
 # 5200 us; unrolled twice 5210; uncapped 6030; one channel 5895 (1 x 256: 5679); 4 channels
@@ -91,12 +94,15 @@ def candidates_unrolled() -> list[ScanConfig]:
     return _unrolled_configs(UNROLLED)
 
 
-def candidates_unrolled_training() -> list[ScanConfig]:
-    return _unrolled_configs(UNROLLED_TRAINING)
+def candidates_unrolled_training(reverse: bool = False) -> list[ScanConfig]:
+    """A right-to-left scan's backward keeps the forward's chunk: then BACKWARD_TC only."""
+    return _unrolled_configs([r for r in UNROLLED_TRAINING
+                              if not reverse or r[0] == BACKWARD_TC])
 
 
-def candidates_unrolled_backward(tc: int) -> list[ScanConfig]:
-    return _unrolled_configs([(tc,) + r for r in UNROLLED_BACKWARD])
+def candidates_unrolled_backward(tc: int, reverse: bool = False) -> list[ScanConfig]:
+    tb = BACKWARD_TC if BACKWARD_TC % tc == 0 and not reverse else tc
+    return _unrolled_configs([(tb,) + r for r in UNROLLED_BACKWARD])
 
 
 def candidates(time_inner: bool, whole: int, tc: int | None = None,

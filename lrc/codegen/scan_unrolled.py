@@ -267,9 +267,9 @@ def backward_unrolled_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tup
             w(_store(var, off, vals.full(v, dims, True),
                      _owned(mask_of(t, dims, True), dims, v.partial, t), atomic), out)
         else:
-            w(f"{var}_acc = tl.where(q_{u} == o_{u}, {var}_acc + tl.sum(tl.where(m_t, "
-              f"{vals.full(v, dims, True)}, 0.0), axis={t.taxis}, keep_dims=True), {var}_acc)",
-              out)
+            full = vals.full(v, dims, True)
+            w(f"{var}_acc = tl.where(q_{u} == o_{u}, {var}_acc + tl.sum({full} if EVEN else "
+              f"tl.where(m_t, {full}, 0.0), axis={t.taxis}, keep_dims=True), {var}_acc)", out)
     w.dedent()
     w.dedent()
     steps = w.lines[start:]
@@ -380,13 +380,20 @@ def _reversed_terms(w: Writer, g: Graph, blocks: tuple[Block, ...], body: ChunkB
     w("t_rv = c * TC + (TC - 1 - o_t)  # the chunk's steps reversed")
     w("m_rv = t_rv < T")
     w("nx_ok_rv = t_rv + 1 < T  # the step before each, in the adjoint scan's order")
+    # a decay that is 1 where the one value it reads that varies in time is 0 (exp(A dt)):
+    # that value zeroed per chunk past the sequence's end, not the decay per index
+    timed = lambda a: [x for x in a.free_symbols if x.name in vals and vals[x.name].timed]
+    zeroed = {}
+    for s, (a, e) in terms.items():
+        if len(timed(a)) == 1 and a.xreplace({timed(a)[0]: sp.Integer(0)}) == 1:
+            zeroed[timed(a)[0]] = s
     to = {}
     for x in sorted({x for a, e in terms.values() for x in a.free_symbols | e.free_symbols},
                     key=lambda x: x.name):
         if x.name in vals and vals[x.name].timed:
             v = vals[x.name]
-            w(f"{v.var}_rv = tl.flip({v.var} + tl.zeros({t.shape(v.dims, True)}, "
-              f"tl.float32), {ax})")
+            flip = f"tl.flip({v.var} + tl.zeros({t.shape(v.dims, True)}, tl.float32), {ax})"
+            w(f"{v.var}_rv = {f'tl.where(nx_ok_rv, {flip}, 0.0)' if x in zeroed else flip}")
             vals.set(f"{x.name}~rv", Val(f"{v.var}_rv", v.dims, True))
         elif x.name not in vals and g[x.name].role is Role.SEQ:  # along u: per index
             dims = frozenset(d for d in g[x.name].dims if d in t.space)
@@ -398,6 +405,8 @@ def _reversed_terms(w: Writer, g: Graph, blocks: tuple[Block, ...], body: ChunkB
         to[x] = sp.Symbol(f"{x.name}~rv", real=True)
     for s, (a, e) in terms.items():
         body.reversed_terms[s] = (a.xreplace(to), e.xreplace(to))
+        if s in zeroed.values():
+            body.decay_one_past_end.add(s)
 
 
 def _hoist_subtrees(vals: Values, g: Graph, e: sp.Basic, u: str) -> sp.Basic:

@@ -207,7 +207,8 @@ class Launch:
         consts = dict(consts, TC=self.tc, **{f"BLOCK_{d}": b for d, b in blocks.items()})
         if t.unroll is not None:  # nothing to mask: whole chunks, the unrolled dim's size
             consts["EVEN"] = (self.cu is None and self.T % self.tc == 0
-                              and blocks[t.unroll] == self.sizes[t.unroll])
+                              and blocks[t.unroll] == self.sizes[t.unroll]
+                              and all(self.sizes[d] % blocks[d] == 0 for d in t.split))
             consts["LOOP_BY"] = self.loop
         if self.chunked:
             consts["STAGES"] = self.stages
@@ -772,7 +773,8 @@ def _candidates(prog: ScanProgram, info: dict, ins, tc: int | None) -> list[Scan
     backward's chunks are not every k-th): reverse scans keep the forward's chunk. Where
     the unrolled kernels apply (`_unrolling`): the no-gradient forward tries forward_n's
     configs first; with a backward_n the forward that saves for it tries only forward_n at
-    backward_n's chunk lengths, and the backward tries backward_n's configs and one of the
+    chunk lengths that divide backward_n's, and the backward tries backward_n's configs
+    (reading every k-th checkpoint) and one of the
     usual backward's (Mamba-1's takes ~25 ms at the reference shape against ~5 for
     backward_n: timing more of them costs seconds of tuning for nothing)."""
     t = prog.tiling
@@ -780,11 +782,11 @@ def _candidates(prog: ScanProgram, info: dict, ins, tc: int | None) -> list[Scan
     out = scan_tune.candidates(_time_inner(prog, info, ins), whole, tc, not t.tile)
     if _unrolling(prog, info, tc):
         if tc is not None:  # the usual backward's first config as the fallback only
-            out = scan_tune.candidates_unrolled_backward(tc) + out[:1]
+            out = scan_tune.candidates_unrolled_backward(tc, info["reverse"]) + out[:1]
         elif info.get("infer"):
             out = scan_tune.candidates_unrolled() + out
         else:
-            out = scan_tune.candidates_unrolled_training()
+            out = scan_tune.candidates_unrolled_training(info["reverse"])
     return [c for c in out if tc is None or c.tc == tc or not info["reverse"]]
 
 

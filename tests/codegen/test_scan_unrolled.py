@@ -131,9 +131,14 @@ def test_which_launches_may_unroll():
     train = cands(infer=False)
     assert train and all(c.unroll for c in train)
     assert {c.tc for c in train} == {r[0] for r in scan_tune.UNROLLED_TRAINING}
-    back = cands(128, infer=False)
-    assert [c.unroll for c in back] == [True] * len(scan_tune.UNROLLED_BACKWARD) + [False]
-    assert {c.tc for c in back} == {128}
+    assert all(scan_tune.BACKWARD_TC % c.tc == 0 for c in train)
+    for tc in {c.tc for c in train}:  # backward_n's chunk, a multiple of the forward's
+        back = cands(tc, infer=False)
+        assert [c.unroll for c in back] == [True] * len(scan_tune.UNROLLED_BACKWARD) + [False]
+        assert {c.tc for c in back if c.unroll} == {scan_tune.BACKWARD_TC}
+    # a right-to-left scan's backward reads the forward's own chunks
+    assert {c.tc for c in cands(infer=False, reverse=True)} == {scan_tune.BACKWARD_TC}
+    assert {c.tc for c in cands(32, infer=False, reverse=True)} == {32}
     for kw in (dict(infer=True), dict(infer=False)):
         assert not any(c.unroll for c in cands(varlen=(None, 45, 2), **kw))
     del prog.sources["backward_n"]
@@ -269,3 +274,19 @@ def test_gpu_training_tuned(monkeypatch, launched):
     _check_gated(gated_inputs(2, 256, 4097, 16, device="cuda"), False, torch.bfloat16, 1e-2,
                  1e-2)
     assert launched[0] == "forward_n"
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_backward_n_reads_every_kth_checkpoint(k, monkeypatch):
+    """backward_n at k times the forward's chunk (the forward saves a checkpoint every 8
+    steps, the backward starts a chunk every 8k): every gradient against the reference, 45
+    steps (a short last chunk)."""
+    fwd = ScanConfig(8, 2, 4, 2, unroll=True, loop=1)
+    monkeypatch.setattr(scan_runtime, "_config", lambda prog, which, info, ins, launch,
+                        tc=None: fwd if tc is None else replace(fwd, tc=k * tc))
+    seen = []
+    fire = scan_runtime.Launch.fire
+    monkeypatch.setattr(scan_runtime.Launch, "fire", lambda self, *a: (
+        seen.append((self.which, self.tc)), fire(self, *a))[1])
+    _check_gated(gated_inputs(2, 7, 45, 5), False, torch.float32, 1e-4, 1e-3)
+    assert seen == [("forward_n", 8), ("backward_n", 8 * k)]
