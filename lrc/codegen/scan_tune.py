@@ -77,12 +77,12 @@ UNROLLED_TRAINING = [(32, 64, 8, 2, 128, 0), (64, 32, 8, 2, 128, 0), (128, 16, 8
                      (128, 16, 8, 2, None, 1)]
 BACKWARD_TC = 128  # backward_n's chunk, where the forward's divides it (else the forward's)
 # backward_n at BACKWARD_TC or the forward's chunk: (BLOCK, warps, stages, register cap, loop).
-# benchmarks/designs_mamba1.py's m1_bwd2 on the H200 (session 11, B8 D2048 L4096 N16 bf16):
-# 2 channels, 128 steps, one warp, a loop over n unrolled once, capped at 128 registers,
-# 5200 us; unrolled twice 5210; uncapped 6030; one channel 5895 (1 x 256: 5679); 4 channels
-# at 64 steps 6398
-UNROLLED_BACKWARD = [(2, 1, 1, 128, 1), (2, 1, 2, 128, 1), (2, 1, 1, 128, 2), (1, 1, 1, 128, 1),
-                     (2, 1, 1, None, 1), (4, 1, 1, 128, 1), (4, 2, 1, 128, 1)]
+# Session 12 on the H200 (B8 D2048 L4096 N16 bf16, the generated kernel, us): 2 channels, one
+# warp, capped at 128 registers, the loop over n unrolled twice 4794, once 4908 (2 stages
+# 4952); one channel 5317; uncapped 5647; 4 channels 12044 (2 warps 13266). The design it
+# follows (benchmarks/designs_mamba1.py --bwd2) took 5200 in session 11
+UNROLLED_BACKWARD = [(2, 1, 1, 128, 2), (2, 1, 1, 128, 1), (2, 1, 1, 168, 2), (2, 1, 1, 128, 4),
+                     (2, 1, 2, 128, 1), (1, 1, 1, 128, 1), (2, 1, 1, None, 1)]
 
 
 def _unrolled_configs(rows) -> list[ScanConfig]:

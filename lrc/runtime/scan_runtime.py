@@ -388,7 +388,7 @@ def _replay_key(prog: ScanProgram, info: dict, ins, h0s) -> tuple | None:
             tuple(info["out_dtypes"]), device, tuple(info["inputs"]), same, capturing,
             tuple((x.shape, x.stride(), x.dtype, x.device) for x in ins),
             tuple((x.shape, x.stride(), x.dtype, x.device) for x in h0s), knobs(),
-            _unrolling(prog, info, None), bool(info.get("infer")))
+            _unrolling(prog, info, None), _infer_differs(prog, info))
 
 
 class BackReplay:
@@ -711,7 +711,7 @@ def _varlen(prog: ScanProgram, info: dict) -> tuple:
 def _tune_key(prog: ScanProgram, which: str, info: dict, ins, tc: int | None) -> tuple:
     return (prog.source, which, tuple(info["sizes"].items()), info["T"], tc, info["reverse"],
             tuple((x.dtype, x.stride()) for x in ins), info.get("varlen") is not None,
-            _unrolling(prog, info, tc), bool(info.get("infer")))
+            _unrolling(prog, info, tc), _infer_differs(prog, info))
 
 
 def _config(prog: ScanProgram, which: str, info: dict, ins, launch, tc: int | None = None
@@ -788,6 +788,12 @@ def _candidates(prog: ScanProgram, info: dict, ins, tc: int | None) -> list[Scan
         else:
             out = scan_tune.candidates_unrolled_training(info["reverse"])
     return [c for c in out if tc is None or c.tc == tc or not info["reverse"]]
+
+
+def _infer_differs(prog: ScanProgram, info: dict) -> bool | None:
+    """Whether the call runs without gradients, where that changes the candidates (a
+    program with forward_n: a training forward tunes and records apart); else None."""
+    return bool(info.get("infer")) if "forward_n" in prog.sources else None
 
 
 def _unrolling(prog: ScanProgram, info: dict, tc: int | None) -> bool:

@@ -427,8 +427,9 @@ def test_params_only_node_constant_along_a_dim():
 def test_tuner_picks_candidates_by_layout(tmp_path, monkeypatch):
     """What the GPU path of the tuner does, with the GPU faked: the candidate set follows the
     layout of the first Seq input (time contiguous or channels contiguous) and the state's
-    whole dims; the backward keeps the forward's chunk; a tuned shape is timed once, then found
-    in memory, then on disk by a new process."""
+    whole dims; the backward keeps the forward's chunk (Mamba-1's backward_n a multiple of
+    it); a tuned shape is timed once, then found in memory, then on disk by a new
+    process."""
     from lrc.codegen import chunked_tune, scan_tune
     from lrc.runtime import scan_runtime
 
@@ -471,8 +472,10 @@ def test_tuner_picks_candidates_by_layout(tmp_path, monkeypatch):
     assert timed[-1] == scan_tune.candidates(True, 1)
     m1 = ZOO["mamba1"]
     args = m1.example(b=2, t=40, dtype=torch.float32, n=16)
-    back = config(m1.spec, "backward", args, tc=16)
-    assert timed[-1] == scan_tune.candidates(True, 16, tc=16) and back.tc == 16
+    back = config(m1.spec, "backward", args, tc=16)  # backward_n first, at its own chunk
+    assert timed[-1] == (scan_tune.candidates_unrolled_backward(16)
+                         + scan_tune.candidates(True, 16, tc=16)[:1])
+    assert back.unroll and back.tc == scan_tune.BACKWARD_TC
     n = len(timed)
     assert config(m1.spec, "backward", args, tc=16) == back and len(timed) == n  # memory
     chunked_tune._CACHE.clear()

@@ -16,6 +16,7 @@ from lrc.codegen.partition import Unsupported
 from lrc.codegen.scan_unrolled import _old_through_decay
 from lrc.codegen.scan_tune import UNROLLED, ScanConfig, candidates_unrolled
 from lrc.runtime import scan_runtime
+from tests.codegen import test_scan
 from tests.codegen.test_scan import check
 from tests.conftest import rel_err
 
@@ -290,3 +291,20 @@ def test_backward_n_reads_every_kth_checkpoint(k, monkeypatch):
         seen.append((self.which, self.tc)), fire(self, *a))[1])
     _check_gated(gated_inputs(2, 7, 45, 5), False, torch.float32, 1e-4, 1e-3)
     assert seen == [("forward_n", 8), ("backward_n", 8 * k)]
+
+
+def test_training_forward_tunes_and_records_apart():
+    """A forward with gradients after one without, same shapes: for a program with
+    forward_n their configs differ (a training forward saves for backward_n), so neither
+    the tuner's key nor the replay key is shared; for one without, both are."""
+    args = gated_inputs(2, 7, 45, 5, torch.float32)
+    for spec, apart in ((gated_s6, True), (test_scan._gated, False)):
+        prog = lrc.compile(spec, backend="triton").program
+        names = [n.name for n in prog.kernel.inputs() if n.role.name in ("SEQ", "PARAM")]
+        ins = [args[n] if n in args else torch.randn(2, 45, 7) for n in names]
+        info = dict(sizes=dict(b=2, d=7, n=5), T=45, inputs=names, reverse=False, varlen=None,
+                    device=torch.device("cpu"), out_dtypes=[torch.float32])
+        keys = [(scan_runtime._tune_key(prog, "forward", dict(info, infer=i), ins, None),
+                 scan_runtime._replay_key(prog, dict(info, infer=i), ins, []))
+                for i in (True, False)]
+        assert (keys[0][0] != keys[1][0]) == apart and (keys[0][1] != keys[1][1]) == apart
