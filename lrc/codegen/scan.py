@@ -371,8 +371,8 @@ class ChunkBody:
         self._column_out(b.states[0], new)
 
     def _plus_offset(self, node: Map) -> tuple[str, str] | None:
-        """(v's variable, the state) where `node` computes a state's value plus its offset (the adjoint
-        of Mamba-1's state: lambda = e + the gradient from the next step), else None."""
+        """(v's variable, the state) where `node` computes a state's value plus its offset
+        (the adjoint of Mamba-1's state: lambda = e + the gradient from the next step)."""
         for s, (v, off) in self.plus_offset.items():
             sym = sp.Symbol(s, real=True)
             if sym in node.expr.free_symbols and sp.expand(node.expr - off - sym) == 0:
@@ -691,24 +691,35 @@ def _unrolled(w: Writer, g: Graph, body: ChunkBody, chunk: list[str],
     _hoist_factors(body, inputs | set(along) | set(g.state_names) | news)
     body.run([n for n in chunk if n not in along], share=False)
     body.flush()
+
+    def steps() -> None:
+        for n in g.inputs():
+            if n.role in (Role.SEQ, Role.PARAM) and u in n.dims:
+                vals.load(n, n.role is Role.SEQ)
+        body.run([n for n in chunk if along.get(n) in ("in", "sum")], share=False)
+
+    index_loop(w, vals, u, steps)
+    body.run([n for n in chunk if along.get(n) == "after"], share=False)
+
+
+def index_loop(w: Writer, vals: Values, u: str, steps) -> None:
+    """The loop over the unrolled dim u around `steps()`, which emits one index's work:
+    unrolled whole at compile time (LOOP_BY 0: each index a constant) or a `tl.range`
+    unrolled LOOP_BY times (the same lines). The sums over u it adds up are zeroed before."""
     mark, first = len(w.lines), len(vals.zeroed)
     w(f"if LOOP_BY == 0:  # {u} unrolled whole: one index at a time, each a constant")
     w(f"    for o_{u} in tl.static_range(BLOCK_{u}):")
     w.indent().indent()
     start = len(w.lines)
     w(f"m_{u} = o_{u} < size_{u}")
-    for n in g.inputs():
-        if n.role in (Role.SEQ, Role.PARAM) and u in n.dims:
-            vals.load(n, n.role is Role.SEQ)
-    body.run([n for n in chunk if along.get(n) in ("in", "sum")], share=False)
+    steps()
     w.dedent()
     w.dedent()
-    steps = w.lines[start:]
+    lines = w.lines[start:]
     w("else:  # the same steps in a loop unrolled LOOP_BY times: fewer values live at once")
     w(f"    for o_{u} in tl.range(0, BLOCK_{u}, num_stages=1, loop_unroll_factor=LOOP_BY):")
-    w.lines += steps
+    w.lines += lines
     w.lines[mark:mark] = ["    " * w.depth + z for z in vals.zeroed[first:]]
-    body.run([n for n in chunk if along.get(n) == "after"], share=False)
 
 
 def _hoist_factors(body: ChunkBody, along: set[str]) -> None:
@@ -910,6 +921,21 @@ def _saved_old(w: Writer, t: Tiling, k: Graph, s: str, o: str, carry: str) -> st
     return var
 
 
+def backward_inputs(sig: Signature, k: Graph, bg: Graph, backward) -> None:
+    """A backward kernel's first parameters: the forward's inputs, the outputs' cotangents,
+    the states' checkpoints."""
+    for n in k.inputs():
+        if n.role in (Role.SEQ, Role.PARAM):
+            sig.ptr(f"in:{n.name}", ident(n.name))
+            sig.strides(f"in:{n.name}", ident(n.name), (["#t"] if n.role is Role.SEQ else [])
+                        + list(n.dims))
+    for o, cot in backward.cotangents:
+        sig.ptr(f"in:{cot}", ident(cot))
+        sig.strides(f"in:{cot}", ident(cot), ["#t"] + list(bg[cot].dims))
+    for s in k.state_names:
+        _state_ptrs(sig, k, s, "chk", "chk", True)
+
+
 def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block, ...],
                     backward, tiling: Tiling, name: str, batch: str | None = None,
                     saved: dict[str, str] | None = None) -> tuple[str, Signature, dict]:
@@ -930,16 +956,7 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     vals = Values(bg, t, loop)
     fstates = dict(backward.forward_states)
     segmented = independent(bg, bb)
-    for n in k.inputs():
-        if n.role in (Role.SEQ, Role.PARAM):
-            sig.ptr(f"in:{n.name}", ident(n.name))
-            sig.strides(f"in:{n.name}", ident(n.name), (["#t"] if n.role is Role.SEQ else [])
-                        + list(n.dims))
-    for o, cot in backward.cotangents:
-        sig.ptr(f"in:{cot}", ident(cot))
-        sig.strides(f"in:{cot}", ident(cot), ["#t"] + list(bg[cot].dims))
-    for s in k.state_names:
-        _state_ptrs(sig, k, s, "chk", "chk", True)
+    backward_inputs(sig, k, bg, backward)
     saved = saved or {}
     for o in saved.values():
         sig.ptr(f"saved:{o}", f"{ident(o)}_sv")

@@ -32,8 +32,8 @@ from .blocks import Block
 from .emit import Tiling, Val, Values, Writer, guard, ident, index_terms, mask_of
 from .partition import Unsupported
 from .scan import (ChunkBody, ShareBody, Signature, _along_unrolled, _direction, _hoist_factors,
-                   _kernel, _owned, _partial_axes, _prologue, _state_offset, _state_ptrs,
-                   _store, _varlen)
+                   _kernel, _owned, _prologue, _state_offset, _state_ptrs, _store, _varlen,
+                   backward_inputs, index_loop)
 
 
 def _old_through_decay(bg: Graph, kb: tuple[Block, ...], fstates: dict[str, str]) -> Graph:
@@ -163,16 +163,7 @@ def backward_unrolled_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tup
     along_f = {n: v for n, v in _along_unrolled(k, t).items() if n in need}
     along_b = _along_unrolled(bg, t, outputs_along=True)
     sig = Signature()
-    for n in k.inputs():
-        if n.role in (Role.SEQ, Role.PARAM):
-            sig.ptr(f"in:{n.name}", ident(n.name))
-            sig.strides(f"in:{n.name}", ident(n.name), (["#t"] if n.role is Role.SEQ else [])
-                        + list(n.dims))
-    for o, cot in backward.cotangents:
-        sig.ptr(f"in:{cot}", ident(cot))
-        sig.strides(f"in:{cot}", ident(cot), ["#t"] + list(bg[cot].dims))
-    for s in k.state_names:
-        _state_ptrs(sig, k, s, "chk", "chk", True)
+    backward_inputs(sig, k, bg, backward)
     for s, adj in backward.adjoints:
         _state_ptrs(sig, bg, adj, "dhT", "dhT", False)
         _state_ptrs(sig, k, s, "dh0", "dh0", False)
@@ -241,55 +232,27 @@ def backward_unrolled_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tup
     _next_decays(w, bg, bb, body_b, vals, t)
     body_b.flush()
     _reversed_terms(w, bg, bb, body_b, vals, t)
-    mark, first = len(w.lines), len(vals.zeroed)
-    w(f"if LOOP_BY == 0:  # {u} unrolled whole: one index at a time, each a constant")
-    w(f"    for o_{u} in tl.static_range(BLOCK_{u}):")
-    w.indent().indent()
-    start = len(w.lines)
-    w(f"m_{u} = o_{u} < size_{u}")
-    loaded = set()
-    for n in k.inputs() + bg.inputs():
-        if (n.role in (Role.SEQ, Role.PARAM) and u in n.dims and n.name not in loaded
-                and n.name not in fstates.values()):
-            loaded.add(n.name)
-            vals.load(n, n.role is Role.SEQ)
-    for line in body_b.column_loads:
-        w(line)
-    body_f.run([n for n in chunk_f if n in along_f], share=False)
-    body_b.run([n for n in chunk_b if along_b.get(n) in ("in", "sum")], share=False)
-    for out, (x, parts, atomic, var) in grads.items():
-        if along_b.get(out) != "in":
-            continue
-        v, dims = vals[out], k[x].dims
-        if k[x].role is Role.SEQ:
-            off = " + ".join([f"{_partial(d, t)} * {var}_s__p_{d}" for d in parts]
-                             + index_terms(t, dims, var, True))
-            w(_store(var, off, vals.full(v, dims, True),
-                     _owned(mask_of(t, dims, True), dims, v.partial, t), atomic), out)
-        else:
-            full = vals.full(v, dims, True)
-            w(f"{var}_acc = tl.where(q_{u} == o_{u}, {var}_acc + tl.sum({full} if EVEN else "
-              f"tl.where(m_t, {full}, 0.0), axis={t.taxis}, keep_dims=True), {var}_acc)", out)
-    w.dedent()
-    w.dedent()
-    steps = w.lines[start:]
-    w("else:  # the same steps in a loop unrolled LOOP_BY times: fewer values live at once")
-    w(f"    for o_{u} in tl.range(0, BLOCK_{u}, num_stages=1, loop_unroll_factor=LOOP_BY):")
-    w.lines += steps
-    w.lines[mark:mark] = ["    " * w.depth + z for z in vals.zeroed[first:]]
+
+    def steps() -> None:
+        loaded = set()
+        for n in k.inputs() + bg.inputs():
+            if (n.role in (Role.SEQ, Role.PARAM) and u in n.dims and n.name not in loaded
+                    and n.name not in fstates.values()):
+                loaded.add(n.name)
+                vals.load(n, n.role is Role.SEQ)
+        for line in body_b.column_loads:
+            w(line)
+        body_f.run([n for n in chunk_f if n in along_f], share=False)
+        body_b.run([n for n in chunk_b if along_b.get(n) in ("in", "sum")], share=False)
+        for out in grads:
+            if along_b.get(out) == "in":
+                _gradient_out(w, k, vals, t, out, grads[out], along=True)
+
+    index_loop(w, vals, u, steps)
     body_b.run([n for n in chunk_b if along_b.get(n) == "after"], share=False)
-    for out, (x, parts, atomic, var) in grads.items():
-        if along_b.get(out) == "in":
-            continue
-        v, dims = vals[out], k[x].dims
-        if k[x].role is Role.SEQ:
-            off = " + ".join([f"{_partial(d, t)} * {var}_s__p_{d}" for d in parts]
-                             + index_terms(t, dims, var, True))
-            w(_store(var, off, vals.full(v, dims, True),
-                     _owned(mask_of(t, dims, True), dims, v.partial, t), atomic), out)
-        else:
-            w(f"{var}_acc += tl.sum(tl.where(m_t, {vals.full(v, dims, True)}, 0.0), "
-              f"axis={t.taxis}, keep_dims=True)", out)
+    for out in grads:
+        if along_b.get(out) != "in":
+            _gradient_out(w, k, vals, t, out, grads[out], along=False)
     w.dedent()
     for var, off, dims, atomic, mask in accs:
         w(_store(var, off, f"{var}_acc", mask, atomic))
@@ -435,6 +398,28 @@ def _hoist_subtrees(vals: Values, g: Graph, e: sp.Basic, u: str) -> sp.Basic:
         return x.func(*[walk(a) for a in x.args])
 
     return walk(e)
+
+
+def _gradient_out(w: Writer, k: Graph, vals: Values, t: Tiling, out: str, slot: tuple,
+                  along: bool) -> None:
+    """A gradient's chunk: a Seq input's stored (added atomically where summed over a split
+    dim), a Param's added into its accumulator (per index of the unrolled dim: `along`)."""
+    x, parts, atomic, var = slot
+    v, dims = vals[out], k[x].dims
+    full = vals.full(v, dims, True)
+    if k[x].role is Role.SEQ:
+        off = " + ".join([f"{_partial(d, t)} * {var}_s__p_{d}" for d in parts]
+                         + index_terms(t, dims, var, True))
+        w(_store(var, off, full, _owned(mask_of(t, dims, True), dims, v.partial, t), atomic),
+          out)
+        return
+    part = (f"tl.sum({full} if EVEN else tl.where(m_t, {full}, 0.0), axis={t.taxis}, "
+            "keep_dims=True)")
+    if along:
+        u = t.unroll
+        w(f"{var}_acc = tl.where(q_{u} == o_{u}, {var}_acc + {part}, {var}_acc)", out)
+    else:
+        w(f"{var}_acc += {part}", out)
 
 
 def _partial(d: str, t: Tiling) -> str:
