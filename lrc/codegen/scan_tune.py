@@ -63,8 +63,9 @@ ROW_BACKWARD = [(2048, None, 4, 1), (1024, None, 2, 3), (2048, None, 4, 2), (102
 # registers uncapped, one 8-warp program per SM); the hand-written design at (128, 16, 8) 927.8
 # Then the same as loops (ScanConfig.loop 1): an sm_90 build of Mamba-1's forward_n takes 127
 # registers at (32, 64, 8 warps) against 211 unrolled whole, 128 at (128, 16) against 255,
-# no spills (session 11, development machine; not timed yet; at (64, 32) 128 with 8 bytes
-# spilled)
+# no spills (session 11, development machine; at (64, 32) 128 with 8 bytes spilled). Timed in
+# session 12 (with exp2 folding, benchmarks/results/session12_bench_mamba1_mamba2.log):
+# 941.3, 1016.4, 1086.1, 1268.9 and 1190.6 uncapped; the loops 2136.3 and 1567.0: slower
 UNROLLED = [(32, 64, 8, 2, 128), (64, 32, 8, 2, 128), (128, 16, 8, 2, 128), (32, 64, 8, 2, None),
             (128, 16, 8, 2, None), (32, 64, 8, 2, None, 1), (128, 16, 8, 2, None, 1)]
 
