@@ -1,8 +1,10 @@
 """Launch settings of the scan kernels: a small config set, timed once per shape on the GPU.
 
-A config is the chunk length TC (the forward's checkpoint interval, so the backward keeps the
-forward's), the block along the split (coalesced) dim, and the compiler's warps and pipeline
-stages of the loop over chunks. Which configs are worth trying depends on the layout: where time
+A config is the chunk length TC (the forward's checkpoint interval: the backward keeps it or,
+left to right, takes a multiple and reads every k-th checkpoint), the block along the split
+(coalesced) dim, and the compiler's warps and pipeline stages of the loop over chunks; for the
+kernels with a whole dim unrolled (forward_n, backward_n) also a register cap and how the loop
+over that dim is unrolled. Which configs are worth trying depends on the layout: where time
 is the contiguous axis of the inputs a thread holds consecutive steps, so long chunks over few
 channels (the shape of accelerated-scan's kernel); where channels are contiguous, short chunks
 over a wide block of channels. benchmarks/results/sweep_scan_*.json holds the sweeps behind

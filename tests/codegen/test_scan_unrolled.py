@@ -341,3 +341,22 @@ def test_backward_n_rewrites_preserve_the_adjoint_step(name):
     for name_, a, b in zip(list(bg.outputs) + list(bg.state_names), outs + finals,
                            outs2 + finals2, strict=True):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), name_
+
+
+def test_backward_n_compiles_for_the_h200(monkeypatch):
+    """backward_n at the tuner's first config and a one-channel one, bf16, at the Mamba-1
+    reference's channel and state sizes, built for sm_90 with Triton's compiler: it compiles
+    and fits (uncapped here; the tuned config caps it at 128 registers, spilling by design)."""
+    monkeypatch.setattr(chunked_tune, "_CACHE", {})
+    kern = lrc.compile(gated_s6, backend="triton")
+    args = {k: (v.to(torch.bfloat16) if v.dim() == 3 else v.float()).requires_grad_(True)
+            for k, v in gated_inputs(1, 64, 512, 16).items()}
+    for row in (scan_tune.UNROLLED_BACKWARD[0], (1, 1, 1, None, 1)):
+        block, warps, stages, _, loop = row
+        monkeypatch.setattr(scan_runtime, "CONFIG", ScanConfig(
+            scan_tune.BACKWARD_TC, block, warps, stages, unroll=True, loop=loop))
+        with aot.recording(as_gpu=132, compile=True) as launches:
+            kern(**args).float().sum().backward()
+        (r,) = [r for r in launches if r.name.endswith("backward_n")]
+        assert r.compiled.ok and r.compiled.fits, r
+        assert 0 < r.compiled.regs <= 255, (row, r.compiled)
