@@ -4,18 +4,26 @@ The forward with n unrolled (`tiling.unrolled`, scan.py's `_unrolled`) holds one
 tile per index of n, time last, so each thread keeps consecutive steps and the scans over time
 stay in registers and warps. Its backward does the same per chunk, right to left: before a loop
 over n, what does not vary along n (the gates, the output's gradient); in the loop, per index,
-the forward column recomputed from the chunk's checkpoint, the adjoint column scanned as a
-triple (`ChunkBody.column_shifted_scan`: its values before each step come out aligned), the
-terms of every gradient along n (B's and C's summed over this program's channels and added
-atomically, A's added into a carried [BLOCK, n] tile), the sums over n added up; after the
-loop, what reads those sums (u's, delta's, z's gradients).
+the forward column recomputed from the chunk's checkpoint, the adjoint column scanned
+(`ChunkBody.column_shifted_scan`: its values before each step come out aligned), the terms of
+every gradient along n (B's and C's summed over this program's channels and added atomically,
+A's added into a carried [BLOCK, n] tile), the sums over n added up; after the loop, what
+reads those sums (u's, delta's, z's gradients).
 
-The forward state before each step, h, is not recomputed by a shift: every term of the adjoint
-step that reads it reads it through its decay, a h = h' - b (h' the step's new value, b its
-input), so `_old_through_decay` rewrites those terms (Mamba-1: dA's and ddelta's terms read
-exp(dt A) h). A spec whose terms read h otherwise gets no backward_n.
+The adjoint v = e + a' v' (' the step before in the scan's order) is a pair scan over the
+decay one step on (`_next_decays`: its inputs loaded there), not a triple over (a, 1, e); and
+since Triton reverses a scan by flipping its inputs and output across the lanes, the right to
+left scan runs left to right over inputs flipped once per chunk (`_reversed_terms`), its
+result flipped back.
 
-benchmarks/designs_mamba1.py (`m1_bwd2`) is the hand-written kernel this follows.
+The graph is rewritten first, each rewrite exact (tested against the float64 interpreter):
+the forward state before each step, h, is read through its decay, a h = h' - b (h' the step's
+new value, b its input: `_old_through_decay`), so nothing is shifted (Mamba-1: dA's and
+ddelta's terms read exp(dt A) h; a spec whose terms read h otherwise gets no backward_n); sums
+over n take their factors that do not vary along n outside (`_pull_factors`).
+
+benchmarks/designs_mamba1.py (`m1_bwd2`) is the hand-written kernel this started from;
+benchmarks/results/README.md (twelfth session) has its timings and instruction counts.
 """
 from __future__ import annotations
 

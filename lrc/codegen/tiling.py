@@ -99,7 +99,8 @@ def grid_size(t: Tiling, sizes: dict[str, int], blocks: dict[str, int]) -> int:
 
 
 def unrolled(k: Graph, t: Tiling) -> Tiling | None:
-    """A tiling for the forward with the one whole dim unrolled, where that suits: time the
+    """A tiling for the forward and backward with the one whole dim unrolled (forward_n,
+    backward_n: scan_unrolled.py), where that suits: time the
     contiguous axis of the first Seq input, every state along that dim (Mamba-1's n: the
     state h[b, d, n], y = sum_n C h). Each chunk is then a [BLOCK, TC] tile per index of
     the dim, time last, so a thread holds consecutive steps and the scans over time stay in
