@@ -209,6 +209,22 @@ def test_gated_s6_unrolled_backward(reverse, tc, block, loop, monkeypatch, launc
     assert launched == ["forward_n", "backward_n"]
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("tc, block, loop", [(8, 2, 0), (16, 4, 2)])
+def test_gated_s6_unrolled_backward_even(reverse, tc, block, loop, monkeypatch):
+    """The same with nothing to mask (EVEN: 8 channels in whole blocks, 48 steps in whole
+    chunks, n = 4 a power of two), the path the reference shape takes: no masks on the sums
+    over channels and steps, the reversed adjoint's offset unmasked."""
+    monkeypatch.setattr(scan_runtime, "CONFIG", ScanConfig(tc, block, 4, 2, unroll=True,
+                                                           loop=loop))
+    evens = []
+    arguments = scan_runtime.Launch.arguments
+    monkeypatch.setattr(scan_runtime.Launch, "arguments", lambda self, consts: (
+        lambda out: (evens.append(out[1].get("EVEN")), out)[1])(arguments(self, consts)))
+    _check_gated(gated_inputs(2, 8, 48, 4), reverse, torch.float32, 1e-4, 1e-3)
+    assert evens == [True, True]
+
+
 def _check_gated(args, reverse, dtype, tol, gtol):
     kern = lrc.compile(gated_s6, backend="triton")
     ref = lrc.compile(gated_s6, backend="reference")
