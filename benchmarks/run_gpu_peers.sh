@@ -5,7 +5,7 @@
 # (PEERS.md; the run tool copies git-ignored paths only when asked: carry [".whl", ".peers"]):
 #   OUT=/some/dir STAGES="mamba1 mamba2" bash benchmarks/run_gpu_peers.sh
 # Knobs: T_TEST, T_BENCH (seconds), STAGES (bench.py stages), K_TEST (a pytest -k filter;
-# with it only tests/codegen/test_scan_unrolled.py runs, one worker).
+# with it only TEST_FILES run, default tests/codegen/test_scan_unrolled.py, four workers).
 set -u
 export LRC_CACHE_DIR=/tmp/lrcc PYTHONUNBUFFERED=1 MAX_JOBS=14 OUT=${OUT:-/tmp}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
@@ -19,9 +19,9 @@ PY
 (python3 .peers/build_selective_scan.py > $OUT/build.log 2>&1; echo "build rc=$?" >> $OUT/build.log) &
 BPID=$!
 if [ -n "${K_TEST:-}" ]; then
-    LRC_TUNE=0 timeout -s INT ${T_TEST:-240} python3 -m pytest -m gpu \
-        tests/codegen/test_scan_unrolled.py -v -rf -p no:cacheprovider -x -k "$K_TEST" \
-        > $OUT/gpu_tests.log 2>&1
+    LRC_TUNE=0 timeout -s INT ${T_TEST:-240} python3 -m pytest -m gpu -n 4 \
+        ${TEST_FILES:-tests/codegen/test_scan_unrolled.py} -v -rf -p no:cacheprovider \
+        -k "$K_TEST" > $OUT/gpu_tests.log 2>&1
 else
     LRC_TUNE=0 timeout -s INT ${T_TEST:-330} python3 -m pytest -m gpu tests -n 8 -v -rf \
         -p no:cacheprovider -o faulthandler_timeout=120 > $OUT/gpu_tests.log 2>&1

@@ -63,7 +63,7 @@ def _dot(a, b, DT: tl.constexpr, IEEE: tl.constexpr, EMU: tl.constexpr):
         return tl.dot(a.to(DT), b.to(DT))
 '''
 
-CONSTS = ["BT", "BK", "BV", "DT", "IEEE", "EMU", "REVERSE", "VARLEN"]
+CONSTS = ["BT", "BK", "BV", "DT", "IEEE", "EMU", "REVERSE", "VARLEN", "EVEN"]
 
 
 def arg(name: str) -> str:
@@ -198,6 +198,10 @@ class Kernel:
         w(f"m_kr = o_kr < size_{self.key}")
         w(f"o_v = i_vb * BV + tl.arange(0, BV)[None, :]  # value dim {self.value}")
         w(f"m_v = o_v < size_{self.value}")
+        w("if EVEN:  # every tile whole (launcher): masks of constants, which fold away")
+        w("    m_k = tl.full([1, BK], 1, tl.int1)")
+        w("    m_kr = tl.full([BK, 1], 1, tl.int1)")
+        w("    m_v = tl.full([1, BV], 1, tl.int1)")
         w("m_s = m_kr & m_v")
         w("ZK = tl.zeros([BT, BK], tl.float32)")
         w("ZV = tl.zeros([BT, BV], tl.float32)")
@@ -224,6 +228,8 @@ class Kernel:
         w(f"c = {chunk}")
         w("tau = c * BT + o_c")
         w("m_t = tau < n_t")
+        w("if EVEN:")
+        w("    m_t = tl.full([BT, 1], 1, tl.int1)")
         w("t64 = bos + tau")
         w("if REVERSE:")
         w("    t64 = bos + n_t - 1 - tau")
@@ -527,7 +533,7 @@ def states_source(form: ChunkForm, name: str) -> tuple[str, list[tuple]]:
     w(f"    S = S * d + tl.load(loc_ptr + {k.state_offset('loc', chunk=True)}, mask=m_s, "
       "other=0.0).to(tl.float32)")
     w(f"tl.store(hT_ptr + {k.state_offset('hT')}, S, mask=m_s)", "final state")
-    return k.source(["HAS_H0", "BACK", "BT", "BK", "BV", "EMU", "VARLEN"]), k.params
+    return k.source(["HAS_H0", "BACK", "BT", "BK", "BV", "EMU", "VARLEN", "EVEN"]), k.params
 
 
 def module_source(kernels: list[str], title: str) -> str:

@@ -133,6 +133,9 @@ class Launcher:
                       IEEE=self.interpret, EMU=self.interpret,
                       REVERSE=self.call.reverse,
                       VARLEN=self.varlen)
+        # no step, key or value past its tile's end: the kernels drop their masks
+        consts["EVEN"] = (not self.varlen and self.T % cfg.BT == 0 and self.V % cfg.BV == 0
+                          and self.K % consts["BK"] == 0)
         if which == "states":
             for k in ("DT", "IEEE", "REVERSE"):
                 consts.pop(k)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import lrc
+from lrc.codegen import aot
 from lrc.codegen.chunked_tune import Config, pow2
 from lrc.codegen.partition import Unsupported
 from lrc.zoo import ZOO
@@ -117,6 +118,39 @@ def test_split_value_blocks():
 @pytest.mark.parametrize("name", ["mamba2", "gla"])
 def test_bf16(name):
     check(*zoo(name, t=45), dtype=torch.bfloat16, tol=LOW, gtol=LOW)
+
+
+# sizes with no partial tile: T a whole number of 16-step chunks, keys and values powers of two
+WHOLE = {"mamba2": dict(g=2, r=3, p=16, n=32), "gla": dict(h=3, k=32, v=16),
+         "rwkv6": dict(h=3, k=16, v=32), "retnet": dict(h=3, k=16, v=16)}
+
+
+@pytest.mark.parametrize("name", CHUNKED_ZOO)
+def test_whole_tiles_run_without_masks(name):
+    """Whole tiles only: the forward and the backward launch with EVEN (masks that fold
+    away) and still match the reference; a ragged T launches without it."""
+    spec, args, state = zoo(name, b=2, t=48, **WHOLE[name])
+    with aot.recording() as launches:
+        check(spec, args, state)
+    even = {r.name.rsplit(".", 1)[-1] for r in launches if r.consts.get("EVEN")}
+    assert {"chunked_forward", "chunked_backward"} <= even, even
+    spec, args, state = zoo(name, b=1, t=47, **WHOLE[name])
+    with aot.recording() as launches:
+        check(spec, args, state)
+    assert launches and not any(r.consts.get("EVEN") for r in launches)
+
+
+@pytest.mark.parametrize("mode", [1, 2])
+def test_whole_tiles_split_over_chunks(mode):
+    """EVEN in the split kernels too (chunked_tune.LOCAL, PASS: the states kernel, the state
+    pass, the chunks in parallel)."""
+    spec, args, state = zoo("mamba2", b=2, t=48, **WHOLE["mamba2"])
+    split = Config(16, 16, 1, 1, split=mode)
+    with aot.recording() as launches:
+        check(spec, args, state, override=(split, split))
+    assert all(r.consts.get("EVEN") for r in launches), [r.name for r in launches]
+    assert {"chunked_forward", "chunked_backward"} <= {r.name.rsplit(".", 1)[-1]
+                                                       for r in launches}
 
 
 def test_extreme_dt_bf16_is_finite():
@@ -296,6 +330,14 @@ def test_gpu_forward_and_gradients(name):
 def test_gpu_bf16(name):
     check(*zoo(name, b=2, t=4097, **GPU_SIZES[name]), dtype=torch.bfloat16, tol=LOW, gtol=LOW,
           device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", CHUNKED_ZOO)
+def test_gpu_whole_tiles(name):
+    """The reference shapes' case: T a multiple of every chunk size, so EVEN kernels run."""
+    check(*zoo(name, b=2, t=4096, **GPU_SIZES[name]), dtype=torch.bfloat16, tol=LOW,
+          gtol=LOW, device="cuda")
 
 
 @pytest.mark.gpu
