@@ -105,6 +105,8 @@ if __name__ == "__main__":
          "session11_vs_peers.png", "Eleventh session (2026-11-29): elementwise, Mamba-2, GLA")
     bars(load("session12_bench_mamba1_mamba2.json"), "session12_vs_peers.png",
          "Twelfth session (2026-11-29): Mamba-1 with backward_n, Mamba-2")
+    bars(load("session13_bench_mamba1_mamba2.json"), "session13_vs_peers.png",
+         "Thirteenth session (2026-11-29): chunked kernels without masks (EVEN)")
     conv = load("bench_conv.json")
     bars([r for r in conv if "sweep" not in r["case"]], "conv_vs_peer.png",
          "Conv lowering vs PyTorch eager S4D")
