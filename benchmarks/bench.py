@@ -308,22 +308,28 @@ def _accel_only(B, T, D):
 
 
 @guarded
+def mamba1_inputs(Bm=8, Dm=2048, Lm=4096, Nm=16) -> dict:
+    """`selective_scan`'s arguments at the reference shape (bf16 sequences, fp32 params)."""
+    dt_ = torch.bfloat16
+    return dict(u=torch.randn(Bm, Dm, Lm, device=DEV, dtype=dt_),
+                delta=(0.5 * torch.randn(Bm, Dm, Lm, device=DEV)).to(dt_),
+                A=-torch.rand(Dm, Nm, device=DEV) - 0.5,
+                B=torch.randn(Bm, Nm, Lm, device=DEV, dtype=dt_),
+                C=torch.randn(Bm, Nm, Lm, device=DEV, dtype=dt_),
+                D=torch.randn(Dm, device=DEV),
+                z=torch.randn(Bm, Dm, Lm, device=DEV, dtype=dt_),
+                delta_bias=torch.randn(Dm, device=DEV))
+
+
 def mamba1():
     Bm, Dm, Lm, Nm = 8, 2048, 4096, 16
-    dt_ = torch.bfloat16
-    u = torch.randn(Bm, Dm, Lm, device=DEV, dtype=dt_)
-    delta = (0.5 * torch.randn(Bm, Dm, Lm, device=DEV)).to(dt_)
-    A = -torch.rand(Dm, Nm, device=DEV) - 0.5
-    Bt = torch.randn(Bm, Nm, Lm, device=DEV, dtype=dt_)
-    Ct = torch.randn(Bm, Nm, Lm, device=DEV, dtype=dt_)
-    Dv = torch.randn(Dm, device=DEV)
-    z = torch.randn(Bm, Dm, Lm, device=DEV, dtype=dt_)
-    bias = torch.randn(Dm, device=DEV)
+    args = mamba1_inputs(Bm, Dm, Lm, Nm)
+    u, delta, A, Bt, Ct, Dv, z, bias = (args[k] for k in ("u", "delta", "A", "B", "C", "D",
+                                                          "z", "delta_bias"))
     el = Bm * Dm * Lm
     ff = 4 * el * 2 + 2 * Bm * Nm * Lm * 2
     ffb = ff + (4 * el * 2 + 2 * Bm * Nm * Lm * 2) + 3 * el * 2
     case = f"mamba1 B{Bm} D{Dm} L{Lm} N{Nm} bf16"
-    args = dict(u=u, delta=delta, A=A, B=Bt, C=Ct, D=Dv, z=z, delta_bias=bias)
     small = dict(u=u[:1, :64, :512], delta=delta[:1, :64, :512], A=A[:64], B=Bt[:1, :, :512],
                  C=Ct[:1, :, :512], D=Dv[:64], z=z[:1, :64, :512], delta_bias=bias[:64])
     ref = lrc.compile(selective_scan, backend="reference")

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 import lrc  # noqa: E402
-from bench import selective_scan  # noqa: E402
+from bench import mamba1_inputs, selective_scan  # noqa: E402
 from lrc.codegen import chunked_tune, scan_tune  # noqa: E402
 from lrc.codegen.scan_tune import ScanConfig  # noqa: E402
 
@@ -35,15 +35,7 @@ scan_tune.candidates_unrolled_training = lambda reverse=False: [
 
 
 def main():
-    dev, bf = "cuda", torch.bfloat16
-    b, d, t, n = 8, 2048, 4096, 16
-    args = dict(u=torch.randn(b, d, t, device=dev, dtype=bf),
-                delta=(0.5 * torch.randn(b, d, t, device=dev)).to(bf),
-                A=-torch.rand(d, n, device=dev) - 0.5,
-                B=torch.randn(b, n, t, device=dev, dtype=bf),
-                C=torch.randn(b, n, t, device=dev, dtype=bf), D=torch.randn(d, device=dev),
-                z=torch.randn(b, d, t, device=dev, dtype=bf),
-                delta_bias=torch.randn(d, device=dev))
+    args = mamba1_inputs()
     for v in args.values():
         v.requires_grad_(True)
     layer = lrc.compile(selective_scan)

@@ -26,22 +26,14 @@ def mamba2(cfg: str) -> None:
 
 
 def mamba1() -> None:
-    from bench import selective_scan
+    from bench import mamba1_inputs, selective_scan
     from lrc.codegen import scan_tune
     from lrc.codegen.scan_tune import ScanConfig
     scan_tune.candidates_unrolled_backward = lambda tc, reverse=False: [
         ScanConfig(128, 2, 1, 1, unroll=True, maxnreg=128, loop=2)]
     scan_tune.candidates_unrolled_training = lambda reverse=False: [
         ScanConfig(32, 64, 8, 2, unroll=True, maxnreg=128)]
-    dev, bf = "cuda", torch.bfloat16
-    b, d, t, n = 8, 2048, 4096, 16
-    args = dict(u=torch.randn(b, d, t, device=dev, dtype=bf),
-                delta=(0.5 * torch.randn(b, d, t, device=dev)).to(bf),
-                A=-torch.rand(d, n, device=dev) - 0.5,
-                B=torch.randn(b, n, t, device=dev, dtype=bf),
-                C=torch.randn(b, n, t, device=dev, dtype=bf), D=torch.randn(d, device=dev),
-                z=torch.randn(b, d, t, device=dev, dtype=bf),
-                delta_bias=torch.randn(d, device=dev))
+    args = mamba1_inputs()
     for v in args.values():
         v.requires_grad_(True)
     layer = lrc.compile(selective_scan)
