@@ -307,7 +307,6 @@ def _accel_only(B, T, D):
               [at, xt], 3 * el * 2, 8 * el * 2)
 
 
-@guarded
 def mamba1_inputs(Bm=8, Dm=2048, Lm=4096, Nm=16) -> dict:
     """`selective_scan`'s arguments at the reference shape (bf16 sequences, fp32 params)."""
     dt_ = torch.bfloat16
@@ -321,6 +320,7 @@ def mamba1_inputs(Bm=8, Dm=2048, Lm=4096, Nm=16) -> dict:
                 delta_bias=torch.randn(Dm, device=DEV))
 
 
+@guarded
 def mamba1():
     Bm, Dm, Lm, Nm = 8, 2048, 4096, 16
     args = mamba1_inputs(Bm, Dm, Lm, Nm)
