@@ -27,6 +27,14 @@ def ident(name: str) -> str:
     return out if not out[0].isdigit() else "v" + out
 
 
+def flip(x: str, shape: str, axis: int) -> str:
+    """The source of `x` (register shape `shape`) reversed along the time chunk, a gather at
+    TC - 1 - t. tl.flip reverses through log2(TC) butterfly exchanges, a shuffle each per
+    register where the axis crosses lanes (five at 32 lanes); a gather inside a warp takes one
+    indexed shuffle a register (benchmarks/results/README.md, fourteenth session)."""
+    return f"tl.gather({x}, tl.broadcast_to(TC - 1 - o_t, {shape}), {axis})"
+
+
 @dataclass(frozen=True)
 class Tiling:
     """How a kernel covers its index space.

@@ -20,7 +20,7 @@ from ..ir.graph import Graph
 from ..ir.nodes import Input, Map, Rename, Shift, Sum
 from ..passes.analysis import time_varying
 from .blocks import Block
-from .emit import Tiling, Val, Values, Writer, guard, ident, index_terms, mask_of
+from .emit import Tiling, Val, Values, Writer, flip, guard, ident, index_terms, mask_of
 from .partition import Unsupported
 from .printer import HELPERS
 
@@ -347,7 +347,7 @@ class ChunkBody:
             w(f"    x_{tg}{i} += tl.where(o_t == 0, {s}_in, 0.0)", "the carry at the first step")
             w(f"    _, v_{tg}{i} = tl.associative_scan((n_{tg}{i}, x_{tg}{i}), {t.taxis}, "
               "_scan1)")
-            w(f"    v_{tg}{i} = tl.flip(v_{tg}{i}, {t.taxis})")
+            w(f"    v_{tg}{i} = {flip(f'v_{tg}{i}', shape, t.taxis)}")
             w("else:")
             w.indent()
         if nxt is not None:  # v = e + a(the step before) v(there): a pair scan

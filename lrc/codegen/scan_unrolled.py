@@ -38,6 +38,7 @@ from ..ir.nodes import Input, Map, Sum
 from ..passes.analysis import time_varying
 from .blocks import Block
 from .emit import Tiling, Val, Values, Writer, guard, ident, index_terms, mask_of
+from .emit import flip as emit_flip
 from .partition import Unsupported
 from .scan import (ChunkBody, ShareBody, Signature, _along_unrolled, _direction, _hoist_factors,
                    _kernel, _owned, _prologue, _state_offset, _state_ptrs, _store, _varlen,
@@ -335,9 +336,9 @@ def _reversed_terms(w: Writer, g: Graph, blocks: tuple[Block, ...], body: ChunkB
     terms over the chunk's steps reversed (ChunkBody.reversed_terms), so that the scan runs
     left to right and only its result is flipped back. The values they read are flipped
     once per chunk where they do not vary along the unrolled dim (after `flush`), per index
-    otherwise (Triton reverses a scan by flipping its two inputs and its output, 120
-    shuffles at [2, 128] on a warp; a reversed load is not vectorized, and its layout made
-    the scans' shuffles quadruple)."""
+    otherwise (Triton reverses a scan by flipping its two inputs and its output; a reversed
+    load is not vectorized, and its layout made the scans' shuffles quadruple). Flips are
+    gathers (emit.flip)."""
     u, ax = t.unroll, t.taxis
     terms = {}
     for s, nxt in body.next_decay.items():
@@ -363,13 +364,15 @@ def _reversed_terms(w: Writer, g: Graph, blocks: tuple[Block, ...], body: ChunkB
                     key=lambda x: x.name):
         if x.name in vals and vals[x.name].timed:
             v = vals[x.name]
-            flip = f"tl.flip({v.var} + tl.zeros({t.shape(v.dims, True)}, tl.float32), {ax})"
+            shape = t.shape(v.dims, True)
+            flip = emit_flip(f"{v.var} + tl.zeros({shape}, tl.float32)", shape, ax)
             w(f"{v.var}_rv = {f'tl.where(nx_ok_rv, {flip}, 0.0)' if x in zeroed else flip}")
             vals.set(f"{x.name}~rv", Val(f"{v.var}_rv", v.dims, True))
         elif x.name not in vals and g[x.name].role is Role.SEQ:  # along u: per index
             dims = frozenset(d for d in g[x.name].dims if d in t.space)
-            body.column_loads.append(f"{ident(x.name)}_rv = tl.flip({ident(x.name)} + "
-                                     f"tl.zeros({t.shape(dims, True)}, tl.float32), {ax})")
+            shape = t.shape(dims, True)
+            body.column_loads.append(f"{ident(x.name)}_rv = " + emit_flip(
+                f"{ident(x.name)} + tl.zeros({shape}, tl.float32)", shape, ax))
             vals.set(f"{x.name}~rv", Val(f"{ident(x.name)}_rv", dims, True))
         else:
             continue
