@@ -1,7 +1,8 @@
 """Mamba-1's backward_n at configs outside the tuner's list: the tuner's own kernels-only timings
 of each, lrc only (no peer), on the reference shape (B8 D2048 L4096 N16 bf16). The forward is
 pinned to forward_n at 32 steps (its tuned choice), the backward's candidates replaced by
-ROWS = "chunks" (chunk lengths and blocks) or "caps" (register caps and unrolling at 128).
+ROWS = "chunks" (chunk lengths and blocks), "caps" (register caps and unrolling at 128) or
+"loop1" (the loop over n not unrolled: caps, chunks, blocks, warps, stages).
 
     LRC_CACHE_DIR=/tmp/fresh ROWS=chunks python3 benchmarks/debug/backward_n_configs.py
 
@@ -27,6 +28,9 @@ ROWS = {
     "caps": [(128, 2, 1, 1, 128, 2), (128, 2, 1, 1, 112, 2), (128, 2, 1, 1, 120, 2),
              (128, 2, 1, 1, 136, 2), (128, 2, 1, 1, 144, 2), (128, 2, 1, 2, 128, 2),
              (128, 2, 1, 1, 128, 3)],
+    "loop1": [(128, 2, 1, 1, 128, 1), (128, 2, 1, 1, 120, 1), (128, 2, 1, 1, 136, 1),
+              (256, 2, 1, 1, 128, 1), (256, 2, 1, 1, 168, 1), (128, 4, 1, 1, 128, 1),
+              (128, 2, 2, 1, 128, 1), (128, 2, 1, 2, 128, 1)],
 }[os.environ.get("ROWS", "chunks")]
 scan_tune.candidates_unrolled_backward = lambda tc, reverse=False: [
     ScanConfig(r[0], r[1], r[2], r[3], unroll=True, maxnreg=r[4], loop=r[5]) for r in ROWS]

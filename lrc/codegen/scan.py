@@ -321,7 +321,7 @@ class ChunkBody:
         w(f"_, {new} = tl.associative_scan((a_{tg}{i}, b_{tg}{i}), {self.vals.tiling.taxis}, "
           f"_scan1, reverse={self.reverse})", b.news[0])
         self.vals.set(b.news[0], Val(new, frozenset(dims), True))
-        self._column_out(b.states[0], new)
+        self._column_out(b.states[0], new, dims)
 
     def column_shifted_scan(self, i: int, b: Block, dims) -> None:
         """`shifted_scan` for a state's column o_<u> of the unrolled dim u: the column of
@@ -368,7 +368,7 @@ class ChunkBody:
         self.vals.set(b.states[0], Val(old, frozenset(dims), True))
         self.vals.set(b.news[0], Val(new, frozenset(dims), True))
         self.plus_offset[b.states[0]] = (f"v_{tg}{i}", self.offset(b, raw=True))
-        self._column_out(b.states[0], new)
+        self._column_out(b.states[0], new, dims)
 
     def _plus_offset(self, node: Map) -> tuple[str, str] | None:
         """(v's variable, the state) where `node` computes a state's value plus its offset
@@ -401,14 +401,22 @@ class ChunkBody:
         for p, _, pad, _ in terms:
             w(f"    {p}_{tg}{i} = tl.where(m_t, {p}_{tg}{i}, {pad})")
 
-    def _column_out(self, state: str, new: str) -> None:
+    def _column_out(self, state: str, new: str, dims) -> None:
         """The chunk's last value of the column back into the carried tile (not for a
-        column loaded per chunk)."""
+        column loaded per chunk). In the backward (backward_n: one warp a program) a gather
+        at LAST, one indexed shuffle a register where a masked sum takes a butterfly
+        reduction (five shuffles at 32 lanes); not in the forward, whose 8-warp layout a
+        gather turns into one with 18x the scans' shuffles (sm_90 builds, session 14)."""
         if state in self.columns:
             return
         u, t, s = self.vals.tiling.unroll, self.vals.tiling, self.state_var(state)
-        self.w(f"{s} = tl.where(q_{u} == o_{u}, tl.sum(tl.where(o_t == LAST_{self.tag}, {new}, "
-               f"0.0), axis={t.taxis}, keep_dims=True), {s})")
+        if self.tag == "b":
+            last = f"tl.gather({new}, tl.zeros({t.shape(dims, False)}, tl.int32) + LAST_b, " \
+                f"{t.taxis})"
+        else:
+            last = f"tl.sum(tl.where(o_t == LAST_{self.tag}, {new}, 0.0), axis={t.taxis}, " \
+                "keep_dims=True)"
+        self.w(f"{s} = tl.where(q_{u} == o_{u}, {last}, {s})")
 
     def flush(self) -> None:
         """Emit now every common subexpression computable from the values at hand (before an
