@@ -80,10 +80,11 @@ UNROLLED_TRAINING = [(32, 64, 8, 2, 128, 0), (64, 32, 8, 2, 128, 0), (128, 16, 8
                      (128, 16, 8, 2, None, 1)]
 BACKWARD_TC = 128  # backward_n's chunk, where the forward's divides it (else the forward's)
 # backward_n at BACKWARD_TC or the forward's chunk: (BLOCK, warps, stages, register cap, loop).
-# Session 12 on the H200 (B8 D2048 L4096 N16 bf16, the generated kernel, us): 2 channels, one
-# warp, capped at 128 registers, the loop over n unrolled twice 4794, once 4908 (2 stages
-# 4952); one channel 5317; uncapped 5647; 4 channels 12044 (2 warps 13266). The design it
-# follows (benchmarks/designs_mamba1.py --bwd2) took 5200 in session 11
+# Session 14 on the H200 (B8 D2048 L4096 N16 bf16, flips and the carry as gathers, us;
+# benchmarks/results/session14_bench_mamba1_run2.log, _backward_n_configs_loop1.log): 2
+# channels, one warp, capped at 128 registers, the loop over n unrolled twice 3961, once 4157
+# (2 stages 4119, cap 120 4129, cap 136 5177); 168 registers 4396; one channel 5185; uncapped
+# 7126; 256 steps 6435 (168 registers), 4 channels 11537, 2 warps 9267
 UNROLLED_BACKWARD = [(2, 1, 1, 128, 2), (2, 1, 1, 128, 1), (2, 1, 1, 168, 2), (2, 1, 1, 128, 4),
                      (2, 1, 2, 128, 1), (1, 1, 1, 128, 1), (2, 1, 1, None, 1)]
 
