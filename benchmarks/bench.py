@@ -471,6 +471,33 @@ def decode():
     record(case, "lrc step (CUDA graph)", "step", bench(g.replay), 2 * st.numel() * 4)
     record(case, "lrc step (eager)", "step",
            bench(lambda: layer.step(**tok, state=st, inplace=True)), 2 * st.numel() * 4)
+    try:  # the peer on the same token: A = -exp(A_log), no gate
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+        A1 = -torch.exp(tok["A_log"].float())
+        D1, db1 = tok["D"].float(), tok["dt_bias"].float()
+
+        def peer(state):
+            return selective_state_update(state, tok["u"], tok["dt"], A1, tok["B"], tok["C"],
+                                          D1, None, db1, dt_softplus=True)
+        s1, s2 = st.clone(), st.clone()
+        y1, _ = layer.step(**tok, state=s1, inplace=True)
+        y2 = peer(s2)
+        print(f"   decode1 lrc vs selective_state_update: y {rel(y1, y2):.1e} "
+              f"state {rel(s1, s2):.1e}")
+        record(case, "mamba_ssm selective_state_update (eager)", "step",
+               bench(lambda: peer(st)), 2 * st.numel() * 4)
+        gp = torch.cuda.CUDAGraph()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                peer(st)
+        torch.cuda.current_stream().wait_stream(s)
+        with torch.cuda.graph(gp):
+            peer(st)
+        record(case, "mamba_ssm selective_state_update (CUDA graph)", "step",
+               bench(gp.replay), 2 * st.numel() * 4)
+    except Exception as e:
+        print("!! selective_state_update (decode1):", e)
 
 
 @guarded

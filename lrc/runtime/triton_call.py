@@ -153,6 +153,46 @@ def _ann(axes):
 
     return Annotation(Role.SEQ, axes, False)
 
+_PRE: dict[int, tuple] = {}  # id(program) -> (program, Param tensors, versions, pre values)
+
+
+def _params_pre(prog: ScanProgram, call: Call, like: torch.Tensor) -> dict | None:
+    """The decode kernel's inputs computed before it from Params alone (hoist_params: in
+    float64, rounded once), kept from the last call while those Params are the same tensors
+    at the same version (an in-place update bumps it): a decode step is then one launch, not
+    one per conversion and op. A CUDA-graph capture takes the kept values (computed by the
+    warm-up calls before it), so the captured step reads them: a Param changed in place after
+    the capture is not seen by its replays. None where the pre work reads more than Params."""
+    g, part = prog.g, prog.part
+    need, todo = set(), list(part.pre)
+    while todo:
+        n = g[todo.pop()]
+        if isinstance(n, Input):
+            if n.role is not Role.PARAM:
+                return None
+            need.add(n.name)
+        else:
+            todo += [x.name for x in n.expr.free_symbols if x.name in g]
+    xs = tuple(part_view(call.tensors[g[n].arg], g[n].part) for n in sorted(need))
+    versions = tuple(x._version for x in xs)
+    hit = _PRE.get(id(prog))
+    if hit is not None and hit[0] is prog and len(hit[1]) == len(xs) and all(
+            a is b for a, b in zip(hit[1], xs)) and hit[2] == versions:
+        return hit[3]
+    env = {}
+    with torch.no_grad():
+        for name, x in zip(sorted(need), xs):
+            env[name] = to_canonical(g, x.to(torch.float32), g[name].annotation, call.sizes,
+                                     False)
+        evaluate(g, set(part.pre), env, call.sizes, like)
+        out = {n: kernel_input(prog, n, call, env, with_time=False) for n in part.pre
+               if n in prog.kernel}
+    if len(_PRE) > 64:
+        _PRE.clear()
+    _PRE[id(prog)] = (prog, xs, versions, out)
+    return out
+
+
 def step(prog: ScanProgram, call: Call, states_out: dict | None = None):
     """One token through the decode kernel (no autograd). `states_out` maps each state node to
     the tensor to write its new value into (the input state itself for an in-place update)."""
@@ -160,12 +200,14 @@ def step(prog: ScanProgram, call: Call, states_out: dict | None = None):
     run_ = Launch(prog, "step", sizes, 1, call.device)
     env: dict[str, torch.Tensor] = {}
     like = next(iter(call.tensors.values()))
-    if part.pre or part.post:
+    pre = _params_pre(prog, call, like) if part.pre and not part.post else None
+    if pre is None and (part.pre or part.post):
         env = canonical_inputs(g, call, torch.float32, with_time=False)
         evaluate(g, set(part.pre), env, sizes, like)
     for n in k.inputs():
         if n.role in (Role.SEQ, Role.PARAM):
-            x = kernel_input(prog, n.name, call, env, with_time=False)
+            x = pre[n.name] if pre and n.name in pre else kernel_input(prog, n.name, call, env,
+                                                                       with_time=False)
             axes = tuple(a for a in n.annotation.axes if a != (k.time,))
             run_.add(f"in:{n.name}", x, dim_strides(x, axes, sizes, k.time))
     kouts = {}

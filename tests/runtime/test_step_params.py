@@ -1,0 +1,55 @@
+"""The decode step's Param-only terms (hoist_params: exp(A_log) computed in float64 before the
+kernel) are kept from one step to the next while the Params are the same tensors at the same
+version; an in-place update or another tensor recomputes them. Expected values come from a
+plain loop written here."""
+from __future__ import annotations
+
+import torch
+
+import lrc
+from lrc import Param, Seq, State
+from lrc.runtime import triton_call
+from tests.conftest import rel_err
+
+B, D, N = 3, 37, 5
+
+
+@lrc.recurrence
+def s6(x: Seq("b t d"), g: Seq("b t d"), Bm: Seq("b t n"), C: Seq("b t n"),
+       A_log: Param("d n"), h: State("b d n")):
+    h = lrc.exp(lrc.softplus(g) * -lrc.exp(A_log)) * h + Bm * x
+    return (C * h).sum("n"), h
+
+
+def one_step(x, g, Bm, C, A_log, h):
+    a = torch.exp(torch.nn.functional.softplus(g)[..., None] * -torch.exp(A_log))
+    h = a * h + Bm[:, None, :] * x[..., None]
+    return (C[:, None, :] * h).sum(-1), h
+
+
+def test_step_keeps_param_terms_until_they_change(monkeypatch):
+    layer = lrc.compile(s6, backend="triton")
+    assert layer.program.part.pre  # exp(A_log) is computed before the kernel
+    runs = []
+    real = triton_call.evaluate
+    monkeypatch.setattr(triton_call, "evaluate", lambda *a: (runs.append(1), real(*a))[1])
+    x, g = torch.randn(B, D), torch.randn(B, D)
+    Bm, C = torch.randn(B, N), torch.randn(B, N)
+    A_log = torch.randn(D, N) * 0.5
+    h = torch.randn(B, D, N)
+
+    def check(A):
+        state = h.clone()
+        y, _ = layer.step(x, g, Bm, C, A, state=state, inplace=True)
+        want_y, want_h = one_step(*(v.double() for v in (x, g, Bm, C, A, h)))
+        assert rel_err(y, want_y) <= 1e-5 and rel_err(state, want_h) <= 1e-5
+
+    check(A_log)
+    check(A_log)
+    assert len(runs) == 1  # the second step reused exp(A_log)
+    with torch.no_grad():
+        A_log.mul_(0.5)  # in place: the version changes
+    check(A_log)
+    assert len(runs) == 2
+    check(A_log.clone())  # another tensor, same values
+    assert len(runs) == 3
