@@ -36,7 +36,8 @@ def floors(case: str) -> dict[str, float]:
 def bars(rows, path, title):
     by_case = defaultdict(list)
     for r in rows:
-        if r.get("mode") in ("fwd", "fwdbwd", "step") and "ms" in r and not r["impl"].startswith("  "):
+        if (r.get("mode") in ("fwd", "fwdbwd", "step") and "ms" in r
+                and not r["impl"].startswith("  ")):
             by_case[r["case"]].append(r)
     cases = sorted(by_case)
     fig, axes = plt.subplots(len(cases), 1, figsize=(11, 2.4 + 2.2 * len(cases)),
@@ -107,6 +108,11 @@ if __name__ == "__main__":
          "Twelfth session (2026-11-29): Mamba-1 with backward_n, Mamba-2")
     bars(load("session13_bench_mamba1_mamba2.json"), "session13_vs_peers.png",
          "Thirteenth session (2026-11-29): chunked kernels without masks (EVEN)")
+    s14 = [r for r in load("session14_bench_decode_s4d_diag.json")  # decode: after its fix
+           if not r["case"].startswith("decode")]
+    bars(load("session14_bench_mamba1_mamba2.json") + s14
+         + load("session14_bench_decode_cached.json"), "session14_vs_peers.png",
+         "Fourteenth session (2026-11-29): flips as gathers (Mamba-1), decode, S4D, diag")
     conv = load("bench_conv.json")
     bars([r for r in conv if "sweep" not in r["case"]], "conv_vs_peer.png",
          "Conv lowering vs PyTorch eager S4D")

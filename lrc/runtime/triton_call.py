@@ -172,7 +172,7 @@ def _params_pre(prog: ScanProgram, call: Call, like: torch.Tensor) -> dict | Non
                 return None
             need.add(n.name)
         else:
-            todo += [x.name for x in n.expr.free_symbols if x.name in g]
+            todo += list(n.args)
     xs = tuple(part_view(call.tensors[g[n].arg], g[n].part) for n in sorted(need))
     versions = tuple(x._version for x in xs)
     hit = _PRE.get(id(prog))
