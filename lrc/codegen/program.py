@@ -120,7 +120,7 @@ class ScanProgram:
         return modules.load(self.source, interpret)
 
     def __getstate__(self) -> dict:  # pickled to the disk cache: without loaded kernels
-        return {k: v for k, v in self.__dict__.items() if k != "_fns"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_fns", "_pre")}
 
     def kernel_fn(self, which: str, interpret: bool):
         """The kernel `which` of the module (looked up once: every launch asks)."""

@@ -153,9 +153,6 @@ def _ann(axes):
 
     return Annotation(Role.SEQ, axes, False)
 
-_PRE: dict[int, tuple] = {}  # id(program) -> (program, Param tensors, versions, pre values)
-
-
 def _params_pre(prog: ScanProgram, call: Call, like: torch.Tensor) -> dict | None:
     """The decode kernel's inputs computed before it from Params alone (hoist_params: in
     float64, rounded once), kept from the last call while those Params are the same tensors
@@ -175,10 +172,10 @@ def _params_pre(prog: ScanProgram, call: Call, like: torch.Tensor) -> dict | Non
             todo += list(n.args)
     xs = tuple(part_view(call.tensors[g[n].arg], g[n].part) for n in sorted(need))
     versions = tuple(x._version for x in xs)
-    hit = _PRE.get(id(prog))
-    if hit is not None and hit[0] is prog and len(hit[1]) == len(xs) and all(
-            a is b for a, b in zip(hit[1], xs)) and hit[2] == versions:
-        return hit[3]
+    hit = prog.__dict__.get("_pre")  # (Param tensors, their versions, the values)
+    if hit is not None and len(hit[0]) == len(xs) and all(
+            a is b for a, b in zip(hit[0], xs)) and hit[1] == versions:
+        return hit[2]
     env = {}
     with torch.no_grad():
         for name, x in zip(sorted(need), xs):
@@ -187,9 +184,7 @@ def _params_pre(prog: ScanProgram, call: Call, like: torch.Tensor) -> dict | Non
         evaluate(g, set(part.pre), env, call.sizes, like)
         out = {n: kernel_input(prog, n, call, env, with_time=False) for n in part.pre
                if n in prog.kernel}
-    if len(_PRE) > 64:
-        _PRE.clear()
-    _PRE[id(prog)] = (prog, xs, versions, out)
+    prog.__dict__["_pre"] = (xs, versions, out)
     return out
 
 
