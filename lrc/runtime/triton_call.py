@@ -153,6 +153,7 @@ def _ann(axes):
 
     return Annotation(Role.SEQ, axes, False)
 
+
 def _params_pre(prog: ScanProgram, call: Call, like: torch.Tensor) -> dict | None:
     """The decode kernel's inputs computed before it from Params alone (hoist_params: in
     float64, rounded once), kept from the last call while those Params are the same tensors

@@ -4,6 +4,7 @@ carries; with gradients too, through the checkpoints it saves for the usual back
 specs get it, and when the no-gradient forward may run it."""
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -259,6 +260,10 @@ def test_backward_n_reads_the_state_through_its_decay():
     # back; every flip a gather (one shuffle a register), none through tl.flip's butterflies
     assert "delta_nx = tl.load" in src and "v_b0 = tl.gather(v_b0" in src
     assert "tl.flip" not in src
+    # the adjoint's carry out of a chunk by a gather at LAST; the forward keeps its masked sum
+    assert re.search(r"tl\.gather\(\w+, tl\.zeros\(\[BLOCK_d, 1\], tl\.int32\) \+ LAST_b, 1\)",
+                     src)
+    assert "tl.sum(tl.where(o_t == LAST_f" in prog.sources["forward_n"]
 
     @lrc.recurrence
     def plain_decay(x: Seq("b d t"), lam: Seq("b d t"), B: Seq("b n t"), C: Seq("b n t"),
