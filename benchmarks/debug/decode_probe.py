@@ -64,43 +64,25 @@ if __name__ == "__main__" and sys.argv[1:] != ["grid2d"]:
 
 
 def grid2d():
-    """Mamba-1's step on a 2-D grid (axis 0 the channel block, axis 1 the batch) instead of
-    one axis split by division: a hand edit of the generated source, timed at the settings of
-    main() (argv: `grid2d`)."""
+    """Mamba-1's step with the generated kernel's grid on one axis (blocks and batch taken
+    apart by division) and on two (scan_runtime.STEP_GRID2D, the default since the fifteenth
+    session), at the settings of main() (argv: `grid2d`)."""
     e = ZOO["mamba1"]
     m1 = lrc.compile(e.spec, backend="triton")
-    prog = m1.program
-    base = prog.source
-    head = base.index("def mamba1_step(")
-    old = ("pid = tl.program_id(0)\n    blk_d = pid % tl.cdiv(size_d, BLOCK_d)\n"
-           "    pid = pid // tl.cdiv(size_d, BLOCK_d)\n    i_b = (pid % size_b).to(tl.int64)\n"
-           "    pid = pid // size_b\n")
-    new = "blk_d = tl.program_id(0)\n    i_b = tl.program_id(1).to(tl.int64)\n"
-    assert base.index(old, head) > head
-    edited = base[:head] + base[head:].replace(old, new, 1)
     args = e.example(b=64, t=1, d=4096, n=16, dtype=torch.bfloat16, device=DEV)
     tok = {k: (v[..., 0] if v.dim() == 3 else v) for k, v in args.items()}
     st = torch.randn(64, 4096, 16, device=DEV)
-    real = scan_runtime.Launch.arguments
-
-    def arguments(self, consts):
-        params, consts, grid = real(self, consts)
-        if self.which == "step" and prog.source is edited:
-            nd = -(-self.sizes["d"] // consts["BLOCK_d"])
-            grid = (nd, self.sizes["b"])
-        return params, consts, grid
-    scan_runtime.Launch.arguments = arguments
     for budget in (4096, 2048, 1024, 512):
         for warps in (4, 2):
             row = []
-            for src in (base, edited):
-                prog.source = src
-                prog.__dict__.pop("_fns", None)
+            for two in (False, True):
+                scan_runtime.STEP_GRID2D = two
                 scan_runtime.BUDGET, scan_runtime.NUM_WARPS = budget, warps
                 scan_runtime._CONFIGURED.clear()
                 row.append(graphed(lambda: m1.step(**tok, state=st, inplace=True)))
             print(f"budget {budget:5d} warps {warps}: 1-D grid {row[0]:6.1f} | 2-D grid "
                   f"{row[1]:6.1f}", flush=True)
+    scan_runtime.STEP_GRID2D = True
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["grid2d"]:

@@ -29,6 +29,7 @@ from ..runtime.bind import batch_dim, from_canonical, to_canonical
 from . import conv_fft, conv_gen
 from . import conv_kernels as ck
 from ..ir.functions import Tape
+from .param_kernel import ParamKernel
 from .conv_plan import ConvNode, ConvPlan, StateForm, analyze
 
 _C64 = {True: torch.complex128, False: torch.complex64}
@@ -86,6 +87,17 @@ class Program:
             self.tapes[key] = (out, [(sym, sub) for sub, sym in parts.items()])
         return self.tapes[key]
 
+    def param_kernel(self, e: sp.Basic, cplx: tuple[bool, ...]) -> ParamKernel | None:
+        """`e` (of Params alone, inputs in sorted name order, complex as `cplx` says) as
+        generated kernels, or None where the printer has no rule for a term of it."""
+        key = (e, cplx, "kernel")
+        if key not in self.tapes:
+            try:
+                self.tapes[key] = ParamKernel(e, param_names(e), cplx, 1 + len(self.g.dims))
+            except NotImplementedError:
+                self.tapes[key] = None
+        return self.tapes[key]
+
     def tape(self, e: sp.Basic) -> Tape:
         """The compiled form of an expression the run evaluates (compiled on first use)."""
         if e not in self.tapes:
@@ -121,6 +133,10 @@ class Program:
         cat_fin = [torch.cat([f[j] for f in fins], g.annotation(a).axes.index((b,)))
                    for j, a in enumerate(g.state_args)]
         return cat_out, cat_fin
+
+
+def param_names(e: sp.Basic) -> tuple[str, ...]:
+    return tuple(sorted(s.name for s in e.free_symbols))
 
 
 class _Finals(Sequence):
@@ -208,6 +224,28 @@ class _Run:
             self.p64[name] = v
         return self.p64[name]
 
+    def param_view(self, name: str) -> torch.Tensor:
+        """A Params-only node as a generated kernel reads it: a Param in its own dtype
+        (canonical, a view where its layout allows), another node in float64."""
+        node = self.g[name]
+        if not (isinstance(node, Input) and node.role is Role.PARAM):
+            return self.param(name)
+        x = self.tensors[node.arg]
+        if node.annotation.complex and not x.is_complex():
+            x = x.to(torch.complex128)
+        return to_canonical(self.g, x, node.annotation, self.sizes, False)
+
+    def generated(self, e: sp.Basic, wide: bool) -> torch.Tensor | None:
+        """`e`, of Params alone, by its generated kernel (float64, or float32 rounded once);
+        None where it has none (then `Tape` evaluates it op by op)."""
+        key = ("param", e, wide)
+        if key not in self.cache:
+            xs = [self.param_view(n) for n in param_names(e)]
+            pk = self.prog.param_kernel(e, tuple(x.is_complex() for x in xs))
+            self.cache[key] = None if pk is None else pk(
+                xs, torch.float64 if wide else torch.float32)
+        return self.cache[key]
+
     def expr(self, e: sp.Basic, wide: bool = False) -> torch.Tensor:
         """An expression over node symbols, canonical: Params in float64 when `wide` (and then
         it may only read Params), else everything in float32 - but an expression of Params
@@ -217,9 +255,15 @@ class _Run:
         if not wide:  # the parts of Params alone: float64, rounded once
             e, parts = self.prog.hoisted(e, self.plan.params)
             for sym, sub in parts:
-                t = self.prog.tape(sub)
-                x = t({name: self.param(name) for name in t.names})
+                x = self.generated(sub, False)
+                if x is None:
+                    t = self.prog.tape(sub)
+                    x = t({name: self.param(name) for name in t.names})
                 env[sym.name] = x.to(_C64[False] if x.is_complex() else torch.float32)
+        elif not isinstance(e, sp.Symbol) and e.free_symbols:
+            v = self.generated(e, True)
+            if v is not None:
+                return v
         tape = self.prog.tape(e)
         get = self.param if wide else self.value
         v = tape({name: env[name] if name in env else get(name) for name in tape.names})
@@ -283,14 +327,22 @@ class _Run:
         pending = conv_fft.start(w, kshape, lk, real, reverse=False)
         k = self.unflat(self.kernel(cv, form, kd, lk), kd)
         k = k.to(torch.float32 if not k.is_complex() else _C64[False])
-        alpha: torch.Tensor | float = 1.0
-        if cv.alpha != 1:
+        alpha: torch.Tensor | float | complex = 1.0
+        fresh = False  # k is this call's own tensor (not a view of the generated kernel)
+        if cv.alpha.is_Number:  # a constant factor (S4D's 2 of 2 Re): no tensor for it
+            alpha = float(cv.alpha) if cv.alpha.is_real else complex(cv.alpha)
+            if alpha != 1:
+                k, fresh = k * alpha, True
+        else:
             alpha = self.last(self.expr(cv.alpha, wide=True)).to(k.dtype if real else
                                                                   _C64[False])
-            k = alpha * k
-        if cv.beta != 0:
-            onehot = (torch.arange(lk, device=k.device) == 0).to(k.dtype)  # no host copy
-            k = k + self.last(self.expr(cv.beta, wide=True)).to(k.dtype) * onehot
+            k, fresh = alpha * k, True
+        if cv.beta != 0:  # + beta delta: beta added to the kernel's first tap, in place
+            beta = self.last(self.expr(cv.beta, wide=True)).to(k.dtype)
+            rows = torch.broadcast_shapes(k.shape[:-1], beta.shape[:-1])
+            if not fresh or tuple(rows) != tuple(k.shape[:-1]):
+                k = k.expand(*rows, k.shape[-1]).clone()
+            k[..., :1] += beta
         y = pending.finish(k)
         y0 = self.initial_term(cv, form, kd)
         if y0 is not None:

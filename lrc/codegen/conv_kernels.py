@@ -36,15 +36,16 @@ def _power(ar, ai, x):
 @triton.jit
 def conv_vander_sum(la_re, la_im, w_re, w_im, out, N, L, s_la, s_w, s_o,
                     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, STEPS: tl.constexpr):
-    # out[r, l] = Re(sum_n w[r, n] a[r, n]^l) for this program's STEPS * BLOCK_L positions
+    # out[r, l] = Re(sum_n w[r, n] a[r, n]^l) for this program's STEPS * BLOCK_L positions;
+    # la and w complex (parts interleaved: n at 2 n), s_la and s_w their rows' strides
     r = tl.program_id(0).to(tl.int64)
     n = tl.arange(0, BLOCK_N)
     j = tl.arange(0, BLOCK_L)
     mn = n < N
-    ar = tl.load(la_re + r * s_la + n, mask=mn, other=0.0).to(tl.float64)
-    ai = tl.load(la_im + r * s_la + n, mask=mn, other=0.0).to(tl.float64)
-    wr = tl.load(w_re + r * s_w + n, mask=mn, other=0.0).to(tl.float32)
-    wi = tl.load(w_im + r * s_w + n, mask=mn, other=0.0).to(tl.float32)
+    ar = tl.load(la_re + r * s_la + 2 * n, mask=mn, other=0.0).to(tl.float64)
+    ai = tl.load(la_im + r * s_la + 2 * n, mask=mn, other=0.0).to(tl.float64)
+    wr = tl.load(w_re + r * s_w + 2 * n, mask=mn, other=0.0).to(tl.float32)
+    wi = tl.load(w_im + r * s_w + 2 * n, mask=mn, other=0.0).to(tl.float32)
     er, ei = _power(ar[None, :], ai[None, :], j.to(tl.float64)[:, None])  # a^j: (l, n) tile
     start = tl.program_id(1) * (STEPS * BLOCK_L)
     for step in range(STEPS):
@@ -66,8 +67,8 @@ def conv_vander_dot(la_re, la_im, x, s, N, L, R, s_la, s_x,
     n = tl.arange(0, BLOCK_N)
     j = tl.arange(0, BLOCK_L)
     mn = n < N
-    ar = tl.load(la_re + r * s_la + n, mask=mn, other=0.0).to(tl.float64)
-    ai = tl.load(la_im + r * s_la + n, mask=mn, other=0.0).to(tl.float64)
+    ar = tl.load(la_re + r * s_la + 2 * n, mask=mn, other=0.0).to(tl.float64)
+    ai = tl.load(la_im + r * s_la + 2 * n, mask=mn, other=0.0).to(tl.float64)
     er, ei = _power(ar[None, :], ai[None, :], j.to(tl.float64)[:, None])
     a0r = tl.zeros([BLOCK_N], dtype=tl.float32)
     a0i = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -266,15 +267,28 @@ def _parts(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Ten
     return x.real.contiguous(), x.imag.contiguous()
 
 
+def _interleaved(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Complex (R, N) `x` as views of its real and imaginary parts (element stride 2, what
+    the Vandermonde kernels index) and its rows' stride in reals: no copies where `x` is
+    complex with contiguous rows (a real `x` is made complex first)."""
+    if not x.is_complex():
+        x = x.to(torch.complex128)
+    x = x.resolve_conj()
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    v = torch.view_as_real(x)
+    return v[..., 0], v[..., 1], v.stride(0)
+
+
 def vander_sum(la: torch.Tensor, w: torch.Tensor, L: int) -> torch.Tensor:
     """Re(sum_n w[r, n] exp(l la[r, n])) for l < L: (R, N) complex -> (R, L) float32."""
     R, N = la.shape
-    (lr, li), (wr, wi) = _parts(la, torch.float64), _parts(w, torch.float32)
+    (lr, li, s_la), (wr, wi, s_w) = _interleaved(la), _interleaved(w)
     out = torch.empty(R, L, device=la.device, dtype=torch.float32)
     if R and L:
         bn, bl, steps, chunks = _vander_blocks(N, L)
-        _launch("conv_vander_sum", (R, chunks), la.device, lr, li, wr, wi, out, N, L, N, N, L,
-                BLOCK_N=bn, BLOCK_L=bl, STEPS=steps)
+        _launch("conv_vander_sum", (R, chunks), la.device, lr, li, wr, wi, out, N, L, s_la,
+                s_w, L, BLOCK_N=bn, BLOCK_L=bl, STEPS=steps)
     return out
 
 
@@ -283,12 +297,12 @@ def vander_dot(la: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     -> two (R, N) complex64."""
     R, N = la.shape
     L = x.shape[-1]
-    lr, li = _parts(la, torch.float64)
+    lr, li, s_la = _interleaved(la)
     x = x.float().contiguous()
     bn, bl, steps, chunks = _vander_blocks(N, L)
     s = torch.zeros(4, chunks, R, N, device=la.device, dtype=torch.float32)
     if R and N and L:
-        _launch("conv_vander_dot", (R, chunks), la.device, lr, li, x, s, N, L, R, N, L,
+        _launch("conv_vander_dot", (R, chunks), la.device, lr, li, x, s, N, L, R, s_la, L,
                 BLOCK_N=bn, BLOCK_L=bl, STEPS=steps)
     s = s.sum(1)
     return torch.complex(s[0], s[1]), torch.complex(s[2], s[3])

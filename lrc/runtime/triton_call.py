@@ -189,9 +189,11 @@ def _params_pre(prog: ScanProgram, call: Call, like: torch.Tensor) -> dict | Non
     return out
 
 
-def step(prog: ScanProgram, call: Call, states_out: dict | None = None):
+def step(prog: ScanProgram, call: Call, states_out: dict | None = None,
+         record: list | None = None):
     """One token through the decode kernel (no autograd). `states_out` maps each state node to
-    the tensor to write its new value into (the input state itself for an in-place update)."""
+    the tensor to write its new value into (the input state itself for an in-place update).
+    `record`: a list the step's FastStep is appended to (None where it does not apply)."""
     g, k, sizes, part = prog.g, prog.kernel, call.sizes, prog.part
     run_ = Launch(prog, "step", sizes, 1, call.device)
     env: dict[str, torch.Tensor] = {}
@@ -232,6 +234,8 @@ def step(prog: ScanProgram, call: Call, states_out: dict | None = None):
             run_.add(f"hT:{s}", dst, {d: dst.stride(i) for i, d in enumerate(k[s].dims)})
             news[s] = dst
     run_(HAS_H0=call.states is not None)
+    if record is not None:
+        record.append(FastStep.make(prog, call, run_, pre, kouts, states_out))
     if part.post:
         for o, axes in zip(k.outputs, k.out_axes):
             if o not in g.outputs or o in part.post:
@@ -251,6 +255,111 @@ def step(prog: ScanProgram, call: Call, states_out: dict | None = None):
     return outs, _assemble_states(g, news, sizes, call.state_dtype)
 
 __all__ = ["run", "step"]
+
+
+class FastStep:
+    """An in-place decode step replayed straight from the user's tensors: its one launch
+    recorded with each tensor argument's origin (an argument, the state, a new output, a
+    kept Param-only term of `_params_pre`) and fired again with the next call's tensors,
+    through the compiled kernel's launcher (scan_runtime.Direct): no binding, checks, sizes,
+    strides or Triton dispatch again. Layer.step keys it by the arguments' and states'
+    shapes, strides, dtypes and devices; a call whose kept Param terms are stale (another
+    Param tensor, or one updated in place) returns None and takes the full path."""
+
+    def __init__(self, run_: Launch, params: list, consts: dict, grid: tuple, kernel,
+                 holes: list, picks: dict, pre: Any, pre_args: list, outs: list):
+        self.run, self.consts, self.grid = run_, consts, grid
+        self.base = [None if isinstance(p, torch.Tensor) else p for p in params]
+        self.holes, self.picks, self.pre, self.pre_args, self.outs = holes, picks, pre, \
+            pre_args, outs
+        self.direct = None
+        if kernel is not None:
+            from .scan_runtime import Direct
+            self.direct = Direct(kernel, params, consts, holes)
+
+    @staticmethod
+    def make(prog: ScanProgram, call: Call, run_: Launch, pre: dict | None, kouts: dict,
+             states_out: dict | None) -> FastStep | None:
+        g, k = prog.g, prog.kernel
+        if prog.part.post or states_out is None or len(run_.fired) != 1:
+            return None
+        params, consts, grid = run_.fired[0]
+        users = {a: x for a, x in call.tensors.items()}
+        origin: dict[str, tuple] = {}
+        for n in k.inputs():
+            if n.role not in (Role.SEQ, Role.PARAM):
+                continue
+            if pre is not None and n.name in pre:
+                origin[f"in:{n.name}"] = ("pre", n.name)
+            else:
+                origin[f"in:{n.name}"] = ("arg", g[n.name].arg)
+        for j, o in enumerate(k.outputs):
+            origin[f"out:{o}"] = ("out", j)
+        for s in k.state_names:
+            origin[f"h0:{s}"] = origin[f"hT:{s}"] = ("state", g[s].arg)
+        holes = []
+        by_id = {id(x): key for key, (x, _) in run_.tensors.items()}
+        for i, p in enumerate(params):
+            if not isinstance(p, torch.Tensor):
+                continue
+            key = by_id.get(id(p))
+            src = origin.get(key) if key is not None else None
+            if src is None:
+                return None
+            kind, name = src
+            if kind in ("arg", "state"):  # the user's own tensor, not a copy or a part of it
+                user = users[name] if kind == "arg" else call.states[name]
+                if user.data_ptr() != p.data_ptr() or user.dtype != p.dtype:
+                    return None
+            if kind == "state" and g[key.split(":", 1)[1]].part:
+                return None
+            holes.append((i, kind, name))
+        kept = prog.__dict__.get("_pre") if pre is not None else None
+        pre_args = []
+        if kept is not None:
+            names = sorted(_pre_params(prog))
+            if any(g[n].part for n in names):  # kept as views made per call: never the same
+                return None
+            pre_args = [g[n].arg for n in names]
+        outs = [(tuple(y.shape), y.dtype) for y in (kouts[o] for o in k.outputs)]
+        fast = FastStep(run_, params, consts, grid, run_.compiled[0], holes, list(g.params),
+                        kept, pre_args, outs)
+        fast.order = [list(k.outputs).index(o) for o in g.outputs]
+        return fast
+
+    def __call__(self, args: tuple, kwargs: dict, states: dict, device) -> list | None:
+        """The new outputs (the states updated in place), or None: take the full path."""
+        vals = dict(zip(self.picks, args))
+        vals.update(kwargs)
+        if self.pre is not None:
+            prog = self.run.prog
+            kept = prog.__dict__.get("_pre")
+            if kept is not self.pre or any(
+                    vals[a] is not x or x._version != v
+                    for a, x, v in zip(self.pre_args, kept[0], kept[1])):
+                return None
+        ys = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in self.outs]
+        params = self.base.copy()
+        for i, kind, name in self.holes:
+            params[i] = (vals[name] if kind == "arg" else states[name] if kind == "state"
+                         else ys[name] if kind == "out" else self.pre[2][name])
+        if self.direct is not None and self.direct.fits(params):
+            self.direct(params, self.grid)
+        else:
+            self.run.fire(params, self.consts, self.grid)
+        return [ys[j] for j in self.order]
+
+
+def _pre_params(prog: ScanProgram) -> set[str]:
+    """The Param inputs the decode step's pre work reads (what `_params_pre` keeps terms of)."""
+    g, need, todo = prog.g, set(), list(prog.part.pre)
+    while todo:
+        n = g[todo.pop()]
+        if isinstance(n, Input):
+            need.add(n.name)
+        else:
+            todo += list(n.args)
+    return need
 
 
 class Fast:

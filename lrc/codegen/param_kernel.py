@@ -1,0 +1,251 @@
+"""An expression of Params alone as one generated kernel, and its gradients as another.
+
+The convolution lowering reads expressions of Params alone in float64 (log Abar = dt A,
+C Bbar, ...; an expression of Params inside a float32 one is computed the same way and rounded
+once). Evaluated term by term, each is a PyTorch kernel per operation forward and about twice
+that backward: S4D's forward+backward spent more host time launching them than its FFTs took
+on the GPU (issue 7). `ParamKernel` is one such expression as
+
+- a forward kernel over the broadcast shape of its inputs: each loaded by its strides (a
+  broadcast dim has stride 0) in its own dtype, widened to float64, the expression computed
+  there and the value stored once (float64 / complex128, or float32 / complex64 rounded
+  once);
+- a backward kernel: sympy's derivatives of the value's real and imaginary parts (complex
+  values split as passes/complex.py does) with respect to each input's parts, contracted with
+  the value's gradient, one float64 value per element and input; summed over the dims an
+  input is broadcast along by PyTorch afterwards (one `sum` for such an input).
+
+The gradients follow PyTorch's convention for complex tensors (d/d re + i d/d im of a real
+loss). Expressions the printer cannot write (atan2, a derivative sympy leaves unevaluated)
+raise NotImplementedError at construction; the caller then evaluates op by op (`Tape`).
+"""
+from __future__ import annotations
+
+import threading
+import sympy as sp
+import torch
+from sympy.codegen.cfunctions import expm1
+
+from ..ir.functions import is_complex, phi1
+from ..passes.complex import split
+from . import module as modules
+from .printer import HELPERS, TritonPrinter
+
+BLOCK = 256
+PHI1_SERIES = 1e-3  # |x| below which a real phi1 is its Taylor polynomial (see _stable)
+
+
+class _Printer(TritonPrinter):
+    """float64: exp as exp (no exp2 rewrite, whose log2(e) is a float32 idea), any integer
+    power as products."""
+
+    def _print_exp(self, expr) -> str:
+        return f"tl.exp({self._print(expr.args[0])})"
+
+    def _print_Pow(self, expr, rational=False) -> str:
+        e = expr.exp
+        if e.is_Integer and 1 <= abs(int(e)) <= 16:
+            b = self.parenthesize(expr.base, sp.printing.precedence.PRECEDENCE["Pow"])
+            prod = "*".join([b] * abs(int(e)))
+            return f"({prod})" if e > 0 else f"(1.0 / ({prod}))"
+        return super()._print_Pow(expr, rational)
+
+
+def _stable(e: sp.Expr) -> sp.Expr:
+    """Real phi1(x) as its Taylor polynomial where |x| < 1e-3, else expm1(x) / x: the same
+    value, and a derivative sympy can take without phi1's (e^x - phi1(x)) / x, 0/0 at 0."""
+    def rewrite(x: sp.Expr) -> sp.Expr:
+        small = sp.StrictLessThan(sp.Abs(x), PHI1_SERIES)
+        series = 1 + x / 2 + x**2 / 6 + x**3 / 24 + x**4 / 120
+        safe = x + sp.Piecewise((1, small), (0, True))
+        return sp.Piecewise((series, small), (expm1(x) / safe, True))
+    return e.replace(lambda x: isinstance(x, phi1), lambda x: rewrite(x.args[0]))
+
+
+class ParamKernel:
+    """`expr` (free symbols: node names) over inputs whose complexness `cplx` gives, in the
+    order of `names`; rank: the inputs' and the output's number of axes."""
+
+    def __init__(self, expr: sp.Basic, names: tuple[str, ...], cplx: tuple[bool, ...],
+                 rank: int):
+        self.expr, self.names, self.cplx, self.rank = expr, names, cplx, rank
+        syms = {s.name: s for s in expr.free_symbols}
+        parts: list[tuple[sp.Symbol, ...]] = []
+        real, env = {}, {}
+        for j, (name, c) in enumerate(zip(names, cplx, strict=True)):
+            if c:
+                p = (sp.Symbol(f"x{j}r", real=True), sp.Symbol(f"x{j}i", real=True))
+                env[syms[name]] = p
+            else:
+                p = (sp.Symbol(f"x{j}r", real=True),)
+                real[syms[name]] = p[0]
+            parts.append(p)
+        re, im = split(expr.xreplace(real), env)  # type: ignore[arg-type]
+        re, im = _stable(sp.sympify(re)), _stable(sp.sympify(im))
+        self.out_complex = is_complex(expr) or im != 0
+        gr, gi = sp.Symbol("gr", real=True), sp.Symbol("gi", real=True)
+        grads = [sp.diff(re, v) * gr + (sp.diff(im, v) * gi if self.out_complex else 0)
+                 for p in parts for v in p]
+        bad = [g for g in grads if g.has(sp.Derivative, sp.Subs)]
+        if bad:
+            raise NotImplementedError(f"no derivative rule in {bad[0]}")
+        value = [re, im] if self.out_complex else [re]
+        self.source = _source(parts, value, grads, rank, self.out_complex)
+        self._compiled: dict[tuple, object] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, xs: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        """The value over the broadcast shape of `xs` (each of rank `rank`), real or complex
+        in the precision of `dtype` (float64 or float32)."""
+        return _Apply.apply(self, dtype, *xs)
+
+    # ---- launches
+
+    def launch(self, which: str, xs: list[torch.Tensor], extra: list, shape) -> None:
+        """`which` ("fwd" / "bwd") over `shape`: the inputs `xs` by their strides, then
+        `extra` (the output; or the gradient, then the inputs' gradient buffers)."""
+        args: list = []
+        strides: list[int] = []
+        for x, c in zip(xs, self.cplx, strict=True):
+            args.append(torch.view_as_real(x) if c else x)
+            strides += _strides(x, shape, c)
+        M = 1
+        for s in shape:
+            M *= s
+        if which == "bwd":
+            g = extra[0]
+            args.append(torch.view_as_real(g) if self.out_complex else g)
+            strides += _strides(g, shape, self.out_complex)
+            extra = extra[1:]
+        args += [torch.view_as_real(b) if b.is_complex() else b for b in extra]
+        args += [M, *shape, *strides]
+        grid = ((M + BLOCK - 1) // BLOCK,)
+        device = xs[0].device if xs else extra[0].device
+        interpret = device.type != "cuda"
+        fn = getattr(modules.load(self.source, interpret), f"params_{which}")
+        if interpret:
+            with modules.interpreted():
+                fn[grid](*args, BLOCK=BLOCK)
+            return
+        from ..runtime.scan_runtime import Direct
+        key = (which, grid, tuple((a.dtype, a.data_ptr() % 16 == 0)
+                                  if isinstance(a, torch.Tensor) else a for a in args))
+        direct = self._compiled.get(key)
+        if direct is not None and direct.fits(args):
+            direct(args, grid)
+            return
+        kernel = fn[grid](*args, BLOCK=BLOCK, num_warps=4)
+        holes = [(i, None, None) for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+        with self._lock:
+            if len(self._compiled) > 64:
+                self._compiled.clear()
+            self._compiled[key] = Direct(kernel, args, {"BLOCK": BLOCK}, holes)
+
+
+def _strides(x: torch.Tensor, shape, cplx: bool) -> list[int]:
+    """`x`'s strides over `shape` in elements of its real view: 0 along a broadcast axis."""
+    st = torch.view_as_real(x).stride()[:-1] if cplx else x.stride()
+    return [0 if x.shape[a] == 1 else st[a] for a in range(len(shape))]
+
+
+_STORED = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+
+class _Apply(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pk: ParamKernel, dtype: torch.dtype, *xs: torch.Tensor) -> torch.Tensor:
+        xs = tuple(x.resolve_conj() for x in xs)
+        shape = torch.broadcast_shapes(*(x.shape for x in xs))
+        wide = dtype == torch.float64
+        out_dtype = ((torch.complex128 if wide else torch.complex64) if pk.out_complex
+                     else dtype)
+        out = torch.empty(shape, dtype=out_dtype, device=xs[0].device)
+        if out.numel():
+            pk.launch("fwd", list(xs), [out], shape)
+        ctx.pk, ctx.shape = pk, shape
+        ctx.save_for_backward(*xs)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        pk, shape = ctx.pk, ctx.shape
+        xs = ctx.saved_tensors
+        bufs = []
+        for x in xs:  # x's own dtype if float32 / 64 and no sum follows, else float64
+            dt = x.dtype if x.shape == shape and x.dtype in _STORED else (
+                torch.complex128 if x.is_complex() else torch.float64)
+            bufs.append(torch.empty(shape, dtype=dt, device=x.device))
+        if g.numel():
+            pk.launch("bwd", list(xs), [g.resolve_conj()] + bufs, shape)
+        out: list = [None, None]
+        for x, b, need in zip(xs, bufs, ctx.needs_input_grad[2:], strict=True):
+            if not need:
+                out.append(None)
+                continue
+            axes = [a for a in range(len(shape)) if x.shape[a] == 1 and shape[a] != 1]
+            out.append((b.sum(axes, keepdim=True) if axes else b).to(x.dtype))
+        return tuple(out)
+
+
+def _source(parts, value, grads, rank: int, out_complex: bool) -> str:
+    """The module: params_fwd (inputs, out) and params_bwd (inputs, g, one gradient each)."""
+    n_in = len(parts)
+    sizes = [f"S{a}" for a in range(rank)]
+    strides = [f"s{j}_{a}" for j in range(n_in) for a in range(rank)]
+    gstrides = [f"sg_{a}" for a in range(rank)]
+    names = {v.name: v.name for p in parts for v in p}
+    names.update(gr="gr", gi="gi")
+
+    def head() -> list[str]:
+        lines = ["    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)",
+                 "    m = i < M", "    rest = i"]
+        for a in reversed(range(rank)):
+            lines.append(f"    i{a} = rest % S{a}")
+            lines.append(f"    rest = rest // S{a}")
+        for j, p in enumerate(parts):
+            off = " + ".join(f"i{a} * s{j}_{a}" for a in range(rank)) or "0"
+            lines.append(f"    o{j} = {off}")
+            lines.append(f"    x{j}r = tl.load(x{j} + o{j}, mask=m, other=1.0).to(tl.float64)")
+            if len(p) == 2:
+                lines.append(f"    x{j}i = tl.load(x{j} + o{j} + 1, mask=m, other=0.0)"
+                             ".to(tl.float64)")
+        return lines
+
+    def body(exprs: list[sp.Expr], out: list[str]) -> list[str]:
+        subs, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("c"), optimizations=None)
+        pr = _Printer({**names, **{s.name: s.name for s, _ in subs}})
+        lines = [f"    {s.name} = {pr.doprint(e)}" for s, e in subs]
+        lines += [f"    {o} = {pr.doprint(e)} + tl.zeros([BLOCK], tl.float64)"
+                  for o, e in zip(out, reduced, strict=True)]
+        return lines
+
+    ins = [f"x{j}" for j in range(n_in)]
+    tail = ["M", *sizes]
+    fwd = [f"def params_fwd({', '.join(ins + ['out'] + tail + strides)}, BLOCK: tl.constexpr):"]
+    fwd += head()
+    fwd += body(value, ["vr", "vi"][:len(value)])
+    if out_complex:
+        fwd += ["    tl.store(out + 2 * i, vr, mask=m)",
+                "    tl.store(out + 2 * i + 1, vi, mask=m)"]
+    else:
+        fwd += ["    tl.store(out + i, vr, mask=m)"]
+
+    douts = [f"d{j}" for j in range(n_in)]
+    bwd = [f"def params_bwd({', '.join(ins + ['g'] + douts + tail + strides + gstrides)}, "
+           "BLOCK: tl.constexpr):"]
+    bwd += head()
+    og = " + ".join(f"i{a} * sg_{a}" for a in range(rank)) or "0"
+    bwd += [f"    og = {og}", "    gr = tl.load(g + og, mask=m, other=0.0).to(tl.float64)"]
+    if out_complex:
+        bwd += ["    gi = tl.load(g + og + 1, mask=m, other=0.0).to(tl.float64)"]
+    gnames = [f"d{j}{'ri'[k]}" for j, p in enumerate(parts) for k in range(len(p))]
+    bwd += body(grads, gnames)
+    for j, p in enumerate(parts):
+        if len(p) == 2:
+            bwd += [f"    tl.store(d{j} + 2 * i, d{j}r, mask=m)",
+                    f"    tl.store(d{j} + 2 * i + 1, d{j}i, mask=m)"]
+        else:
+            bwd += [f"    tl.store(d{j} + i, d{j}r, mask=m)"]
+    return ('"""Expressions of Params alone, forward and backward (lrc: codegen/param_kernel)."""\n'
+            "import triton\nimport triton.language as tl\n" + HELPERS + "\n\n@triton.jit\n"
+            + "\n".join(fwd) + "\n\n\n@triton.jit\n" + "\n".join(bwd) + "\n")
