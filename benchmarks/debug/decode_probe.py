@@ -3,7 +3,12 @@ of bench.py (B64 H80 P64 N128 state (h, p, n); B64 D4096 N16, the zoo's Mamba-1)
 in a CUDA graph, next to mamba_ssm's selective_state_update in a graph (when importable).
 
     PYTHONPATH=/tmp/site:$PWD python benchmarks/debug/decode_probe.py
-    PYTHONPATH=$PWD python benchmarks/debug/decode_probe.py grid2d   # Mamba-1's, 1-D vs 2-D grid
+    PYTHONPATH=/tmp/site:$PWD python benchmarks/debug/decode_probe.py batchloop
+
+batchloop: Mamba-1's generated step (B64 D4096 N16) hand-edited so that a program loops over
+BPP batch rows of its channel block (the Params' loads before the loop), unrolled or as a
+tl.range with NS stages, at several register budgets and warps; checked against the
+unedited kernel before timing (`cpu` as a second argument: the check alone, interpreted).
 """
 import os
 import sys
@@ -59,31 +64,94 @@ def main():
             print(f"budget {budget:5d} warps {warps}:", " | ".join(row), flush=True)
 
 
-if __name__ == "__main__" and sys.argv[1:] != ["grid2d"]:
+if __name__ == "__main__" and sys.argv[1:2] != ["batchloop"]:
     main()
 
 
-def grid2d():
-    """Mamba-1's step with the generated kernel's grid on one axis (blocks and batch taken
-    apart by division) and on two (scan_runtime.STEP_GRID2D, the default since the fifteenth
-    session), at the settings of main() (argv: `grid2d`)."""
+def batchloop_source(base: str) -> str:
+    """The step kernel looping over BPP batch rows per program (see the module docstring)."""
+    head = base.index("def mamba1_step(")
+    src = base[head:]
+    old = "    i_b = (pid % size_b).to(tl.int64)\n    pid = pid // size_b\n"
+    assert old in src
+    src = src.replace(old, "    b0 = pid * BPP\n", 1)
+    src = src.replace("    HAS_H0: tl.constexpr,\n", "    HAS_H0: tl.constexpr,\n"
+                      "    BPP: tl.constexpr,\n    NS: tl.constexpr,\n    UNROLL: tl.constexpr,\n", 1)
+    cut = src.index("\n", src.index("    ONE = tl.zeros")) + 1
+    end = src.find("\n\n\n", cut)
+    end = len(src) if end < 0 else end
+    body = src[cut:end].splitlines()
+    hoisted = [x for x in body if x.strip().split(" = ")[0] in ("D", "dt_bias", "h_new_p0")]
+    rest = [x for x in body if x not in hoisted]
+    loop = ["    if UNROLL:", "        for ib in tl.static_range(BPP):",
+            "            i_b = (b0 + ib).to(tl.int64)"]
+    loop += ["        " + x for x in rest]
+    loop += ["    else:", "        for ib in tl.range(0, BPP, num_stages=NS):",
+             "            i_b = (b0 + ib).to(tl.int64)"]
+    loop += ["        " + x for x in rest]
+    return base[:head] + src[:cut] + "\n".join(hoisted + loop) + src[end:]
+
+
+def batchloop(device=DEV):
     e = ZOO["mamba1"]
     m1 = lrc.compile(e.spec, backend="triton")
-    args = e.example(b=64, t=1, d=4096, n=16, dtype=torch.bfloat16, device=DEV)
+    prog = m1.program
+    base = prog.source
+    edited = batchloop_source(base)
+    b, d = (64, 4096) if device == DEV else (4, 96)
+    args = e.example(b=b, t=1, d=d, n=16, dtype=torch.bfloat16, device=device)
     tok = {k: (v[..., 0] if v.dim() == 3 else v) for k, v in args.items()}
-    st = torch.randn(64, 4096, 16, device=DEV)
+    st = torch.randn(b, d, 16, device=device)
+    real = scan_runtime.Launch.arguments
+    knob = {}
+
+    def arguments(self, consts):
+        params, consts, grid = real(self, consts)
+        if self.which == "step" and prog.source is edited:
+            consts = dict(consts, **knob)
+            grid = (grid[0] // knob["BPP"],)
+        return params, consts, grid
+
+    def use(src, **k):
+        prog.source = src
+        prog.__dict__.pop("_fns", None)
+        m1._fast_steps.clear()
+        scan_runtime._CONFIGURED.clear()
+        knob.clear()
+        knob.update(k)
+
+    scan_runtime.Launch.arguments = arguments
+    use(base)
+    s0 = st.clone()
+    y0, _ = m1.step(**tok, state=s0, inplace=True)
+    for bpp in (1, 2, 4):
+        for unroll in (True, False):
+            use(edited, BPP=bpp, NS=2, UNROLL=unroll)
+            s1 = st.clone()
+            y1, _ = m1.step(**tok, state=s1, inplace=True)
+            err = max(((y1.float() - y0.float()).norm() / y0.float().norm()).item(),
+                      ((s1 - s0).norm() / s0.norm()).item())
+            assert err < 1e-6, (bpp, unroll, err)
+    print("batch loop: same output and state as the generated step", flush=True)
+    if device != DEV:
+        return
     for budget in (4096, 2048, 1024, 512):
         for warps in (4, 2):
-            row = []
-            for two in (False, True):
-                scan_runtime.STEP_GRID2D = two
-                scan_runtime.BUDGET, scan_runtime.NUM_WARPS = budget, warps
-                scan_runtime._CONFIGURED.clear()
-                row.append(graphed(lambda: m1.step(**tok, state=st, inplace=True)))
-            print(f"budget {budget:5d} warps {warps}: 1-D grid {row[0]:6.1f} | 2-D grid "
-                  f"{row[1]:6.1f}", flush=True)
-    scan_runtime.STEP_GRID2D = True
+            scan_runtime.BUDGET, scan_runtime.NUM_WARPS = budget, warps
+            use(base)
+            row = [f"base {graphed(lambda: m1.step(**tok, state=st, inplace=True)):5.1f}"]
+            for bpp in (2, 4, 8):
+                for unroll, ns in ((True, 1), (False, 2), (False, 3)):
+                    use(edited, BPP=bpp, NS=ns, UNROLL=unroll)
+                    tag = f"{bpp}{'u' if unroll else f's{ns}'}"
+                    try:
+                        t = graphed(lambda: m1.step(**tok, state=st, inplace=True))
+                        row.append(f"{tag} {t:5.1f}")
+                    except Exception as err:  # noqa: BLE001 (a config that fails to compile)
+                        row.append(f"{tag} failed ({type(err).__name__})")
+            print(f"budget {budget:5d} warps {warps}: " + " ".join(row), flush=True)
+    scan_runtime.Launch.arguments = real
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["grid2d"]:
-    grid2d()
+if __name__ == "__main__" and sys.argv[1:2] == ["batchloop"]:
+    batchloop("cpu" if sys.argv[2:] == ["cpu"] else DEV)

@@ -28,7 +28,7 @@ def step_source(k: Graph, tiling: Tiling, name: str) -> tuple[str, Signature]:
         _state_ptrs(sig, k, s, "hT", "hT", False)
     for d in t.space:
         sig.params.append(("size", d, f"size_{d}"))
-    _prologue(w, t, grid2d=True)
+    _prologue(w, t)
     body = ChunkBody(k, (), vals, w, "False", "s")
     for n in k.inputs():
         if n.role in (Role.SEQ, Role.PARAM):
@@ -52,8 +52,7 @@ def step_source(k: Graph, tiling: Tiling, name: str) -> tuple[str, Signature]:
         w(f"tl.store({ident(s)}_hT_ptr + ONE + {_state_offset(t, k, s, 'hT', None)}, "
           f"{vals.full(vals[new], k[s].dims, False)}.to({ident(s)}_hT_ptr.dtype.element_ty), "
           f"mask={mask_of(t, k[s].dims, False)})", f"new {s}")
-    return _kernel(name, sig, ["HAS_H0", "GRID2D", "TC"] + [f"BLOCK_{d}" for d in t.tile],
-                   w), sig
+    return _kernel(name, sig, ["HAS_H0", "TC"] + [f"BLOCK_{d}" for d in t.tile], w), sig
 
 
 def loop_source(g: Graph, tiling: Tiling, name: str, backward=None

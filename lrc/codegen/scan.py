@@ -71,21 +71,16 @@ class Signature:
         return [p[-1] for p in self.params]
 
 
-def _prologue(w: Writer, tiling: Tiling, grid2d: bool = False) -> None:
-    """Program id -> grid indices and block offsets; tile index vectors and masks.
-
-    grid2d: the kernel takes a constexpr GRID2D; where it is set the blocks of the split dims
-    are along the launch grid's axis 0 and the grid dims along axes 1 and 2 (one each; more
-    share axis 1), not all taken apart from one axis by division and modulo (the decode
-    step, one short wave of programs: Mamba-1's B64 D4096 N16 step took 15.6-17.8 us on one
-    axis and 6.5-7.7 on two, benchmarks/debug/decode_probe.py grid2d)."""
-    if grid2d:
-        for head, two in (("if GRID2D:", True), ("else:", False)):
-            w(head)
-            _grid_indices(w.indent(), tiling, two=two)
-            w.dedent()
-    else:
-        _grid_indices(w, tiling, two=False)
+def _prologue(w: Writer, tiling: Tiling) -> None:
+    """Program id -> grid indices and block offsets; tile index vectors and masks."""
+    w("pid = tl.program_id(0)")
+    for d in reversed(tiling.tile):
+        if d in tiling.split:
+            w(f"blk_{d} = pid % tl.cdiv(size_{d}, BLOCK_{d})")
+            w(f"pid = pid // tl.cdiv(size_{d}, BLOCK_{d})")
+    for d in reversed(tiling.grid):
+        w(f"i_{d} = (pid % size_{d}).to(tl.int64)")
+        w(f"pid = pid // size_{d}")
     rank = 1 + len(tiling.tile)
     for d in tiling.tile:
         sl = ", ".join(":" if j == tiling.axis(d) else "None" for j in range(rank))
@@ -99,28 +94,6 @@ def _prologue(w: Writer, tiling: Tiling, grid2d: bool = False) -> None:
         w(f"q_{d} = tl.arange(0, BLOCK_{d})[{sl}]")
         w(f"mq_{d} = q_{d} < size_{d}")
     w(f"ONE = tl.zeros([{', '.join(['1'] * rank)}], tl.int64)  # makes any pointer a block")
-
-
-def _grid_indices(w: Writer, tiling: Tiling, two: bool) -> None:
-    """blk_d of each split dim and i_d of each grid dim from the program ids (see _prologue)."""
-    split = [d for d in tiling.tile if d in tiling.split]
-    w("pid = tl.program_id(0)")
-    for j, d in enumerate(reversed(split)):
-        if two and j == len(split) - 1:
-            w(f"blk_{d} = pid")
-        else:
-            w(f"blk_{d} = pid % tl.cdiv(size_{d}, BLOCK_{d})")
-            w(f"pid = pid // tl.cdiv(size_{d}, BLOCK_{d})")
-    grid = list(tiling.grid)
-    if two and len(grid) <= 2:
-        for axis, d in zip((1, 2), reversed(grid)):
-            w(f"i_{d} = tl.program_id({axis}).to(tl.int64)")
-        return
-    if two:
-        w("pid = tl.program_id(1)")
-    for d in reversed(grid):
-        w(f"i_{d} = (pid % size_{d}).to(tl.int64)")
-        w(f"pid = pid // size_{d}")
 
 
 def _direction(w: Writer, flag: str, tag: str) -> None:

@@ -34,7 +34,6 @@ SEGMENTS = None       # time segments of the two-level scan; None: as many as fi
 BUDGET = 4096         # register elements per value and chunk, for choosing block sizes
 NUM_WARPS = 4
 NUM_STAGES = 2
-STEP_GRID2D = True    # the decode step on a 2-D / 3-D grid (step_grid; decode_probe.py grid2d)
 CONFIG: ScanConfig | None = None  # forces one config (benchmarks/sweep_scan.py)
 TUNE = os.environ.get("LRC_TUNE", "1") != "0"  # on the GPU, time scan_tune's candidates once
                       # per shape (remembered on disk) and take the best; LRC_TUNE=0: defaults
@@ -214,10 +213,6 @@ class Launch:
         if self.chunked:
             consts["STAGES"] = self.stages
             consts["VARLEN"] = self.cu is not None
-        if self.which == "step":
-            grid = step_grid(t, self.sizes, blocks)
-            consts["GRID2D"] = len(grid) == 3
-            return params, consts, grid
         return params, consts, (grid_size(t, self.sizes, blocks) * self.n_seg,)
 
     def fire(self, params: list, consts: dict, grid: tuple):
@@ -229,21 +224,6 @@ class Launch:
             return None
         cap = {} if self.maxnreg is None else {"maxnreg": self.maxnreg}
         return fn[grid](*params, num_warps=self.warps, num_stages=self.stages, **cap, **consts)
-
-
-def step_grid(t, sizes: dict[str, int], blocks: dict[str, int]) -> tuple[int, ...]:
-    """The decode step's launch grid: (blocks of the split dims, then the grid dims on axes 1
-    and 2, or all of them on axis 1), see codegen.scan._prologue; one axis (the kernel's
-    GRID2D off) where STEP_GRID2D is off or an axis would pass CUDA's 65535."""
-    n = 1
-    for d in t.split:
-        n *= -(-sizes[d] // blocks[d])
-    g = [sizes[d] for d in t.grid]
-    if STEP_GRID2D and len(g) <= 2 and all(x <= 65535 for x in g):
-        return (n, *reversed(g), *([1] * (2 - len(g))))
-    if STEP_GRID2D and len(g) > 2 and math.prod(g) <= 65535:
-        return (n, math.prod(g), 1)
-    return (grid_size(t, sizes, blocks),)
 
 
 class Direct:
@@ -486,7 +466,7 @@ def _back_key(prog: ScanProgram, info: dict, ins, chks, grads, tc: int) -> tuple
 
 def knobs() -> tuple:
     """This module's launch settings, as a key."""
-    return CONFIG, TUNE, CHUNK, SEGMENTS, BUDGET, NUM_WARPS, NUM_STAGES, AS_GPU, STEP_GRID2D
+    return CONFIG, TUNE, CHUNK, SEGMENTS, BUDGET, NUM_WARPS, NUM_STAGES, AS_GPU
 
 
 _NO_CU: dict[torch.device, torch.Tensor] = {}

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 import lrc
-from lrc import Param, Seq, State, exp, softplus
-from lrc.runtime import scan_runtime, triton_call
+from lrc.runtime import triton_call
 from tests.conftest import rel_err
 from tests.runtime.test_step_params import B, D, N, one_step, s6
 
@@ -54,57 +53,6 @@ def test_fast_step_outputs_are_new_tensors():
     ys = [layer.step(*args, A_log, state=state, inplace=True)[0] for _ in range(3)]
     assert ys[1] is not ys[2] and ys[1].data_ptr() != ys[2].data_ptr()
     assert not torch.equal(ys[1], ys[2])  # the state moved on between the two steps
-
-
-@lrc.recurrence
-def hpn(x: Seq("b t h p"), dt: Seq("b t h p"), A: Param("h p n"), B: Seq("b t n"),
-        C: Seq("b t n"), s: State("b h p n")):
-    """selective_state_update's recurrence: grid dims b and h (two axes of the step grid)."""
-    d = softplus(dt)
-    s = exp(d * A) * s + d * B * x
-    return (C * s).sum("n"), s
-
-
-def hpn_step(x, dt, A, B, C, s):
-    d = torch.nn.functional.softplus(dt)[..., None]
-    s = torch.exp(d * A) * s + d * B[:, None, None, :] * x[..., None]
-    return (C[:, None, None, :] * s).sum(-1), s
-
-
-@pytest.mark.parametrize("two", [False, True])
-def test_step_grid_on_one_axis_and_on_several(monkeypatch, two):
-    """The step kernel's program ids taken apart by division (one axis) or read from the
-    grid's axes (GRID2D), for one grid dim (Mamba-1 style) and two (b, h)."""
-    monkeypatch.setattr(scan_runtime, "STEP_GRID2D", two)
-    layer = lrc.compile(hpn, backend="triton")
-    b, h, p, n = 3, 5, 7, 4
-    args = [torch.randn(b, h, p), torch.randn(b, h, p), -torch.rand(h, p, n),
-            torch.randn(b, n), torch.randn(b, n)]
-    state = torch.randn(b, h, p, n)
-    want_y, want = hpn_step(*(v.double() for v in args), state.double())
-    y, _ = layer.step(*args, state=state, inplace=True)
-    assert rel_err(y, want_y) <= 1e-5 and rel_err(state, want) <= 1e-5
-    layer1 = lrc.compile(s6, backend="triton")
-    A_log = torch.randn(D, N) * 0.5
-    state = torch.randn(B, D, N)
-    xs = [torch.randn(B, D), torch.randn(B, D), torch.randn(B, N), torch.randn(B, N)]
-    want_y, want = one_step(*(v.double() for v in (*xs, A_log)), state.double())
-    y, _ = layer1.step(*xs, A_log, state=state, inplace=True)
-    assert rel_err(y, want_y) <= 1e-5 and rel_err(state, want) <= 1e-5
-
-
-def test_step_grid_shapes(monkeypatch):
-    t = lrc.compile(hpn, backend="triton").program.tilings.get("step")
-    t = t or lrc.compile(hpn, backend="triton").program.tiling
-    sizes = {"b": 64, "h": 80, "p": 64, "n": 128}
-    blocks = {d: 16 for d in t.split}
-    grid = scan_runtime.step_grid(t, sizes, blocks)
-    assert len(grid) == 3 and grid[0] * grid[1] * grid[2] == \
-        scan_runtime.grid_size(t, sizes, blocks)
-    big = {d: (70000 if d in t.grid else s) for d, s in sizes.items()}
-    assert len(scan_runtime.step_grid(t, big, blocks)) == 1  # past CUDA's 65535: one axis
-    monkeypatch.setattr(scan_runtime, "STEP_GRID2D", False)
-    assert len(scan_runtime.step_grid(t, sizes, blocks)) == 1
 
 
 @pytest.mark.gpu
