@@ -64,7 +64,7 @@ def main():
             print(f"budget {budget:5d} warps {warps}:", " | ".join(row), flush=True)
 
 
-if __name__ == "__main__" and sys.argv[1:2] != ["batchloop"]:
+if __name__ == "__main__" and sys.argv[1:2] not in (["batchloop"], ["edits"]):
     main()
 
 
@@ -129,9 +129,9 @@ def batchloop(device=DEV):
             use(edited, BPP=bpp, NS=2, UNROLL=unroll)
             s1 = st.clone()
             y1, _ = m1.step(**tok, state=s1, inplace=True)
-            err = max(((y1.float() - y0.float()).norm() / y0.float().norm()).item(),
-                      ((s1 - s0).norm() / s0.norm()).item())
-            assert err < 1e-6, (bpp, unroll, err)
+            ey = ((y1.float() - y0.float()).norm() / y0.float().norm()).item()  # bf16 out
+            es = ((s1 - s0).norm() / s0.norm()).item()
+            assert ey < 1e-3 and es < 1e-5, (bpp, unroll, ey, es)
     print("batch loop: same output and state as the generated step", flush=True)
     if device != DEV:
         return
@@ -155,3 +155,69 @@ def batchloop(device=DEV):
 
 if __name__ == "__main__" and sys.argv[1:2] == ["batchloop"]:
     batchloop("cpu" if sys.argv[2:] == ["cpu"] else DEV)
+
+
+def edit_source(base: str, first: bool, i32: bool) -> str:
+    """Mamba-1's step with the state's load moved first (as selective_state_update orders
+    them) and/or the batch index kept in int32 (its offsets then int32 until the pointer)."""
+    head = base.index("def mamba1_step(")
+    src = base[head:]
+    if i32:
+        old = "    i_b = (pid % size_b).to(tl.int64)\n"
+        assert old in src
+        src = src.replace(old, "    i_b = pid % size_b\n", 1)
+    if first:
+        lines = src.split("\n")
+        at = next(i for i, x in enumerate(lines) if x.startswith("    ONE = tl.zeros"))
+        h = next(i for i, x in enumerate(lines) if x.startswith("    h_s = tl.zeros"))
+        block = lines[h:h + 3]
+        assert block[1].startswith("    if HAS_H0:"), block
+        lines = lines[:h] + lines[h + 3:]
+        lines = lines[:at + 1] + block + lines[at + 1:]
+        src = "\n".join(lines)
+    return base[:head] + src
+
+
+def edits(device=DEV):
+    e = ZOO["mamba1"]
+    m1 = lrc.compile(e.spec, backend="triton")
+    prog = m1.program
+    base = prog.source
+    b, d = (64, 4096) if device == DEV else (4, 96)
+    args = e.example(b=b, t=1, d=d, n=16, dtype=torch.bfloat16, device=device)
+    tok = {k: (v[..., 0] if v.dim() == 3 else v) for k, v in args.items()}
+    st = torch.randn(b, d, 16, device=device)
+
+    def use(src):
+        prog.source = src
+        prog.__dict__.pop("_fns", None)
+        m1._fast_steps.clear()
+        scan_runtime._CONFIGURED.clear()
+
+    variants = {(f, i): edit_source(base, f, i) for f in (False, True) for i in (False, True)}
+    use(base)
+    s0 = st.clone()
+    y0, _ = m1.step(**tok, state=s0, inplace=True)
+    for src in variants.values():
+        use(src)
+        s1 = st.clone()
+        y1, _ = m1.step(**tok, state=s1, inplace=True)
+        assert ((s1 - s0).norm() / s0.norm()).item() < 1e-5
+        assert ((y1.float() - y0.float()).norm() / y0.float().norm()).item() < 1e-3
+    print("edits: same output and state as the generated step", flush=True)
+    if device != DEV:
+        return
+    for budget in (4096, 2048, 1024, 512):
+        for warps in (4, 2):
+            scan_runtime.BUDGET, scan_runtime.NUM_WARPS = budget, warps
+            row = []
+            for (f, i), src in variants.items():
+                use(src)
+                t = graphed(lambda: m1.step(**tok, state=st, inplace=True))
+                row.append(f"{'first' if f else 'as is'}/{'i32' if i else 'i64'} {t:5.1f}")
+            print(f"budget {budget:5d} warps {warps}: " + " | ".join(row), flush=True)
+    use(base)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["edits"]:
+    edits("cpu" if sys.argv[2:] == ["cpu"] else DEV)
