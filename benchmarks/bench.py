@@ -496,6 +496,10 @@ def decode():
             peer(st)
         record(case, "mamba_ssm selective_state_update (CUDA graph)", "step",
                bench(gp.replay), 2 * st.numel() * 4)
+        # last (a profiler may slow the launches after it): each kernel's own GPU time
+        print(f"   decode1 kernel time (torch.profiler): lrc "
+              f"{device_us(lambda: layer.step(**tok, state=st, inplace=True))} us, "
+              f"selective_state_update {device_us(lambda: peer(st))} us", flush=True)
     except Exception as e:
         print("!! selective_state_update (decode1):", e)
 
