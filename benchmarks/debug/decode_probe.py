@@ -75,8 +75,8 @@ def batchloop_source(base: str) -> str:
     old = "    i_b = (pid % size_b).to(tl.int64)\n    pid = pid // size_b\n"
     assert old in src
     src = src.replace(old, "    b0 = pid * BPP\n", 1)
-    src = src.replace("    HAS_H0: tl.constexpr,\n", "    HAS_H0: tl.constexpr,\n"
-                      "    BPP: tl.constexpr,\n    NS: tl.constexpr,\n    UNROLL: tl.constexpr,\n", 1)
+    knobs = "".join(f"    {k}: tl.constexpr,\n" for k in ("BPP", "NS", "UNROLL"))
+    src = src.replace("    HAS_H0: tl.constexpr,\n", "    HAS_H0: tl.constexpr,\n" + knobs, 1)
     cut = src.index("\n", src.index("    ONE = tl.zeros")) + 1
     end = src.find("\n\n\n", cut)
     end = len(src) if end < 0 else end

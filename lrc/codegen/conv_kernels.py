@@ -15,8 +15,6 @@ values are products of the two.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import triton
 
@@ -237,15 +235,16 @@ def source() -> str:
             'import triton.language as tl\n' + body)
 
 
-def _module(device: torch.device):
-    interpret = device.type != "cuda"
-    return modules.load(source(), interpret), interpret
+_LAUNCHER: modules.Launcher | None = None
 
 
 def _launch(name: str, grid, device: torch.device, *args, **consts) -> None:
-    mod, interpret = _module(device)
-    with modules.interpreted() if interpret else nullcontext():
-        getattr(mod, name)[grid](*args, **consts)
+    """One launch (a signature seen before goes straight to the compiled kernel's launcher:
+    module.Launcher)."""
+    global _LAUNCHER
+    if _LAUNCHER is None:
+        _LAUNCHER = modules.Launcher(source())
+    _LAUNCHER(name, tuple(grid), device, list(args), **consts)
 
 
 def _pow2(n: int, lo: int = 1) -> int:

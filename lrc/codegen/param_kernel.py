@@ -21,7 +21,6 @@ raise NotImplementedError at construction; the caller then evaluates op by op (`
 """
 from __future__ import annotations
 
-import threading
 import sympy as sp
 import torch
 from sympy.codegen.cfunctions import expm1
@@ -91,8 +90,7 @@ class ParamKernel:
             raise NotImplementedError(f"no derivative rule in {bad[0]}")
         value = [re, im] if self.out_complex else [re]
         self.source = _source(parts, value, grads, rank, self.out_complex)
-        self._compiled: dict[tuple, object] = {}
-        self._lock = threading.Lock()
+        self.launcher = modules.Launcher(self.source)
 
     def __call__(self, xs: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         """The value over the broadcast shape of `xs` (each of rank `rank`), real or complex
@@ -121,25 +119,8 @@ class ParamKernel:
         args += [M, *shape, *strides]
         grid = ((M + BLOCK - 1) // BLOCK,)
         device = xs[0].device if xs else extra[0].device
-        interpret = device.type != "cuda"
-        fn = getattr(modules.load(self.source, interpret), f"params_{which}")
-        if interpret:
-            with modules.interpreted():
-                fn[grid](*args, BLOCK=BLOCK)
-            return
-        from ..runtime.scan_runtime import Direct
-        key = (which, grid, tuple((a.dtype, a.data_ptr() % 16 == 0)
-                                  if isinstance(a, torch.Tensor) else a for a in args))
-        direct = self._compiled.get(key)
-        if direct is not None and direct.fits(args):
-            direct(args, grid)
-            return
-        kernel = fn[grid](*args, BLOCK=BLOCK, num_warps=4)
-        holes = [(i, None, None) for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
-        with self._lock:
-            if len(self._compiled) > 64:
-                self._compiled.clear()
-            self._compiled[key] = Direct(kernel, args, {"BLOCK": BLOCK}, holes)
+        consts = {"BLOCK": BLOCK} if device.type != "cuda" else {"BLOCK": BLOCK, "num_warps": 4}
+        self.launcher(f"params_{which}", grid, device, args, **consts)
 
 
 def _strides(x: torch.Tensor, shape, cplx: bool) -> list[int]:

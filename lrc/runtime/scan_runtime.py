@@ -781,6 +781,8 @@ def _candidates(prog: ScanProgram, info: dict, ins, tc: int | None) -> list[Scan
     t = prog.tiling
     whole = math.prod(info["sizes"][d] for d in t.tile if d not in t.split)
     out = scan_tune.candidates(_time_inner(prog, info, ins), whole, tc, not t.tile)
+    if not t.tile and tc is None and not info.get("infer"):
+        out = scan_tune.training_rows(out)
     if _unrolling(prog, info, tc):
         if tc is not None:  # the usual backward's first config as the fallback only
             out = scan_tune.candidates_unrolled_backward(tc, info["reverse"]) + out[:1]
@@ -793,8 +795,10 @@ def _candidates(prog: ScanProgram, info: dict, ins, tc: int | None) -> list[Scan
 
 def _infer_differs(prog: ScanProgram, info: dict) -> bool | None:
     """Whether the call runs without gradients, where that changes the candidates (a
-    program with forward_n: a training forward tunes and records apart); else None."""
-    return bool(info.get("infer")) if "forward_n" in prog.sources else None
+    program with forward_n, or one row of time per program: a training forward tunes and
+    records apart); else None."""
+    return (bool(info.get("infer")) if "forward_n" in prog.sources or not prog.tiling.tile
+            else None)
 
 
 def _unrolling(prog: ScanProgram, info: dict, tc: int | None) -> bool:

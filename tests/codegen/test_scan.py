@@ -490,6 +490,52 @@ def test_tuner_picks_candidates_by_layout(tmp_path, monkeypatch):
     assert config(m1.spec, "backward", args, tc=16) == back and len(timed) == n  # disk
 
 
+def test_row_training_forward_leaves_the_backward_its_chunks(monkeypatch):
+    """One row of time per program (time contiguous, an elementwise state): a training
+    forward tries only chunks that every backward candidate's chunk is a multiple of (the
+    backward reads every k-th checkpoint); a forward without gradients tries them all, and
+    tunes apart."""
+    from lrc.codegen import chunked_tune, scan_tune
+    from lrc.runtime import scan_runtime
+
+    monkeypatch.setattr(chunked_tune, "_CACHE", {})
+    monkeypatch.setattr(scan_tune, "_CACHE", chunked_tune._CACHE)
+    monkeypatch.setattr(scan_runtime, "TUNE", True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "fake GPU")
+    monkeypatch.setattr(scan_tune, "remembered", lambda key, device: None)
+    monkeypatch.setattr(scan_tune, "remember", lambda key, device, cfg: None)
+    timed = []
+
+    def choose(key, configs, run):
+        timed.append(configs)
+        return configs[0]
+
+    monkeypatch.setattr(scan_tune, "choose", choose)
+
+    @lrc.recurrence
+    def row(x: Seq("b d t"), a: Seq("b d t"), h: State("b d")):
+        h = a * h + x
+        return h, h
+
+    prog = lrc.compile(row, backend="triton").program
+    assert not prog.tiling.tile
+    x = torch.randn(2, 3, 40)
+    names = [n.name for n in prog.kernel.inputs()]
+    for infer in (False, True):
+        info = dict(sizes={"b": 2, "d": 3}, T=40, inputs=names, device=torch.device("cuda"),
+                    reverse=False, infer=infer)
+        cfg = scan_runtime._config(prog, "forward", info, [x, x], None)
+        assert cfg == timed[-1][0]
+    training, inference = timed
+    assert inference == scan_tune.candidates(True, 1, None, True)
+    assert training and set(training) < set(inference)
+    for c in training:  # every backward candidate's chunk is a multiple of the forward's
+        assert all(r[0] % c.tc == 0 for r in scan_tune.ROW_BACKWARD)
+    back = scan_tune.candidates(True, 1, training[0].tc, True)
+    assert {b.tc for b in back} >= {r[0] for r in scan_tune.ROW_BACKWARD}
+
+
 @lrc.recurrence
 def _gated(x: Seq("b t d"), a: Seq("b t d"), h: State("b d")):
     h = a * h + x
