@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-from contextlib import nullcontext
 
 import torch
 
@@ -159,8 +158,12 @@ class Launcher:
             torch.sum(args[0], 0, out=args[1])
             return
         fn = self.prog.kernel(which, self.interpret)
-        with modules.interpreted() if self.interpret else nullcontext():
-            fn[grid](*args, **consts)
+        if self.interpret:
+            with modules.interpreted():
+                fn[grid](*args, **consts)
+            return
+        modules.launch(self.prog.__dict__.setdefault("_direct", {}), which, fn, grid, args,
+                       consts)
 
     def walk_keys(self, cfg: Config) -> dict:
         """BK and NKB of a PASS state pass (Config.wk: its keys in blocks)."""

@@ -161,14 +161,39 @@ def _warm_gluon() -> None:
 _warm_gluon()
 
 
+def launch(table: dict, name: str, fn, grid: tuple, args: list, consts: dict) -> None:
+    """`fn[grid](*args, **consts)` on the GPU the first time for an argument signature
+    (tensors' dtypes and 16-byte alignment, the other arguments themselves, the constexprs
+    and options, the grid), then straight through the compiled kernel's launcher
+    (scan_runtime.Direct), kept in `table`: Triton's dispatch binds and specializes every
+    argument on each call, tens of microseconds of host time on the GPU machine (issue 7),
+    for kernels that run in microseconds (a Param expression's) or whose calls are
+    host-bound (S4D's convolution, Mamba-2's chunked forward)."""
+    import torch
+
+    from ..runtime.scan_runtime import Direct
+
+    if any(a is None for a in args):  # a None is specialized away: Triton's own path
+        fn[grid](*args, **consts)
+        return
+    key = (name, grid, tuple(sorted(consts.items())),
+           tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a
+                 for a in args))
+    direct = table.get(key)
+    if direct is not None and direct.fits(args):
+        direct(args, grid)
+        return
+    kernel = fn[grid](*args, **consts)
+    holes = [(i, None, None) for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    with _LOCK:
+        if len(table) > 256:
+            table.clear()
+        table[key] = Direct(kernel, args, consts, holes)
+
+
 class Launcher:
-    """Launches of the kernels of one generated module: under the interpreter on CPU tensors;
-    on the GPU through Triton's `fn[grid](...)` the first time for an argument signature
-    (tensors' dtypes and 16-byte alignment, the integers themselves, the constexprs, the
-    grid), then straight through the compiled kernel's launcher (scan_runtime.Direct):
-    Triton's dispatch binds and specializes every argument on each call, tens of
-    microseconds of host time on the GPU machine (issue 7), for kernels that run in
-    microseconds (a Param expression's) or whose call is host-bound (S4D's convolution)."""
+    """Launches of the kernels of one generated module: under the interpreter on CPU tensors,
+    on the GPU through `launch` (direct after the first call with a signature)."""
 
     def __init__(self, source: str):
         self.source = source
@@ -181,20 +206,4 @@ class Launcher:
             with interpreted():
                 fn[grid](*args, **consts)
             return
-        import torch
-
-        from ..runtime.scan_runtime import Direct
-
-        key = (name, grid, tuple(sorted(consts.items())),
-               tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a
-                     for a in args))
-        direct = self._direct.get(key)
-        if direct is not None and direct.fits(args):
-            direct(args, grid)
-            return
-        kernel = fn[grid](*args, **consts)
-        holes = [(i, None, None) for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
-        with _LOCK:
-            if len(self._direct) > 256:
-                self._direct.clear()
-            self._direct[key] = Direct(kernel, args, consts, holes)
+        launch(self._direct, name, fn, tuple(grid), args, consts)

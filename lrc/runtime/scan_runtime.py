@@ -130,7 +130,12 @@ class Launch:
         self.tiling = prog.tilings.get(which, prog.tiling)
         self.device, self.cu = device, cu
         self.interpret = device.type != "cuda" and AS_GPU is None
-        self.programs = 1 if self.interpret else 4 * _sm_count(device)
+        # programs to fill the GPU with: the decode step is one short wave bound by memory
+        # latency, where twice the programs of half the tile took 15.1-15.6 us against
+        # 17.1-17.8 (Mamba-1's B64 D4096 N16 step, a CUDA graph after an L2 flush: tiles of
+        # 128 x 16 against 256 x 16; session 15, decode_probe.py)
+        self.programs = 1 if self.interpret else (8 if which == "step" else 4) * _sm_count(
+            device)
         self.chunked = which != "step" and prog.mode == "scan"
         self.tensors: dict[str, tuple[torch.Tensor, dict]] = {}
         self.fired: list[tuple[list, dict, tuple]] = []  # (arguments, constexprs, grid)
