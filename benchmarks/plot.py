@@ -113,11 +113,12 @@ if __name__ == "__main__":
     bars(load("session14_bench_mamba1_mamba2.json") + s14
          + load("session14_bench_decode_cached.json"), "session14_vs_peers.png",
          "Fourteenth session (2026-11-29): flips as gathers (Mamba-1), decode, S4D, diag")
-    s15 = [r for r in load("session15_bench_mamba1_decode_diag_s4d.json")  # decode: own run
-           if not r["case"].startswith("decode")]
-    s15c = [r for r in load("session15_bench_conv.json")
+    s15 = [r for r in load("session15_bench_mamba1_decode_diag_s4d.json")  # mamba1, s4d
+           if r["case"].startswith(("mamba1", "s4d"))]
+    s15c = [r for r in load("session15_bench_conv_final.json")
             if r.get("mode") in ("fwd", "fwdbwd") and not r["impl"].startswith("  ")]
-    bars(s15 + load("session15_bench_decode.json") + load("session15_bench_mamba2.json") + s15c,
+    bars(s15 + load("session15_bench_diag_final.json") + load("session15_bench_decode_final.json")
+         + load("session15_bench_mamba2.json") + s15c,
          "session15_vs_peers.png",
          "Fifteenth session (2026-11-29): Param kernels (S4D conv), replayed decode step")
     conv = load("bench_conv.json")
