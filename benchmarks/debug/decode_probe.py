@@ -68,6 +68,28 @@ if __name__ == "__main__" and sys.argv[1:2] not in (["batchloop"], ["edits"]):
     main()
 
 
+# (register budget per value, warps) of the hand-edited steps' timings
+SETTINGS = [(b, w) for b in (4096, 2048, 1024, 512) for w in (4, 2)]
+
+
+def settings(what: str, device):
+    """After a probe's check: say it passed; on the GPU set and yield each of SETTINGS."""
+    print(f"{what}: same output and state as the generated step", flush=True)
+    if device != DEV:
+        return
+    for budget, warps in SETTINGS:
+        scan_runtime.BUDGET, scan_runtime.NUM_WARPS = budget, warps
+        yield budget, warps
+
+
+def same_step(layer, tok: dict, st, y0, s0) -> None:
+    """`layer`'s step from state `st` (copied) gives output y0 (bf16: 1e-3) and state s0."""
+    s1 = st.clone()
+    y1, _ = layer.step(**tok, state=s1, inplace=True)
+    assert ((s1 - s0).norm() / s0.norm()).item() < 1e-5
+    assert ((y1.float() - y0.float()).norm() / y0.float().norm()).item() < 1e-3
+
+
 def batchloop_source(base: str) -> str:
     """The step kernel looping over BPP batch rows per program (see the module docstring)."""
     head = base.index("def mamba1_step(")
@@ -122,34 +144,24 @@ def batchloop(device=DEV):
 
     scan_runtime.Launch.arguments = arguments
     use(base)
-    s0 = st.clone()
-    y0, _ = m1.step(**tok, state=s0, inplace=True)
+    y0, s0 = m1.step(**tok, state=st.clone(), inplace=True)
     for bpp in (1, 2, 4):
         for unroll in (True, False):
             use(edited, BPP=bpp, NS=2, UNROLL=unroll)
-            s1 = st.clone()
-            y1, _ = m1.step(**tok, state=s1, inplace=True)
-            ey = ((y1.float() - y0.float()).norm() / y0.float().norm()).item()  # bf16 out
-            es = ((s1 - s0).norm() / s0.norm()).item()
-            assert ey < 1e-3 and es < 1e-5, (bpp, unroll, ey, es)
-    print("batch loop: same output and state as the generated step", flush=True)
-    if device != DEV:
-        return
-    for budget in (4096, 2048, 1024, 512):
-        for warps in (4, 2):
-            scan_runtime.BUDGET, scan_runtime.NUM_WARPS = budget, warps
-            use(base)
-            row = [f"base {graphed(lambda: m1.step(**tok, state=st, inplace=True)):5.1f}"]
-            for bpp in (2, 4, 8):
-                for unroll, ns in ((True, 1), (False, 2), (False, 3)):
-                    use(edited, BPP=bpp, NS=ns, UNROLL=unroll)
-                    tag = f"{bpp}{'u' if unroll else f's{ns}'}"
-                    try:
-                        t = graphed(lambda: m1.step(**tok, state=st, inplace=True))
-                        row.append(f"{tag} {t:5.1f}")
-                    except Exception as err:  # noqa: BLE001 (a config that fails to compile)
-                        row.append(f"{tag} failed ({type(err).__name__})")
-            print(f"budget {budget:5d} warps {warps}: " + " ".join(row), flush=True)
+            same_step(m1, tok, st, y0, s0)
+    for budget, warps in settings("batch loop", device):
+        use(base)
+        row = [f"base {graphed(lambda: m1.step(**tok, state=st, inplace=True)):5.1f}"]
+        for bpp in (2, 4, 8):
+            for unroll, ns in ((True, 1), (False, 2), (False, 3)):
+                use(edited, BPP=bpp, NS=ns, UNROLL=unroll)
+                tag = f"{bpp}{'u' if unroll else f's{ns}'}"
+                try:
+                    t = graphed(lambda: m1.step(**tok, state=st, inplace=True))
+                    row.append(f"{tag} {t:5.1f}")
+                except Exception as err:  # noqa: BLE001 (a config that fails to compile)
+                    row.append(f"{tag} failed ({type(err).__name__})")
+        print(f"budget {budget:5d} warps {warps}: " + " ".join(row), flush=True)
     scan_runtime.Launch.arguments = real
 
 
@@ -196,26 +208,17 @@ def edits(device=DEV):
 
     variants = {(f, i): edit_source(base, f, i) for f in (False, True) for i in (False, True)}
     use(base)
-    s0 = st.clone()
-    y0, _ = m1.step(**tok, state=s0, inplace=True)
+    y0, s0 = m1.step(**tok, state=st.clone(), inplace=True)
     for src in variants.values():
         use(src)
-        s1 = st.clone()
-        y1, _ = m1.step(**tok, state=s1, inplace=True)
-        assert ((s1 - s0).norm() / s0.norm()).item() < 1e-5
-        assert ((y1.float() - y0.float()).norm() / y0.float().norm()).item() < 1e-3
-    print("edits: same output and state as the generated step", flush=True)
-    if device != DEV:
-        return
-    for budget in (4096, 2048, 1024, 512):
-        for warps in (4, 2):
-            scan_runtime.BUDGET, scan_runtime.NUM_WARPS = budget, warps
-            row = []
-            for (f, i), src in variants.items():
-                use(src)
-                t = graphed(lambda: m1.step(**tok, state=st, inplace=True))
-                row.append(f"{'first' if f else 'as is'}/{'i32' if i else 'i64'} {t:5.1f}")
-            print(f"budget {budget:5d} warps {warps}: " + " | ".join(row), flush=True)
+        same_step(m1, tok, st, y0, s0)
+    for budget, warps in settings("edits", device):
+        row = []
+        for (f, i), src in variants.items():
+            use(src)
+            t = graphed(lambda: m1.step(**tok, state=st, inplace=True))
+            row.append(f"{'first' if f else 'as is'}/{'i32' if i else 'i64'} {t:5.1f}")
+        print(f"budget {budget:5d} warps {warps}: " + " | ".join(row), flush=True)
     use(base)
 
 

@@ -432,16 +432,13 @@ def test_params_only_node_constant_along_a_dim():
     assert rel_err(y, y2) <= FWD and rel_err(hT, want) <= FWD
 
 
-def test_tuner_picks_candidates_by_layout(tmp_path, monkeypatch):
-    """What the GPU path of the tuner does, with the GPU faked: the candidate set follows the
-    layout of the first Seq input (time contiguous or channels contiguous) and the state's
-    whole dims; the backward keeps the forward's chunk (Mamba-1's backward_n a multiple of
-    it); a tuned shape is timed once, then found in memory, then on disk by a new
-    process."""
+def _fake_tuner(monkeypatch, cache_dir) -> list:
+    """The tuner's GPU path with the GPU faked: `choose` records each list of candidates it is
+    given (returned) and takes the first; tuned configs go to `cache_dir` on disk."""
     from lrc.codegen import chunked_tune, scan_tune
     from lrc.runtime import scan_runtime
 
-    monkeypatch.setenv("LRC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("LRC_CACHE_DIR", str(cache_dir))
     monkeypatch.setattr(chunked_tune, "_CACHE", {})
     monkeypatch.setattr(scan_tune, "_CACHE", chunked_tune._CACHE)
     monkeypatch.setattr(scan_runtime, "TUNE", True)
@@ -455,6 +452,19 @@ def test_tuner_picks_candidates_by_layout(tmp_path, monkeypatch):
         return configs[0]
 
     monkeypatch.setattr(scan_tune, "choose", choose)
+    return timed
+
+
+def test_tuner_picks_candidates_by_layout(tmp_path, monkeypatch):
+    """What the GPU path of the tuner does, with the GPU faked: the candidate set follows the
+    layout of the first Seq input (time contiguous or channels contiguous) and the state's
+    whole dims; the backward keeps the forward's chunk (Mamba-1's backward_n a multiple of
+    it); a tuned shape is timed once, then found in memory, then on disk by a new
+    process."""
+    from lrc.codegen import chunked_tune, scan_tune
+    from lrc.runtime import scan_runtime
+
+    timed = _fake_tuner(monkeypatch, tmp_path)
 
     @lrc.recurrence
     def diag(x: Seq("b t d"), a: Seq("b t d"), h: State("b d")):
@@ -490,28 +500,15 @@ def test_tuner_picks_candidates_by_layout(tmp_path, monkeypatch):
     assert config(m1.spec, "backward", args, tc=16) == back and len(timed) == n  # disk
 
 
-def test_row_training_forward_leaves_the_backward_its_chunks(monkeypatch):
+def test_row_training_forward_leaves_the_backward_its_chunks(monkeypatch, tmp_path):
     """One row of time per program (time contiguous, an elementwise state): a training
     forward tries only chunks that every backward candidate's chunk is a multiple of (the
     backward reads every k-th checkpoint); a forward without gradients tries them all, and
     tunes apart."""
-    from lrc.codegen import chunked_tune, scan_tune
+    from lrc.codegen import scan_tune
     from lrc.runtime import scan_runtime
 
-    monkeypatch.setattr(chunked_tune, "_CACHE", {})
-    monkeypatch.setattr(scan_tune, "_CACHE", chunked_tune._CACHE)
-    monkeypatch.setattr(scan_runtime, "TUNE", True)
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "fake GPU")
-    monkeypatch.setattr(scan_tune, "remembered", lambda key, device: None)
-    monkeypatch.setattr(scan_tune, "remember", lambda key, device, cfg: None)
-    timed = []
-
-    def choose(key, configs, run):
-        timed.append(configs)
-        return configs[0]
-
-    monkeypatch.setattr(scan_tune, "choose", choose)
+    timed = _fake_tuner(monkeypatch, tmp_path)
 
     @lrc.recurrence
     def row(x: Seq("b d t"), a: Seq("b d t"), h: State("b d")):
