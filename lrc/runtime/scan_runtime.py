@@ -876,12 +876,16 @@ def evaluate(g: Graph, names, env: dict[str, torch.Tensor], sizes: dict[str, int
             env[n.name] = v.to(torch.complex64 if v.is_complex() else torch.float32)
 
 
-def canonical_inputs(g: Graph, call: Call, dtype: torch.dtype, with_time: bool = True
-                     ) -> dict[str, torch.Tensor]:
-    """The graph's Seq/Param inputs as canonical tensors (for pre/post work in PyTorch)."""
+def canonical_inputs(g: Graph, call: Call, dtype: torch.dtype, with_time: bool = True,
+                     readers=None) -> dict[str, torch.Tensor]:
+    """The graph's Seq/Param inputs as canonical tensors (for pre/post work in PyTorch); with
+    `readers` (node names) only those inputs the nodes read: the others go to the kernels
+    as given, and a float32 copy of each (Mamba-1's u, delta and z when only exp(A_log) is
+    pre work) would be ~1 GB of traffic a call at the reference shape."""
+    read = None if readers is None else {a for n in readers for a in g[n].args}
     out = {}
     for node in g.inputs():
-        if node.role in (Role.SEQ, Role.PARAM):
+        if node.role in (Role.SEQ, Role.PARAM) and (read is None or node.name in read):
             x = part_view(call.tensors[node.arg], node.part)
             ann = node.annotation
             out[node.name] = to_canonical(g, x.to(dtype), ann, call.sizes, with_time)

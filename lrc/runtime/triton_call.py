@@ -108,7 +108,7 @@ def _run(prog: ScanProgram, call: Call, tensors, states, T: int, varlen=None,
     env: dict[str, torch.Tensor] = {}
     like = next(iter(tensors.values()))
     if part.pre or part.post:
-        env = canonical_inputs(g, sub, torch.float32)
+        env = canonical_inputs(g, sub, torch.float32, readers=(*part.pre, *part.post))
         evaluate(g, set(part.pre), env, sizes, like)
     names = [n.name for n in k.inputs() if n.role in (Role.SEQ, Role.PARAM)]
     ins = [kernel_input(prog, n, sub, env) for n in names]
@@ -200,7 +200,8 @@ def step(prog: ScanProgram, call: Call, states_out: dict | None = None,
     like = next(iter(call.tensors.values()))
     pre = _params_pre(prog, call, like) if part.pre and not part.post else None
     if pre is None and (part.pre or part.post):
-        env = canonical_inputs(g, call, torch.float32, with_time=False)
+        env = canonical_inputs(g, call, torch.float32, with_time=False,
+                               readers=(*part.pre, *part.post))
         evaluate(g, set(part.pre), env, sizes, like)
     for n in k.inputs():
         if n.role in (Role.SEQ, Role.PARAM):

@@ -53,3 +53,27 @@ def test_step_keeps_param_terms_until_they_change(monkeypatch):
     assert len(runs) == 2
     check(A_log.clone())  # another tensor, same values
     assert len(runs) == 3
+
+
+def test_pre_work_converts_only_the_inputs_it_reads(monkeypatch):
+    """Pre work (here exp(A_log), float64 then float32) gets canonical float32 copies of the
+    inputs it reads alone; the Seq inputs go to the kernels as given. Counted by the copies
+    made, and the call still matches the plain loop."""
+    from lrc.runtime import scan_runtime
+
+    layer = lrc.compile(s6, backend="triton")
+    made = []
+    real = scan_runtime.to_canonical
+    monkeypatch.setattr(scan_runtime, "to_canonical",
+                        lambda g, x, ann, *a: (made.append(ann.role), real(g, x, ann, *a))[1])
+    T = 5
+    x, g = torch.randn(B, T, D), torch.randn(B, T, D)
+    Bm, C = torch.randn(B, T, N), torch.randn(B, T, N)
+    A_log = torch.randn(D, N) * 0.5
+    y = layer(x, g, Bm, C, A_log)
+    assert made and all(r.value == "Param" for r in made)  # A_log's copy, no Seq copies
+    h = torch.zeros(B, D, N, dtype=torch.float64)
+    for t in range(T):
+        want, h = one_step(*(v.double() for v in (x[:, t], g[:, t], Bm[:, t], C[:, t])),
+                           A_log.double(), h)
+        assert rel_err(y[:, t], want) <= 1e-5
