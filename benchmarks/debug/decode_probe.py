@@ -64,7 +64,7 @@ def main():
             print(f"budget {budget:5d} warps {warps}:", " | ".join(row), flush=True)
 
 
-if __name__ == "__main__" and sys.argv[1:2] not in (["batchloop"], ["edits"]):
+if __name__ == "__main__" and sys.argv[1:2] not in (["batchloop"], ["edits"], ["order"]):
     main()
 
 
@@ -224,3 +224,83 @@ def edits(device=DEV):
 
 if __name__ == "__main__" and sys.argv[1:2] == ["edits"]:
     edits("cpu" if sys.argv[2:] == ["cpu"] else DEV)
+
+
+
+def order(device=DEV):
+    """The generated step with ORDER on (the state's loads first, per-channel inputs held
+    back until it arrives: loop._after_state), off, and as tuned (scan_runtime.step_order),
+    at several tiles, each in a CUDA graph, alternating with mamba_ssm's
+    selective_state_update in a graph; the decode_hpn shape at the end."""
+    e = ZOO["mamba1"]
+    m1 = lrc.compile(e.spec, backend="triton")
+    b, d = (64, 4096) if device == DEV else (4, 96)
+    args = e.example(b=b, t=1, d=d, n=16, dtype=torch.bfloat16, device=device)
+    tok = {k: (v[..., 0] if v.dim() == 3 else v) for k, v in args.items()}
+    st = torch.randn(b, d, 16, device=device)
+    real = scan_runtime.Launch.arguments
+    knob = {}
+
+    def arguments(self, consts):
+        params, consts, grid = real(self, consts)
+        if self.which == "step":
+            consts = dict(consts, ORDER=knob.get("order", consts["ORDER"]))
+            self.maxnreg = knob.get("maxnreg")
+        return params, consts, grid
+
+    scan_runtime.Launch.arguments = arguments
+
+    def use(**k):
+        m1._fast_steps.clear()
+        scan_runtime._CONFIGURED.clear()
+        knob.clear()
+        knob.update(k)
+
+    variants = {"order": dict(order=True), "no-order": dict(order=False), "tuned": {}}
+    use(order=False)
+    y0, s0 = m1.step(**tok, state=st.clone(), inplace=True)
+    for k in variants.values():
+        use(**k)
+        same_step(m1, tok, st, y0, s0)
+    print("order: same output and state as the step without the hold", flush=True)
+    if device != DEV:
+        scan_runtime.Launch.arguments = real
+        return
+    from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+    A1 = -torch.exp(tok["A_log"].float())
+    D1, db1 = tok["D"].float(), tok["dt_bias"].float()
+    peer = graphed_fn(lambda: selective_state_update(st, tok["u"], tok["dt"], A1, tok["B"],
+                                                     tok["C"], D1, None, db1, dt_softplus=True))
+    for budget, warps in ((4096, 4), (1024, 4), (512, 4), (4096, 8)):
+        scan_runtime.BUDGET, scan_runtime.NUM_WARPS = budget, warps
+        graphs = {}
+        for name, k in variants.items():
+            use(**k)
+            graphs[name] = graphed_fn(lambda: m1.step(**tok, state=st, inplace=True))
+        for rnd in range(3):
+            row = [f"peer {bench(peer.replay) * 1e3:5.2f}"]
+            row += [f"{n} {bench(g.replay) * 1e3:5.2f}" for n, g in graphs.items()]
+            print(f"budget {budget:5d} warps {warps} round {rnd}: " + " | ".join(row), flush=True)
+    scan_runtime.BUDGET, scan_runtime.NUM_WARPS = 4096, 4
+    for name, fn in shapes():
+        if name.startswith("H80"):
+            for k in (dict(order=True), dict(order=False), {}):
+                use(**k)
+                print(f"{name} {k or 'tuned'}: {graphed(fn):6.2f}", flush=True)
+    scan_runtime.Launch.arguments = real
+
+
+def graphed_fn(fn):
+    g, s = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    with torch.cuda.graph(g):
+        fn()
+    return g
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["order"]:
+    order("cpu" if sys.argv[2:] == ["cpu"] else DEV)

@@ -54,6 +54,18 @@ def _sech(x):
 
 
 @triton.jit
+def _first(a, b):
+    return a
+
+
+@triton.jit
+def _after(x, y):
+    # x, with a data dependency on y: prmt with selector 0x3210 returns x's four bytes
+    return tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x3210;", "=r,r,r", [x, y],
+                                     dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
 def _phi1(x):
     # (exp(x) - 1) / x with phi1(0) = 1
     return tl.where(tl.abs(x) < 1e-6, 1.0 + 0.5 * x, _expm1(x) / tl.where(x == 0.0, 1.0, x))

@@ -150,6 +150,7 @@ class Launch:
                CHUNK, BUDGET, NUM_WARPS, NUM_STAGES)
         hit = _CONFIGURED.get(key)
         self.maxnreg = config.maxnreg if config else None
+        self.order = config.order if config else False
         self.loop = config.loop if config else 0
         if hit is not None and hit[0] is prog:
             self.tc, blocks, self.warps, self.stages, self.n_seg, self.seg_len = hit[1:]
@@ -210,6 +211,8 @@ class Launch:
                 extra = {"T": self.T, "N_SEG": self.n_seg, "SEG_LEN": self.seg_len}
                 params.append(extra[p[1]] if p[1] in extra else self.sizes[p[1]])
         consts = dict(consts, TC=self.tc, **{f"BLOCK_{d}": b for d, b in blocks.items()})
+        if self.which == "step":  # the tuned load order (loop._after_state), inline assembly
+            consts["ORDER"] = self.order and not self.interpret
         if t.unroll is not None:  # nothing to mask: whole chunks, the unrolled dim's size
             consts["EVEN"] = (self.cu is None and self.T % self.tc == 0
                               and blocks[t.unroll] == self.sizes[t.unroll]
@@ -754,6 +757,40 @@ def _config(prog: ScanProgram, which: str, info: dict, ins, launch, tc: int | No
     best = scan_tune.choose(key, _candidates(prog, info, ins, tc), _kernels_only(launch))
     scan_tune.remember(key, device, best)
     return best
+
+
+def step_order(run: Launch) -> None:
+    """Set the decode step's load order (ORDER, loop._after_state): on the GPU with TUNE, the
+    faster of the two for this shape, timed once (do_bench, L2 flushed before each run: the
+    state cold, as between the tokens of a model's layers) on scratch outputs, so the
+    timing runs leave the caller's state and outputs alone; remembered on disk like the
+    scan's configs. Without timing (the interpreter, LRC_TUNE=0, inside a CUDA-graph
+    capture before any eager step): the order chosen earlier, else the inputs' loads first."""
+    if run.interpret or AS_GPU is not None:
+        return
+    key = (run.prog.source, "step", tuple(run.sizes.items()),
+           tuple((k, x.dtype, x.stride()) for k, (x, _) in sorted(run.tensors.items())))
+    done = scan_tune.chosen(key)
+    device = torch.cuda.get_device_name(run.device)
+    if done is None and TUNE:
+        done = scan_tune.remembered(key, device)
+    if done is None and TUNE and not torch.cuda.is_current_stream_capturing():
+        kept = dict(run.tensors)
+        for k, (x, st) in kept.items():
+            if k.startswith(("out:", "hT:")):
+                run.tensors[k] = (torch.empty_strided(x.shape, x.stride(), dtype=x.dtype,
+                                                      device=x.device), st)
+
+        def fire(cfg: ScanConfig) -> None:
+            run.order = cfg.order
+            run.fire(*run.arguments({"HAS_H0": True}))
+        try:
+            done = scan_tune.choose(key, [ScanConfig(1, order=False), ScanConfig(1, order=True)],
+                                    fire)
+        finally:
+            run.tensors = kept
+        scan_tune.remember(key, device, done)
+    run.order = done.order if done is not None else False
 
 
 def _kernels_only(launch):

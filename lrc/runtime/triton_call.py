@@ -16,7 +16,7 @@ from .bind import batch_dim, from_canonical, to_canonical
 from .call import Call
 from .scan_runtime import (_BACK_REPLAYS, Launch, ScanFunction, _back_key, canonical_inputs,
                            dim_strides, dims_to_layout, evaluate, input_grads, kernel_input,
-                           part_view)
+                           part_view, step_order)
 
 
 def _to_user_state(x: torch.Tensor, g: Graph, s: str, sizes: dict[str, int]) -> torch.Tensor:
@@ -234,6 +234,8 @@ def step(prog: ScanProgram, call: Call, states_out: dict | None = None,
                               device=call.device)
             run_.add(f"hT:{s}", dst, {d: dst.stride(i) for i, d in enumerate(k[s].dims)})
             news[s] = dst
+    if call.states is not None:
+        step_order(run_)
     run_(HAS_H0=call.states is not None)
     if record is not None:
         record.append(FastStep.make(prog, call, run_, pre, kouts, states_out))

@@ -11,6 +11,7 @@ import torch
 import lrc
 from lrc.codegen import aot, chunked_tune
 from lrc.zoo import ZOO
+from tests.zoo.test_registry import is_seq, time_axis
 
 pytest.importorskip("triton.backends.nvidia.compiler")
 
@@ -133,3 +134,33 @@ def test_spills_are_read_from_the_stack_frame():
     regs, spills = usage(8192)
     assert regs > 0 and spills > 0
     assert usage(128)[1] == 0
+
+
+STEP_SPECS = ["mamba1", "mamba2", "s4d_zoh", "lru", "rglru", "rwkv6", "gla", "retnet", "rwkv4",
+              "h3"]
+
+
+@pytest.mark.parametrize("name", STEP_SPECS)
+@pytest.mark.parametrize("order", [False, True])
+def test_step_kernels_compile_for_the_h200(name, order, monkeypatch):
+    """The decode step as the GPU launches it, in both load orders (ORDER, the tuner's
+    choice): on, its inline assembly (the inputs held back until the state has arrived,
+    loop._after_state), which the interpreter cannot run, compiles with ptxas for sm_90.
+    Mamba-1's per-channel inputs take the dependency."""
+    from lrc.runtime import triton_call
+
+    monkeypatch.setattr(triton_call, "step_order", lambda run: setattr(run, "order", order))
+    e = ZOO[name]
+    kern = lrc.compile(e.spec, backend="triton")
+    args = e.example(b=2, t=3, **SIZES.get(name, {}))
+    _, state = lrc.compile(e.spec, backend="reference")(**args, return_final_state=True)
+    tok = {k: (v.select(time_axis(e, k), 0) if is_seq(e, k) else v) for k, v in args.items()}
+    with aot.recording(as_gpu=132, compile=True) as launches:
+        kern.step(**tok, state=state)
+    steps = [r for r in launches if r.name.endswith(".step")]
+    assert steps and all(r.consts["ORDER"] is order and r.consts["HAS_H0"] for r in steps)
+    assert all(r.compiled.ok and r.compiled.fits and 0 < r.compiled.regs <= 255 for r in steps)
+    if name == "mamba1":
+        src = kern.program.source
+        for v in ("u", "dt", "D", "dt_bias"):
+            assert f"        {v} = _after({v}, h_s_first)" in src

@@ -120,6 +120,41 @@ def test_step_after_prefill(name):
             assert rel_err(a, full.select(oax, i)) <= FWD
 
 
+def wide(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.complex128 if x.is_complex() else torch.float64)
+
+
+def step_check(name: str, dtype: torch.dtype, device: str, b: int) -> None:
+    """Three in-place steps from a random state: outputs and new states against the float64
+    reference's steps on the same (rounded) inputs."""
+    entry = ZOO[name]
+    kern, ref = layers(name)
+    t = entry.spec.graph.time
+    seq = {n.arg: list(n.annotation.axes).index((t,)) for n in
+           entry.spec.graph.inputs(lrc.ir.Role.SEQ)}
+    args = {k: v.to(dtype) if v.is_floating_point() else v
+            for k, v in entry.example(b=b, t=3, dtype=torch.float32, device=device).items()}
+    state = tuple(torch.randn_like(x) for x in
+                  as_tuple(entry.initial_state(b=b, dtype=torch.float32, device=device)))
+    want = tuple(wide(x) for x in state)
+    tol = BF16 if dtype == torch.bfloat16 else FWD
+    one = lambda xs: xs if len(xs) > 1 else xs[0]
+    for i in range(3):
+        tok = {k: (v.select(seq[k], i) if k in seq else v) for k, v in args.items()}
+        y, _ = kern.step(**tok, state=one(state), inplace=True)
+        y2, want = ref.step(**{k: wide(v) for k, v in tok.items()}, state=one(want))
+        want = as_tuple(want)
+        for a, e in zip(as_tuple(y), as_tuple(y2), strict=True):
+            assert rel_err(a, e) <= tol
+    for a, e in zip(state, want, strict=True):
+        assert rel_err(a, e) <= tol
+
+
+@pytest.mark.parametrize("name", ["mamba1", "lru", "gla"])
+def test_step_from_random_state(name):
+    step_check(name, torch.float32, "cpu", b=3)
+
+
 def test_step_in_place():
     entry = ZOO["mamba1"]
     kern, ref = layers("mamba1")
@@ -249,6 +284,30 @@ def test_gpu_cu_seqlens(name, monkeypatch):
     y2, h2 = ref(**args, cu_seqlens=cu, initial_state=state, return_final_state=True)
     for a, e in zip(as_tuple(y) + as_tuple(h), as_tuple(y2) + as_tuple(h2)):
         assert rel_err(a, e) <= FWD
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mamba1", "lru", "rwkv6", "gla", "mamba2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_step(name, dtype):
+    """The decode step compiled, its inputs held back until the state arrives (ORDER on,
+    which the interpreter never runs)."""
+    step_check(name, dtype, "cuda", b=64)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mamba1", "mamba2"])
+def test_gpu_step_tuned(name, monkeypatch, tmp_path):
+    """With tuning on, the first step times both load orders (scan_runtime.step_order) on
+    scratch outputs: the caller's state still advances once per step."""
+    from lrc.codegen import chunked_tune
+    from lrc.runtime import scan_runtime
+
+    monkeypatch.setattr(scan_runtime, "TUNE", True)
+    monkeypatch.setenv("LRC_CACHE_DIR", str(tmp_path))  # nothing remembered from before
+    monkeypatch.setattr(chunked_tune, "_CACHE", {})
+    step_check(name, torch.float32, "cuda", b=64)
+    assert [k for k in chunked_tune._CACHE if k[1] == "step"]
 
 
 @pytest.mark.gpu
