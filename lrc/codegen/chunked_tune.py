@@ -123,6 +123,11 @@ def chosen(key: tuple) -> Config | None:
     return _CACHE.get(key)
 
 
+def keep(key: tuple, config) -> None:
+    """Remember `config` for `key` in this process (a choice made without timing)."""
+    _CACHE[key] = config
+
+
 def first_working(key: tuple, configs: list, run: Callable):
     """The first of `configs` that compiles and runs (`run(config)` a launch), remembered for
     `key` in this process: the untimed choice (LRC_TUNE=0). Triton 3.6 rejects some configs

@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import astuple, dataclass
 
-from .chunked_tune import _CACHE, choose, chosen, first_working  # noqa: F401 (the same loops, cache)
+from .chunked_tune import _CACHE, choose, chosen, first_working, keep  # noqa: F401 (the same loops, cache)
 from .module import cache_dir
 
 

@@ -760,36 +760,36 @@ def _config(prog: ScanProgram, which: str, info: dict, ins, launch, tc: int | No
 
 
 def step_order(run: Launch) -> None:
-    """Set the decode step's load order (ORDER, loop._after_state): on the GPU with TUNE, the
-    faster of the two for this shape, timed once (do_bench, L2 flushed before each run: the
-    state cold, as between the tokens of a model's layers) on scratch outputs, so the
-    timing runs leave the caller's state and outputs alone; remembered on disk like the
-    scan's configs. Without timing (the interpreter, LRC_TUNE=0, inside a CUDA-graph
-    capture before any eager step): the order chosen earlier, else the inputs' loads first."""
+    """Set the decode step's load order (ORDER, loop._after_state): on the GPU, both orders
+    are compiled once per shape (launched on scratch outputs, so the caller's state and
+    outputs are left alone) and the states-first order taken where it costs no registers
+    over the other and spills none. Triton lays the tiles out by the order of the loads:
+    Mamba-1's B64 D4096 N16 step takes 69 registers either way and runs 14.7 us in a CUDA
+    graph with the order against 15.0-15.5 without (three runs, session 16); decode_hpn's
+    B64 H80 P64 N128 step takes 168 against 78 (28 barriers against 5). Timing the two with
+    do_bench did not separate a 0.5 us gain from its noise (it took either, run to run).
+    Inside a CUDA-graph capture, before any eager step of the shape: the inputs first."""
     if run.interpret or AS_GPU is not None:
         return
     key = (run.prog.source, "step", tuple(run.sizes.items()),
            tuple((k, x.dtype, x.stride()) for k, (x, _) in sorted(run.tensors.items())))
     done = scan_tune.chosen(key)
-    device = torch.cuda.get_device_name(run.device)
-    if done is None and TUNE:
-        done = scan_tune.remembered(key, device)
-    if done is None and TUNE and not torch.cuda.is_current_stream_capturing():
+    if done is None and not torch.cuda.is_current_stream_capturing():
         kept = dict(run.tensors)
         for k, (x, st) in kept.items():
             if k.startswith(("out:", "hT:")):
                 run.tensors[k] = (torch.empty_strided(x.shape, x.stride(), dtype=x.dtype,
                                                       device=x.device), st)
-
-        def fire(cfg: ScanConfig) -> None:
-            run.order = cfg.order
-            run.fire(*run.arguments({"HAS_H0": True}))
+        use = {}
         try:
-            done = scan_tune.choose(key, [ScanConfig(1, order=False), ScanConfig(1, order=True)],
-                                    fire)
+            for order in (False, True):
+                run.order = order
+                kernel = run.fire(*run.arguments({"HAS_H0": True}))
+                use[order] = (kernel.n_spills, kernel.n_regs)
         finally:
             run.tensors = kept
-        scan_tune.remember(key, device, done)
+        done = ScanConfig(1, order=use[True][0] == 0 and use[True][1] <= use[False][1])
+        scan_tune.keep(key, done)
     run.order = done.order if done is not None else False
 
 
