@@ -121,6 +121,14 @@ if __name__ == "__main__":
          + load("session15_bench_mamba2.json") + s15c,
          "session15_vs_peers.png",
          "Fifteenth session (2026-11-29): Param kernels (S4D conv), replayed decode step")
+    s16c = [r for r in load("session16_bench_conv.json")
+            if r.get("mode") in ("fwd", "fwdbwd") and not r["impl"].startswith("  ")]
+    bars(load("session16_bench_decode_final.json") + load("session16_bench_diag.json")
+         + load("session16_bench_mamba2.json") + load("session16_bench_gla_fla.json")
+         + load("session16_bench_gla_lrc.json") + s16c,
+         "session16_vs_peers.png",
+         "Sixteenth session (2026-11-29): decode step load order; GLA's lrc rows in another "
+         "process than fla's")
     conv = load("bench_conv.json")
     bars([r for r in conv if "sweep" not in r["case"]], "conv_vs_peer.png",
          "Conv lowering vs PyTorch eager S4D")
