@@ -30,21 +30,10 @@ def step_source(k: Graph, tiling: Tiling, name: str) -> tuple[str, Signature]:
         sig.params.append(("size", d, f"size_{d}"))
     _prologue(w, t)
     body = ChunkBody(k, (), vals, w, "False", "s")
-
-    def load_states() -> None:
-        for s in k.state_names:
-            sv, dims = body.state_var(s), k[s].dims
-            w(f"{sv} = tl.zeros({t.shape(dims, False)}, tl.float32)")
-            w("if HAS_H0:")
-            w(f"    {sv} += tl.load({ident(s)}_h0_ptr + {_state_offset(t, k, s, 'h0', None)}"
-              f"{guard(mask_of(t, dims, False))}).to(tl.float32)", f"state {s}")
-            vals.set(s, Val(sv, frozenset(dims), False))
-
-    # ORDER (tuned per shape on the GPU, see _after_state): the states' loads first, the
+    # ORDER (chosen per shape on the GPU, see _after_state): the states' loads first, the
     # inputs held back until they arrive; else the inputs' loads first, nothing held
     w("if ORDER:")
-    w.indent()
-    load_states()
+    _load_states(w.indent(), k, t, body, "state")
     w.dedent()
     loaded = []
     for n in k.inputs():
@@ -53,9 +42,10 @@ def step_source(k: Graph, tiling: Tiling, name: str) -> tuple[str, Signature]:
         elif n.role is Role.INDEX:
             vals.index(n)
     w("if not ORDER:")
-    w.indent()
-    load_states()
+    _load_states(w.indent(), k, t, body, "state")
     w.dedent()
+    for s in k.state_names:
+        vals.set(s, Val(body.state_var(s), frozenset(k[s].dims), False))
     _after_state(w, k, t, body, loaded)
     body.run([n.name for n in k.nodes if not isinstance(n, Input)])
     for o in k.outputs:
@@ -68,6 +58,16 @@ def step_source(k: Graph, tiling: Tiling, name: str) -> tuple[str, Signature]:
           f"{vals.full(vals[new], k[s].dims, False)}.to({ident(s)}_hT_ptr.dtype.element_ty), "
           f"mask={mask_of(t, k[s].dims, False)})", f"new {s}")
     return _kernel(name, sig, ["HAS_H0", "ORDER", "TC"] + [f"BLOCK_{d}" for d in t.tile], w), sig
+
+
+def _load_states(w: Writer, g: Graph, t: Tiling, body: ChunkBody, what: str) -> None:
+    """Each state's tile from its h0 pointer (zeros without HAS_H0), in float32."""
+    for s in g.state_names:
+        sv, dims = body.state_var(s), g[s].dims
+        w(f"{sv} = tl.zeros({t.shape(dims, False)}, tl.float32)")
+        w("if HAS_H0:")
+        w(f"    {sv} += tl.load({ident(s)}_h0_ptr + {_state_offset(t, g, s, 'h0', None)}"
+          f"{guard(mask_of(t, dims, False))}).to(tl.float32)", f"{what} {s}")
 
 
 def _after_state(w: Writer, k: Graph, t: Tiling, body: ChunkBody, loaded: list[Val]) -> None:
@@ -144,12 +144,7 @@ def loop_source(g: Graph, tiling: Tiling, name: str, backward=None
     hoisted = [n.name for n in g.nodes if not isinstance(n, Input) and n.name not in varying]
     ChunkBody(g, (), pvals, pre, "False", "l").run(hoisted)
     vals.vals.update(pvals.vals)
-    for s in g.state_names:
-        sv, dims = body.state_var(s), g[s].dims
-        pre(f"{sv} = tl.zeros({t.shape(dims, False)}, tl.float32)")
-        pre("if HAS_H0:")
-        pre(f"    {sv} += tl.load({ident(s)}_h0_ptr + {_state_offset(t, g, s, 'h0', None)}"
-            f"{guard(mask_of(t, dims, False))}).to(tl.float32)", f"initial {s}")
+    _load_states(pre, g, t, body, "initial")
     head = Writer()
     head("for ti in range(0, T):")
     head("    tt = ti")
