@@ -17,7 +17,8 @@ from ..runtime import scan_runtime
 from ..runtime.scan_runtime import dim_strides
 from . import module as modules
 from .chunked_bwd import atom_flag
-from .chunked_tune import PASS, Config, candidates, choose, first_working, interpreted, pow2
+from .chunked_tune import (PASS, Config, candidates, choose, chosen, first_working, interpreted,
+                           pow2, remember, remembered)
 
 
 @functools.cache
@@ -226,9 +227,17 @@ class Launcher:
         configs = candidates(which, self.V, self.form.per_key, bool(flag), bt,
                              wide=self.dt == torch.float32,
                              looped=self.prog.looped[0] is not None, K=self.K)
+        key = self.key + (which, flag)
         if not scan_runtime.TUNE:  # LRC_TUNE=0: no timing runs
-            return first_working(self.key + (which, flag), configs, go)
-        return choose(self.key + (which, flag), configs, self._kernels_only(go))
+            return first_working(key, configs, go)
+        done = chosen(key)
+        if done is not None:
+            return done
+        device = torch.cuda.get_device_name(self.device)
+        if (done := remembered(key, device)) is None:
+            done = choose(key, configs, self._kernels_only(go))
+            remember(key, device, done)
+        return done
 
     def _kernels_only(self, go):
         """`go` for the tuner's timing runs: once per config in full (buffers, arguments,

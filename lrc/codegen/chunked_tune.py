@@ -1,14 +1,20 @@
 """Chunk and block sizes for the chunked kernels: a small config set, timed once per shape.
 
 On the GPU each candidate is compiled and timed (median of a few runs) the first time a shape
-is seen, and the fastest is remembered for the process; a candidate that fails to compile
+is seen, and the fastest is remembered for the process and on disk (`remember`: the next
+process on the same kind of GPU compiles only that one); a candidate that fails to compile
 (registers, shared memory) is skipped. Under Triton's interpreter one small config runs: 16-step
 chunks, so a short test sequence still crosses chunk boundaries.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
+
+from .module import cache_dir
 
 _CACHE: dict[tuple, Config] = {}
 TIMES: dict[tuple, list] = {}  # key -> [(config, median ms)] of each timed candidate (benchmarks read it)
@@ -116,6 +122,43 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
     if looped:  # each head's part of the shared inputs' gradients in its own slab
         out.append(Config(bt or 64, pow2(V), 4, 1, split=PASS, spread=True, wk=keys[-1][1]))
     return out
+
+
+def _disk_key(key: tuple, device: str) -> str:
+    return hashlib.sha256(repr((device,) + key).encode()).hexdigest()[:24]
+
+
+def remembered(key: tuple, device: str, table: str = "chunked_tuned.json",
+               make: Callable = None):
+    """A config tuned for `key` on this kind of device by an earlier process (in `table`, a
+    JSON file in the kernel cache directory), now remembered for this one too. The key
+    holds the kernels' source, not the candidate list: after a change to the candidates,
+    clear the cache directory ($LRC_CACHE_DIR) to tune again."""
+    try:
+        with open(cache_dir() / table) as fh:
+            row = json.load(fh).get(_disk_key(key, device))
+    except (OSError, ValueError):
+        return None
+    if row is None:
+        return None
+    cfg = (make or Config)(*row)
+    _CACHE[key] = cfg
+    return cfg
+
+
+def remember(key: tuple, device: str, cfg, table: str = "chunked_tuned.json") -> None:
+    """Add `cfg` to the on-disk `table` (read, update, replace atomically)."""
+    path = cache_dir() / table
+    try:
+        with open(path) as fh:
+            rows = json.load(fh)
+    except (OSError, ValueError):
+        rows = {}
+    rows[_disk_key(key, device)] = list(astuple(cfg))
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(rows, fh)
+    os.replace(tmp, path)
 
 
 def chosen(key: tuple) -> Config | None:

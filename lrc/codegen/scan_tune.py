@@ -12,13 +12,10 @@ these sets.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
+from . import chunked_tune
 from .chunked_tune import _CACHE, choose, chosen, first_working, keep  # noqa: F401 (the same loops, cache)
-from .module import cache_dir
 
 
 @dataclass(frozen=True)
@@ -141,35 +138,11 @@ def training_rows(forward: list[ScanConfig]) -> list[ScanConfig]:
     return out or forward
 
 
-def _disk_key(key: tuple, device: str) -> str:
-    return hashlib.sha256(repr((device,) + key).encode()).hexdigest()[:24]
-
-
 def remembered(key: tuple, device: str) -> ScanConfig | None:
     """A config tuned for `key` on this kind of device by an earlier process (on disk, in the
     kernel cache directory), now remembered for this one too."""
-    try:
-        with open(cache_dir() / "scan_tuned.json") as fh:
-            row = json.load(fh).get(_disk_key(key, device))
-    except (OSError, ValueError):
-        return None
-    if row is None:
-        return None
-    cfg = ScanConfig(*row)
-    _CACHE[key] = cfg
-    return cfg
+    return chunked_tune.remembered(key, device, "scan_tuned.json", ScanConfig)
 
 
 def remember(key: tuple, device: str, cfg: ScanConfig) -> None:
-    """Add `cfg` to the on-disk table (read, update, replace atomically)."""
-    path = cache_dir() / "scan_tuned.json"
-    try:
-        with open(path) as fh:
-            table = json.load(fh)
-    except (OSError, ValueError):
-        table = {}
-    table[_disk_key(key, device)] = list(astuple(cfg))
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(table, fh)
-    os.replace(tmp, path)
+    chunked_tune.remember(key, device, cfg, "scan_tuned.json")

@@ -315,6 +315,27 @@ def test_random_specs(seed):
 
 # ---- the same on the GPU, at real sizes (the lead runs these)
 
+def test_tuned_configs_persist(tmp_path, monkeypatch):
+    """A chunked config tuned in one process is read back from disk by the next (same key,
+    same kind of GPU), and not for another device or shape."""
+    from lrc.codegen import chunked_tune
+
+    monkeypatch.setenv("LRC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(chunked_tune, "_CACHE", {})
+    key = ("kernel source", (("b", 8), ("h", 16)), 4096, torch.bfloat16, False, False,
+           "backward", True)
+    cfg = Config(64, 128, 4, 1, split=2, bk=64, wk=64)
+    assert chunked_tune.remembered(key, "NVIDIA H200") is None
+    chunked_tune.remember(key, "NVIDIA H200", cfg)
+    chunked_tune._CACHE.clear()
+    assert chunked_tune.remembered(key, "NVIDIA H200") == cfg
+    assert chunked_tune.chosen(key) == cfg
+    assert chunked_tune.remembered(key, "NVIDIA A100") is None
+    assert chunked_tune.remembered(key[:2] + (4097,) + key[3:], "NVIDIA H200") is None
+    assert (tmp_path / "chunked_tuned.json").exists()
+    assert not (tmp_path / "scan_tuned.json").exists()  # the scan's table is its own
+
+
 GPU_SIZES = {"mamba2": dict(g=2, r=4, p=64, n=128), "retnet": dict(h=4, k=128, v=128),
              "gla": dict(h=4, k=128, v=128), "rwkv6": dict(h=4, k=64, v=64)}
 
@@ -330,6 +351,31 @@ def test_gpu_forward_and_gradients(name):
 def test_gpu_bf16(name):
     check(*zoo(name, b=2, t=4097, **GPU_SIZES[name]), dtype=torch.bfloat16, tol=LOW, gtol=LOW,
           device="cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_tuned_config_read_back(monkeypatch, tmp_path):
+    """With tuning on, the first process times the candidates and writes the choice; a
+    process that finds it on disk (here: the in-process choices forgotten) times nothing
+    and gives the same results."""
+    from lrc.codegen import chunked_launch, chunked_tune
+    from lrc.runtime import scan_runtime
+
+    monkeypatch.setattr(scan_runtime, "TUNE", True)
+    monkeypatch.setenv("LRC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(chunked_tune, "_CACHE", {})
+    spec, args, _ = zoo("mamba2", b=2, t=1000, **GPU_SIZES["mamba2"])
+    layer = lrc.compile(spec, backend="triton", lowering="chunked")
+    args = {k: v.float().cuda() for k, v in args.items()}
+    y1 = layer(**args)
+    assert (tmp_path / "chunked_tuned.json").exists()
+    monkeypatch.setattr(chunked_tune, "_CACHE", {})
+
+    def no_timing(*a, **k):
+        raise AssertionError("timed again")
+    monkeypatch.setattr(chunked_launch, "choose", no_timing)
+    y2 = layer(**args)
+    assert torch.equal(y1, y2)
 
 
 @pytest.mark.gpu
