@@ -6,8 +6,13 @@
 #   OUT=/some/dir STAGES="mamba1 mamba2" bash benchmarks/run_gpu_peers.sh
 # Knobs: T_TEST, T_BENCH (seconds), STAGES (bench.py stages), K_TEST (a pytest -k filter;
 # with it only TEST_FILES run, default tests/codegen/test_scan_unrolled.py, four workers).
+# TUNED: a folder of scan_tuned.json / chunked_tuned.json from an earlier run's $OUT (carry
+# it): the tuners' choices for unchanged kernels, so the stages compile only those (GLA's
+# stage took >420 s with lrc's tuning after fla's autotuning). They are copied back to $OUT.
 set -u
 export LRC_CACHE_DIR=/tmp/lrcc PYTHONUNBUFFERED=1 MAX_JOBS=14 OUT=${OUT:-/tmp}
+mkdir -p $LRC_CACHE_DIR
+if [ -n "${TUNED:-}" ]; then cp $TUNED/*_tuned.json $LRC_CACHE_DIR/ 2>/dev/null; fi
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
     >/dev/null 2>&1
 export PYTHONPATH=/tmp/site:$PWD
@@ -36,4 +41,4 @@ sys.modules["selective_scan_cuda"] = b.m
 sys.argv = ["bench.py"] + os.environ.get("STAGES", "mamba1").split()
 runpy.run_path("benchmarks/bench.py", run_name="__main__")
 PY
-cp /tmp/bench_*.json $OUT/ 2>/dev/null; ls $OUT
+cp /tmp/bench_*.json $LRC_CACHE_DIR/*_tuned.json $OUT/ 2>/dev/null; ls $OUT
