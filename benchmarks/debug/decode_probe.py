@@ -24,7 +24,8 @@ from lrc.zoo import ZOO  # noqa: E402
 DEV = "cuda"
 
 
-def graphed(fn):
+def graphed_fn(fn):
+    """`fn` captured in a CUDA graph after three eager calls on a side stream."""
     g, s = torch.cuda.CUDAGraph(), torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -33,7 +34,11 @@ def graphed(fn):
     torch.cuda.current_stream().wait_stream(s)
     with torch.cuda.graph(g):
         fn()
-    return bench(g.replay) * 1e3
+    return g
+
+
+def graphed(fn):
+    return bench(graphed_fn(fn).replay) * 1e3
 
 
 def mamba1_token(device=DEV):
@@ -306,18 +311,6 @@ def order(device=DEV):
                 use(**k)
                 print(f"{name} {k or 'chosen'}: {graphed(fn):6.2f}", flush=True)
     scan_runtime.Launch.arguments = real
-
-
-def graphed_fn(fn):
-    g, s = torch.cuda.CUDAGraph(), torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    with torch.cuda.graph(g):
-        fn()
-    return g
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["order"]:
