@@ -14,6 +14,7 @@ the last inputs for shift registers; they are computed only when read.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -25,7 +26,7 @@ from ..ir.dims import Role
 from ..ir.functions import is_complex
 from ..ir.nodes import Input, Map
 from ..passes.analysis import expr_dims
-from ..runtime.bind import batch_dim, from_canonical, to_canonical
+from ..runtime.bind import batch_dim, broadcast_shape, from_canonical, to_canonical
 from . import conv_fft, conv_gen
 from . import conv_kernels as ck
 from ..ir.functions import Tape
@@ -62,6 +63,13 @@ class Program:
             for cv in self.plan.convs}
         self.real = {cv.node: cv.real and not is_complex(cv.alpha) and not is_complex(cv.beta)
                      for cv in self.plan.convs}
+        # per convolution node, what `_Run.conv` would otherwise ask sympy on every call: the
+        # constant factor alpha (None where it is an expression), beta != 0, gate != 1
+        self.const_alpha = {cv.node: (None if not cv.alpha.is_Number else float(cv.alpha)
+                                      if cv.alpha.is_real else complex(cv.alpha))
+                            for cv in self.plan.convs}
+        self.has_beta = {cv.node: cv.beta != 0 for cv in self.plan.convs}
+        self.has_gate = {cv.node: cv.gate != 1 for cv in self.plan.convs}
         self.tapes: dict[sp.Basic, Tape] = {}
 
     def hoisted(self, e: sp.Basic, params) -> tuple[sp.Basic, list]:
@@ -135,7 +143,9 @@ class Program:
         return cat_out, cat_fin
 
 
+@functools.lru_cache(maxsize=4096)
 def param_names(e: sp.Basic) -> tuple[str, ...]:
+    """The names `e` reads, sorted (cached: sympy walks the tree for free_symbols)."""
     return tuple(sorted(s.name for s in e.free_symbols))
 
 
@@ -230,10 +240,13 @@ class _Run:
         node = self.g[name]
         if not (isinstance(node, Input) and node.role is Role.PARAM):
             return self.param(name)
-        x = self.tensors[node.arg]
-        if node.annotation.complex and not x.is_complex():
-            x = x.to(torch.complex128)
-        return to_canonical(self.g, x, node.annotation, self.sizes, False)
+        key = ("view", name)
+        if key not in self.cache:
+            x = self.tensors[node.arg]
+            if node.annotation.complex and not x.is_complex():
+                x = x.to(torch.complex128)
+            self.cache[key] = to_canonical(self.g, x, node.annotation, self.sizes, False)
+        return self.cache[key]
 
     def generated(self, e: sp.Basic, wide: bool) -> torch.Tensor | None:
         """`e`, of Params alone, by its generated kernel (float64, or float32 rounded once);
@@ -260,7 +273,7 @@ class _Run:
                     t = self.prog.tape(sub)
                     x = t({name: self.param(name) for name in t.names})
                 env[sym.name] = x.to(_C64[False] if x.is_complex() else torch.float32)
-        elif not isinstance(e, sp.Symbol) and e.free_symbols:
+        elif not isinstance(e, sp.Symbol) and param_names(e):
             v = self.generated(e, True)
             if v is not None:
                 return v
@@ -325,30 +338,32 @@ class _Run:
         kshape = tuple(self.sizes[d] if d in self.prog.kshape_dims[cv.node] else 1
                        for d in g.dims)
         pending = conv_fft.start(w, kshape, lk, real, reverse=False)
-        k = self.unflat(self.kernel(cv, form, kd, lk), kd)
+        nf = pending.nf
+        const = self.prog.const_alpha[cv.node]
+        fold = const if isinstance(const, float) else 1.0  # a real constant: in the kernel
+        # the kernel zero-padded to nf taps and times fold / nf (conv_fft.padded): generated
+        # that way, so it is this call's own tensor and beta can go into it in place
+        k = self.unflat(self.kernel(cv, form, kd, lk, fold / nf, nf), kd)
         k = k.to(torch.float32 if not k.is_complex() else _C64[False])
-        alpha: torch.Tensor | float | complex = 1.0
-        fresh = False  # k is this call's own tensor (not a view of the generated kernel)
-        if cv.alpha.is_Number:  # a constant factor (S4D's 2 of 2 Re): no tensor for it
-            alpha = float(cv.alpha) if cv.alpha.is_real else complex(cv.alpha)
-            if alpha != 1:
-                k, fresh = k * alpha, True
-        else:
+        alpha: torch.Tensor | float | complex = 1.0 if const is None else const
+        if const is not None and const != fold:  # a complex constant
+            k = k * alpha
+        elif const is None:
             alpha = self.last(self.expr(cv.alpha, wide=True)).to(k.dtype if real else
                                                                   _C64[False])
-            k, fresh = alpha * k, True
-        if cv.beta != 0:  # + beta delta: beta added to the kernel's first tap, in place
-            beta = self.last(self.expr(cv.beta, wide=True)).to(k.dtype)
-            rows = torch.broadcast_shapes(k.shape[:-1], beta.shape[:-1])
-            if not fresh or tuple(rows) != tuple(k.shape[:-1]):
+            k = alpha * k
+        if self.prog.has_beta[cv.node]:  # + beta delta: beta / nf added to the first tap
+            beta = self.last(self.expr(cv.beta, wide=True)).to(k.dtype) / nf
+            rows = broadcast_shape(k.shape[:-1], beta.shape[:-1])
+            if tuple(rows) != tuple(k.shape[:-1]):
                 k = k.expand(*rows, k.shape[-1]).clone()
             k[..., :1] += beta
-        y = pending.finish(k)
+        y = pending.finish_padded(k)
         y0 = self.initial_term(cv, form, kd)
         if y0 is not None:
             y = y + alpha * y0
         y = y.movedim(-1, 0)
-        if cv.gate != 1:
+        if self.prog.has_gate[cv.node]:
             y = y * self.expr(cv.gate)
         return y
 
@@ -358,13 +373,17 @@ class _Run:
         x = self.expr(d.args[0] if isinstance(d, sp.exp) else d, wide=True).to(_C64[True])
         return x if isinstance(d, sp.exp) else torch.log(x)
 
-    def kernel(self, cv: ConvNode, form: StateForm, kd, lk: int) -> torch.Tensor:
-        """K (rows = kernel dims, lk): complex unless the readout is only read as Re."""
+    def kernel(self, cv: ConvNode, form: StateForm, kd, lk: int, scale: float = 1.0,
+               width: int | None = None) -> torch.Tensor:
+        """scale K (rows = kernel dims, lk taps, then zeros up to `width` taps when given):
+        complex unless the readout is only read as Re."""
         c, T = (cv.contract,), self.T
         if form.kind == "diagonal":
             la = self.flat(self.last(self.log_decay(form)), kd, c)[..., 0]
             w = self.flat(self.last(self.expr(cv.q * form.bbar, wide=True)), kd, c)[..., 0]
-            k = conv_gen.vander(la, w, T - (0 if cv.new else 1), real=cv.real)
+            shift = 0 if cv.new else 1
+            k = conv_gen.vander(la, w, T - shift, real=cv.real, scale=scale,
+                                width=None if width is None else width - shift)
             return k if cv.new else torch.cat([k.new_zeros(k.shape[0], 1), k], 1)
         if form.kind == "dplr":
             dp = self.dplr(form, kd)
@@ -372,10 +391,14 @@ class _Run:
             bbar = self.flat(self.last(self.expr(form.bbar, wide=True)), kd, c)[..., 0]
             k = dp.kernel(q.to(_C64[True]), bbar.to(_C64[True]))
             k = k if cv.new else conv_gen.shift_right(k)
-            return k.real if cv.real else k
-        q = self.flat(self.last(self.expr(cv.q, wide=True)), kd, c)[..., 0]   # shift register
-        q = q if cv.new else torch.cat([q.new_zeros(q.shape[0], 1), q], 1)
-        return q[:, :lk]
+            k = k.real if cv.real else k
+        else:  # shift register
+            q = self.flat(self.last(self.expr(cv.q, wide=True)), kd, c)[..., 0]
+            q = q if cv.new else torch.cat([q.new_zeros(q.shape[0], 1), q], 1)
+            k = q[:, :lk]
+        if width is None:
+            return k * scale if scale != 1 else k
+        return conv_fft.padded(k * (scale * width) if scale * width != 1 else k, width)
 
     def dplr(self, form: StateForm, kd) -> conv_gen.Dplr:
         """The state's diag(d) + U^T V over rows `kd`, with Abar^T (cached per call)."""

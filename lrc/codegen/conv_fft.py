@@ -8,11 +8,13 @@ by name, and the axes where the kernel varies are its channels.
 Real input and real kernel (every S4/S4D/H3/Hyena kernel once the readout's Re is folded in)
 take the fast path: rows of w are paired into one complex signal u0 + i u1 (the kernel being
 real keeps the two convolutions apart in the real and imaginary parts), so one complex FFT
-serves two rows and no transform needs the clone PyTorch's real inverse makes. The 1/NF of the
-inverse is folded into the kernel's spectrum. The work is split in two autograd functions,
-`Spectrum` (pack + FFT of the input, launched before the kernel is generated so the GPU has
-work while the host evaluates parameter expressions) and `Apply` (product with the kernel's
-spectrum, inverse FFT, unpack). Anything complex goes through torch.fft with torch's autograd.
+serves two rows and no transform needs the clone PyTorch's real inverse makes. Kernels come
+zero-padded to the transform size with the inverse's 1/NF folded in (`padded`, or generated so),
+and their spectrum is kept as a half (rfft) that the product kernel mirrors. The work is split
+in two autograd functions, `Spectrum` (pack + FFT of the input, launched before the kernel is
+generated so the GPU has work while the host evaluates parameter expressions) and `Apply`
+(product with the kernel's spectrum, inverse FFT, unpack). Anything complex goes through
+torch.fft with torch's autograd.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..runtime.bind import broadcast_shape
 from . import conv_kernels as ck
 
 
@@ -57,26 +60,34 @@ class Spectrum(torch.autograd.Function):
 
 
 class Apply(torch.autograd.Function):
-    """A paired spectrum and a real kernel (C, Lk) -> the convolution (P, C, T)."""
+    """A paired spectrum and real kernel rows (C, NF), zero-padded and divided by NF already
+    (`padded`) -> the convolution (P, C, T). The kernel's spectrum is kept as its half (rfft):
+    the product kernel reads the other half as conjugates, so the full spectrum is never
+    written."""
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, k: torch.Tensor, P: int, T: int, reverse: bool):
-        nf = z.shape[-1]
-        kf = torch.fft.fft(k.float(), n=nf, norm="forward")  # carries the inverse's 1/NF
-        y = ck.unpack(torch.fft.ifft(z * kf, norm="forward"), P, T, reverse)
-        ctx.save_for_backward(z, kf)
-        ctx.meta = (P, T, reverse, k.shape[-1], k.dtype)
+    def forward(ctx, z: torch.Tensor, kp: torch.Tensor, P: int, T: int, reverse: bool):
+        kh = torch.fft.rfft(kp.float())
+        y = ck.unpack(torch.fft.ifft(ck.spectral_product(z, kh), norm="forward"), P, T, reverse)
+        ctx.save_for_backward(z, kh)
+        ctx.meta = (P, T, reverse, kp.dtype)
         return y
 
     @staticmethod
     def backward(ctx, gy: torch.Tensor):
-        z, kf = ctx.saved_tensors
-        P, T, reverse, lk, kdtype = ctx.meta
+        z, kh = ctx.saved_tensors
+        P, T, reverse, kdtype = ctx.meta
         nf = z.shape[-1]
         dz = torch.fft.fft(ck.pack(gy.float(), nf, reverse))
-        g = ck.spectral_backward(dz, z, kf)  # dz <- dz conj(kf): the input spectrum's gradient
-        gk = torch.fft.ifft(g).real[:, :lk]
+        g = ck.spectral_backward(dz, z, kh)  # dz <- dz conj(K): the input spectrum's gradient
+        gk = torch.fft.ifft(g, norm="forward").real  # K = F kp: d kp = Re(F^H g)
         return dz, gk.to(kdtype), None, None, None
+
+
+def padded(k: torch.Tensor, nf: int) -> torch.Tensor:
+    """A kernel (..., lk) as `Pending.finish_padded` takes it: zeros to nf taps, divided by
+    nf (the inverse transform's normalization, carried by the kernel)."""
+    return torch.nn.functional.pad(k / nf, (0, nf - k.shape[-1]))
 
 
 @dataclass
@@ -93,18 +104,27 @@ class Pending:
     rows: tuple[int, ...] = ()
     chans: tuple[int, ...] = ()
 
+    @property
+    def nf(self) -> int:
+        """The transform size: a padded kernel has this many taps."""
+        return self.spectrum.shape[-1]
+
     def finish(self, k: torch.Tensor) -> torch.Tensor:
         """The convolution with kernel k (time-last canonical, length self.lk)."""
+        return self.finish_padded(padded(k, self.nf))
+
+    def finish_padded(self, kp: torch.Tensor) -> torch.Tensor:
+        """The same with the kernel as `padded` gives it (generated that way: conv_gen.vander
+        writes the padding and folds the 1 / nf into its scale)."""
         if self.paired:
-            return self._finish_paired(k)
-        nf = self.spectrum.shape[-1]
-        y = torch.fft.ifft(self.spectrum * torch.fft.fft(k, n=nf), n=nf)[..., :self.T]
+            return self._finish_paired(kp)
+        y = torch.fft.ifft(self.spectrum * torch.fft.fft(kp), norm="forward")[..., :self.T]
         return y.flip(-1) if self.reverse else y
 
-    def _finish_paired(self, k: torch.Tensor) -> torch.Tensor:
-        nd = len(self.out_shape)
-        kk = k.expand(*self.out_shape, self.lk).permute(*self.perm, nd)
-        k2 = kk[(0,) * len(self.rows)].reshape(-1, self.lk)
+    def _finish_paired(self, kp: torch.Tensor) -> torch.Tensor:
+        nd, nf = len(self.out_shape), self.nf
+        kk = kp.expand(*self.out_shape, nf).permute(*self.perm, nd)
+        k2 = kk[(0,) * len(self.rows)].reshape(-1, nf)
         P = math.prod(self.rows)
         y = Apply.apply(self.spectrum, k2, P, self.T, self.reverse)
         y = y.reshape(*self.rows, *self.chans, self.T)
@@ -119,7 +139,7 @@ def start(w: torch.Tensor, kshape: tuple[int, ...], lk: int, real_kernel: bool,
     """Begin the convolution of w (time-last canonical) with a kernel of leading shape
     `kshape` and length lk: the input's spectrum is computed now."""
     T = w.shape[-1]
-    lead = tuple(torch.broadcast_shapes(w.shape[:-1], kshape))
+    lead = broadcast_shape(w.shape[:-1], kshape)
     nf = fft_size(T + lk - 1)
     if w.is_complex() or not real_kernel:
         x = w.flip(-1) if reverse else w

@@ -30,20 +30,26 @@ from . import conv_kernels as ck
 
 
 class VanderSum(torch.autograd.Function):
-    """(la, w) (R, N) complex -> K (R, L) float32, K_l = Re(sum_n w_n exp(l la_n))."""
+    """(la, w) (R, N) complex -> K (R, width) float32, K_l = scale Re(sum_n w_n exp(l la_n))
+    for l < L, zero after (a convolution's zero padding, written by the same kernel)."""
 
     @staticmethod
-    def forward(ctx, la: torch.Tensor, w: torch.Tensor, L: int):
+    def forward(ctx, la: torch.Tensor, w: torch.Tensor, L: int, scale: float = 1.0,
+                width: int | None = None):
         ctx.save_for_backward(la, w)
-        return ck.vander_sum(la, w, L)
+        ctx.L, ctx.scale = L, scale
+        return ck.vander_sum(la, w, L, scale, width)
 
     @staticmethod
     def backward(ctx, gk: torch.Tensor):
         la, w = ctx.saved_tensors
+        gk = gk[:, :ctx.L] if gk.shape[-1] != ctx.L else gk
         s0, s1 = ck.vander_dot(la, gk)
+        if ctx.scale != 1:
+            s0, s1 = s0 * ctx.scale, s1 * ctx.scale
         gw = s0.conj().to(w.dtype)
         gla = (w * s1.to(w.dtype)).conj().to(la.dtype)
-        return gla, gw, None
+        return gla, gw, None, None, None
 
 
 class Cauchy(torch.autograd.Function):
@@ -61,14 +67,16 @@ class Cauchy(torch.autograd.Function):
         return gd.to(d.dtype), gp.to(p.dtype), None
 
 
-def vander(la: torch.Tensor, w: torch.Tensor, L: int, real: bool = True) -> torch.Tensor:
-    """sum_n w_n exp(l la_n) for l < L, (R, N) -> (R, L): its real part when `real`."""
+def vander(la: torch.Tensor, w: torch.Tensor, L: int, real: bool = True, scale: float = 1.0,
+           width: int | None = None) -> torch.Tensor:
+    """scale sum_n w_n exp(l la_n) for l < L, (R, N) -> (R, L): its real part when `real`;
+    with `width`, zeros after L up to width (a convolution kernel's padding)."""
     if L <= 0:
-        return la.new_zeros(la.shape[0], 0, dtype=torch.float32)
-    re = VanderSum.apply(la, w, L)
+        return la.new_zeros(la.shape[0], width or 0, dtype=torch.float32)
+    re = VanderSum.apply(la, w, L, scale, width)
     if real:
         return re
-    return torch.complex(re, VanderSum.apply(la, -1j * w, L))
+    return torch.complex(re, VanderSum.apply(la, -1j * w, L, scale, width))
 
 
 def vander_dot(la: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

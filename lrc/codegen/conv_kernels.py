@@ -19,6 +19,7 @@ import torch
 import triton
 
 from . import module as modules
+from .tiling import next_pow2
 
 VANDER = '''
 @triton.jit
@@ -32,27 +33,34 @@ def _power(ar, ai, x):
 
 
 @triton.jit
-def conv_vander_sum(la_re, la_im, w_re, w_im, out, N, L, s_la, s_w, s_o,
+def conv_vander_sum(la_re, la_im, w_re, w_im, out, N, L, W, scale, s_la, s_w, s_o,
                     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, STEPS: tl.constexpr):
-    # out[r, l] = Re(sum_n w[r, n] a[r, n]^l) for this program's STEPS * BLOCK_L positions;
-    # la and w complex (parts interleaved: n at 2 n), s_la and s_w their rows' strides
+    # out[r, l] = scale Re(sum_n w[r, n] a[r, n]^l) for l < L and 0 for L <= l < W, this
+    # program's STEPS * BLOCK_L positions; la and w complex (parts interleaved: n at 2 n), s_la
+    # and s_w their rows' strides
     r = tl.program_id(0).to(tl.int64)
-    n = tl.arange(0, BLOCK_N)
     j = tl.arange(0, BLOCK_L)
-    mn = n < N
-    ar = tl.load(la_re + r * s_la + 2 * n, mask=mn, other=0.0).to(tl.float64)
-    ai = tl.load(la_im + r * s_la + 2 * n, mask=mn, other=0.0).to(tl.float64)
-    wr = tl.load(w_re + r * s_w + 2 * n, mask=mn, other=0.0).to(tl.float32)
-    wi = tl.load(w_im + r * s_w + 2 * n, mask=mn, other=0.0).to(tl.float32)
-    er, ei = _power(ar[None, :], ai[None, :], j.to(tl.float64)[:, None])  # a^j: (l, n) tile
     start = tl.program_id(1) * (STEPS * BLOCK_L)
-    for step in range(STEPS):
-        l0 = start + step * BLOCK_L
-        br, bi = _power(ar, ai, l0.to(tl.float64))                        # a^l0
-        cr = wr * br - wi * bi
-        ci = wr * bi + wi * br
-        k = tl.sum(cr[None, :] * er - ci[None, :] * ei, axis=1)
-        tl.store(out + r * s_o + l0 + j, k, mask=(l0 + j) < L)
+    if start >= L:  # the zero padding alone
+        for step in range(STEPS):
+            l0 = start + step * BLOCK_L
+            tl.store(out + r * s_o + l0 + j, tl.zeros([BLOCK_L], tl.float32), mask=(l0 + j) < W)
+    else:
+        n = tl.arange(0, BLOCK_N)
+        mn = n < N
+        ar = tl.load(la_re + r * s_la + 2 * n, mask=mn, other=0.0).to(tl.float64)
+        ai = tl.load(la_im + r * s_la + 2 * n, mask=mn, other=0.0).to(tl.float64)
+        wr = tl.load(w_re + r * s_w + 2 * n, mask=mn, other=0.0).to(tl.float32) * scale
+        wi = tl.load(w_im + r * s_w + 2 * n, mask=mn, other=0.0).to(tl.float32) * scale
+        er, ei = _power(ar[None, :], ai[None, :], j.to(tl.float64)[:, None])  # a^j: (l, n)
+        for step in range(STEPS):
+            l0 = start + step * BLOCK_L
+            br, bi = _power(ar, ai, l0.to(tl.float64))                        # a^l0
+            cr = wr * br - wi * bi
+            ci = wr * bi + wi * br
+            k = tl.sum(cr[None, :] * er - ci[None, :] * ei, axis=1)
+            k = tl.where((l0 + j) < L, k, 0.0)
+            tl.store(out + r * s_o + l0 + j, k, mask=(l0 + j) < W)
 
 
 @triton.jit
@@ -206,13 +214,40 @@ def conv_unpack(z, y, P, C, T, NF, s_yp, s_yc, s_yt,
 
 
 @triton.jit
-def conv_spectral_backward(dz, z, kf, g, PP, C, NF, BLOCK_F: tl.constexpr):
-    # dz[p, c, f] <- dz[p, c, f] conj(kf[c, f]) in place;  g[c, f] = sum_p conj(z[p, c, f]) dz
+def _half_spectrum(kh, c, f, NF, NH):
+    # the spectrum of a real row at f from its first NH = NF // 2 + 1 bins: conj(kh[NF - f])
+    # past the middle
+    two = tl.arange(0, 2)[None, :]
+    upper = f > NF // 2
+    idx = tl.where(upper, NF - f, f)
+    kr, ki = tl.split(tl.load(kh + (c * NH + idx)[:, None] * 2 + two, mask=(f < NF)[:, None],
+                              other=0.0))
+    return kr, tl.where(upper, -ki, ki)
+
+
+@triton.jit
+def conv_spectral_product(z, kh, out, PP, C, NF, NH, BLOCK_F: tl.constexpr):
+    # out[p, c, f] = z[p, c, f] K[c, f], K the spectrum of a real row given by its half kh
     c = tl.program_id(0).to(tl.int64)
     f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     m = (f < NF)[:, None]
     two = tl.arange(0, 2)[None, :]
-    kr, ki = tl.split(tl.load(kf + (c * NF + f)[:, None] * 2 + two, mask=m, other=0.0))
+    kr, ki = _half_spectrum(kh, c, f, NF, NH)
+    for p in range(0, PP):
+        off = ((p * C + c) * NF + f)[:, None] * 2 + two
+        zr, zi = tl.split(tl.load(z + off, mask=m, other=0.0))
+        tl.store(out + off, tl.join(zr * kr - zi * ki, zr * ki + zi * kr), mask=m)
+
+
+@triton.jit
+def conv_spectral_backward(dz, z, kh, g, PP, C, NF, NH, BLOCK_F: tl.constexpr):
+    # dz[p, c, f] <- dz[p, c, f] conj(K[c, f]) in place (K given by its half kh, as in
+    # conv_spectral_product);  g[c, f] = sum_p conj(z[p, c, f]) dz
+    c = tl.program_id(0).to(tl.int64)
+    f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
+    m = (f < NF)[:, None]
+    two = tl.arange(0, 2)[None, :]
+    kr, ki = _half_spectrum(kh, c, f, NF, NH)
     ar = tl.zeros([BLOCK_F], dtype=tl.float32)
     ai = tl.zeros([BLOCK_F], dtype=tl.float32)
     for p in range(0, PP):
@@ -248,15 +283,19 @@ def _launch(name: str, grid, device: torch.device, *args, **consts) -> None:
 
 
 def _pow2(n: int, lo: int = 1) -> int:
-    return max(lo, triton.next_power_of_2(max(n, 1)))
+    return max(lo, next_pow2(n))
 
 
-def _vander_blocks(N: int, L: int) -> tuple[int, int, int, int]:
+def _vander_blocks(N: int, L: int, rows: int = 1) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_L, STEPS, programs along L): tiles of about 2K elements, a^j computed
-    once per program and reused for STEPS blocks, enough programs along L to fill the GPU."""
+    once per program and reused for STEPS blocks (its exp, cos and sin at full accuracy are
+    most of a program's instructions, so STEPS is as large as the grid allows), with enough
+    programs in all (`rows` of them along the other axis) to fill the GPU."""
     bn = _pow2(N)
     bl = min(_pow2(L, 16), _pow2(max(16, 2048 // bn), 16))
-    steps = min(8, triton.cdiv(L, bl))
+    blocks = triton.cdiv(L, bl)
+    chunks = min(blocks, triton.cdiv(2048, max(rows, 1)))
+    steps = triton.cdiv(blocks, chunks)
     return bn, bl, steps, triton.cdiv(L, bl * steps)
 
 
@@ -279,15 +318,18 @@ def _interleaved(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     return v[..., 0], v[..., 1], v.stride(0)
 
 
-def vander_sum(la: torch.Tensor, w: torch.Tensor, L: int) -> torch.Tensor:
-    """Re(sum_n w[r, n] exp(l la[r, n])) for l < L: (R, N) complex -> (R, L) float32."""
+def vander_sum(la: torch.Tensor, w: torch.Tensor, L: int, scale: float = 1.0,
+               width: int | None = None) -> torch.Tensor:
+    """scale Re(sum_n w[r, n] exp(l la[r, n])) for l < L, then zeros up to `width` (default
+    L): (R, N) complex -> (R, width) float32."""
     R, N = la.shape
+    W = L if width is None else width
     (lr, li, s_la), (wr, wi, s_w) = _interleaved(la), _interleaved(w)
-    out = torch.empty(R, L, device=la.device, dtype=torch.float32)
-    if R and L:
-        bn, bl, steps, chunks = _vander_blocks(N, L)
-        _launch("conv_vander_sum", (R, chunks), la.device, lr, li, wr, wi, out, N, L, s_la,
-                s_w, L, BLOCK_N=bn, BLOCK_L=bl, STEPS=steps)
+    out = torch.empty(R, W, device=la.device, dtype=torch.float32)
+    if R and W:
+        bn, bl, steps, _ = _vander_blocks(N, max(L, 1), R)
+        _launch("conv_vander_sum", (R, triton.cdiv(W, bl * steps)), la.device, lr, li, wr, wi,
+                out, N, L, W, float(scale), s_la, s_w, W, BLOCK_N=bn, BLOCK_L=bl, STEPS=steps)
     return out
 
 
@@ -297,12 +339,14 @@ def vander_dot(la: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     R, N = la.shape
     L = x.shape[-1]
     lr, li, s_la = _interleaved(la)
-    x = x.float().contiguous()
-    bn, bl, steps, chunks = _vander_blocks(N, L)
+    x = x.float()
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    bn, bl, steps, chunks = _vander_blocks(N, L, R)
     s = torch.zeros(4, chunks, R, N, device=la.device, dtype=torch.float32)
     if R and N and L:
-        _launch("conv_vander_dot", (R, chunks), la.device, lr, li, x, s, N, L, R, s_la, L,
-                BLOCK_N=bn, BLOCK_L=bl, STEPS=steps)
+        _launch("conv_vander_dot", (R, chunks), la.device, lr, li, x, s, N, L, R, s_la,
+                x.stride(0), BLOCK_N=bn, BLOCK_L=bl, STEPS=steps)
     s = s.sum(1)
     return torch.complex(s[0], s[1]), torch.complex(s[2], s[3])
 
@@ -372,12 +416,24 @@ def unpack(z: torch.Tensor, P: int, T: int, reverse: bool,
     return y
 
 
-def spectral_backward(dz: torch.Tensor, z: torch.Tensor, kf: torch.Tensor) -> torch.Tensor:
-    """dz <- dz conj(kf) in place; returns sum_p conj(z) dz (before the update), (C, NF)."""
+def spectral_product(z: torch.Tensor, kh: torch.Tensor) -> torch.Tensor:
+    """z (PP, C, NF) times the spectrum of real kernel rows given by their halves kh
+    (C, NF // 2 + 1): the full product (PP, C, NF) complex64."""
+    PP, C, NF = z.shape
+    out = torch.empty(PP, C, NF, 2, device=z.device, dtype=torch.float32)
+    bf = min(1024, _pow2(NF))
+    _launch("conv_spectral_product", (C, triton.cdiv(NF, bf)), z.device, torch.view_as_real(z),
+            torch.view_as_real(kh), out, PP, C, NF, kh.shape[-1], BLOCK_F=bf)
+    return torch.view_as_complex(out)
+
+
+def spectral_backward(dz: torch.Tensor, z: torch.Tensor, kh: torch.Tensor) -> torch.Tensor:
+    """dz <- dz conj(K) in place, K the full spectrum of the half kh (as `spectral_product`);
+    returns sum_p conj(z) dz (before the update), (C, NF)."""
     PP, C, NF = dz.shape
     g = torch.empty(C, NF, 2, device=dz.device, dtype=torch.float32)
     bf = min(1024, _pow2(NF))
     _launch("conv_spectral_backward", (C, triton.cdiv(NF, bf)), dz.device,
-            torch.view_as_real(dz), torch.view_as_real(z), torch.view_as_real(kf.contiguous()),
-            g, PP, C, NF, BLOCK_F=bf)
+            torch.view_as_real(dz), torch.view_as_real(z), torch.view_as_real(kh), g, PP, C,
+            NF, kh.shape[-1], BLOCK_F=bf)
     return torch.view_as_complex(g)

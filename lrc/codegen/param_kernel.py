@@ -27,6 +27,7 @@ from sympy.codegen.cfunctions import expm1
 
 from ..ir.functions import is_complex, phi1
 from ..passes.complex import split
+from ..runtime.bind import broadcast_shape
 from . import module as modules
 from .printer import HELPERS, TritonPrinter
 
@@ -136,7 +137,7 @@ class _Apply(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pk: ParamKernel, dtype: torch.dtype, *xs: torch.Tensor) -> torch.Tensor:
         xs = tuple(x.resolve_conj() for x in xs)
-        shape = torch.broadcast_shapes(*(x.shape for x in xs))
+        shape = broadcast_shape(*(x.shape for x in xs))
         wide = dtype == torch.float64
         out_dtype = ((torch.complex128 if wide else torch.complex64) if pk.out_complex
                      else dtype)

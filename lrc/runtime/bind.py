@@ -151,19 +151,58 @@ def check_tensors(tensors: dict[str, tuple[torch.Tensor, Annotation]]) -> torch.
     return device
 
 
+def broadcast_shape(*shapes) -> tuple[int, ...]:
+    """PyTorch's broadcast of the shapes (torch.broadcast_shapes, without its symbolic-shape
+    checks: a tenth of the host time per call)."""
+    out: list[int] = []
+    for shape in shapes:
+        shape = tuple(shape)
+        if len(shape) > len(out):
+            out[:0] = [1] * (len(shape) - len(out))
+        for i, n in enumerate(shape, len(out) - len(shape)):
+            if n != out[i]:
+                if out[i] == 1:
+                    out[i] = n
+                elif n != 1:
+                    raise RuntimeError(f"shapes {shapes} do not broadcast")
+    return tuple(out)
+
+
 def to_canonical(g: Graph, x: torch.Tensor, ann: Annotation, sizes: dict[str, int],
                  with_time: bool) -> torch.Tensor:
     """A tensor in its annotated layout -> (time, *g.dims) with size 1 for absent dims."""
+    key = (g.time, g.dims, ann.axes, with_time, tuple(x.shape), tuple(sizes.items()))
+    steps = _CANONICAL.get(key)
+    if steps is None:
+        steps = _canonical_steps(g, ann, sizes, with_time, tuple(x.shape))
+        if len(_CANONICAL) > 4096:
+            _CANONICAL.clear()
+        _CANONICAL[key] = steps
+    split, order, shape = steps
+    if split is not None:
+        x = x.reshape(split)
+    if order is not None:
+        x = x.permute(order)
+    return x.reshape(shape) if tuple(x.shape) != shape else x
+
+
+_CANONICAL: dict[tuple, tuple] = {}
+
+
+def _canonical_steps(g: Graph, ann: Annotation, sizes: dict[str, int], with_time: bool,
+                     shape: tuple[int, ...]) -> tuple:
+    """to_canonical's reshape (None: none needed), permutation (None: the identity) and
+    final shape for a tensor of `shape`."""
     axes = _axes(ann, g.time, with_time)
     flat = [d for a in axes for d in a]
     with_time = g.time in flat
-    x = x.reshape([x.shape[i] if len(a) == 1 else sizes[d]
-                   for i, a in enumerate(axes) for d in a])
-    order = ([flat.index(g.time)] if with_time else []) + [flat.index(d) for d in g.dims
-                                                           if d in flat]
-    x = x.permute(order)
-    t = x.shape[0] if with_time else 1
-    return x.reshape((t,) + tuple(sizes[d] if d in flat else 1 for d in g.dims))
+    split = tuple(shape[i] if len(a) == 1 else sizes[d] for i, a in enumerate(axes) for d in a)
+    order = tuple(([flat.index(g.time)] if with_time else []) + [flat.index(d) for d in g.dims
+                                                                 if d in flat])
+    t = split[order[0]] if with_time else 1
+    final = (t,) + tuple(sizes[d] if d in flat else 1 for d in g.dims)
+    return (None if split == shape else split, None if order == tuple(range(len(order)))
+            else order, final)
 
 
 def from_canonical(g: Graph, x: torch.Tensor, axes: Axes, sizes: dict[str, int],

@@ -164,3 +164,34 @@ def test_step_kernels_compile_for_the_h200(name, order, monkeypatch):
         src = kern.program.source
         for v in ("u", "dt", "D", "dt_bias"):
             assert f"        {v} = _after({v}, h_s_first)" in src
+
+
+@pytest.mark.parametrize("name", ["s4d_zoh", "s4"])
+def test_conv_kernels_compile_for_the_h200(name, monkeypatch):
+    """The convolution lowering's kernels (Param expressions, Vandermonde or Cauchy sums,
+    pack, the half-spectrum product, unpack, and their backward) as a GPU forward and
+    backward would launch them: each compiles for sm_90 within the H200's limits."""
+    from lrc.codegen import module
+
+    seen: list[aot.Launch] = []
+    call = module.Launcher.__call__
+
+    def spy(self, name, grid, device, args, **consts):
+        fn = getattr(module.load(self.source, False), name)
+        warps = consts.pop("num_warps", 4)
+        seen.append(aot.Launch(name, fn, list(args), dict(consts), warps, 3))
+        call(self, name, grid, device, args, **consts)
+
+    monkeypatch.setattr(module.Launcher, "__call__", spy)
+    e = ZOO[name]
+    kern = lrc.compile(e.spec, backend="triton", lowering="conv")
+    args = e.example(b=3, t=37, dtype=torch.float32)
+    leaves = {k: v.requires_grad_(True) for k, v in args.items()}
+    kern(**leaves).sum().backward()
+    names = {r.name for r in seen}
+    assert {"conv_pack", "conv_spectral_product", "conv_unpack",
+            "conv_spectral_backward", "params_fwd", "params_bwd"} <= names
+    assert ("conv_vander_sum" in names) == (name == "s4d_zoh")
+    for rec in {r.name: r for r in seen}.values():
+        c = aot.compile_launch(rec)
+        assert c.ok and c.fits and 0 < c.regs <= 255, c
