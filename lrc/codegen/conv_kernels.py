@@ -6,12 +6,13 @@ sum_l l x_l a^l (their backward, and final states), `cauchy` / `cauchy_backward`
 sum_n p_n / (1 - z_k d_n) at the roots of unity z_k (DPLR states, with Woodbury's identity in
 PyTorch). FFT convolution: `pack` puts two real rows into one zero-padded complex row (the FFT
 of u0 + i u1 gives both spectra at once, and a real kernel keeps them apart), `unpack` takes
-them out again, `spectral_backward` applies the conjugate kernel in place and sums the kernel's
+them out again, `spectral_product` multiplies by a real kernel's spectrum given by its half
+(rfft), `spectral_backward` applies the conjugate kernel in place and sums the kernel's
 gradient over the batch. The FFTs themselves are cuFFT's (torch.fft).
 
 Powers a^l are never formed one by one: a program computes a^j for j < BLOCK_L once and a^l0
 per block (phases in float64, so l * arg(a) keeps its digits at l ~ 1e4), and the block's
-values are products of the two.
+values are products of the two (in `vander_sum`, all blocks' at once as two matrix products).
 """
 from __future__ import annotations
 
@@ -35,16 +36,18 @@ def _power(ar, ai, x):
 @triton.jit
 def conv_vander_sum(la_re, la_im, w_re, w_im, out, N, L, W, scale, s_la, s_w, s_o,
                     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, STEPS: tl.constexpr):
-    # out[r, l] = scale Re(sum_n w[r, n] a[r, n]^l) for l < L and 0 for L <= l < W, this
-    # program's STEPS * BLOCK_L positions; la and w complex (parts interleaved: n at 2 n), s_la
-    # and s_w their rows' strides
+    # out[r, l] = scale Re(sum_n w[r, n] a[r, n]^l) for l < L and 0 for L <= l < W, over this
+    # program's STEPS blocks of BLOCK_L positions l = l0_s + j; la and w complex (parts
+    # interleaved: n at 2 n), s_la and s_w their rows' strides. With c[s, n] = w_n a_n^l0_s and
+    # e[n, j] = a_n^j the blocks are Re(c @ e): two products on the tensor cores (three TF32
+    # passes each: float32's digits), and each power is computed once, in parallel
     r = tl.program_id(0).to(tl.int64)
     j = tl.arange(0, BLOCK_L)
+    s = tl.arange(0, STEPS)
     start = tl.program_id(1) * (STEPS * BLOCK_L)
+    pos = start + s[:, None] * BLOCK_L + j[None, :]
     if start >= L:  # the zero padding alone
-        for step in range(STEPS):
-            l0 = start + step * BLOCK_L
-            tl.store(out + r * s_o + l0 + j, tl.zeros([BLOCK_L], tl.float32), mask=(l0 + j) < W)
+        tl.store(out + r * s_o + pos, tl.zeros([STEPS, BLOCK_L], tl.float32), mask=pos < W)
     else:
         n = tl.arange(0, BLOCK_N)
         mn = n < N
@@ -52,15 +55,15 @@ def conv_vander_sum(la_re, la_im, w_re, w_im, out, N, L, W, scale, s_la, s_w, s_
         ai = tl.load(la_im + r * s_la + 2 * n, mask=mn, other=0.0).to(tl.float64)
         wr = tl.load(w_re + r * s_w + 2 * n, mask=mn, other=0.0).to(tl.float32) * scale
         wi = tl.load(w_im + r * s_w + 2 * n, mask=mn, other=0.0).to(tl.float32) * scale
-        er, ei = _power(ar[None, :], ai[None, :], j.to(tl.float64)[:, None])  # a^j: (l, n)
-        for step in range(STEPS):
-            l0 = start + step * BLOCK_L
-            br, bi = _power(ar, ai, l0.to(tl.float64))                        # a^l0
-            cr = wr * br - wi * bi
-            ci = wr * bi + wi * br
-            k = tl.sum(cr[None, :] * er - ci[None, :] * ei, axis=1)
-            k = tl.where((l0 + j) < L, k, 0.0)
-            tl.store(out + r * s_o + l0 + j, k, mask=(l0 + j) < W)
+        er, ei = _power(ar[:, None], ai[:, None], j.to(tl.float64)[None, :])   # (n, j)
+        l0 = (start + s * BLOCK_L).to(tl.float64)
+        br, bi = _power(ar[None, :], ai[None, :], l0[:, None])                   # (s, n)
+        cr = wr[None, :] * br - wi[None, :] * bi
+        ci = wr[None, :] * bi + wi[None, :] * br
+        k = (tl.dot(cr, er, input_precision="tf32x3")
+             - tl.dot(ci, ei, input_precision="tf32x3"))
+        k = tl.where(pos < L, k, 0.0)
+        tl.store(out + r * s_o + pos, k, mask=pos < W)
 
 
 @triton.jit
@@ -287,16 +290,27 @@ def _pow2(n: int, lo: int = 1) -> int:
 
 
 def _vander_blocks(N: int, L: int, rows: int = 1) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_L, STEPS, programs along L): tiles of about 2K elements, a^j computed
-    once per program and reused for STEPS blocks (its exp, cos and sin at full accuracy are
-    most of a program's instructions, so STEPS is as large as the grid allows), with enough
-    programs in all (`rows` of them along the other axis) to fill the GPU."""
+    """(BLOCK_N, BLOCK_L, STEPS, programs along L) of `conv_vander_dot`: tiles of about 2K
+    elements, a^j computed once per program and reused for STEPS blocks, with enough programs
+    in all (`rows` of them along the other axis) to fill the GPU."""
     bn = _pow2(N)
     bl = min(_pow2(L, 16), _pow2(max(16, 2048 // bn), 16))
     blocks = triton.cdiv(L, bl)
     chunks = min(blocks, triton.cdiv(2048, max(rows, 1)))
     steps = triton.cdiv(blocks, chunks)
     return bn, bl, steps, triton.cdiv(L, bl * steps)
+
+
+def _vander_sum_blocks(N: int, L: int, rows: int) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_L, STEPS) of `conv_vander_sum`: its two products are (STEPS, BLOCK_N) by
+    (BLOCK_N, BLOCK_L), each dim at least 16 (tl.dot's smallest), up to 2048 positions a
+    program (8 warps: 80 registers), and programs enough to fill the GPU where rows are few."""
+    bn = _pow2(N, 16)
+    bl = min(64, _pow2(L, 16))
+    steps = min(32, _pow2(triton.cdiv(L, bl), 16))
+    while steps > 16 and rows * triton.cdiv(L, bl * steps) < 1024:
+        steps //= 2
+    return bn, bl, steps
 
 
 def _parts(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,9 +341,11 @@ def vander_sum(la: torch.Tensor, w: torch.Tensor, L: int, scale: float = 1.0,
     (lr, li, s_la), (wr, wi, s_w) = _interleaved(la), _interleaved(w)
     out = torch.empty(R, W, device=la.device, dtype=torch.float32)
     if R and W:
-        bn, bl, steps, _ = _vander_blocks(N, max(L, 1), R)
+        bn, bl, steps = _vander_sum_blocks(N, max(L, 1), R)
+        warps = {"num_warps": 8} if la.device.type == "cuda" else {}
         _launch("conv_vander_sum", (R, triton.cdiv(W, bl * steps)), la.device, lr, li, wr, wi,
-                out, N, L, W, float(scale), s_la, s_w, W, BLOCK_N=bn, BLOCK_L=bl, STEPS=steps)
+                out, N, L, W, float(scale), s_la, s_w, W, BLOCK_N=bn, BLOCK_L=bl, STEPS=steps,
+                **warps)
     return out
 
 
