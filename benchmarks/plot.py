@@ -129,6 +129,14 @@ if __name__ == "__main__":
          "session16_vs_peers.png",
          "Sixteenth session (2026-11-29): decode step load order; GLA's lrc rows in another "
          "process than fla's")
+    s17c = [r for r in load("session17_bench_conv.json")
+            if r.get("mode") in ("fwd", "fwdbwd") and not r["impl"].startswith("  ")]
+    bars(load("session17_bench_decode.json") + load("session17_bench_diag.json")
+         + load("session17_bench_mamba1.json") + load("session17_bench_mamba2.json")
+         + load("session17_bench_gla.json") + s17c,
+         "session17_vs_peers.png",
+         "Seventeenth session (2026-11-29): every Must row, the S4D forward no longer "
+         "host-bound")
     conv = load("bench_conv.json")
     bars([r for r in conv if "sweep" not in r["case"]], "conv_vs_peer.png",
          "Conv lowering vs PyTorch eager S4D")
