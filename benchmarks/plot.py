@@ -65,6 +65,12 @@ def bars(rows, path, title):
     plt.close(fig)
 
 
+def conv_rows(name: str) -> list:
+    """bench_conv.py's forward and forward+backward rows of a JSON file (not its pieces)."""
+    return [r for r in load(name)
+            if r.get("mode") in ("fwd", "fwdbwd") and not r["impl"].startswith("  ")]
+
+
 def crossover(rows, path):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     sweeps = sorted({r["case"] for r in rows if "sweep" in r["case"]})
@@ -115,25 +121,19 @@ if __name__ == "__main__":
          "Fourteenth session (2026-11-29): flips as gathers (Mamba-1), decode, S4D, diag")
     s15 = [r for r in load("session15_bench_mamba1_decode_diag_s4d.json")  # mamba1, s4d
            if r["case"].startswith(("mamba1", "s4d"))]
-    s15c = [r for r in load("session15_bench_conv_final.json")
-            if r.get("mode") in ("fwd", "fwdbwd") and not r["impl"].startswith("  ")]
     bars(s15 + load("session15_bench_diag_final.json") + load("session15_bench_decode_final.json")
-         + load("session15_bench_mamba2.json") + s15c,
+         + load("session15_bench_mamba2.json") + conv_rows("session15_bench_conv_final.json"),
          "session15_vs_peers.png",
          "Fifteenth session (2026-11-29): Param kernels (S4D conv), replayed decode step")
-    s16c = [r for r in load("session16_bench_conv.json")
-            if r.get("mode") in ("fwd", "fwdbwd") and not r["impl"].startswith("  ")]
     bars(load("session16_bench_decode_final.json") + load("session16_bench_diag.json")
          + load("session16_bench_mamba2.json") + load("session16_bench_gla_fla.json")
-         + load("session16_bench_gla_lrc.json") + s16c,
+         + load("session16_bench_gla_lrc.json") + conv_rows("session16_bench_conv.json"),
          "session16_vs_peers.png",
          "Sixteenth session (2026-11-29): decode step load order; GLA's lrc rows in another "
          "process than fla's")
-    s17c = [r for r in load("session17_bench_conv.json")
-            if r.get("mode") in ("fwd", "fwdbwd") and not r["impl"].startswith("  ")]
     bars(load("session17_bench_decode.json") + load("session17_bench_diag.json")
          + load("session17_bench_mamba1.json") + load("session17_bench_mamba2.json")
-         + load("session17_bench_gla.json") + s17c,
+         + load("session17_bench_gla.json") + conv_rows("session17_bench_conv.json"),
          "session17_vs_peers.png",
          "Seventeenth session (2026-11-29): every Must row, the S4D forward no longer "
          "host-bound")

@@ -397,6 +397,45 @@ def test_dplr_kernel_by_cauchy_and_woodbury():
         assert rel_err(a, b) <= 1e-9
 
 
+@pytest.mark.parametrize("L, width", [(77, 160), (37, 37), (130, 131)])
+def test_vandermonde_padded_and_scaled(L, width):
+    """The kernel as the convolution takes it: scale times the sums for l < L, zeros up to
+    width (several programs of zeros alone at 160, none at 37); gradients through the scale
+    and past the padding."""
+    R, N, scale = 4, 7, -0.37
+    la = torch.complex(-torch.rand(R, N, dtype=torch.float64) * 0.1 - 0.01,
+                       torch.randn(R, N, dtype=torch.float64)).requires_grad_(True)
+    w = torch.randn(R, N, dtype=torch.complex128, requires_grad=True)
+    ref = scale * (w[..., None] * torch.exp(la[..., None] * torch.arange(
+        L, dtype=torch.float64))).sum(1).real
+    ref = torch.nn.functional.pad(ref, (0, width - L))
+    k = conv_gen.vander(la, w, L, scale=scale, width=width)
+    assert k.shape == (R, width) and (k[:, L:] == 0).all()
+    assert rel_err(k, ref) <= 1e-6
+    gk = torch.randn(R, width, dtype=torch.float64)
+    g1 = torch.autograd.grad((k * gk).sum(), [la, w])
+    g2 = torch.autograd.grad((ref * gk).sum(), [la, w])
+    for a, b in zip(g1, g2, strict=True):
+        assert rel_err(a, b) <= 1e-5
+
+
+@pytest.mark.parametrize("nf", [64, 45])
+def test_half_spectrum_product(nf):
+    """A real kernel's spectrum kept as its rfft half: the product kernel and the backward's
+    conjugate product read the upper half as conjugates (even and odd sizes)."""
+    PP, C = 3, 5
+    z = torch.randn(PP, C, nf, dtype=torch.complex64)
+    k = torch.randn(C, nf, dtype=torch.float32)
+    full = torch.fft.fft(k.double())
+    kh = torch.fft.rfft(k)
+    assert rel_err(ck.spectral_product(z, kh), z.to(full.dtype) * full) <= 1e-6
+    dz = torch.randn(PP, C, nf, dtype=torch.complex64)
+    want_g = (z.conj().to(full.dtype) * dz.to(full.dtype)).sum(0)
+    want_dz = dz.to(full.dtype) * full.conj()
+    g = ck.spectral_backward(dz, z, kh)  # dz updated in place
+    assert rel_err(g, want_g) <= 1e-6 and rel_err(dz, want_dz) <= 1e-6
+
+
 def direct_conv(w, k, reverse):
     T, lk = w.shape[-1], k.shape[-1]
     dtype = torch.complex128 if (w.is_complex() or k.is_complex()) else torch.float64

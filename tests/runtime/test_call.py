@@ -305,3 +305,18 @@ def test_reference_runs_a_graph_with_a_split_complex_seq():
         ys.append((h * w[:, t].conj()).real)
     assert y.dtype == f64 and hT.dtype == torch.complex128
     assert close(y, torch.stack(ys, 1)) and close(hT, h)
+
+
+def test_broadcast_shape_matches_torch():
+    """bind.broadcast_shape (the convolution's host path) agrees with torch.broadcast_shapes
+    and refuses what it refuses."""
+    from lrc.runtime.bind import broadcast_shape
+
+    cases = [((2, 1, 3), (4, 3)), ((), (5,)), ((1,), (1,)), ((3, 1), (1, 4), (2, 1, 1)),
+             ((0, 1), (1, 7)), ((6,),)]
+    for shapes in cases:
+        assert broadcast_shape(*shapes) == tuple(torch.broadcast_shapes(*shapes))
+    with pytest.raises(RuntimeError):
+        torch.broadcast_shapes((2, 3), (4, 3))
+    with pytest.raises(RuntimeError, match="do not broadcast"):
+        broadcast_shape((2, 3), (4, 3))
