@@ -70,6 +70,16 @@ class Program:
                             for cv in self.plan.convs}
         self.has_beta = {cv.node: cv.beta != 0 for cv in self.plan.convs}
         self.has_gate = {cv.node: cv.gate != 1 for cv in self.plan.convs}
+        # beta added to the first tap by the Vandermonde kernel itself (no launches of its
+        # own): a diagonal state's new value read, a real constant alpha, beta real and
+        # varying only along the kernel's dims
+        self.beta_in_kernel = {
+            cv.node: (self.has_beta[cv.node] and self.real[cv.node] and cv.new
+                      and isinstance(self.const_alpha[cv.node], float)
+                      and self.plan.state(cv.state).kind == "diagonal"
+                      and not is_complex(cv.beta)
+                      and set(expr_dims(self.g, cv.beta)) <= set(self.kdims[cv.node]))
+            for cv in self.plan.convs}
         self.tapes: dict[sp.Basic, Tape] = {}
 
     def hoisted(self, e: sp.Basic, params) -> tuple[sp.Basic, list]:
@@ -343,7 +353,9 @@ class _Run:
         fold = const if isinstance(const, float) else 1.0  # a real constant: in the kernel
         # the kernel zero-padded to nf taps and times fold / nf (conv_fft.padded): generated
         # that way, so it is this call's own tensor and beta can go into it in place
-        k = self.unflat(self.kernel(cv, form, kd, lk, fold / nf, nf), kd)
+        fused = self.prog.beta_in_kernel[cv.node]
+        k = self.unflat(self.kernel(cv, form, kd, lk, fold / nf, nf,
+                                    self.beta_rows(cv, kd) if fused else None), kd)
         k = k.to(torch.float32 if not k.is_complex() else _C64[False])
         alpha: torch.Tensor | float | complex = 1.0 if const is None else const
         if const is not None and const != fold:  # a complex constant
@@ -352,7 +364,7 @@ class _Run:
             alpha = self.last(self.expr(cv.alpha, wide=True)).to(k.dtype if real else
                                                                   _C64[False])
             k = alpha * k
-        if self.prog.has_beta[cv.node]:  # + beta delta: beta / nf added to the first tap
+        if self.prog.has_beta[cv.node] and not fused:  # + beta delta: beta / nf at tap 0
             beta = self.last(self.expr(cv.beta, wide=True)).to(k.dtype) / nf
             rows = broadcast_shape(k.shape[:-1], beta.shape[:-1])
             if tuple(rows) != tuple(k.shape[:-1]):
@@ -373,17 +385,30 @@ class _Run:
         x = self.expr(d.args[0] if isinstance(d, sp.exp) else d, wide=True).to(_C64[True])
         return x if isinstance(d, sp.exp) else torch.log(x)
 
+    def beta_rows(self, cv: ConvNode, kd) -> torch.Tensor:
+        """beta as the Vandermonde kernel adds it, one value per kernel row (a Param read in
+        its own dtype, with no conversion launched; an expression in float64)."""
+        name = cv.beta.name if isinstance(cv.beta, sp.Symbol) else None
+        node = self.g[name] if name is not None and name in self.g else None
+        if isinstance(node, Input) and node.role is Role.PARAM:
+            x = self.param_view(name)
+        else:
+            x = self.expr(cv.beta, wide=True)
+        return self.flat(self.last(x), kd)[..., 0]
+
     def kernel(self, cv: ConvNode, form: StateForm, kd, lk: int, scale: float = 1.0,
-               width: int | None = None) -> torch.Tensor:
+               width: int | None = None, beta: torch.Tensor | None = None) -> torch.Tensor:
         """scale K (rows = kernel dims, lk taps, then zeros up to `width` taps when given):
-        complex unless the readout is only read as Re."""
+        complex unless the readout is only read as Re; with `beta` (diagonal states, the new
+        value read), beta / width added to the first tap."""
         c, T = (cv.contract,), self.T
         if form.kind == "diagonal":
             la = self.flat(self.last(self.log_decay(form)), kd, c)[..., 0]
             w = self.flat(self.last(self.expr(cv.q * form.bbar, wide=True)), kd, c)[..., 0]
             shift = 0 if cv.new else 1
             k = conv_gen.vander(la, w, T - shift, real=cv.real, scale=scale,
-                                width=None if width is None else width - shift)
+                                width=None if width is None else width - shift, beta=beta,
+                                beta_scale=1.0 / (width or 1))
             return k if cv.new else torch.cat([k.new_zeros(k.shape[0], 1), k], 1)
         if form.kind == "dplr":
             dp = self.dplr(form, kd)
