@@ -26,7 +26,8 @@ from ..ir.dims import Role
 from ..ir.functions import is_complex
 from ..ir.nodes import Input, Map
 from ..passes.analysis import expr_dims
-from ..runtime.bind import batch_dim, broadcast_shape, from_canonical, to_canonical
+from ..runtime.bind import (batch_dim, broadcast_shape, expanded, from_canonical, permuted,
+                            reshaped, to_canonical)
 from . import conv_fft, conv_gen
 from . import conv_kernels as ck
 from ..ir.functions import Tape
@@ -196,7 +197,7 @@ class _Run:
             y = self.value(o) if self.T else torch.zeros(
                 interpret.canonical_shape(g, g[o].dims, self.sizes, 0), device=self.like.device)
             y = y.flip(0) if self.call.reverse else y
-            y = y.expand(interpret.canonical_shape(g, g[o].dims, self.sizes, self.T))
+            y = expanded(y, interpret.canonical_shape(g, g[o].dims, self.sizes, self.T))
             outs.append(from_canonical(g, y, axes, self.sizes, True)
                         .to(self.call.out_dtype).contiguous())
         return outs, _Finals(self)
@@ -295,7 +296,7 @@ class _Run:
             dtype = (_C64[wide] if isinstance(v, complex) else
                      torch.float64 if wide else torch.float32)
             return torch.full((1,) * rank, v, dtype=dtype, device=self.like.device)
-        return v.reshape((1,) * (rank - v.dim()) + tuple(v.shape))
+        return reshaped(v, (1,) * (rank - v.dim()) + tuple(v.shape))
 
     def seq_expr(self, e: sp.Basic) -> torch.Tensor:
         """An expression as a sequence: (T, *dims) even where it is constant in time."""
@@ -317,20 +318,20 @@ class _Run:
         """(*g.dims, L) with size 1 where absent -> (prod group 0, prod group 1, ..., L)."""
         dims = self.g.dims
         used = [d for grp in groups for d in grp]
-        x = x.expand([self.sizes[d] if d in used else 1 for d in dims] + [x.shape[-1]])
+        x = expanded(x, [self.sizes[d] if d in used else 1 for d in dims] + [x.shape[-1]])
         order = [dims.index(d) for d in used] + [i for i, d in enumerate(dims) if d not in used]
-        x = x.permute(order + [len(dims)])
-        return x.reshape([math.prod(self.sizes[d] for d in grp) for grp in groups] +
-                         [x.shape[-1]])
+        x = permuted(x, order + [len(dims)])
+        return reshaped(x, [math.prod(self.sizes[d] for d in grp) for grp in groups] +
+                        [x.shape[-1]])
 
     def unflat(self, y: torch.Tensor, *groups) -> torch.Tensor:
         """The inverse of `flat` (the groups' dims in any order)."""
         used = [d for grp in groups for d in grp]
-        y = y.reshape([self.sizes[d] for d in used] + [y.shape[-1]])
+        y = reshaped(y, [self.sizes[d] for d in used] + [y.shape[-1]])
         canon = self.g.order(used)
-        y = y.permute([used.index(d) for d in canon] + [len(used)])
-        return y.reshape([self.sizes[d] if d in used else 1 for d in self.g.dims] +
-                         [y.shape[-1]])
+        y = permuted(y, [used.index(d) for d in canon] + [len(used)])
+        return reshaped(y, [self.sizes[d] if d in used else 1 for d in self.g.dims] +
+                        [y.shape[-1]])
 
     @staticmethod
     def last(x: torch.Tensor) -> torch.Tensor:
