@@ -106,13 +106,16 @@ class Program:
             self.tapes[key] = (out, [(sym, sub) for sub, sym in parts.items()])
         return self.tapes[key]
 
-    def param_kernel(self, e: sp.Basic, cplx: tuple[bool, ...]) -> ParamKernel | None:
-        """`e` (of Params alone, inputs in sorted name order, complex as `cplx` says) as
-        generated kernels, or None where the printer has no rule for a term of it."""
+    def param_kernel(self, e, cplx: tuple[bool, ...]) -> ParamKernel | None:
+        """`e` (of Params alone, or a tuple of such computed together; inputs in sorted name
+        order, complex as `cplx` says) as generated kernels, or None where the printer has no
+        rule for a term of it."""
         key = (e, cplx, "kernel")
         if key not in self.tapes:
+            names = tuple(sorted(set().union(*(param_names(x) for x in e)))) if isinstance(
+                e, tuple) else param_names(e)
             try:
-                self.tapes[key] = ParamKernel(e, param_names(e), cplx, 1 + len(self.g.dims))
+                self.tapes[key] = ParamKernel(e, names, cplx, 1 + len(self.g.dims))
             except NotImplementedError:
                 self.tapes[key] = None
         return self.tapes[key]
@@ -270,6 +273,26 @@ class _Run:
                 xs, torch.float64 if wide else torch.float32)
         return self.cache[key]
 
+    def prefetch(self, exprs: list[sp.Basic], wide: bool) -> None:
+        """Several expressions of Params alone through one pair of generated kernels (one
+        launch and one autograd node for all: the convolution's host time), where there are
+        two or more and their inputs broadcast to one shape; `generated` then finds them."""
+        todo = list(dict.fromkeys(e for e in exprs if not isinstance(e, sp.Symbol)
+                                  and param_names(e) and ("param", e, wide) not in self.cache))
+        if len(todo) < 2:
+            return
+        names = sorted(set().union(*(param_names(e) for e in todo)))
+        xs = {n: self.param_view(n) for n in names}
+        shape = broadcast_shape(*(x.shape for x in xs.values()))
+        if any(broadcast_shape(*(xs[n].shape for n in param_names(e))) != shape for e in todo):
+            return
+        pk = self.prog.param_kernel(tuple(todo), tuple(xs[n].is_complex() for n in names))
+        if pk is None:
+            return
+        outs = pk([xs[n] for n in names], torch.float64 if wide else torch.float32)
+        for e, v in zip(todo, outs, strict=True):
+            self.cache[("param", e, wide)] = v
+
     def expr(self, e: sp.Basic, wide: bool = False) -> torch.Tensor:
         """An expression over node symbols, canonical: Params in float64 when `wide` (and then
         it may only read Params), else everything in float32 - but an expression of Params
@@ -404,6 +427,8 @@ class _Run:
         value read), beta / width added to the first tap."""
         c, T = (cv.contract,), self.T
         if form.kind == "diagonal":
+            d = form.decay
+            self.prefetch([d.args[0] if isinstance(d, sp.exp) else d, cv.q * form.bbar], True)
             la = self.flat(self.last(self.log_decay(form)), kd, c)[..., 0]
             w = self.flat(self.last(self.expr(cv.q * form.bbar, wide=True)), kd, c)[..., 0]
             shift = 0 if cv.new else 1
