@@ -218,6 +218,8 @@ class _Run:
             v = self.state_seq(form) if new else self.state_prev(form)
         elif name in self.prog.convs:
             v = self.conv(self.prog.convs[name])
+        elif isinstance(node, Input) and node.role is Role.STATE:  # an old value read as is
+            v = self.state_prev(self.plan.state(name))
         elif isinstance(node, Input):
             x = self.tensors[node.arg]
             x = x.to(_C64[False] if x.is_complex() else torch.float32)
