@@ -26,7 +26,8 @@ from ..ir.dims import Role
 from ..ir.functions import is_complex
 from ..ir.nodes import Input, Map
 from ..passes.analysis import expr_dims
-from ..runtime.bind import batch_dim, broadcast_shape, from_canonical, to_canonical
+from ..runtime.bind import (batch_dim, broadcast_shape, expanded, from_canonical, permuted,
+                            reshaped, to_canonical)
 from . import conv_fft, conv_gen
 from . import conv_kernels as ck
 from ..ir.functions import Tape
@@ -70,6 +71,16 @@ class Program:
                             for cv in self.plan.convs}
         self.has_beta = {cv.node: cv.beta != 0 for cv in self.plan.convs}
         self.has_gate = {cv.node: cv.gate != 1 for cv in self.plan.convs}
+        # beta added to the first tap by the Vandermonde kernel itself (no launches of its
+        # own): a diagonal state's new value read, a real constant alpha, beta real and
+        # varying only along the kernel's dims
+        self.beta_in_kernel = {
+            cv.node: (self.has_beta[cv.node] and self.real[cv.node] and cv.new
+                      and isinstance(self.const_alpha[cv.node], float)
+                      and self.plan.state(cv.state).kind == "diagonal"
+                      and not is_complex(cv.beta)
+                      and set(expr_dims(self.g, cv.beta)) <= set(self.kdims[cv.node]))
+            for cv in self.plan.convs}
         self.tapes: dict[sp.Basic, Tape] = {}
 
     def hoisted(self, e: sp.Basic, params) -> tuple[sp.Basic, list]:
@@ -95,13 +106,16 @@ class Program:
             self.tapes[key] = (out, [(sym, sub) for sub, sym in parts.items()])
         return self.tapes[key]
 
-    def param_kernel(self, e: sp.Basic, cplx: tuple[bool, ...]) -> ParamKernel | None:
-        """`e` (of Params alone, inputs in sorted name order, complex as `cplx` says) as
-        generated kernels, or None where the printer has no rule for a term of it."""
+    def param_kernel(self, e, cplx: tuple[bool, ...]) -> ParamKernel | None:
+        """`e` (of Params alone, or a tuple of such computed together; inputs in sorted name
+        order, complex as `cplx` says) as generated kernels, or None where the printer has no
+        rule for a term of it."""
         key = (e, cplx, "kernel")
         if key not in self.tapes:
+            names = tuple(sorted(set().union(*(param_names(x) for x in e)))) if isinstance(
+                e, tuple) else param_names(e)
             try:
-                self.tapes[key] = ParamKernel(e, param_names(e), cplx, 1 + len(self.g.dims))
+                self.tapes[key] = ParamKernel(e, names, cplx, 1 + len(self.g.dims))
             except NotImplementedError:
                 self.tapes[key] = None
         return self.tapes[key]
@@ -186,7 +200,7 @@ class _Run:
             y = self.value(o) if self.T else torch.zeros(
                 interpret.canonical_shape(g, g[o].dims, self.sizes, 0), device=self.like.device)
             y = y.flip(0) if self.call.reverse else y
-            y = y.expand(interpret.canonical_shape(g, g[o].dims, self.sizes, self.T))
+            y = expanded(y, interpret.canonical_shape(g, g[o].dims, self.sizes, self.T))
             outs.append(from_canonical(g, y, axes, self.sizes, True)
                         .to(self.call.out_dtype).contiguous())
         return outs, _Finals(self)
@@ -261,6 +275,26 @@ class _Run:
                 xs, torch.float64 if wide else torch.float32)
         return self.cache[key]
 
+    def prefetch(self, exprs: list[sp.Basic], wide: bool) -> None:
+        """Several expressions of Params alone through one pair of generated kernels (one
+        launch and one autograd node for all: the convolution's host time), where there are
+        two or more and their inputs broadcast to one shape; `generated` then finds them."""
+        todo = list(dict.fromkeys(e for e in exprs if not isinstance(e, sp.Symbol)
+                                  and param_names(e) and ("param", e, wide) not in self.cache))
+        if len(todo) < 2:
+            return
+        names = sorted(set().union(*(param_names(e) for e in todo)))
+        xs = {n: self.param_view(n) for n in names}
+        shape = broadcast_shape(*(x.shape for x in xs.values()))
+        if any(broadcast_shape(*(xs[n].shape for n in param_names(e))) != shape for e in todo):
+            return
+        pk = self.prog.param_kernel(tuple(todo), tuple(xs[n].is_complex() for n in names))
+        if pk is None:
+            return
+        outs = pk([xs[n] for n in names], torch.float64 if wide else torch.float32)
+        for e, v in zip(todo, outs, strict=True):
+            self.cache[("param", e, wide)] = v
+
     def expr(self, e: sp.Basic, wide: bool = False) -> torch.Tensor:
         """An expression over node symbols, canonical: Params in float64 when `wide` (and then
         it may only read Params), else everything in float32 - but an expression of Params
@@ -287,7 +321,7 @@ class _Run:
             dtype = (_C64[wide] if isinstance(v, complex) else
                      torch.float64 if wide else torch.float32)
             return torch.full((1,) * rank, v, dtype=dtype, device=self.like.device)
-        return v.reshape((1,) * (rank - v.dim()) + tuple(v.shape))
+        return reshaped(v, (1,) * (rank - v.dim()) + tuple(v.shape))
 
     def seq_expr(self, e: sp.Basic) -> torch.Tensor:
         """An expression as a sequence: (T, *dims) even where it is constant in time."""
@@ -309,20 +343,20 @@ class _Run:
         """(*g.dims, L) with size 1 where absent -> (prod group 0, prod group 1, ..., L)."""
         dims = self.g.dims
         used = [d for grp in groups for d in grp]
-        x = x.expand([self.sizes[d] if d in used else 1 for d in dims] + [x.shape[-1]])
+        x = expanded(x, [self.sizes[d] if d in used else 1 for d in dims] + [x.shape[-1]])
         order = [dims.index(d) for d in used] + [i for i, d in enumerate(dims) if d not in used]
-        x = x.permute(order + [len(dims)])
-        return x.reshape([math.prod(self.sizes[d] for d in grp) for grp in groups] +
-                         [x.shape[-1]])
+        x = permuted(x, order + [len(dims)])
+        return reshaped(x, [math.prod(self.sizes[d] for d in grp) for grp in groups] +
+                        [x.shape[-1]])
 
     def unflat(self, y: torch.Tensor, *groups) -> torch.Tensor:
         """The inverse of `flat` (the groups' dims in any order)."""
         used = [d for grp in groups for d in grp]
-        y = y.reshape([self.sizes[d] for d in used] + [y.shape[-1]])
+        y = reshaped(y, [self.sizes[d] for d in used] + [y.shape[-1]])
         canon = self.g.order(used)
-        y = y.permute([used.index(d) for d in canon] + [len(used)])
-        return y.reshape([self.sizes[d] if d in used else 1 for d in self.g.dims] +
-                         [y.shape[-1]])
+        y = permuted(y, [used.index(d) for d in canon] + [len(used)])
+        return reshaped(y, [self.sizes[d] if d in used else 1 for d in self.g.dims] +
+                        [y.shape[-1]])
 
     @staticmethod
     def last(x: torch.Tensor) -> torch.Tensor:
@@ -345,7 +379,9 @@ class _Run:
         fold = const if isinstance(const, float) else 1.0  # a real constant: in the kernel
         # the kernel zero-padded to nf taps and times fold / nf (conv_fft.padded): generated
         # that way, so it is this call's own tensor and beta can go into it in place
-        k = self.unflat(self.kernel(cv, form, kd, lk, fold / nf, nf), kd)
+        fused = self.prog.beta_in_kernel[cv.node]
+        k = self.unflat(self.kernel(cv, form, kd, lk, fold / nf, nf,
+                                    self.beta_rows(cv, kd) if fused else None), kd)
         k = k.to(torch.float32 if not k.is_complex() else _C64[False])
         alpha: torch.Tensor | float | complex = 1.0 if const is None else const
         if const is not None and const != fold:  # a complex constant
@@ -354,7 +390,7 @@ class _Run:
             alpha = self.last(self.expr(cv.alpha, wide=True)).to(k.dtype if real else
                                                                   _C64[False])
             k = alpha * k
-        if self.prog.has_beta[cv.node]:  # + beta delta: beta / nf added to the first tap
+        if self.prog.has_beta[cv.node] and not fused:  # + beta delta: beta / nf at tap 0
             beta = self.last(self.expr(cv.beta, wide=True)).to(k.dtype) / nf
             rows = broadcast_shape(k.shape[:-1], beta.shape[:-1])
             if tuple(rows) != tuple(k.shape[:-1]):
@@ -375,17 +411,32 @@ class _Run:
         x = self.expr(d.args[0] if isinstance(d, sp.exp) else d, wide=True).to(_C64[True])
         return x if isinstance(d, sp.exp) else torch.log(x)
 
+    def beta_rows(self, cv: ConvNode, kd) -> torch.Tensor:
+        """beta as the Vandermonde kernel adds it, one value per kernel row (a Param read in
+        its own dtype, with no conversion launched; an expression in float64)."""
+        name = cv.beta.name if isinstance(cv.beta, sp.Symbol) else None
+        node = self.g[name] if name is not None and name in self.g else None
+        if isinstance(node, Input) and node.role is Role.PARAM:
+            x = self.param_view(name)
+        else:
+            x = self.expr(cv.beta, wide=True)
+        return self.flat(self.last(x), kd)[..., 0]
+
     def kernel(self, cv: ConvNode, form: StateForm, kd, lk: int, scale: float = 1.0,
-               width: int | None = None) -> torch.Tensor:
+               width: int | None = None, beta: torch.Tensor | None = None) -> torch.Tensor:
         """scale K (rows = kernel dims, lk taps, then zeros up to `width` taps when given):
-        complex unless the readout is only read as Re."""
+        complex unless the readout is only read as Re; with `beta` (diagonal states, the new
+        value read), beta / width added to the first tap."""
         c, T = (cv.contract,), self.T
         if form.kind == "diagonal":
+            d = form.decay
+            self.prefetch([d.args[0] if isinstance(d, sp.exp) else d, cv.q * form.bbar], True)
             la = self.flat(self.last(self.log_decay(form)), kd, c)[..., 0]
             w = self.flat(self.last(self.expr(cv.q * form.bbar, wide=True)), kd, c)[..., 0]
             shift = 0 if cv.new else 1
             k = conv_gen.vander(la, w, T - shift, real=cv.real, scale=scale,
-                                width=None if width is None else width - shift)
+                                width=None if width is None else width - shift, beta=beta,
+                                beta_scale=1.0 / (width or 1))
             return k if cv.new else torch.cat([k.new_zeros(k.shape[0], 1), k], 1)
         if form.kind == "dplr":
             dp = self.dplr(form, kd)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..runtime.bind import broadcast_shape
+from ..runtime.bind import broadcast_shape, expanded, permuted, reshaped
 from . import conv_kernels as ck
 
 
@@ -123,15 +123,16 @@ class Pending:
 
     def _finish_paired(self, kp: torch.Tensor) -> torch.Tensor:
         nd, nf = len(self.out_shape), self.nf
-        kk = kp.expand(*self.out_shape, nf).permute(*self.perm, nd)
-        k2 = kk[(0,) * len(self.rows)].reshape(-1, nf)
+        kk = permuted(expanded(kp, (*self.out_shape, nf)), (*self.perm, nd))
+        sel = kk[(0,) * len(self.rows)] if self.rows else kk
+        k2 = reshaped(sel, (math.prod(sel.shape[:-1]), nf))
         P = math.prod(self.rows)
         y = Apply.apply(self.spectrum, k2, P, self.T, self.reverse)
-        y = y.reshape(*self.rows, *self.chans, self.T)
+        y = reshaped(y, (*self.rows, *self.chans, self.T))
         inverse = [0] * nd
         for i, p in enumerate(self.perm):
             inverse[p] = i
-        return y.permute(*inverse, nd)
+        return permuted(y, (*inverse, nd))
 
 
 def start(w: torch.Tensor, kshape: tuple[int, ...], lk: int, real_kernel: bool,
@@ -147,9 +148,9 @@ def start(w: torch.Tensor, kshape: tuple[int, ...], lk: int, real_kernel: bool,
     chan = [i for i, n in enumerate(kshape) if n > 1]
     rows = [i for i in range(len(lead)) if i not in chan]
     perm = tuple(rows + chan)
-    x = w.expand(*lead, T).permute(*perm, len(lead))
+    x = permuted(expanded(w, (*lead, T)), (*perm, len(lead)))
     rshape = tuple(lead[i] for i in rows)
     cshape = tuple(lead[i] for i in chan)
-    x = x.reshape(math.prod(rshape), math.prod(cshape), T)
+    x = reshaped(x, (math.prod(rshape), math.prod(cshape), T))
     spec = Spectrum.apply(x, nf, reverse)
     return Pending(lead, T, lk, reverse, True, spec, perm, rshape, cshape)

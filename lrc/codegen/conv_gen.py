@@ -31,25 +31,32 @@ from . import conv_kernels as ck
 
 class VanderSum(torch.autograd.Function):
     """(la, w) (R, N) complex -> K (R, width) float32, K_l = scale Re(sum_n w_n exp(l la_n))
-    for l < L, zero after (a convolution's zero padding, written by the same kernel)."""
+    for l < L, zero after (a convolution's zero padding, written by the same kernel), plus
+    beta_scale beta at l = 0 where beta (R,) is given (a skip term folded into the kernel)."""
 
     @staticmethod
     def forward(ctx, la: torch.Tensor, w: torch.Tensor, L: int, scale: float = 1.0,
-                width: int | None = None):
+                width: int | None = None, beta: torch.Tensor | None = None,
+                beta_scale: float = 1.0):
         ctx.save_for_backward(la, w)
-        ctx.L, ctx.scale = L, scale
-        return ck.vander_sum(la, w, L, scale, width)
+        ctx.L, ctx.scale, ctx.beta_scale = L, scale, beta_scale
+        ctx.beta = None if beta is None else (beta.shape, beta.dtype)
+        return ck.vander_sum(la, w, L, scale, width, beta, beta_scale)
 
     @staticmethod
     def backward(ctx, gk: torch.Tensor):
         la, w = ctx.saved_tensors
+        gbeta = None
+        if ctx.beta is not None and ctx.needs_input_grad[5]:
+            shape, dtype = ctx.beta
+            gbeta = (gk[:, 0] * ctx.beta_scale).to(dtype).reshape(shape)
         gk = gk[:, :ctx.L] if gk.shape[-1] != ctx.L else gk
         s0, s1 = ck.vander_dot(la, gk)
         if ctx.scale != 1:
             s0, s1 = s0 * ctx.scale, s1 * ctx.scale
         gw = s0.conj().to(w.dtype)
         gla = (w * s1.to(w.dtype)).conj().to(la.dtype)
-        return gla, gw, None, None, None
+        return gla, gw, None, None, None, gbeta, None
 
 
 class Cauchy(torch.autograd.Function):
@@ -68,12 +75,14 @@ class Cauchy(torch.autograd.Function):
 
 
 def vander(la: torch.Tensor, w: torch.Tensor, L: int, real: bool = True, scale: float = 1.0,
-           width: int | None = None) -> torch.Tensor:
+           width: int | None = None, beta: torch.Tensor | None = None,
+           beta_scale: float = 1.0) -> torch.Tensor:
     """scale sum_n w_n exp(l la_n) for l < L, (R, N) -> (R, L): its real part when `real`;
-    with `width`, zeros after L up to width (a convolution kernel's padding)."""
+    with `width`, zeros after L up to width (a convolution kernel's padding); with `beta`
+    (R,) real, beta_scale beta added to the real part at l = 0."""
     if L <= 0:
         return la.new_zeros(la.shape[0], width or 0, dtype=torch.float32)
-    re = VanderSum.apply(la, w, L, scale, width)
+    re = VanderSum.apply(la, w, L, scale, width, beta, beta_scale)
     if real:
         return re
     return torch.complex(re, VanderSum.apply(la, -1j * w, L, scale, width))

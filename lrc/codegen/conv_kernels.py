@@ -34,9 +34,11 @@ def _power(ar, ai, x):
 
 
 @triton.jit
-def conv_vander_sum(la_re, la_im, w_re, w_im, out, N, L, W, scale, s_la, s_w, s_o,
-                    BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, STEPS: tl.constexpr):
-    # out[r, l] = scale Re(sum_n w[r, n] a[r, n]^l) for l < L and 0 for L <= l < W, over this
+def conv_vander_sum(la_re, la_im, w_re, w_im, out, beta, N, L, W, scale, beta_scale, s_la,
+                    s_w, s_o, s_beta, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+                    STEPS: tl.constexpr, HAS_BETA: tl.constexpr):
+    # out[r, l] = scale Re(sum_n w[r, n] a[r, n]^l) (+ beta_scale beta[r] at l = 0, HAS_BETA)
+    # for l < L and 0 for L <= l < W, over this
     # program's STEPS blocks of BLOCK_L positions l = l0_s + j; la and w complex (parts
     # interleaved: n at 2 n), s_la and s_w their rows' strides. With c[s, n] = w_n a_n^l0_s and
     # e[n, j] = a_n^j the blocks are Re(c @ e): two products on the tensor cores (three TF32
@@ -63,6 +65,9 @@ def conv_vander_sum(la_re, la_im, w_re, w_im, out, N, L, W, scale, s_la, s_w, s_
         k = (tl.dot(cr, er, input_precision="tf32x3")
              - tl.dot(ci, ei, input_precision="tf32x3"))
         k = tl.where(pos < L, k, 0.0)
+        if HAS_BETA:  # + beta_scale beta[r] at l = 0 (a skip term folded into the kernel)
+            b = tl.load(beta + r * s_beta).to(tl.float32) * beta_scale
+            k = tl.where(pos == 0, k + b, k)
         tl.store(out + r * s_o + pos, k, mask=pos < W)
 
 
@@ -333,9 +338,11 @@ def _interleaved(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 
 def vander_sum(la: torch.Tensor, w: torch.Tensor, L: int, scale: float = 1.0,
-               width: int | None = None) -> torch.Tensor:
+               width: int | None = None, beta: torch.Tensor | None = None,
+               beta_scale: float = 1.0) -> torch.Tensor:
     """scale Re(sum_n w[r, n] exp(l la[r, n])) for l < L, then zeros up to `width` (default
-    L): (R, N) complex -> (R, width) float32."""
+    L), plus beta_scale beta[r] at l = 0 where `beta` (R,) real is given: (R, N) complex ->
+    (R, width) float32."""
     R, N = la.shape
     W = L if width is None else width
     (lr, li, s_la), (wr, wi, s_w) = _interleaved(la), _interleaved(w)
@@ -343,9 +350,10 @@ def vander_sum(la: torch.Tensor, w: torch.Tensor, L: int, scale: float = 1.0,
     if R and W:
         bn, bl, steps = _vander_sum_blocks(N, max(L, 1), R)
         warps = {"num_warps": 8} if la.device.type == "cuda" else {}
+        b, s_b = (beta, beta.stride(0)) if beta is not None else (out, 0)
         _launch("conv_vander_sum", (R, triton.cdiv(W, bl * steps)), la.device, lr, li, wr, wi,
-                out, N, L, W, float(scale), s_la, s_w, W, BLOCK_N=bn, BLOCK_L=bl, STEPS=steps,
-                **warps)
+                out, b, N, L, W, float(scale), float(beta_scale), s_la, s_w, W, s_b,
+                BLOCK_N=bn, BLOCK_L=bl, STEPS=steps, HAS_BETA=beta is not None, **warps)
     return out
 
 

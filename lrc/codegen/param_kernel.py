@@ -63,13 +63,16 @@ def _stable(e: sp.Expr) -> sp.Expr:
 
 
 class ParamKernel:
-    """`expr` (free symbols: node names) over inputs whose complexness `cplx` gives, in the
-    order of `names`; rank: the inputs' and the output's number of axes."""
+    """`expr` (free symbols: node names), or a tuple of expressions computed by the same
+    kernels (one launch forward, one backward, their common subexpressions once), over
+    inputs whose complexness `cplx` gives, in the order of `names`; rank: the inputs' and the
+    outputs' number of axes. Several expressions share one broadcast shape: that of all the
+    inputs."""
 
-    def __init__(self, expr: sp.Basic, names: tuple[str, ...], cplx: tuple[bool, ...],
-                 rank: int):
+    def __init__(self, expr, names: tuple[str, ...], cplx: tuple[bool, ...], rank: int):
+        self.exprs = tuple(expr) if isinstance(expr, tuple) else (expr,)
         self.expr, self.names, self.cplx, self.rank = expr, names, cplx, rank
-        syms = {s.name: s for s in expr.free_symbols}
+        syms = {s.name: s for e in self.exprs for s in e.free_symbols}
         parts: list[tuple[sp.Symbol, ...]] = []
         real, env = {}, {}
         for j, (name, c) in enumerate(zip(names, cplx, strict=True)):
@@ -80,29 +83,36 @@ class ParamKernel:
                 p = (sp.Symbol(f"x{j}r", real=True),)
                 real[syms[name]] = p[0]
             parts.append(p)
-        re, im = split(expr.xreplace(real), env)  # type: ignore[arg-type]
-        re, im = _stable(sp.sympify(re)), _stable(sp.sympify(im))
-        self.out_complex = is_complex(expr) or im != 0
-        gr, gi = sp.Symbol("gr", real=True), sp.Symbol("gi", real=True)
-        grads = [sp.diff(re, v) * gr + (sp.diff(im, v) * gi if self.out_complex else 0)
-                 for p in parts for v in p]
+        values, self.outs_complex = [], []
+        grads = [sp.Integer(0) for p in parts for _ in p]
+        for k, e in enumerate(self.exprs):
+            re, im = split(e.xreplace(real), env)  # type: ignore[arg-type]
+            re, im = _stable(sp.sympify(re)), _stable(sp.sympify(im))
+            cx = bool(is_complex(e) or im != 0)
+            self.outs_complex.append(cx)
+            values.append([re, im] if cx else [re])
+            gr, gi = sp.Symbol(f"gr{k}", real=True), sp.Symbol(f"gi{k}", real=True)
+            grads = [g + sp.diff(re, v) * gr + (sp.diff(im, v) * gi if cx else 0)
+                     for g, v in zip(grads, [v for p in parts for v in p], strict=True)]
+        self.out_complex = self.outs_complex[0]
         bad = [g for g in grads if g.has(sp.Derivative, sp.Subs)]
         if bad:
             raise NotImplementedError(f"no derivative rule in {bad[0]}")
-        value = [re, im] if self.out_complex else [re]
-        self.source = _source(parts, value, grads, rank, self.out_complex)
+        self.source = _source(parts, values, grads, rank, self.outs_complex)
         self.launcher = modules.Launcher(self.source)
 
-    def __call__(self, xs: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    def __call__(self, xs: list[torch.Tensor], dtype: torch.dtype):
         """The value over the broadcast shape of `xs` (each of rank `rank`), real or complex
-        in the precision of `dtype` (float64 or float32)."""
-        return _Apply.apply(self, dtype, *xs)
+        in the precision of `dtype` (float64 or float32); a tuple of them for a tuple of
+        expressions."""
+        out = _Apply.apply(self, dtype, *xs)
+        return out if isinstance(self.expr, tuple) else out[0]
 
     # ---- launches
 
     def launch(self, which: str, xs: list[torch.Tensor], extra: list, shape) -> None:
         """`which` ("fwd" / "bwd") over `shape`: the inputs `xs` by their strides, then
-        `extra` (the output; or the gradient, then the inputs' gradient buffers)."""
+        `extra` (the outputs; or the gradients, then the inputs' gradient buffers)."""
         args: list = []
         strides: list[int] = []
         for x, c in zip(xs, self.cplx, strict=True):
@@ -112,10 +122,11 @@ class ParamKernel:
         for s in shape:
             M *= s
         if which == "bwd":
-            g = extra[0]
-            args.append(torch.view_as_real(g) if self.out_complex else g)
-            strides += _strides(g, shape, self.out_complex)
-            extra = extra[1:]
+            n = len(self.exprs)
+            for g, c in zip(extra[:n], self.outs_complex, strict=True):
+                args.append(torch.view_as_real(g) if c else g)
+                strides += _strides(g, shape, c)
+            extra = extra[n:]
         args += [torch.view_as_real(b) if b.is_complex() else b for b in extra]
         args += [M, *shape, *strides]
         grid = ((M + BLOCK - 1) // BLOCK,)
@@ -135,30 +146,33 @@ _STORED = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 
 class _Apply(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, pk: ParamKernel, dtype: torch.dtype, *xs: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, pk: ParamKernel, dtype: torch.dtype, *xs: torch.Tensor):
         xs = tuple(x.resolve_conj() for x in xs)
         shape = broadcast_shape(*(x.shape for x in xs))
         wide = dtype == torch.float64
-        out_dtype = ((torch.complex128 if wide else torch.complex64) if pk.out_complex
-                     else dtype)
-        out = torch.empty(shape, dtype=out_dtype, device=xs[0].device)
-        if out.numel():
-            pk.launch("fwd", list(xs), [out], shape)
+        outs = [torch.empty(shape, dtype=((torch.complex128 if wide else torch.complex64)
+                                          if cx else dtype), device=xs[0].device)
+                for cx in pk.outs_complex]
+        if outs[0].numel():
+            pk.launch("fwd", list(xs), outs, shape)
         ctx.pk, ctx.shape = pk, shape
         ctx.save_for_backward(*xs)
-        return out
+        return tuple(outs)
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):
+    def backward(ctx, *gs: torch.Tensor):
         pk, shape = ctx.pk, ctx.shape
         xs = ctx.saved_tensors
+        gs = tuple(g.resolve_conj() if g is not None else torch.zeros(
+            shape, dtype=torch.complex128 if cx else torch.float64, device=xs[0].device)
+            for g, cx in zip(gs, pk.outs_complex, strict=True))
         bufs = []
         for x in xs:  # x's own dtype if float32 / 64 and no sum follows, else float64
             dt = x.dtype if x.shape == shape and x.dtype in _STORED else (
                 torch.complex128 if x.is_complex() else torch.float64)
             bufs.append(torch.empty(shape, dtype=dt, device=x.device))
-        if g.numel():
-            pk.launch("bwd", list(xs), [g.resolve_conj()] + bufs, shape)
+        if gs[0].numel():
+            pk.launch("bwd", list(xs), list(gs) + bufs, shape)
         out: list = [None, None]
         for x, b, need in zip(xs, bufs, ctx.needs_input_grad[2:], strict=True):
             if not need:
@@ -169,14 +183,16 @@ class _Apply(torch.autograd.Function):
         return tuple(out)
 
 
-def _source(parts, value, grads, rank: int, out_complex: bool) -> str:
-    """The module: params_fwd (inputs, out) and params_bwd (inputs, g, one gradient each)."""
+def _source(parts, values, grads, rank: int, outs_complex: list[bool]) -> str:
+    """The module: params_fwd (inputs, one output per expression) and params_bwd (inputs,
+    one gradient per output, one gradient buffer per input)."""
     n_in = len(parts)
     sizes = [f"S{a}" for a in range(rank)]
     strides = [f"s{j}_{a}" for j in range(n_in) for a in range(rank)]
-    gstrides = [f"sg_{a}" for a in range(rank)]
+    n_out = len(values)
+    gstrides = [f"sg{k}_{a}" for k in range(n_out) for a in range(rank)]
     names = {v.name: v.name for p in parts for v in p}
-    names.update(gr="gr", gi="gi")
+    names.update({f"g{c}{k}": f"g{c}{k}" for k in range(n_out) for c in "ri"})
 
     def head() -> list[str]:
         lines = ["    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)",
@@ -203,23 +219,29 @@ def _source(parts, value, grads, rank: int, out_complex: bool) -> str:
 
     ins = [f"x{j}" for j in range(n_in)]
     tail = ["M", *sizes]
-    fwd = [f"def params_fwd({', '.join(ins + ['out'] + tail + strides)}, BLOCK: tl.constexpr):"]
+    outs = [f"out{k}" for k in range(n_out)]
+    fwd = [f"def params_fwd({', '.join(ins + outs + tail + strides)}, BLOCK: tl.constexpr):"]
     fwd += head()
-    fwd += body(value, ["vr", "vi"][:len(value)])
-    if out_complex:
-        fwd += ["    tl.store(out + 2 * i, vr, mask=m)",
-                "    tl.store(out + 2 * i + 1, vi, mask=m)"]
-    else:
-        fwd += ["    tl.store(out + i, vr, mask=m)"]
+    fwd += body([v for val in values for v in val],
+                [f"v{c}{k}" for k, val in enumerate(values) for c in "ri"[:len(val)]])
+    for k, cx in enumerate(outs_complex):
+        if cx:
+            fwd += [f"    tl.store(out{k} + 2 * i, vr{k}, mask=m)",
+                    f"    tl.store(out{k} + 2 * i + 1, vi{k}, mask=m)"]
+        else:
+            fwd += [f"    tl.store(out{k} + i, vr{k}, mask=m)"]
 
     douts = [f"d{j}" for j in range(n_in)]
-    bwd = [f"def params_bwd({', '.join(ins + ['g'] + douts + tail + strides + gstrides)}, "
+    gins = [f"g{k}" for k in range(n_out)]
+    bwd = [f"def params_bwd({', '.join(ins + gins + douts + tail + strides + gstrides)}, "
            "BLOCK: tl.constexpr):"]
     bwd += head()
-    og = " + ".join(f"i{a} * sg_{a}" for a in range(rank)) or "0"
-    bwd += [f"    og = {og}", "    gr = tl.load(g + og, mask=m, other=0.0).to(tl.float64)"]
-    if out_complex:
-        bwd += ["    gi = tl.load(g + og + 1, mask=m, other=0.0).to(tl.float64)"]
+    for k, cx in enumerate(outs_complex):
+        og = " + ".join(f"i{a} * sg{k}_{a}" for a in range(rank)) or "0"
+        bwd += [f"    og{k} = {og}",
+                f"    gr{k} = tl.load(g{k} + og{k}, mask=m, other=0.0).to(tl.float64)"]
+        if cx:
+            bwd += [f"    gi{k} = tl.load(g{k} + og{k} + 1, mask=m, other=0.0).to(tl.float64)"]
     gnames = [f"d{j}{'ri'[k]}" for j, p in enumerate(parts) for k in range(len(p))]
     bwd += body(grads, gnames)
     for j, p in enumerate(parts):

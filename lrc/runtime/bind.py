@@ -168,6 +168,25 @@ def broadcast_shape(*shapes) -> tuple[int, ...]:
     return tuple(out)
 
 
+def reshaped(x: torch.Tensor, shape) -> torch.Tensor:
+    """x.reshape(shape), or x itself where it has that shape already (a view op saved: with
+    autograd each is a node, and a host-bound call makes dozens)."""
+    shape = tuple(shape)
+    return x if tuple(x.shape) == shape else x.reshape(shape)
+
+
+def permuted(x: torch.Tensor, order) -> torch.Tensor:
+    """x.permute(order), or x itself for the identity."""
+    order = tuple(order)
+    return x if order == tuple(range(len(order))) else x.permute(order)
+
+
+def expanded(x: torch.Tensor, shape) -> torch.Tensor:
+    """x.expand(shape), or x itself where nothing broadcasts."""
+    shape = tuple(shape)
+    return x if tuple(x.shape) == shape else x.expand(shape)
+
+
 def to_canonical(g: Graph, x: torch.Tensor, ann: Annotation, sizes: dict[str, int],
                  with_time: bool) -> torch.Tensor:
     """A tensor in its annotated layout -> (time, *g.dims) with size 1 for absent dims."""
@@ -211,10 +230,10 @@ def from_canonical(g: Graph, x: torch.Tensor, axes: Axes, sizes: dict[str, int],
     axes = tuple(a for a in axes if with_time or a != (g.time,))
     flat = [d for a in axes for d in a]
     present = [d for d in g.dims if d in flat]
-    x = x.reshape((x.shape[0],) + tuple(sizes[d] for d in present))
+    x = reshaped(x, (x.shape[0],) + tuple(sizes[d] for d in present))
     src = ([g.time] if with_time else []) + present
     if not with_time:
         x = x.squeeze(0)
-    x = x.permute([src.index(d) for d in flat])
-    return x.reshape([math.prod(sizes[d] if d != g.time else x.shape[flat.index(g.time)]
-                                for d in a) for a in axes])
+    x = permuted(x, [src.index(d) for d in flat])
+    return reshaped(x, [math.prod(sizes[d] if d != g.time else x.shape[flat.index(g.time)]
+                                  for d in a) for a in axes])

@@ -163,3 +163,30 @@ def test_gpu_s4d_size():
         want = torch.autograd.grad((ref * g.conj()).real.sum(), ws)
         for name, got, exp in zip(names, grads, want, strict=True):
             assert rel_err(got, exp) <= 1e-10, f"grad of {name}: {rel_err(got, exp):.2e}"
+
+
+@pytest.mark.parametrize("use", ["both", "first"])
+def test_expressions_together(use):
+    """A tuple of expressions through one forward and one backward kernel (the convolution's
+    log a and its readout weight, S4D's pair): each value and every input's gradient as for
+    the expressions alone; an output whose gradient is not needed counts as zero."""
+    e1 = sp.exp(d) * (-sp.exp(a) + sp.I * b)
+    e2 = z * sp.exp(d) * phi1(e1) + a * b
+    spec = {"a": ((1, 7, 5), False), "b": ((1, 7, 5), False), "d": ((1, 7, 1), False),
+            "z": ((1, 7, 5), True)}
+    names = tuple(sorted(spec))
+    xs = [x.requires_grad_(True) for x in _inputs(spec)]
+    pk = ParamKernel((e1, e2), names, tuple(x.is_complex() for x in xs), 3)
+    v1, v2 = pk(xs, torch.float64)
+    r1, ws = _reference(e1, xs, names)
+    env = dict(zip(names, ws, strict=True))
+    r2 = Tape(e2)(env)
+    assert rel_err(v1, r1.expand(v1.shape)) <= 1e-12 and rel_err(v2, r2.expand(v2.shape)) <= 1e-12
+    g1, g2 = (torch.randn(v.shape, dtype=v.dtype) for v in (v1, v2))
+    loss = (v1 * g1.conj()).real.sum() + ((v2 * g2.conj()).real.sum() if use == "both" else 0)
+    want = (r1 * g1.conj()).real.sum() + ((r2 * g2.conj()).real.sum() if use == "both" else 0)
+    got = torch.autograd.grad(loss, xs, allow_unused=True)
+    exp = torch.autograd.grad(want, ws, allow_unused=True)
+    for name, x, gg, ee in zip(names, xs, got, exp, strict=True):
+        ee = torch.zeros_like(ws[names.index(name)]) if ee is None else ee
+        assert rel_err(gg, ee) <= 1e-10, name
