@@ -88,7 +88,8 @@ def _intra_grads(k: Kernel) -> None:
     w("dlam = -(q_k * d_k)")
 
 
-# the quantities' cotangents in the order they are final in the per-chunk gradients
+# the quantities' cotangents by the part of the per-chunk gradients that makes them final
+# (the parts of q and k come in either order: Chain's `order`)
 STAGES = (("v", "skip", "gate", "ev", "ek"), ("q",), ("k",), ("l",))
 
 
@@ -99,11 +100,13 @@ class Chain:
     after its last term, so that few gradient tiles are alive at once (the backward's per-chunk
     phase runs out of registers otherwise)."""
 
-    def __init__(self, k: Kernel, derivs: dict, names: dict[str, str], store) -> None:
+    def __init__(self, k: Kernel, derivs: dict, names: dict[str, str], store,
+                 order: tuple[int, ...] = (0, 1, 2, 3)) -> None:
         from .printer import triton_expr
 
         f = k.form
         self.k, self.store = k, store
+        self.rank = {s: i for i, s in enumerate(order)}  # stage -> when it is emitted
         self.terms: dict[str, list[tuple[int, str]]] = {}  # input -> [(stage, term)]
         for name in f.inputs:
             side = f.input_side(name)
@@ -138,9 +141,9 @@ class Chain:
             var = f"d_{arg(name)}"
             now = [c for s, c in ts if s == i]
             if now:
-                started = any(s < i for s, _ in ts)
+                started = any(self.rank[s] < self.rank[i] for s, _ in ts)
                 w(f"{var} {'+=' if started else '='} {' + '.join(now)}", f"gradient of {name}")
-            if max(s for s, _ in ts) != i:
+            if max(self.rank[s] for s, _ in ts) != self.rank[i]:
                 continue
             for other, rep in self.same.items():
                 if rep == name:
@@ -306,7 +309,7 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
             w(f"{pre}    tl.store({gv}_ptr + {off}, _cast({var}, {gv}_ptr.dtype.element_ty, EMU), "
               f"mask={m})")
 
-        chain = Chain(k, reduced, names, store)
+        chain = Chain(k, reduced, names, store, (0, 1, 2, 3) if f.per_key else (0, 2, 1, 3))
         if f.q("skip"):  # the skip's gradient is dy itself: added by the first key block alone
             w("d_skip = dy")
             w("if NKB > 1:")
@@ -326,26 +329,39 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
             w("dlq = tl.sum(pa, 1, keep_dims=True)")
             w("dlam = -tl.sum(pa, 0)[:, None]")
             w("dad = dA * dm")
-        if not f.q("gate"):
-            load_s0()
-        sds = "tl.sum(S0 * dS, 1, keep_dims=True)"
-        w(f"sds = tl.trans({sds})" if f.per_key else f"sds = tl.sum({sds}, 0, keep_dims=True)",
-          "S_0 . dS: the whole chunk's decay")
-        w(f"dqs = _dot({du}, tl.trans(S0), DT, IEEE, EMU) * eq  # the readout of S_0")
-        w("d_q += dqs" if f.per_key else "d_q = _dot(dad, q_k, DT, IEEE, EMU) + dqs")
-        w("gq = q_q * dqs")
-        w("dlq += gq" if f.per_key else "dlq += tl.sum(gq, 1, keep_dims=True)")
-        chain.stage(1)
-        w("dkt = _dot(q_v, tl.trans(dS), DT, IEEE, EMU) * ek  # the state passed on")
-        w("d_k += dkt" if f.per_key else "d_k = _dot(tl.trans(dad), q_q, DT, IEEE, EMU) + dkt")
-        w("gk = q_k * dkt")
+
+        def readout_part() -> None:  # d_q: the intra part and the readout of S_0
+            if not f.q("gate"):
+                load_s0()
+            sds = "tl.sum(S0 * dS, 1, keep_dims=True)"
+            w(f"sds = tl.trans({sds})" if f.per_key else
+              f"sds = tl.sum({sds}, 0, keep_dims=True)", "S_0 . dS: the whole chunk's decay")
+            w(f"dqs = _dot({du}, tl.trans(S0), DT, IEEE, EMU) * eq  # the readout of S_0")
+            w("d_q += dqs" if f.per_key else "d_q = _dot(dad, q_k, DT, IEEE, EMU) + dqs")
+            w("gq = q_q * dqs")
+            w("dlq += gq" if f.per_key else "dlq += tl.sum(gq, 1, keep_dims=True)")
+            chain.stage(1)
+
+        def passed_part() -> None:  # d_k: the intra part and the state passed on
+            w("dkt = _dot(q_v, tl.trans(dS), DT, IEEE, EMU) * ek  # the state passed on")
+            w("d_k += dkt" if f.per_key else
+              "d_k = _dot(tl.trans(dad), q_q, DT, IEEE, EMU) + dkt")
+            w("gk = q_k * dkt")
+            if f.per_key:
+                w("dlam -= gk")
+                w("dlast = tl.sum(gk, 0, keep_dims=True)")
+            else:
+                w("dlam -= tl.sum(gk, 1, keep_dims=True)")
+                w("dlast = tl.sum(tl.sum(gk, 1, keep_dims=True), 0, keep_dims=True)")
+            chain.stage(2)
+
         if f.per_key:
-            w("dlam -= gk")
-            w("dlast = tl.sum(gk, 0, keep_dims=True) + sds * elast")
-        else:
-            w("dlam -= tl.sum(gk, 1, keep_dims=True)")
-            w("dlast = tl.sum(tl.sum(gk, 1, keep_dims=True), 0, keep_dims=True) + sds * elast")
-        chain.stage(2)
+            readout_part()
+            passed_part()
+        else:  # a scalar decay: d_k first, so q_v is dead before S_0 is loaded (registers)
+            passed_part()
+            readout_part()
+        w("dlast += sds * elast")
         w("if PHASE == 0:")
         w(f"    dS = dS * elast_r + {entering(k, du)}", "the state entering")
         rc = ("tl.cumsum(dlam + dlq, 0, reverse=True)" if f.per_key else

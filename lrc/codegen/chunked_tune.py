@@ -17,7 +17,8 @@ from dataclasses import astuple, dataclass
 from .module import cache_dir
 
 _CACHE: dict[tuple, Config] = {}
-TIMES: dict[tuple, list] = {}  # key -> [(config, median ms)] of each timed candidate (benchmarks read it)
+# key -> [(config, median ms)] of each timed candidate (the benchmarks print it)
+TIMES: dict[tuple, list] = {}
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
         # one-program-per-row configs, so the untimed choice keeps those. LOCAL (each chunk's
         # own part first) stays for an override: at the reference shape it was slower than
         # PASS (session 8, Mamba-2: forward 928 vs 738 us, backward 7943 vs 7790)
+        # (three stages for the state pass were level: GLA 839.9 against 837.7 us, Mamba-2
+        # 454.3 against 475.4 where the one-row forward took 451.4; session 18)
         bv = max(b for b in bvs if b >= 64 or b == pow2(V))
         return out + [Config(64, bv, 4, 2, split=PASS, wk=w)
                       for w in sorted({0, 64 if pow2(K) > 64 else 0})]
@@ -115,12 +118,15 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
     # 4823; GLA's backward does not fit 128 registers)
     # (the PASS backward at 8 warps was slower at every heads block: session 9, Mamba-2
     # 3957-4779 us against 3371 at 4 warps; blocks of 8 heads lost to 64 in sessions 8 and
-    # 9). Where there are more than 64 keys: the state pass in blocks of 64, and the chunks too
+    # 9). Where there are more than 64 keys: the state pass in blocks of 64, and the chunks too.
+    # Three pipeline stages for the state pass (the chunks run one): Mamba-2's state pass
+    # 296 -> 184 us at two, 169 at three (session 18, B8 L4096 H32 P64 N128 bf16, wk=64);
+    # GLA's 291 -> 236
     keys = [(0, 0)] + ([(0, 64), (64, 64)] if pow2(K) > 64 else [])
-    out += [Config(bt or 64, pow2(V), 4, 1, split=PASS, heads=h, bk=b, wk=wk)
+    out += [Config(bt or 64, pow2(V), 4, 3, split=PASS, heads=h, bk=b, wk=wk)
             for b, wk in keys for h in ((0, 64) if looped else (0,))]
     if looped:  # each head's part of the shared inputs' gradients in its own slab
-        out.append(Config(bt or 64, pow2(V), 4, 1, split=PASS, spread=True, wk=keys[-1][1]))
+        out.append(Config(bt or 64, pow2(V), 4, 3, split=PASS, spread=True, wk=keys[-1][1]))
     return out
 
 

@@ -98,8 +98,9 @@ def test_split_chunked_kernels_compile_for_the_h200(name, mode):
         # backward's chunks) and 8 heads a block; at 8 warps: the shared gradients in slabs
         pas, four = mode == chunked_tune.PASS, w == 4
         keys = dict(wk=64) if pas and four else {}
+        stages = 3 if pas else 1  # the tuner's PASS backward: its state pass in three stages
         prog.override = (chunked_tune.Config(64, V, w, 2, split=mode, **keys),
-                         chunked_tune.Config(64, V, w, 1, split=mode, **keys,
+                         chunked_tune.Config(64, V, w, stages, split=mode, **keys,
                                              heads=8 if pas and four else 0,
                                              bk=64 if pas and four else 0,
                                              spread=pas and not four))

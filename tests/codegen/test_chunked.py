@@ -194,6 +194,34 @@ def test_sources_are_readable():
     assert "tl.atomic_add" in prog.sources["backward"]  # B and C are shared by a group
 
 
+def _tied(x: lrc.Seq("b t h n"), v: lrc.Seq("b t h p"), a: lrc.Seq("b t h"),
+          S: lrc.State("b h n p")):
+    S = lrc.exp(-lrc.softplus(a)) * S + x * v
+    return (x * S).sum("n"), S
+
+
+@pytest.mark.parametrize("split", [None, 2])
+def test_an_input_read_as_query_and_key(split):
+    """x is both the query and the key: its gradient has a term from each. A scalar decay's
+    backward emits the key's part first (fewer registers alive), so the query's part is added
+    to it and the gradient stored once, after both. Against the reference, one row a program
+    and split over chunks."""
+    spec = lrc.recurrence(_tied, name="tied_query_key")
+    g = torch.Generator().manual_seed(11)
+    args = {"x": torch.randn(2, 37, 3, 19, generator=g, dtype=torch.float64) / 4,
+            "v": torch.randn(2, 37, 3, 7, generator=g, dtype=torch.float64),
+            "a": torch.randn(2, 37, 3, generator=g, dtype=torch.float64)}
+    state = torch.randn(2, 3, 19, 7, generator=g, dtype=torch.float64)
+    override = None if split is None else (ONE_ROW, Config(16, 32, 1, 1, split=split))
+    check(spec, args, state, override=override)
+    src = layers(spec)[2].sources["backward"]
+    key, query = src.index("d_k = _dot(tl.trans(dad)"), src.index("d_q = _dot(dad")
+    assert key < query  # the key's part first
+    first, added = src.index("d_a_x = ", key), src.index("d_a_x += ", query)
+    store = src.index("tl.store(g_a_x_ptr", added)
+    assert key < first < query < added < store and "tl.store(g_a_x_ptr" not in src[key:added]
+
+
 # ---- random specs: scalar and per-key decays, gates, skips, bonuses, layouts, groups
 
 DECAYS = {  # name -> (expression, extra inputs (name, role, dims kind, maker)), per key?
