@@ -137,6 +137,12 @@ if __name__ == "__main__":
          "session17_vs_peers.png",
          "Seventeenth session (2026-11-29): every Must row, the S4D forward no longer "
          "host-bound")
+    bars(load("session18_bench_decode.json") + load("session18_bench_diag_rerun.json")
+         + load("session18_bench_mamba1.json") + load("session18_bench_mamba2.json")
+         + load("session18_bench_gla.json") + conv_rows("session18_bench_conv.json"),
+         "session18_vs_peers.png",
+         "Eighteenth session (2026-11-29): the chunked backward's order and state pass, "
+         "the S4D forward's host cuts")
     conv = load("bench_conv.json")
     bars([r for r in conv if "sweep" not in r["case"]], "conv_vs_peer.png",
          "Conv lowering vs PyTorch eager S4D")
