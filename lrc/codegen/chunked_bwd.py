@@ -98,7 +98,8 @@ class Chain:
     the quantities F that read it, reduced over the tile dims it lacks. Emitted in STAGES, each
     term as soon as its quantity's cotangent is final, and each input's gradient stored right
     after its last term, so that few gradient tiles are alive at once (the backward's per-chunk
-    phase runs out of registers otherwise)."""
+    phase runs out of registers otherwise). `order`: the stages in the order they are emitted
+    (a scalar decay's backward emits k's part before q's)."""
 
     def __init__(self, k: Kernel, derivs: dict, names: dict[str, str], store,
                  order: tuple[int, ...] = (0, 1, 2, 3)) -> None:
