@@ -161,6 +161,33 @@ def test_a_state_read_as_is():
         assert rel_err(a, e) <= GRAD
 
 
+
+@lrc.recurrence
+def saturated(x: Seq("b t d"), p: Param("d"), h: State("b d")):
+    v = 3.0 * lrc.tanh(p) + lrc.tanh(x)
+    return lrc.tanh(v * v), v
+
+
+def test_saturated_tanh_gradients():
+    """tanh(v^2) at v^2 ~ 15, where float32's tanh is 1: its derivative, 4e-13, is sech^2,
+    not 1 - tanh^2 (0 in float32, every digit lost). The conv lowering evaluates this
+    expression with torch and differentiates it with autograd (found by hypothesis: a random
+    spec's gradients 2.7e-3 off). Gradients of x and p against the float64 reference."""
+    kern = conv_layer(saturated)
+    ref = lrc.compile(saturated, backend="reference")
+    g = torch.Generator().manual_seed(5)
+    args = {"x": 2 + torch.rand(2, 37, 3, generator=g), "p": 2 + torch.rand(3, generator=g)}
+    ours = {k: v.clone().requires_grad_(True) for k, v in args.items()}
+    theirs = {k: v.double().requires_grad_(True) for k, v in args.items()}
+    y, y2 = kern(**ours), ref(**theirs)
+    assert rel_err(y, y2) <= FWD
+    gy = torch.randn(y2.shape, generator=g, dtype=torch.float64)
+    g1 = torch.autograd.grad((y.double() * gy).sum(), list(ours.values()))
+    g2 = torch.autograd.grad((y2 * gy).sum(), list(theirs.values()))
+    for a, e in zip(g1, g2, strict=True):
+        assert 0 < e.abs().max() < 1e-9  # saturated everywhere
+        assert rel_err(a, e) <= GRAD
+
 @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 @given(random_specs())
 def test_random_time_invariant_specs(rs):
