@@ -3,7 +3,7 @@ ptxas) targeting sm_90, fed the arguments of a launch recorded on the CPU.
 
 What it answers without the GPU: does this kernel, with these arguments, constexprs, warps and
 stages, compile under the installed Triton (Triton 3.6 rejects some: a failed layout pass,
-shared memory over the H200's limit); how long the compile takes; registers, spills and
+shared memory over sm_90's limit); how long the compile takes; registers, spills and
 shared memory. The specialization (16-divisible integers and pointers, as the JIT sees them)
 comes from the JIT's own binder, so the kernel compiled is the one a GPU launch with the same
 sizes would compile (pointer alignment aside: CPU tensors are as aligned as CUDA ones).
@@ -20,7 +20,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 
-SHARED_LIMIT = 232448  # bytes of shared memory one H200 block may use (Triton's check)
+SHARED_LIMIT = 232448  # bytes of shared memory one sm_90 block may use (Triton's check)
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Compiled:
 
     @property
     def fits(self) -> bool:
-        """Compiled and within the H200's shared memory (else the launch fails)."""
+        """Compiled and within sm_90's shared memory per block (else the launch fails)."""
         return self.ok and self.shared <= SHARED_LIMIT
 
 
@@ -56,7 +56,7 @@ class Launch:
 @contextlib.contextmanager
 def recording(as_gpu: int | None = None, compile: bool = False):
     """Record the launches of the scan and chunked kernels made inside. They run
-    (interpreted on the CPU), unless `as_gpu` is an SM count (132 for the H200): then their
+    (interpreted on the CPU), unless `as_gpu` is an SM count (e.g. 132): then their
     blocks, chunks and segments are sized as on such a GPU and nothing runs (outputs are
     left unwritten; the backward still launches what it would). With `compile` each launch
     is also compiled for sm_90 and one that does not compile or fit raises, as it would on

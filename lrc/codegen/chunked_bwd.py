@@ -386,7 +386,7 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
     w.dedent()
     w.dedent()
     # the same steps again, not in a loop: a loop (even of one trip) keeps what the compiler
-    # hoists out of it in registers throughout, and this phase spilled hundreds of them
+    # hoists out of it in registers throughout, and this phase would spill many of them
     w("elif pid < n_c:  # this program's chunk: the steps above, without their loop "
       "(what a loop hoists stays in registers across it)")
     w.indent()

@@ -74,7 +74,7 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
     take 128 (fewer sequential steps) where the decay is scalar. The backward takes all the
     values in one program. `wide`: float32 operands (tf32x3 products), twice the shared
     memory of 16-bit ones: one pipeline stage, and 32-step chunks where a backward follows
-    (GLA at K = V = 128: 164 KB; 64-step chunks need 262-328 KB, over the H200's 227 KB).
+    (GLA at K = V = 128: 164 KB; 64-step chunks need 262-328 KB, over sm_90's 227 KB).
     `looped`: the spec has heads sharing an input (chunked_bwd.looped_dim), so the backward
     also tries its chunks looping over blocks of them. `K`: the keys, which the backward's
     chunks may take in blocks of 64 where there are more."""
@@ -87,41 +87,37 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
     if which == "forward":
         out = [Config(64, bv, w, 2) for bv in bvs if bv >= 64 or bv == pow2(V) for w in (4, 8)]
         # one pipeline stage: less shared memory (Mamba-2 P64 N128 bf16: 57 KB against 98),
-        # 478.7 against 495.1 us at the reference shape (session 11, two programs an SM);
-        # without masks (EVEN) the two-stage one is ahead: 332.7 against 355.2 (session 13)
+        # so two programs share an SM and it is ahead at the reference shape; without masks
+        # (EVEN) the two-stage one is ahead
         out += [Config(64, bv, 4, 1) for bv in bvs if bv >= 64 or bv == pow2(V)]
         if not per_key and not save:
             out += [Config(128, min(pow2(V), 64), w, 2) for w in (4, 8)]
         # split over chunks (the state pass alone, then every chunk in parallel): after the
         # one-program-per-row configs, so the untimed choice keeps those. LOCAL (each chunk's
-        # own part first) stays for an override: at the reference shape it was slower than
-        # PASS (session 8, Mamba-2: forward 928 vs 738 us, backward 7943 vs 7790)
-        # (three stages for the state pass were level: GLA 839.9 against 837.7 us, Mamba-2
-        # 454.3 against 475.4 where the one-row forward took 451.4; session 18)
+        # own part first) stays for an override: at the reference shape it is slower than
+        # PASS (Mamba-2, forward and backward). Three stages for the forward's state pass
+        # gain nothing, so it keeps two.
         bv = max(b for b in bvs if b >= 64 or b == pow2(V))
         return out + [Config(64, bv, 4, 2, split=PASS, wk=w)
                       for w in sorted({0, 64 if pow2(K) > 64 else 0})]
     # one program per whole value row: with the values split over programs (BV < V) Triton
-    # 3.6 on the H200 gives wrong gradients or an illegal address for some configs (Mamba-2
+    # 3.6 on sm_90 gives wrong gradients or an illegal address for some configs (Mamba-2
     # P64 bf16: BV 32 at 4 warps, x's gradient 6e-2 off, right at 8 warps; a forward at BV 32
     # faults; fp32 at T=128 is right and clean under compute-sanitizer; the interpreter runs
     # every split right: tests/codegen/test_chunked.py::test_split_value_blocks). Upstream
     # reports the same shape of fault (triton-lang/triton#11366: several tl.dot, a 32-wide
     # block, 4 warps, an illegal shared-memory read on sm_90 since Triton 3.6; clean on
-    # 3.5.1). With 128 values 4 warps need more shared memory than the H200 has, so 8 come
-    # first there.
+    # 3.5.1). With 128 values 4 warps need more shared memory than an sm_90 block may use,
+    # so 8 come first there.
     warps = (8, 4) if pow2(V) >= 128 else (4, 8)
     out = [Config(bt or 64, pow2(V), w, 1) for w in warps]
     # split over chunks (see the forward's): after the one-row configs
     # (8 warps, and a 128-register cap on the one-chunk phases, which would let four 4-warp
-    # programs share an SM, were slower: session 8, Mamba-2 backward 7748 / 7895 us against
-    # 4823; GLA's backward does not fit 128 registers)
-    # (the PASS backward at 8 warps was slower at every heads block: session 9, Mamba-2
-    # 3957-4779 us against 3371 at 4 warps; blocks of 8 heads lost to 64 in sessions 8 and
-    # 9). Where there are more than 64 keys: the state pass in blocks of 64, and the chunks too.
-    # Three pipeline stages for the state pass (the chunks run one): Mamba-2's state pass
-    # 296 -> 184 us at two, 169 at three (session 18, B8 L4096 H32 P64 N128 bf16, wk=64);
-    # GLA's 291 -> 236
+    # programs share an SM, are slower for Mamba-2's backward; GLA's backward does not fit
+    # 128 registers; the PASS backward at 8 warps is slower at every heads block, and blocks
+    # of 8 heads lose to 64). Where there are more than 64 keys: the state pass in blocks of
+    # 64, and the chunks too. Three pipeline stages for the state pass (the chunks run one):
+    # more stages hide more of its loads' latency (Mamba-2's and GLA's state passes gain most)
     keys = [(0, 0)] + ([(0, 64), (64, 64)] if pow2(K) > 64 else [])
     out += [Config(bt or 64, pow2(V), 4, 3, split=PASS, heads=h, bk=b, wk=wk)
             for b, wk in keys for h in ((0, 64) if looped else (0,))]

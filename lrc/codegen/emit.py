@@ -31,7 +31,7 @@ def flip(x: str, shape: str, axis: int) -> str:
     """The source of `x` (register shape `shape`) reversed along the time chunk, a gather at
     TC - 1 - t. tl.flip reverses through log2(TC) butterfly exchanges, a shuffle each per
     register where the axis crosses lanes (five at 32 lanes); a gather inside a warp takes one
-    indexed shuffle a register (benchmarks/results/README.md, fourteenth session)."""
+    indexed shuffle a register."""
     return f"tl.gather({x}, tl.broadcast_to(TC - 1 - o_t, {shape}), {axis})"
 
 

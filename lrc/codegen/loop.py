@@ -78,11 +78,11 @@ def _after_state(w: Writer, k: Graph, t: Tiling, body: ChunkBody, loaded: list[V
     HBM, as between tokens, the step then waits two memory latencies in a row. An input
     missing only the state's innermost tile axis takes a data dependency (`_after`, one
     `prmt` that keeps its bytes) on the state's first value along that axis, which is in
-    the same thread. Mamba-1's B64 D4096 N16 step in a CUDA graph on the H200: 14.7 us
-    against 15.0-15.4 without. It is a choice, timed per shape (scan_runtime.step_order):
-    Triton lays out the tiles by the order of the loads, and the state's first in
-    decode_hpn's B64 H80 P64 N128 step took 168 registers, 28 barriers and 176 us against
-    78, 5 and ~100. ORDER is off under the interpreter (no inline assembly there)."""
+    the same thread, so the step waits one memory latency (Mamba-1's step is a little
+    faster). It is a choice, made per shape (scan_runtime.step_order): Triton lays out the
+    tiles by the order of the loads, and the state's first can cost many more registers and
+    barriers, and time (decode_hpn's P64 N128 step). ORDER is off under the interpreter (no
+    inline assembly there)."""
     lines = []
     for s in k.state_names:
         dims = set(k[s].dims) & set(t.tile)

@@ -90,7 +90,7 @@ def interpreted():
         # back on exit: its launches restore what they patch, but a jit helper called inside
         # one (tl.cdiv, whose globals name triton.language.core) patches that module again
         # and never restores it, and a kernel compiled for the GPU later in the process then
-        # fails at its first such call (seen as CompilationErrors at tl.cdiv in the CPU
+        # fails at its first such call (a CompilationError at tl.cdiv, e.g. in the CPU
         # tests' sm_90 compiles, depending on which tests ran before in the worker).
         snap = _snapshot(tl, tl.core, tl.math, std, tl.core.tensor, tl.core.dtype,
                          tl.core.tensor_descriptor_base, interpreter.ScanOps)
@@ -166,9 +166,9 @@ def launch(table: dict, name: str, fn, grid: tuple, args: list, consts: dict) ->
     (tensors' dtypes and 16-byte alignment, the other arguments themselves, the constexprs
     and options, the grid), then straight through the compiled kernel's launcher
     (scan_runtime.Direct), kept in `table`: Triton's dispatch binds and specializes every
-    argument on each call, tens of microseconds of host time on the GPU machine (issue 7),
-    for kernels that run in microseconds (a Param expression's) or whose calls are
-    host-bound (S4D's convolution, Mamba-2's chunked forward)."""
+    argument on each call, which costs more host time than a short kernel takes (a Param
+    expression's) and bounds calls that are host-bound already (S4D's convolution, Mamba-2's
+    chunked forward)."""
     import torch
 
     from ..runtime.scan_runtime import Direct

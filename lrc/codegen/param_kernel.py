@@ -3,8 +3,8 @@
 The convolution lowering reads expressions of Params alone in float64 (log Abar = dt A,
 C Bbar, ...; an expression of Params inside a float32 one is computed the same way and rounded
 once). Evaluated term by term, each is a PyTorch kernel per operation forward and about twice
-that backward: S4D's forward+backward spent more host time launching them than its FFTs took
-on the GPU (issue 7). `ParamKernel` is one such expression as
+that backward: S4D's forward+backward would spend more host time launching them than its
+FFTs take on the GPU. `ParamKernel` is one such expression as
 
 - a forward kernel over the broadcast shape of its inputs: each loaded by its strides (a
   broadcast dim has stride 0) in its own dtype, widened to float64, the expression computed

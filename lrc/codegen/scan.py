@@ -406,7 +406,7 @@ class ChunkBody:
         column loaded per chunk). In the backward (backward_n: one warp a program) a gather
         at LAST, one indexed shuffle a register where a masked sum takes a butterfly
         reduction (five shuffles at 32 lanes); not in the forward, whose 8-warp layout a
-        gather turns into one with 18x the scans' shuffles (sm_90 builds, session 14)."""
+        gather turns into one with many times the scans' shuffles (in sm_90 builds)."""
         if state in self.columns:
             return
         u, t, s = self.vals.tiling.unroll, self.vals.tiling, self.state_var(state)
@@ -903,8 +903,8 @@ def saved_states(k: Graph, backward) -> dict[str, str]:
     """{forward state: the output that is its new value} (y = h', as an elementwise linear
     RNN returns its state), when every state the backward reads is one: the backward then
     reads each state before a step from the saved output one step earlier, instead of
-    recomputing the forward scan and shifting it (accelerated-scan's backward; a sixth
-    faster on the H200 for the elementwise scan, benchmarks/designs_diag_bwd.py). Else {}."""
+    recomputing the forward scan and shifting it (accelerated-scan's backward; faster for
+    the elementwise scan, which then does less work per step). Else {}."""
     found = {}
     for s, new in k.states:
         for o in k.outputs:

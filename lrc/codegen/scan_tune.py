@@ -7,8 +7,8 @@ kernels with a whole dim unrolled (forward_n, backward_n) also a register cap an
 over that dim is unrolled. Which configs are worth trying depends on the layout: where time
 is the contiguous axis of the inputs a thread holds consecutive steps, so long chunks over few
 channels (the shape of accelerated-scan's kernel); where channels are contiguous, short chunks
-over a wide block of channels. benchmarks/results/sweep_scan_*.json holds the sweeps behind
-these sets.
+over a wide block of channels. Each set is the best few configs of a sweep over these
+settings at a reference shape.
 """
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ class ScanConfig:
     order: bool = False
 
 
-# (TC, BLOCK, warps, stages), the best few of benchmarks/results/sweep_scan.json (B8 T4096
-# D2048 bf16 on the H200, forward and forward+backward); the first is tried first
+# (TC, BLOCK, warps, stages), the best few of a sweep at B8 T4096 D2048 bf16 (forward and
+# forward+backward); the first is tried first
 TIME_INNER = [(256, 8, 4, 2), (512, 4, 4, 2), (1024, 1, 4, 2), (128, 16, 4, 3), (1024, 2, 4, 2)]
 CHANNELS_INNER = [(32, 32, 1, 3), (64, 32, 2, 3), (64, 16, 1, 3), (128, 32, 4, 3),
                   (64, 16, 2, 3)]
@@ -49,42 +49,34 @@ WHOLE_DIM = [(64, 2, 2, 3), (16, 8, 1, 3), (64, 4, 4, 2), (128, 2, 4, 2), (16, 1
 WHOLE_DIM_BACKWARD = [(16, 32, 4, 2), (16, 64, 8, 2)]
 
 
-# one row of time per program (a 1-D block: time contiguous, an elementwise state), from
-# benchmarks/designs_diag_bwd.py on the H200 (B8 D2048 T4096 bf16): forward 99.8 us at
-# (1024, 4 warps, 3 stages), 104.0 at (2048, 4, 1); backward 336.7 at (2048, 4, 1), 351.4
-# at (1024, 2, 3). A backward may take a multiple of the forward's chunk: it reads every
-# k-th checkpoint.
+# one row of time per program (a 1-D block: time contiguous, an elementwise state), best
+# first at B8 D2048 T4096 bf16: the forward at (1024, 4 warps, 3 stages), then (2048, 4, 1);
+# the backward at (2048, 4, 1), then (1024, 2, 3). A backward may take a multiple of the
+# forward's chunk: it reads every k-th checkpoint.
 ROW = [(1024, None, 4, 3), (2048, None, 4, 1), (2048, None, 4, 2), (1024, None, 2, 3),
        (512, None, 4, 2)]
 ROW_BACKWARD = [(2048, None, 4, 1), (1024, None, 2, 3), (2048, None, 4, 2), (1024, None, 4, 2)]
 
 
 # the forward with Mamba-1's n unrolled (tiling.unrolled), (TC, BLOCK, warps, stages, register
-# cap): benchmarks/results/session10_designs_mamba1_lrc.json on the H200 (B8 D2048 L4096 N16
-# bf16, us): 1149.7, 1232.0, 1289.7, 1210.4 uncapped, 1745.7 uncapped (ptxas takes 255
-# registers uncapped, one 8-warp program per SM); the hand-written design at (128, 16, 8) 927.8
-# Then the same as loops (ScanConfig.loop 1): an sm_90 build of Mamba-1's forward_n takes 127
-# registers at (32, 64, 8 warps) against 211 unrolled whole, 128 at (128, 16) against 255,
-# no spills (session 11, development machine; at (64, 32) 128 with 8 bytes spilled). Timed in
-# session 12 (with exp2 folding, benchmarks/results/session12_bench_mamba1_mamba2.log):
-# 941.3, 1016.4, 1086.1, 1268.9 and 1190.6 uncapped; the loops 2136.3 and 1567.0: slower
+# cap), best first at B8 D2048 L4096 N16 bf16: capped at 128 registers first (uncapped,
+# ptxas takes up to 255, one 8-warp program per SM). Then the same as loops (ScanConfig.loop
+# 1), which need far fewer registers but run slower: last
 UNROLLED = [(32, 64, 8, 2, 128), (64, 32, 8, 2, 128), (128, 16, 8, 2, 128), (32, 64, 8, 2, None),
             (128, 16, 8, 2, None), (32, 64, 8, 2, None, 1), (128, 16, 8, 2, None, 1)]
 
 
 # the forward that saves checkpoints for backward_n, at a chunk length that divides
 # backward_n's (which reads every k-th checkpoint): (TC, BLOCK, warps, stages, register cap,
-# loop) as UNROLLED. Session 12 on the H200 (B8 D2048 L4096 N16 bf16, us): 1149 at 32 steps,
-# 1289 at 128 capped, 1586 at 128 looped, 2360 at (128, 32), ~6000 at 4 warps
+# loop) as UNROLLED, best first: 32-step chunks, then 128 capped, then 128 looped (wider
+# blocks and 4 warps are far slower)
 UNROLLED_TRAINING = [(32, 64, 8, 2, 128, 0), (64, 32, 8, 2, 128, 0), (128, 16, 8, 2, 128, 0),
                      (128, 16, 8, 2, None, 1)]
 BACKWARD_TC = 128  # backward_n's chunk, where the forward's divides it (else the forward's)
-# backward_n at BACKWARD_TC or the forward's chunk: (BLOCK, warps, stages, register cap, loop).
-# Session 14 on the H200 (B8 D2048 L4096 N16 bf16, flips and the carry as gathers, us;
-# benchmarks/results/session14_bench_mamba1_run2.log, _backward_n_configs_loop1.log): 2
-# channels, one warp, capped at 128 registers, the loop over n unrolled twice 3961, once 4157
-# (2 stages 4119, cap 120 4129, cap 136 5177); 168 registers 4396; one channel 5185; uncapped
-# 7126; 256 steps 6435 (168 registers), 4 channels 11537, 2 warps 9267
+# backward_n at BACKWARD_TC or the forward's chunk: (BLOCK, warps, stages, register cap, loop),
+# best first at B8 D2048 L4096 N16 bf16: 2 channels, one warp, one stage, capped at 128
+# registers, the loop over n unrolled twice; other stages, caps and unrollings come close;
+# one channel, 2 warps or no cap are slower, 4 channels or 256-step chunks much slower
 UNROLLED_BACKWARD = [(2, 1, 1, 128, 2), (2, 1, 1, 128, 1), (2, 1, 1, 168, 2), (2, 1, 1, 128, 4),
                      (2, 1, 2, 128, 1), (1, 1, 1, 128, 1), (2, 1, 1, None, 1)]
 
@@ -130,10 +122,9 @@ def candidates(time_inner: bool, whole: int, tc: int | None = None,
 
 def training_rows(forward: list[ScanConfig]) -> list[ScanConfig]:
     """A training forward's configs of one row of time per program: the chunks that divide
-    every ROW_BACKWARD chunk. Its chunk bounds the backward's (a multiple of it): session
-    15's run picked (2048, 4, 1) for the forward by 1% over (1024, 2, 3) and left the
-    backward (2048, 4, 1) at 319 us where (1024, 4, 1) took 280 in session 14 (diag b d t,
-    B8 D2048 T4096 bf16), the forward+backward 0.98x accelerated-scan's instead of 1.08x."""
+    every ROW_BACKWARD chunk. Its chunk bounds the backward's (a multiple of it): a forward
+    tuned alone may take 2048-step chunks for a marginal gain and hold the backward to them,
+    where the backward is clearly faster at 1024-step ones."""
     out = [c for c in forward if all(r[0] % c.tc == 0 for r in ROW_BACKWARD)]
     return out or forward
 

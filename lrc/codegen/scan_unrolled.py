@@ -22,8 +22,7 @@ new value, b its input: `_old_through_decay`), so nothing is shifted (Mamba-1: d
 ddelta's terms read exp(dt A) h; a spec whose terms read h otherwise gets no backward_n); sums
 over n take their factors that do not vary along n outside (`_pull_factors`).
 
-benchmarks/designs_mamba1.py (`m1_bwd2`) is the hand-written kernel this started from;
-benchmarks/results/README.md (twelfth session) has its timings and instruction counts.
+The layout follows a hand-written Mamba-1 backward kernel of the same shape.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from .emit import Tiling
 from .partition import Partition, Unsupported
 
 MAX_TILE = 4096  # register elements per value and chunk (TC x blocks), a budget per program
-TIME_LAST = False  # put the time-chunk axis last in registers (see benchmarks/sweep_scan.py)
+TIME_LAST = False  # put the time-chunk axis last in registers (a knob for sweeps)
 PREFER_LOOP = False  # generate one-token loop kernels for diagonal transitions as well
 
 
@@ -35,7 +35,7 @@ def choose_tiling(k: Graph, part: Partition, adjoint: Graph | None = None) -> Ti
     if not tile and seqs and seqs[0].annotation.axes[-1] == (k.time,):
         # time contiguous, nothing whole: one row of time per program, a 1-D block (a
         # [TC, 1] tile holds the same values, but Triton lays it out worse: the elementwise
-        # backward's shifts by one step ran 3x slower, benchmarks/designs_diag_bwd.py)
+        # backward's shifts by one step run several times slower)
         return Tiling(space, (), (), tuple(space), TIME_LAST)
     inner = None
     # a Seq input's innermost axis that is not whole yet (coalesced loads); else the innermost
@@ -104,7 +104,7 @@ def unrolled(k: Graph, t: Tiling) -> Tiling | None:
     contiguous axis of the first Seq input, every state along that dim (Mamba-1's n: the
     state h[b, d, n], y = sum_n C h). Each chunk is then a [BLOCK, TC] tile per index of
     the dim, time last, so a thread holds consecutive steps and the scans over time stay in
-    registers and warps (mamba_ssm's CUDA kernel's shape; benchmarks/designs_mamba1.py), where
+    registers and warps (mamba_ssm's CUDA kernel's shape), where
     the [TC, BLOCK_d, BLOCK_n] tile scans across warps. None where it does not apply."""
     whole = [d for d in t.tile if d not in t.split]
     seqs = [n for n in k.inputs(Role.SEQ) if n.annotation.axes]

@@ -70,7 +70,7 @@ def _marker(name: str, doc: str) -> type[sp.Function]:
     return type(name, (sp.Function,), {"__doc__": doc, "nargs": 2})
 
 
-# The discretization helpers of DESIGN.md section 3, as two-argument functions of (dt, A).
+# The discretization helpers (docs/lowerings.md), as two-argument functions of (dt, A).
 # `*_a` is the state coefficient A-bar; `*_b` multiplies B to give B-bar.
 zoh_a = _marker("zoh_a", "exp(dt*A)")
 zoh_b = _marker("zoh_b", "(exp(dt*A) - 1) / A")

@@ -68,7 +68,7 @@ def _marker(fn: Callable[[sp.Basic, sp.Basic], sp.Basic]) -> Callable[[sp.Basic]
     return lambda e: fn(*e.args)
 
 
-# marker(dt, A) -> its primitive form (DESIGN.md section 3); `*_b` is B-bar without the B
+# marker(dt, A) -> its primitive form (docs/lowerings.md); `*_b` is B-bar without the B
 EXPAND: tuple[Rule, ...] = (
     # zoh_a(dt, A) -> exp(dt*A)
     (zoh_a, _marker(lambda dt, A: sp.exp(dt * A))),

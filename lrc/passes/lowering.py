@@ -4,7 +4,7 @@ Eligibility comes from the structure (a pass); the choice needs shapes, so it is
 by `Lowering.choose(sizes, T)` from an explicit cost model: bytes over HBM bandwidth, and
 arithmetic over the rate of the unit that does it (fp32 FMA pipes, tensor cores, the SFUs that
 compute exp), the larger of the two, plus a penalty when a sequential scan has too few
-independent lanes to fill the GPU. The constants are the H200's, measured (DESIGN.md §7).
+independent lanes to fill the GPU. The constants describe one H200 (docs/cost-model.md).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ LOWERINGS = ("scan", "chunked", "conv")
 
 @dataclass(frozen=True)
 class Device:
-    """Throughputs the cost model divides by (one H200, Triton 3.6)."""
+    """Throughputs the cost model divides by (defaults: one H200, Triton 3.6)."""
 
     hbm: float = 4.28e12          # bytes/s, copy (read + write)
     fp32: float = 33.5e12         # FMA/s on the CUDA cores
@@ -33,19 +33,18 @@ class Device:
     sfu: float = 4.18e12          # exp2 per second: 132 SMs x 16/clk x 1.98 GHz
     lanes: int = 132 * 2048       # threads resident at full occupancy
     step_latency: float = 8e-9    # one dependent step of a sequential scan, seconds
-    # host time (seconds) per call, which no overlap hides at short T; measured on the H200
-    # machine's host (benchmarks/results/README.md, session 5) with tiny shapes: a scan call
+    # host time (seconds) per call, which no overlap hides at short T; calibrated with tiny
+    # shapes, where the host time is all there is: a scan call
     # (one generated kernel), one more generated-kernel launch, a conv call (three generated
     # kernels, the FFTs and the PyTorch ops around them), and per op of the Params' terms
     # (`host_ops`; each becomes several float64 PyTorch ops once complex values are split)
     call: float = 280e-6
     kernel_launch: float = 70e-6
     conv_call: float = 1.4e-3     # per convolution (readout); its Params terms included
-    param_op: float = 230e-6      # S4D 247, LRU 108, H3 333 us per op
-    # what lrc's chunked associative scan kernels achieved per state element and step, measured
-    # on one H200 (benchmarks/results: Mamba-1 2.3 ms for 1.07e9 element-steps, session 4;
-    # S4D's complex pairs 10.0 ms for 4.3e9 and 35.0 ms for 17.2e9, session 5): the scan is
-    # far from the bounds above, so its estimate uses the measured rate
+    param_op: float = 230e-6      # per op (a mean over S4D, LRU and H3)
+    # what lrc's chunked associative scan kernels achieve per state element and step
+    # (calibrated on Mamba-1's real states and S4D's complex pairs): the scan is far from
+    # the bounds above, so its estimate uses this rate
     scan_step: float = 2.2e-12
     scan_step_pair: float = 2.2e-12
 
@@ -214,8 +213,8 @@ def _conv_cost(g: Graph, st: Structure, sizes: dict[str, int], T: int, io: float
 
     Per real row of the convolution: pack (reads the input, writes 4 NF bytes), FFT and its
     inverse (read and write 4 NF each), the product with the kernel's spectrum (the same), and
-    unpack (reads 4 T, writes 4 T): 28 NF + 8 T + input bytes, memory-bound on the H200
-    (measured: each pass over the paired spectrum runs at 2.9-4.0 TB/s). A
+    unpack (reads 4 T, writes 4 T): 28 NF + 8 T + input bytes, memory-bound (each pass
+    over the paired spectrum runs close to HBM bandwidth). A
     diagonal kernel costs 2 FMA per (channel, mode, step); a DPLR one a float64 Cauchy sum per
     (channel, step, mode, pair of low-rank vectors) and log2 T dense N x N products. The
     host time of each convolution (`dev.conv_call`) and of the Params' terms, which no

@@ -25,16 +25,16 @@ from ..passes.analysis import params_tape, time_varying
 from .bind import from_canonical, to_canonical
 from .call import Call
 
-# launch settings, module-level so a benchmark can sweep them (benchmarks/sweep_scan.py)
+# launch settings, module-level so a benchmark can sweep them
 CHUNK = None          # time steps per scan chunk (the forward's checkpoint interval); None:
                       # 64 for elementwise states, 16 when each element carries a whole dim
-                      # (the best of benchmarks/results/sweep_scan_*.json on the H200)
+                      # (the best of a sweep over chunk lengths)
 SEGMENTS = None       # time segments of the two-level scan; None: as many as fill the GPU when
                       # batch x channels alone would not (see `segments`)
 BUDGET = 4096         # register elements per value and chunk, for choosing block sizes
 NUM_WARPS = 4
 NUM_STAGES = 2
-CONFIG: ScanConfig | None = None  # forces one config (benchmarks/sweep_scan.py)
+CONFIG: ScanConfig | None = None  # forces one config (for sweeps)
 TUNE = os.environ.get("LRC_TUNE", "1") != "0"  # on the GPU, time scan_tune's candidates once
                       # per shape (remembered on disk) and take the best; LRC_TUNE=0: defaults
 
@@ -131,9 +131,8 @@ class Launch:
         self.device, self.cu = device, cu
         self.interpret = device.type != "cuda" and AS_GPU is None
         # programs to fill the GPU with: the decode step is one short wave bound by memory
-        # latency, where twice the programs of half the tile took 15.1-15.6 us against
-        # 17.1-17.8 (Mamba-1's B64 D4096 N16 step, a CUDA graph after an L2 flush: tiles of
-        # 128 x 16 against 256 x 16; session 15, decode_probe.py)
+        # latency, where twice the programs of half the tile hide more of it (Mamba-1's
+        # step: tiles of 128 x 16 beat 256 x 16)
         self.programs = 1 if self.interpret else (8 if which == "step" else 4) * _sm_count(
             device)
         self.chunked = which != "step" and prog.mode == "scan"
@@ -237,8 +236,8 @@ class Launch:
 class Direct:
     """A recorded launch fired again straight through its compiled kernel's launcher. Triton's
     `fn[grid](...)` binds and specializes every argument and looks the kernel up on each call:
-    with the ~50 arguments of a scan kernel that is tens of microseconds of host time on the
-    GPU machine, more than an elementwise scan's kernel leaves before its backward (issue 7).
+    with the ~50 arguments of a scan kernel, this costs more host time than an elementwise
+    scan's kernel takes on the GPU, so the host, not the kernel, would bound the call.
     A replay's arguments differ from the recorded ones only in their tensors, whose shapes,
     strides and dtypes the replay key fixes; what the kernel was specialized on besides is
     each pointer's 16-byte alignment, checked per call (else the launch takes Triton's path)."""
@@ -324,7 +323,7 @@ class Replay:
     dtypes, device, knobs; `_replay_key`) and played back on later calls: the same buffers
     allocated, the same arguments with the new call's tensors in their slots, no config
     lookup, block sizing or argument assembly again. Host time per call is what an
-    elementwise scan's forward loses to the hand-written kernels (issue 7)."""
+    elementwise scan's forward would otherwise lose to hand-written kernels."""
 
     def __init__(self, run: "Launch", ins, h0s, outs, finals, chks, tc: int):
         slots: dict[int, tuple[str, int]] = {}
@@ -764,10 +763,10 @@ def step_order(run: Launch) -> None:
     are compiled once per shape (launched on scratch outputs, so the caller's state and
     outputs are left alone) and the states-first order taken where it costs no registers
     over the other and spills none. Triton lays the tiles out by the order of the loads:
-    Mamba-1's B64 D4096 N16 step takes 69 registers either way and runs 14.7 us in a CUDA
-    graph with the order against 15.0-15.5 without (three runs, session 16); decode_hpn's
-    B64 H80 P64 N128 step takes 168 against 78 (28 barriers against 5). Timing the two with
-    do_bench did not separate a 0.5 us gain from its noise (it took either, run to run).
+    for Mamba-1's step the order costs no registers and saves a little latency; for
+    decode_hpn's step (P64 N128) it costs about twice the registers and many more barriers.
+    The choice compares registers and spills, not timings: the gain is within do_bench's
+    noise.
     Inside a CUDA-graph capture, before any eager step of the shape: the inputs first."""
     if run.interpret or AS_GPU is not None:
         return
@@ -802,8 +801,8 @@ def step_order(run: Launch) -> None:
 def _kernels_only(launch):
     """`launch` for the tuner's timing runs: the first call with a config runs it in full
     (compiles), later ones fire its recorded kernel launches again, so the tuner times the
-    kernels, not the host work around them (which on the H200 machine's host took longer
-    than a 100 us elementwise scan and made every candidate look alike)."""
+    kernels, not the host work around them (which can take longer than a short elementwise
+    scan and would make every candidate look alike)."""
     done: dict = {}
 
     def run(cfg):
@@ -824,8 +823,8 @@ def _candidates(prog: ScanProgram, info: dict, ins, tc: int | None) -> list[Scan
     configs first; with a backward_n the forward that saves for it tries only forward_n at
     chunk lengths that divide backward_n's, and the backward tries backward_n's configs
     (reading every k-th checkpoint) and one of the
-    usual backward's (Mamba-1's takes ~25 ms at the reference shape against ~5 for
-    backward_n: timing more of them costs seconds of tuning for nothing)."""
+    usual backward's (Mamba-1's is several times slower than backward_n: timing more of
+    them costs seconds of tuning for nothing)."""
     t = prog.tiling
     whole = math.prod(info["sizes"][d] for d in t.tile if d not in t.split)
     out = scan_tune.candidates(_time_inner(prog, info, ins), whole, tc, not t.tile)

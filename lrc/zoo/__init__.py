@@ -1,4 +1,4 @@
-"""The zoo: the seed systems of DESIGN.md section 5 written as lrc specs, with standard inits.
+"""The zoo: the seed systems (docs/architecture.md) written as lrc specs, with standard inits.
 
 `ZOO[name]` is a `ZooEntry`; `lrc.compile(e.spec)(**e.example())` runs any of them, and
 `e.initial_state()` gives a nonzero state. Vision Mamba's bidirectional scan is not a spec of
