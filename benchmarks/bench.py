@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 import lrc  # noqa: E402
 from lrc import Param, Seq, State, exp, silu, softplus  # noqa: E402
-from lrc.codegen import tiling  # noqa: E402
+from lrc.lowering.scan import tiling  # noqa: E402
 from lrc.zoo import ZOO  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
@@ -193,7 +193,7 @@ def time_lrc(case, name, layer, kwargs, floor_f=None, floor_fb=None, check=None,
 
 def tuned():
     """The tuner's timings of each candidate config (chunked and scan kernels), printed once."""
-    from lrc.codegen import chunked_tune
+    from lrc.lowering.chunked import tune as chunked_tune
 
     for key, times in chunked_tune.TIMES.items():
         if key not in _SHOWN:
@@ -520,7 +520,7 @@ def s4d():
 def two_level():
     """Few programs over batch x channels, long T: the scan with one time segment against the
     two-level scan (segments summarized, joined, rescanned), and accelerated-scan."""
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.scan import launch as scan_runtime
 
     for B, T, D in ((1, 65536, 256), (1, 16384, 1024), (2, 32768, 128)):
         x, a = diag_inputs(B, T, D)

@@ -225,7 +225,7 @@ if __name__ == "__main__":
 
             print(f"!! {name}: {type(e).__name__}: {str(e)[:500]}", flush=True)
             traceback.print_exc(limit=6)
-    from lrc.codegen.chunked_tune import _CACHE
+    from lrc.kernels.tune import _CACHE
 
     for key, cfg in _CACHE.items():
         print(f"tuned {key[-2]} T={key[2]} {dict(key[1])}: {cfg}")

@@ -152,8 +152,8 @@ def peer():
     record(case, "torch eager Vandermonde+FFT", "fwdbwd", t_pb)
     record(case, "lrc conv", "fwdbwd", t_lb, speedup=round(t_pb / t_lb, 2), peak_MiB=round(peak))
     # where the time goes: the pieces of lrc's forward, each timed alone
-    from lrc.codegen import conv_fft
-    from lrc.codegen import conv_kernels as ck
+    from lrc.lowering.conv import fft as conv_fft
+    from lrc.lowering.conv import kernels as ck
     u = args["u"].detach()
     nf = conv_fft.fft_size(2 * L - 1)
     z = ck.pack(u, nf, False)

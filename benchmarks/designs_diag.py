@@ -15,7 +15,7 @@ import torch
 import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from lrc.codegen import module as modules
+from lrc.kernels import module as modules
 
 HEAD = "import triton\nimport triton.language as tl\n\n"
 

@@ -471,8 +471,8 @@ def lrc_layer(run, x, a, dy, ref_y, ref_dx, ref_da, configs, N):
     forward on inputs not requiring grad; each with ScanConfig pinned."""
     try:
         import lrc
-        from lrc.codegen.scan_tune import ScanConfig
-        from lrc.runtime import scan_runtime as sr
+        from lrc.lowering.scan.configs import ScanConfig
+        from lrc.lowering.scan import launch as sr
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from bench import diag_bdt
         layer = lrc.compile(diag_bdt, backend="triton")

@@ -344,8 +344,8 @@ def lrc_rows(args, rows):
     ptxas capped at 128 registers (two 8-warp programs per SM), against the design above."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     import lrc
-    from lrc.codegen.scan_tune import UNROLLED, ScanConfig
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.scan.configs import UNROLLED, ScanConfig
+    from lrc.lowering.scan import launch as scan_runtime
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench import selective_scan
 

@@ -19,8 +19,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 import lrc  # noqa: E402
-from lrc.codegen.scan_tune import ScanConfig  # noqa: E402
-from lrc.runtime import scan_runtime as sr  # noqa: E402
+from lrc.lowering.scan.configs import ScanConfig  # noqa: E402
+from lrc.lowering.scan import launch as sr  # noqa: E402
 from lrc.zoo import ZOO  # noqa: E402
 
 from bench import diag, diag_bdt  # noqa: E402

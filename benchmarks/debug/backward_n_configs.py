@@ -17,8 +17,9 @@ import torch  # noqa: E402
 
 import lrc  # noqa: E402
 from bench import mamba1_inputs, selective_scan  # noqa: E402
-from lrc.codegen import chunked_tune, scan_tune  # noqa: E402
-from lrc.codegen.scan_tune import ScanConfig  # noqa: E402
+from lrc.lowering.chunked import tune as chunked_tune
+from lrc.lowering.scan import configs as scan_tune  # noqa: E402
+from lrc.lowering.scan.configs import ScanConfig  # noqa: E402
 
 # (TC, BLOCK, warps, stages, register cap, loop unroll)
 ROWS = {

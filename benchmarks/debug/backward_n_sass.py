@@ -18,9 +18,9 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 import lrc  # noqa: E402
-from lrc.codegen import aot  # noqa: E402
-from lrc.codegen.scan_tune import ScanConfig  # noqa: E402
-from lrc.runtime import scan_runtime  # noqa: E402
+from lrc.kernels import aot  # noqa: E402
+from lrc.lowering.scan.configs import ScanConfig  # noqa: E402
+from lrc.lowering.scan import launch as scan_runtime  # noqa: E402
 from tests.codegen.test_scan_unrolled import gated_inputs, gated_s6  # noqa: E402
 
 TOOL = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")

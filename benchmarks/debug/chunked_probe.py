@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import lrc  # noqa: E402
 from bench import kernel_us as kernels  # noqa: E402
-from lrc.codegen import chunked_launch, chunked_tune  # noqa: E402
+from lrc.lowering.chunked import launch as chunked_launch, tune as chunked_tune  # noqa: E402
 from lrc.zoo import ZOO  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")

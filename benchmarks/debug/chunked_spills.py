@@ -12,8 +12,8 @@ import sys
 import torch
 
 import lrc
-from lrc.codegen import aot
-from lrc.codegen.chunked_tune import PASS, Config
+from lrc.kernels import aot
+from lrc.lowering.chunked.tune import PASS, Config
 from lrc.zoo import ZOO
 
 SIZES = {"mamba2": dict(g=1, r=32, p=64, n=128), "gla": dict(h=16, k=128, v=128)}

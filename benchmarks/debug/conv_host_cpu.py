@@ -10,7 +10,7 @@ sys.path.insert(0, "benchmarks")
 import torch
 import bench_conv as bc
 import lrc
-from lrc.codegen import module
+from lrc.kernels import module
 from lrc.zoo import ZOO
 bc.DEV = "cpu"
 B, D, L, N = 2, 8, 64, 4

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 import lrc  # noqa: E402
 from bench import bench, decode_hpn  # noqa: E402
-from lrc.runtime import scan_runtime  # noqa: E402
+from lrc.lowering.scan import launch as scan_runtime  # noqa: E402
 from lrc.zoo import ZOO  # noqa: E402
 
 DEV = "cuda"

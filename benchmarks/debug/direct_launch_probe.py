@@ -8,7 +8,7 @@ launches took the direct path.
 import sys, torch
 sys.path.insert(0, "benchmarks"); sys.path.insert(0, ".")
 import lrc, bench
-from lrc.runtime import scan_runtime
+from lrc.lowering.scan import launch as scan_runtime
 wall = lambda fn, n=200: bench.host_wall(fn, n)  # noqa: E731
 calls = []
 fits = scan_runtime.Direct.fits

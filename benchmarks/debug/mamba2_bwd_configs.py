@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, "benchmarks")
 import bench  # noqa: E402
 import lrc  # noqa: E402
-from lrc.codegen.chunked_tune import PASS, Config  # noqa: E402
+from lrc.lowering.chunked.tune import PASS, Config  # noqa: E402
 from lrc.zoo import ZOO  # noqa: E402
 
 FWD = Config(64, 64, 4, 2)  # the tuner's training forward (session 17)

@@ -15,7 +15,7 @@ import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 import lrc  # noqa: E402
-from lrc.codegen.chunked_tune import PASS, Config  # noqa: E402
+from lrc.lowering.chunked.tune import PASS, Config  # noqa: E402
 from lrc.zoo import ZOO  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")

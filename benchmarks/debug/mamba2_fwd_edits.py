@@ -15,8 +15,8 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 import lrc  # noqa: E402
-from lrc.codegen import aot  # noqa: E402
-from lrc.codegen.chunked_tune import Config  # noqa: E402
+from lrc.kernels import aot  # noqa: E402
+from lrc.lowering.chunked.tune import Config  # noqa: E402
 from lrc.zoo import ZOO  # noqa: E402
 
 F32 = ".to(tl.float32)"

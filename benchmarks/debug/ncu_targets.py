@@ -10,7 +10,7 @@ sys.path[:0] = [os.path.join(HERE, "..", ".."), os.path.join(HERE, "..")]
 import torch  # noqa: E402
 
 import lrc  # noqa: E402
-from lrc.codegen.chunked_tune import Config  # noqa: E402
+from lrc.lowering.chunked.tune import Config  # noqa: E402
 from lrc.zoo import ZOO  # noqa: E402
 
 
@@ -27,8 +27,8 @@ def mamba2(cfg: str) -> None:
 
 def mamba1() -> None:
     from bench import mamba1_inputs, selective_scan
-    from lrc.codegen import scan_tune
-    from lrc.codegen.scan_tune import ScanConfig
+    from lrc.lowering.scan import configs as scan_tune
+    from lrc.lowering.scan.configs import ScanConfig
     scan_tune.candidates_unrolled_backward = lambda tc, reverse=False: [
         ScanConfig(128, 2, 1, 1, unroll=True, maxnreg=128, loop=2)]
     scan_tune.candidates_unrolled_training = lambda reverse=False: [

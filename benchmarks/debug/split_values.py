@@ -11,7 +11,7 @@ import sys
 import torch
 
 import lrc
-from lrc.codegen.chunked_tune import Config
+from lrc.lowering.chunked.tune import Config
 from lrc.zoo import ZOO
 
 fbv, bbv = int(sys.argv[1]), int(sys.argv[2])

@@ -12,8 +12,8 @@ import os, re, subprocess, sys, tempfile, collections
 sys.path[:0] = ["/tmp/mw", os.getcwd()]
 import torch, triton
 import lrc
-from lrc.codegen import aot
-from lrc.runtime import scan_runtime
+from lrc.kernels import aot
+from lrc.lowering.scan import launch as scan_runtime
 from lrc.zoo import ZOO
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend

@@ -1,6 +1,6 @@
 """The IR: symbolic tensors and tracing, the Graph, its printer and checker, the reference."""
+from ..errors import CallError, SpecError, Src
 from .dims import Annotation, Param, Role, Seq, State
-from .errors import CallError, SpecError, Src
 from .graph import Graph
 from .nodes import Input, Map, Rename, Shift, Sum
 from .trace import Spec, recurrence

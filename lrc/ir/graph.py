@@ -9,8 +9,8 @@ from typing import Any
 import networkx as nx
 import sympy as sp
 
+from ..errors import Src
 from .dims import Role
-from .errors import Src
 from .nodes import Input, Map, Node
 
 Axes = tuple[tuple[str, ...], ...]

@@ -11,8 +11,8 @@ from typing import Union
 
 import sympy as sp
 
+from ..errors import Src
 from .dims import Annotation, Role
-from .errors import Src
 from .functions import is_complex
 
 

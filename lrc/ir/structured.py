@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import SpecError, user_src
 from . import functions as F
-from .errors import SpecError, user_src
 from .tensor import SymTensor, apply
 
 

@@ -16,8 +16,8 @@ from typing import Any, Callable
 import sympy as sp
 import torch
 
+from ..errors import SpecError, Src, user_src
 from . import functions as F
-from .errors import SpecError, Src, user_src
 
 _TRACER: contextvars.ContextVar = contextvars.ContextVar("lrc_tracer", default=None)
 

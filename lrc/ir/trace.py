@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterable
 
 import sympy as sp
 
+from ..errors import SpecError, Src
 from .dims import Annotation, Role
-from .errors import SpecError, Src
 from .graph import Axes, Graph, toposort
 from .nodes import Input, Map, Node, Rename, Shift, Sum, symbol
 from .tensor import _TRACER, SymTensor, TraceOp, _fmt
@@ -122,7 +122,7 @@ def _annotations(fn: Callable[..., Any], time: str) -> dict[str, Annotation]:
 
 def trace(fn: Callable[..., Any], *, time: str = "t", name: str | None = None) -> Graph:
     """Run `fn` on symbolic tensors and build its Graph; refuse specs not affine in the state."""
-    from ..passes.linearity import check_linear
+    from .linearity import check_linear
     from .verify import verify
 
     anns = _annotations(fn, time)

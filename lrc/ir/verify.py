@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import sympy as sp
 
+from ..errors import IRError
 from .dims import Role
 from .functions import is_complex, supported
 from .graph import Graph
 from .nodes import Input, Map, Rename, Shift, Sum
-
-
-class IRError(AssertionError):
-    """A graph that breaks an invariant of the IR (a bug in lrc, not in the user's spec)."""
 
 
 def _check(cond: bool, msg: str) -> None:

@@ -1,9 +1,9 @@
 """Graph -> Graph passes, each a pure function in its own file, run in PIPELINE order."""
+from ..ir.linearity import check_linear
 from .cleanup import merge_duplicates
 from .complex import lower_complex
 from .derivatives import derive_backward
 from .expand import expand_discretizations
-from .linearity import check_linear
 from .lowering import choose_lowering
 from .stability import log_space_decays, max_trick, segment_decay, stabilize
 from .structure import classify

@@ -29,8 +29,8 @@ from ..ir.functions import (
     zoh_b,
 )
 from ..ir.graph import Graph
-from .cleanup import dce
 from ..ir.nodes import Map
+from .cleanup import dce
 
 Rule = tuple[type, Callable[[sp.Basic], "sp.Basic | None"]]
 

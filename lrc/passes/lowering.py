@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from ..errors import LoweringError
 from ..ir.dims import Role
 from ..ir.functions import Tape
 from ..ir.graph import Graph
@@ -92,10 +93,6 @@ class Lowering:
         if self.forced is not None:
             return self.forced, costs
         return min(costs, key=lambda lw: (costs[lw].seconds, LOWERINGS.index(lw))), costs
-
-
-class LoweringError(ValueError):
-    """A lowering was forced that cannot run this spec."""
 
 
 def choose_lowering(g: Graph, forced: str | None = None) -> Graph:

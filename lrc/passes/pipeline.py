@@ -5,12 +5,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..ir.graph import Graph
+from ..ir.linearity import check_linear
 from ..ir.verify import verify
 from .cleanup import merge_duplicates
 from .complex import lower_complex
 from .derivatives import derive_backward
 from .expand import expand_discretizations
-from .linearity import check_linear
 from .lowering import choose_lowering
 from .stability import log_space_decays, max_trick
 from .structure import classify

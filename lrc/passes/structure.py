@@ -16,10 +16,10 @@ import sympy as sp
 
 from ..ir.dims import Role
 from ..ir.graph import Graph
+from ..ir.linearity import degrees
 from ..ir.nodes import Input, Rename, Shift, Sum, node_symbol
 from ..ir.printer import format_expr, print_names
 from .analysis import depends_on, expr_dims, factors, inline, seq_dependent
-from .linearity import degrees
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import pickle
 from pathlib import Path
 from typing import Any, Callable
 
-from ..codegen.module import cache_dir
+from ..config import cache_dir
 from ..ir.graph import Graph
 
 _LRC_DIR = Path(__file__).resolve().parent.parent

@@ -1,38 +1,14 @@
 """A checked call of a compiled layer: what every backend receives."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from ..errors import CallError
 from ..ir.dims import Role
-from ..ir.errors import CallError
 from ..ir.graph import Graph
-from .bind import batch_dim, bind_args, bind_sizes, check_tensors
-
-
-@dataclass
-class Call:
-    """Arguments bound to names and checked against the spec.
-
-    tensors     the Seq/Param tensors by name, as the user passed them
-    states      the initial states by state name (user layout), or None for zeros
-    sizes       every dim's size; T the length (None for a single step)
-    segments    (start, end) of each packed sequence when cu_seqlens is given
-    out_dtype   the outputs' dtype (the Seq inputs' promoted dtype)
-    state_dtype the states' real dtype (float32, or float64 when inputs are float64)
-    """
-
-    graph: Graph
-    tensors: dict[str, torch.Tensor]
-    states: dict[str, torch.Tensor] | None
-    sizes: dict[str, int]
-    T: int | None
-    reverse: bool
-    segments: list[tuple[int, int]] | None
-    out_dtype: torch.dtype
-    state_dtype: torch.dtype
-    device: torch.device
+from ..layout import batch_dim
+from ..lowering.base import Call
+from .bind import bind_args, bind_sizes, check_tensors
 
 
 def _state_tuple(g: Graph, value, what: str) -> dict[str, torch.Tensor] | None:

@@ -5,12 +5,13 @@ from typing import Any
 
 import torch
 
-from ..codegen.partition import Unsupported
-from ..ir.errors import CallError
+from .. import config
+from .. import lowering as _lowerings
+from ..errors import CallError, LoweringError, Unsupported
 from ..ir.trace import Spec
 from ..passes import pipeline
 from ..passes.stability import running_maxes, scaled_initial_state, unscaled_states
-from . import reference, scan_runtime
+from . import reference
 from .cache import cached, canonical_key
 from .call import make_call
 from .plan import Plan
@@ -34,7 +35,7 @@ def _fast_key(args: tuple, kwargs: dict, reverse: bool) -> tuple | None:
         sig.append((x.shape, x.stride(), x.dtype, x.device, grad and x.requires_grad))
     if len({id(x) for x in (*args, *kwargs.values())}) != len(sig):
         return None
-    return len(args), tuple(kwargs), tuple(sig), reverse, scan_runtime.knobs()
+    return len(args), tuple(kwargs), tuple(sig), reverse, config.snapshot()
 
 
 class Layer:
@@ -72,13 +73,10 @@ class Layer:
     def _build(self):
         """Pipeline and kernels (from the disk cache when an earlier process made them)."""
         if self._built is None:
-            from ..codegen import tiling
-
-            g, lowering = self.spec.graph, self.lowering
-            key = canonical_key(g, lowering=lowering, time_last=tiling.TIME_LAST,
-                                loop=tiling.PREFER_LOOP)
-            compiled, program, why = cached(key, lambda: _build(g, lowering,
-                                                                tiling.PREFER_LOOP))
+            g, forced = self.spec.graph, self.lowering
+            loop = config.get("prefer_loop")
+            key = canonical_key(g, lowering=forced, loop=loop)
+            compiled, program, why = cached(key, lambda: _build(g, forced))
             self._built = (compiled, program, why)
             self.compiled, self.lowered, self.program = compiled, compiled.lowered, program
             self.plan = Plan(compiled.planned)
@@ -129,8 +127,6 @@ class Layer:
         """(outputs, final states) as lists, on this layer's backend (finals=False: the scan
         kernels' final states are not converted to the user's layout, and [] comes back)."""
         if self.backend == "triton":
-            from . import triton_call
-
             call = make_call(self.lowered, args, kwargs, initial_state=self._in(initial_state),
                              reverse=reverse, cu_seqlens=cu_seqlens)
             chosen = self.plan.choose(call.sizes, call.T, _itemsize(call))
@@ -138,7 +134,7 @@ class Layer:
             if other is not None:
                 outs, states = other.run(call)
             else:
-                outs, states = triton_call.run(self.program, call, finals)
+                outs, states = self.program.run(call, finals)
             finals = self._out(states) if states else states
         else:
             call = make_call(self.graph, args, kwargs, initial_state=initial_state,
@@ -149,13 +145,11 @@ class Layer:
     def _remember_fast(self, key: tuple, args: tuple, kwargs: dict, reverse: bool) -> None:
         """After a full call with signature `key`: its Fast replay, if the scan ran it and it
         qualifies (triton_call.fast_entry), else a note not to look again."""
-        from . import triton_call
-
         call = make_call(self.lowered, args, kwargs, reverse=reverse)
         fast = None
         if not self.aux and self.plan.choose(call.sizes, call.T, _itemsize(call)) == "scan":
             grad = any(rg for *_, rg in key[2])
-            fast = triton_call.fast_entry(self.program, call, args, kwargs, grad)
+            fast = self.program.fast_entry(call, args, kwargs, grad)
         if len(self._fast) > 64:
             self._fast.clear()
         self._fast[key] = fast
@@ -185,8 +179,7 @@ class Layer:
             else:
                 key = None
         if self.backend == "triton":
-            from . import triton_call
-            from .scan_runtime import part_view
+            from ..layout import part_view
 
             call = make_call(self.lowered, args, kwargs, initial_state=self._in(state),
                              step=True)
@@ -199,7 +192,7 @@ class Layer:
                                         f"states, got {x.dtype}")
                 dst = {s: part_view(call.states[g[s].arg], g[s].part) for s in g.state_names}
             kept: list = []
-            outs, news = triton_call.step(self.program, call, dst,
+            outs, news = self.program.step(call, dst,
                                           kept if key is not None and dst is not None else None)
             if kept:
                 if len(self._fast_steps) > 64:
@@ -234,38 +227,48 @@ class Layer:
         return unscaled_states(self.lowered, finals) if self.aux else finals
 
     def _lowering(self, name: str):
-        """The program of the chunked or conv lowering (None where it is not generated yet:
-        the scan runs instead, and the plan says so)."""
+        """The program of the chunked or conv lowering, built on first use. A lowering the
+        cost model chose that cannot run this spec leaves None (the scan runs, and the plan
+        says why); one the user forced raises."""
         if name not in self.programs:
-            import importlib
-
             try:
-                mod = importlib.import_module(f"..codegen.{name}", __package__)
-                self.programs[name] = mod.Program(self.compiled)
-            except (ImportError, AttributeError, Unsupported) as e:
+                self.programs[name] = _lowerings.build(name, self.compiled)
+            except Unsupported as e:
+                if self.lowering == name:
+                    raise LoweringError(f"lowering={name!r} cannot run {self.spec.name}: {e}"
+                                        ) from e
                 self.programs[name] = None
-                self.plan.note = f"{name} was chosen but the scan runs: {e}"
+                self.plan.note = (f"the cost model chose {name}, which cannot run this "
+                                  f"spec ({e}): the scan runs instead")
         return self.programs[name]
 
     def source(self, which: str = "forward", lowering: str = "scan") -> str:
-        """The Triton source that runs: 'forward', 'backward', 'step', or 'module' (the whole
-        generated file, helpers included); of the scan kernels, or of lowering='chunked' or
-        'conv' where those are generated for this spec."""
-        if lowering != "scan":
-            prog = self._lowering(lowering)
+        """The generated Triton source of one lowering's kernels, as it runs.
+
+        Args:
+            which: a kernel of the lowering ('forward', 'backward', 'step' for the scan;
+                'forward', 'backward', 'states' for chunked; the kernel families for conv),
+                or 'module' for the whole generated file, helpers included.
+            lowering: 'scan' (every spec has it, and its 'step' is the decode kernel),
+                'chunked' or 'conv'; which one a call runs is the plan's choice per shape.
+        """
+        if lowering == "scan":
+            prog, why = self.program, getattr(self.plan, "note", "")
+        else:
+            prog, why = self.programs.get(lowering), ""
             if prog is None:
-                raise ValueError(f"{self.spec.name} has no {lowering} kernels: {self.plan.note}")
-            if which == "module":
-                return getattr(prog, "source", "\n\n".join(prog.sources.values()))
-            return prog.sources[which]
-        if self.program is None:
-            raise ValueError(f"{self.spec.name} has no generated kernels: {self.plan.note}")
+                try:
+                    prog = self.programs[lowering] = _lowerings.build(lowering, self.compiled)
+                except Unsupported as e:
+                    why = str(e)
+        if prog is None:
+            raise ValueError(f"{self.spec.name} has no {lowering} kernels: {why}")
         if which == "module":
-            return self.program.source
-        if which not in self.program.sources:
-            raise ValueError(f"source() takes 'forward', 'backward', 'step' or 'module', "
-                             f"got {which!r}")
-        return self.program.sources[which]
+            return prog.source
+        if which not in prog.sources:
+            raise ValueError(f"the {lowering} kernels of {self.spec.name} are "
+                             f"{', '.join(map(repr, prog.sources))} (or 'module'), got {which!r}")
+        return prog.sources[which]
 
     def draw(self, path: str) -> str:
         """Write a picture of the traced graph to `path` (PNG)."""
@@ -274,13 +277,11 @@ class Layer:
         return draw(self.graph, path)
 
 
-def _build(g, lowering, prefer_loop=False):
-    """Pipeline and kernels for a graph (what the disk cache stores)."""
-    from ..codegen.program import ScanProgram
-
-    compiled = pipeline.run(g, lowering)
+def _build(g, forced):
+    """Pipeline and scan kernels for a graph (what the disk cache stores)."""
+    compiled = pipeline.run(g, forced)
     try:
-        return compiled, ScanProgram(compiled.lowered, prefer_loop), ""
+        return compiled, _lowerings.build("scan", compiled), ""
     except Unsupported as e:
         return compiled, None, str(e)
 

@@ -11,8 +11,8 @@ import torch
 from ..ir import interpret
 from ..ir.dims import Role
 from ..ir.graph import Graph
-from .bind import batch_dim, from_canonical, to_canonical
-from .call import Call
+from ..layout import batch_dim, from_canonical, to_canonical
+from ..lowering.base import Call
 
 
 def _wide(x: torch.Tensor, complex_: bool) -> torch.Tensor:

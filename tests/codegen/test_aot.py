@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import lrc
-from lrc.codegen import aot, chunked_tune
+from lrc.kernels import aot
+from lrc.lowering.chunked import tune as chunked_tune
 from lrc.zoo import ZOO
 from tests.zoo.test_registry import is_seq, time_axis
 
@@ -148,7 +149,7 @@ def test_step_kernels_compile_for_the_h200(name, order, monkeypatch):
     choice): on, its inline assembly (the inputs held back until the state has arrived,
     loop._after_state), which the interpreter cannot run, compiles with ptxas for sm_90.
     Mamba-1's per-channel inputs take the dependency."""
-    from lrc.runtime import triton_call
+    from lrc.lowering.scan import call as triton_call
 
     monkeypatch.setattr(triton_call, "step_order", lambda run: setattr(run, "order", order))
     e = ZOO[name]
@@ -172,7 +173,7 @@ def test_conv_kernels_compile_for_the_h200(name, monkeypatch):
     """The convolution lowering's kernels (Param expressions, Vandermonde or Cauchy sums,
     pack, the half-spectrum product, unpack, and their backward) as a GPU forward and
     backward would launch them: each compiles for sm_90 within the H200's limits."""
-    from lrc.codegen import module
+    from lrc.kernels import module
 
     seen: list[aot.Launch] = []
     call = module.Launcher.__call__

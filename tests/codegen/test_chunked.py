@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import lrc
-from lrc.codegen import aot
-from lrc.codegen.chunked_tune import Config, pow2
-from lrc.codegen.partition import Unsupported
+from lrc.kernels import aot
+from lrc.lowering.chunked.tune import Config, pow2
+from lrc.errors import Unsupported
 from lrc.zoo import ZOO
 from tests.conftest import rel_err
 
@@ -179,7 +179,7 @@ def test_unchunkable_spec_runs_the_scan():
         lrc.compile(spec, backend="triton", lowering="chunked")
     kern = lrc.compile(spec, backend="triton")
     with pytest.raises(Unsupported):
-        from lrc.codegen.chunked import Program
+        from lrc.lowering.chunked.program import Program
 
         Program(kern.compiled)
 
@@ -346,7 +346,7 @@ def test_random_specs(seed):
 def test_tuned_configs_persist(tmp_path, monkeypatch):
     """A chunked config tuned in one process is read back from disk by the next (same key,
     same kind of GPU), and not for another device or shape."""
-    from lrc.codegen import chunked_tune
+    from lrc.lowering.chunked import tune as chunked_tune
 
     monkeypatch.setenv("LRC_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(chunked_tune, "_CACHE", {})
@@ -386,8 +386,8 @@ def test_gpu_tuned_config_read_back(monkeypatch, tmp_path):
     """With tuning on, the first process times the candidates and writes the choice; a
     process that finds it on disk (here: the in-process choices forgotten) times nothing
     and gives the same results."""
-    from lrc.codegen import chunked_launch, chunked_tune
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.chunked import launch as chunked_launch, tune as chunked_tune
+    from lrc.lowering.scan import launch as scan_runtime
 
     monkeypatch.setattr(scan_runtime, "TUNE", True)
     monkeypatch.setenv("LRC_CACHE_DIR", str(tmp_path))
@@ -457,7 +457,7 @@ def test_gpu_random_specs(seed):
 def test_tuner_times_the_kernels_alone():
     """The chunked tuner's timing runs fire a config's recorded launches again: `go` (buffers,
     arguments) runs once per config, the kernels every time."""
-    from lrc.codegen.chunked_launch import Launcher
+    from lrc.lowering.chunked.launch import Launcher
 
     fired, made = [], []
 
@@ -500,8 +500,8 @@ def test_split_over_chunks(name, sides, mode, monkeypatch):
     states kernel passing it from chunk to chunk (front to back, or back to front), then each
     chunk's outputs, or gradients, in parallel. `pass`: one program per row passes the state
     (or its gradient) alone and stores it per chunk, then the chunks in parallel."""
-    from lrc.codegen.chunked_launch import Launcher
-    from lrc.codegen.chunked_tune import LOCAL, PASS
+    from lrc.lowering.chunked.launch import Launcher
+    from lrc.lowering.chunked.tune import LOCAL, PASS
 
     heads = {"heads": 2, "all heads": 4}.get(mode, 0)
     by_chunk = Config(16, 32, 1, 1, split=LOCAL if mode == "local" else PASS, heads=heads)
@@ -559,7 +559,7 @@ def test_key_blocks(name, mode, monkeypatch):
     the initial state's; reversed, packed, bf16. Mamba-2 (scalar decay, skip, heads sharing
     B and C, also looped 2 heads a block), GLA (per-key decay), RWKV-6 (per-key decay and the
     bonus term)."""
-    from lrc.codegen.chunked_launch import Launcher
+    from lrc.lowering.chunked.launch import Launcher
 
     fwd, bwd, expect = KEYED[mode]
     launches = []
@@ -615,7 +615,7 @@ def test_looped_heads_only_where_heads_share_an_input():
     """Mamba-2's heads share their group's B and C: its backward's chunks may loop over blocks
     of heads (the tuner tries 64 a block); GLA's inputs are all per head, so its
     candidates have no such blocks."""
-    from lrc.codegen.chunked_tune import candidates
+    from lrc.lowering.chunked.tune import candidates
 
     looped = {n: layers(ZOO[n].spec)[2].looped for n in ("mamba2", "gla")}
     assert looped["mamba2"][0] == "r" and set(looped["mamba2"][1]) == {"B", "C"}

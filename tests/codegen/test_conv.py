@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, assume, given, settings
 
 import lrc
 from lrc import Param, Seq, State, sigmoid
-from lrc.codegen import conv_fft, conv_gen
-from lrc.codegen import conv_kernels as ck
-from lrc.codegen.conv import Program
+from lrc.lowering.conv import fft as conv_fft, gen as conv_gen
+from lrc.lowering.conv import kernels as ck
+from lrc.lowering.conv.program import Program
 from lrc.passes import pipeline
-from lrc.passes.lowering import LoweringError
+from lrc.errors import LoweringError
 from lrc.zoo import ZOO
 from tests.conftest import rel_err
 from tests.strategies import random_specs

@@ -10,7 +10,7 @@ import pytest
 import sympy as sp
 import torch
 
-from lrc.codegen.param_kernel import ParamKernel
+from lrc.lowering.conv.params import ParamKernel
 from lrc.ir.functions import Tape, cabs, phi1, sigmoid, softplus
 from sympy.codegen.cfunctions import expm1, log1p
 from tests.conftest import rel_err

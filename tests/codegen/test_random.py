@@ -63,7 +63,7 @@ def test_gradients(rs):
 def two_level():
     """Time cut into three segments of two-step chunks (where the states' blocks are
     independent; others run the one-segment scan)."""
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.scan import launch as scan_runtime
 
     old = scan_runtime.CHUNK, scan_runtime.SEGMENTS
     scan_runtime.CHUNK, scan_runtime.SEGMENTS = 2, 3
@@ -92,7 +92,7 @@ def test_two_level_gradients(rs):
 def test_cu_seqlens(rs, lens, reverse):
     """Packed sequences (random lengths, empty ones too) in one launch where the kernels can:
     each as the plain-PyTorch loop computes it alone from its own initial state."""
-    from lrc.runtime.bind import batch_dim
+    from lrc.layout import batch_dim
 
     kern = lrc.compile(rs.spec, backend="triton", lowering="scan")
     assume(batch_dim(kern.program.g) is not None and sum(lens) > 0)

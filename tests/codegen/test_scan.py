@@ -186,7 +186,7 @@ def test_cu_seqlens_in_one_launch(name, reverse, monkeypatch):
     """Packed sequences (lengths 7, 1, 21; 4-step chunks) in one launch per direction, each
     program its own sequence: outputs, final states and every gradient (inputs and initial
     states) as the reference computes them sequence by sequence."""
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.scan import launch as scan_runtime
 
     monkeypatch.setattr(scan_runtime, "CHUNK", 4)
     launches = []
@@ -264,7 +264,7 @@ def test_gpu_long(name):
 def test_gpu_tuned_configs(name, monkeypatch):
     """The configs the tuner picks at real sizes (whatever LRC_TUNE says for the rest of the
     GPU tests, which compile faster without it)."""
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.scan import launch as scan_runtime
 
     monkeypatch.setattr(scan_runtime, "TUNE", True)
     check(name, b=2, t=4099, device="cuda")
@@ -302,7 +302,7 @@ def test_gpu_step_order_choice(name, monkeypatch):
     scratch outputs: the caller's state still advances once per step, and the choice is
     kept. Mamba-1's step at B64 D4096 N16 takes the states-first order (69 registers
     either way on the H200)."""
-    from lrc.codegen import chunked_tune
+    from lrc.lowering.chunked import tune as chunked_tune
 
     monkeypatch.setattr(chunked_tune, "_CACHE", {})
     step_check(name, torch.float32, "cuda", b=64)
@@ -328,7 +328,7 @@ def test_gpu_bf16(name):
 def test_split_blocks(name, monkeypatch):
     """A small register budget splits dims over several programs: partial sums of gradients
     across programs are added with atomics, and loads and stores stay masked right."""
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.scan import launch as scan_runtime
 
     monkeypatch.setattr(scan_runtime, "BUDGET", 64)
     monkeypatch.setattr(scan_runtime, "CHUNK", 4)
@@ -376,7 +376,7 @@ def test_state_broadcast_along_a_grid_dim():
 def test_two_level_scan(name, reverse, monkeypatch):
     """Time cut into segments (scanned from zero, summarized, joined, scanned again from the
     joined state): the same outputs, final states and gradients, either direction."""
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.scan import launch as scan_runtime
 
     monkeypatch.setattr(scan_runtime, "CHUNK", 4)
     monkeypatch.setattr(scan_runtime, "SEGMENTS", 3)
@@ -395,7 +395,7 @@ def test_two_level_scan(name, reverse, monkeypatch):
 
 
 def _tuner_rows(name):
-    from lrc.codegen import scan_tune
+    from lrc.lowering.scan import configs as scan_tune
 
     return {"mamba1": scan_tune.WHOLE_DIM + scan_tune.WHOLE_DIM_BACKWARD,
             "rglru": scan_tune.CHANNELS_INNER,
@@ -407,8 +407,8 @@ def test_every_tuner_candidate(name, monkeypatch):
     """Each launch config the GPU tuner may pick (chunk, block, warps, stages) computes the
     same thing: forced here one by one (each list on one spec; the layout only matters for
     speed), forward and every gradient, chunks longer and shorter than the sequence."""
-    from lrc.codegen.scan_tune import ScanConfig
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.scan.configs import ScanConfig
+    from lrc.lowering.scan import launch as scan_runtime
 
     seen = []
     launch = scan_runtime.Launch.__call__
@@ -431,7 +431,7 @@ def test_every_tuner_candidate(name, monkeypatch):
 def test_tuner_candidates_follow_the_layout():
     """Time contiguous gets long chunks, channels contiguous short ones, a whole state dim
     (Mamba's n) its own set; a backward keeps the forward's chunk."""
-    from lrc.codegen import scan_tune
+    from lrc.lowering.scan import configs as scan_tune
 
     inner = scan_tune.candidates(True, 1)
     outer = scan_tune.candidates(False, 1)
@@ -446,7 +446,8 @@ def test_tuner_candidates_follow_the_layout():
 def test_tuned_configs_persist(tmp_path, monkeypatch):
     """A config tuned in one process is found on disk by the next (same key, same device), and
     not for another device or shape."""
-    from lrc.codegen import chunked_tune, scan_tune
+    from lrc.lowering.chunked import tune as chunked_tune
+    from lrc.lowering.scan import configs as scan_tune
 
     monkeypatch.setenv("LRC_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(chunked_tune, "_CACHE", {})
@@ -502,8 +503,9 @@ def test_params_only_node_constant_along_a_dim():
 def _fake_tuner(monkeypatch, cache_dir) -> list:
     """The tuner's GPU path with the GPU faked: `choose` records each list of candidates it is
     given (returned) and takes the first; tuned configs go to `cache_dir` on disk."""
-    from lrc.codegen import chunked_tune, scan_tune
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.chunked import tune as chunked_tune
+    from lrc.lowering.scan import configs as scan_tune
+    from lrc.lowering.scan import launch as scan_runtime
 
     monkeypatch.setenv("LRC_CACHE_DIR", str(cache_dir))
     monkeypatch.setattr(chunked_tune, "_CACHE", {})
@@ -528,8 +530,9 @@ def test_tuner_picks_candidates_by_layout(tmp_path, monkeypatch):
     whole dims; the backward keeps the forward's chunk (Mamba-1's backward_n a multiple of
     it); a tuned shape is timed once, then found in memory, then on disk by a new
     process."""
-    from lrc.codegen import chunked_tune, scan_tune
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.chunked import tune as chunked_tune
+    from lrc.lowering.scan import configs as scan_tune
+    from lrc.lowering.scan import launch as scan_runtime
 
     timed = _fake_tuner(monkeypatch, tmp_path)
 
@@ -572,8 +575,8 @@ def test_row_training_forward_leaves_the_backward_its_chunks(monkeypatch, tmp_pa
     forward tries only chunks that every backward candidate's chunk is a multiple of (the
     backward reads every k-th checkpoint); a forward without gradients tries them all, and
     tunes apart."""
-    from lrc.codegen import scan_tune
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.scan import configs as scan_tune
+    from lrc.lowering.scan import launch as scan_runtime
 
     timed = _fake_tuner(monkeypatch, tmp_path)
 
@@ -612,7 +615,7 @@ def test_forward_replayed(segments, monkeypatch):
     each later call gets its own buffers and its own data (the first call's results stay as
     they were), an initial state or the same tensor passed twice is another signature, and
     gradients still flow."""
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.scan import launch as scan_runtime
 
     monkeypatch.setattr(scan_runtime, "CHUNK", 4)
     monkeypatch.setattr(scan_runtime, "SEGMENTS", segments)
@@ -672,7 +675,7 @@ def test_untimed_choice_skips_configs_that_fail(monkeypatch):
     """LRC_TUNE=0 on the GPU takes the first config that compiles (Triton 3.6 rejects some:
     shared memory over the limit, a failed layout pass), once per key; none compiling is an
     error naming each config's failure."""
-    from lrc.codegen import chunked_tune
+    from lrc.lowering.chunked import tune as chunked_tune
 
     monkeypatch.setattr(chunked_tune, "_CACHE", {})
     tried = []
@@ -693,7 +696,7 @@ def test_inference_call_skips_autograd(monkeypatch):
     """With nothing to differentiate (no_grad, or no input requiring grad) the forward runs
     without autograd.Function and without assembling unrequested final states; the outputs
     and final states equal those of a differentiable call."""
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.scan import launch as scan_runtime
 
     kern, _ = layers("rglru")
     args = ZOO["rglru"].example(b=2, t=23, dtype=torch.float32)
@@ -717,7 +720,7 @@ def test_fast_replay_of_a_repeated_signature(monkeypatch):
     seen replays its launches straight from the arguments (triton_call.Fast) and gives what
     the full path gives; anything else takes the full path: an argument needing a gradient,
     an initial or final state, one tensor passed twice, new strides."""
-    from lrc.runtime import triton_call
+    from lrc.lowering.scan import call as triton_call
 
     used = []
     fast_call = triton_call.Fast.__call__
@@ -756,7 +759,7 @@ def test_fast_replay_with_gradients(monkeypatch):
     launches (triton_call.FastGrad) and, from its second backward with the same cotangents'
     signature, its backward launches; outputs and every gradient match the reference on
     fresh values each time; a cotangent with other strides is its own backward signature."""
-    from lrc.runtime import scan_runtime, triton_call
+    from lrc.lowering.scan import launch as scan_runtime, call as triton_call
 
     monkeypatch.setattr(scan_runtime, "_REPLAYS", {})
     monkeypatch.setattr(scan_runtime, "_BACK_REPLAYS", {})
@@ -792,7 +795,7 @@ def test_fast_replay_keeps_write_only_buffers(monkeypatch):
     without gradients) across calls, never an output: outputs of calls kept alive are
     distinct tensors, each right for its own inputs; with gradients the checkpoints are
     made anew (each backward reads its own)."""
-    from lrc.runtime import triton_call
+    from lrc.lowering.scan import call as triton_call
 
     made = []
     init = triton_call.Fast.__init__
@@ -825,7 +828,7 @@ def test_fast_replay_keeps_write_only_buffers(monkeypatch):
 def test_no_fast_replay_is_looked_for_twice(monkeypatch):
     """A signature that cannot replay (pre work: Mamba-1's hoisted Params terms) is noted
     once, not examined again on every call."""
-    from lrc.runtime import triton_call
+    from lrc.lowering.scan import call as triton_call
 
     looked = []
     entry = triton_call.fast_entry
@@ -846,7 +849,7 @@ def test_backward_replayed(name, monkeypatch):
     cotangent: another signature)."""
     import sys
 
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.scan import launch as scan_runtime
 
     made = layers(name)  # one layer for every call (replays are per program)
     monkeypatch.setattr(sys.modules[__name__], "layers", lambda n: made)
@@ -916,8 +919,8 @@ def test_rows_of_time(reverse, monkeypatch):
     shorter than the sequence, two-level segments, packed sequences, and a backward whose
     chunk is twice the forward's (it reads every other checkpoint), all against the
     reference."""
-    from lrc.codegen.scan_tune import ScanConfig
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.scan.configs import ScanConfig
+    from lrc.lowering.scan import launch as scan_runtime
 
     kern = _rows_check(2, 37, reverse)
     assert kern.program.tiling.tile == () and "tl.arange(0, TC)[:]" in kern.source("forward")
@@ -959,7 +962,7 @@ def test_gpu_rows_of_time(reverse):
 def test_tuner_times_the_kernels_alone(monkeypatch):
     """The scan tuner's timing runs fire a config's recorded kernel launches again: the
     launch function (buffers, arguments) runs once per config, the kernels every time."""
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.scan import launch as scan_runtime
 
     kern, _ = layers("rglru")
     made, fired = [], []
@@ -999,7 +1002,7 @@ def test_backward_reads_the_saved_state(spec, reverse, monkeypatch):
     before each step from it one step earlier (no recompute of the forward scan, no
     shift), the chunk's checkpoint at its first step; against the reference: chunks shorter
     than the sequence, segments, packed sequences, bf16 (the state read back rounded)."""
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.scan import launch as scan_runtime
 
     kern = _rows_check(2, 37, reverse, spec=spec)
     assert kern.program.saved == {"h": "y"}
@@ -1035,7 +1038,7 @@ def test_gpu_replays_launch_directly(monkeypatch):
     (scan_runtime.Direct), right on fresh values; an input whose pointer is not 16-byte
     aligned, unlike the recorded one's, takes Triton's path (which specializes anew), also
     right."""
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.scan import launch as scan_runtime
 
     monkeypatch.setattr(scan_runtime, "_REPLAYS", {})
     monkeypatch.setattr(scan_runtime, "_BACK_REPLAYS", {})

@@ -12,11 +12,13 @@ import torch
 
 import lrc
 from lrc import Param, Seq, State
-from lrc.codegen import aot, chunked_tune, scan_tune
-from lrc.codegen.partition import Unsupported
-from lrc.codegen.scan_unrolled import _old_through_decay
-from lrc.codegen.scan_tune import UNROLLED, ScanConfig, candidates_unrolled
-from lrc.runtime import scan_runtime
+from lrc.kernels import aot
+from lrc.lowering.chunked import tune as chunked_tune
+from lrc.lowering.scan import configs as scan_tune
+from lrc.errors import Unsupported
+from lrc.lowering.scan.unrolled import _old_through_decay
+from lrc.lowering.scan.configs import UNROLLED, ScanConfig, candidates_unrolled
+from lrc.lowering.scan import launch as scan_runtime
 from lrc.zoo import ZOO
 from tests.codegen import test_scan
 from tests.codegen.test_scan import check
@@ -341,7 +343,7 @@ def test_backward_n_rewrites_preserve_the_adjoint_step(name):
     that do not vary along n taken out of sums over n, duplicates merged) change no value: the
     rewritten step and the derived one, run by the float64 interpreter over 7 steps on random
     inputs and a random initial adjoint, give the same outputs and final state."""
-    from lrc.codegen.scan_unrolled import _pull_factors
+    from lrc.lowering.scan.unrolled import _pull_factors
     from lrc.ir import interpret
 
     spec = gated_s6 if name == "gated_s6" else ZOO["mamba1"].spec

@@ -12,7 +12,7 @@ import pytest
 
 import lrc
 from lrc.passes import pipeline
-from lrc.passes.lowering import LoweringError
+from lrc.errors import LoweringError
 from lrc.zoo import ZOO
 from tests.strategies import random_specs
 

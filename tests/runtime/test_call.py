@@ -310,7 +310,7 @@ def test_reference_runs_a_graph_with_a_split_complex_seq():
 def test_broadcast_shape_matches_torch():
     """bind.broadcast_shape (the convolution's host path) agrees with torch.broadcast_shapes
     and refuses what it refuses."""
-    from lrc.runtime.bind import broadcast_shape
+    from lrc.layout import broadcast_shape
 
     cases = [((2, 1, 3), (4, 3)), ((), (5,)), ((1,), (1,)), ((3, 1), (1, 4), (2, 1, 1)),
              ((0, 1), (1, 7)), ((6,),)]

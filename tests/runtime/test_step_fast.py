@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lrc
-from lrc.runtime import triton_call
+from lrc.lowering.scan import call as triton_call
 from tests.conftest import rel_err
 from tests.runtime.test_step_params import B, D, N, one_step, s6
 

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lrc.codegen import chunked_tune
-from lrc.runtime import scan_runtime
+from lrc.lowering.chunked import tune as chunked_tune
+from lrc.lowering.scan import launch as scan_runtime
 
 
 class FakeStep:

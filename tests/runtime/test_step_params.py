@@ -8,7 +8,7 @@ import torch
 
 import lrc
 from lrc import Param, Seq, State
-from lrc.runtime import triton_call
+from lrc.lowering.scan import call as triton_call
 from tests.conftest import rel_err
 
 B, D, N = 3, 37, 5
@@ -59,7 +59,7 @@ def test_pre_work_converts_only_the_inputs_it_reads(monkeypatch):
     """Pre work (here exp(A_log), float64 then float32) gets canonical float32 copies of the
     inputs it reads alone; the Seq inputs go to the kernels as given. Counted by the copies
     made, and the call still matches the plain loop."""
-    from lrc.runtime import scan_runtime
+    from lrc.lowering.scan import launch as scan_runtime
 
     layer = lrc.compile(s6, backend="triton")
     made = []

@@ -1,0 +1,162 @@
+"""Generated modules: written to an on-disk cache and imported, interpreted or compiled.
+
+Triton reads a kernel's source through `inspect`, so generated kernels live in real files; the
+file name is a hash of the source, so a second process finds them ready. A module imported for
+CPU tensors is decorated under Triton's interpreter (`knobs.runtime.interpret`), one for CUDA
+tensors compiled; both can live in one process.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import triton
+
+_LOCK = threading.RLock()
+_LOADED: dict[tuple[str, bool], ModuleType] = {}
+_BY_SOURCE: dict[tuple[str, bool], ModuleType] = {}
+
+
+def cache_dir() -> Path:
+    """$LRC_CACHE_DIR, else ~/.cache/lrc."""
+    root = os.environ.get("LRC_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "lrc")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def source_key(source: str) -> str:
+    return hashlib.sha256((triton.__version__ + "\n" + source).encode()).hexdigest()[:20]
+
+
+def write_source(source: str) -> Path:
+    """The cached file holding `source` (written atomically the first time)."""
+    path = cache_dir() / f"lrc_{source_key(source)}.py"
+    if not path.exists() or path.read_text() != source:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(source)
+        os.replace(tmp, path)
+    return path
+
+
+def load(source: str, interpret: bool) -> ModuleType:
+    """Import the module for `source`, its kernels interpreted (CPU) or compiled (CUDA)."""
+    fast = _BY_SOURCE.get((source, interpret))  # every launch asks: no hash of the source
+    if fast is not None:
+        return fast
+    key = (source_key(source), interpret)
+    with _LOCK:
+        if key in _LOADED:
+            _BY_SOURCE[(source, interpret)] = _LOADED[key]
+            return _LOADED[key]
+        path = write_source(source)
+        name = f"lrc_generated.{'interp_' if interpret else ''}{key[0]}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        with triton.knobs.runtime.scope():
+            triton.knobs.runtime.interpret = interpret
+            spec.loader.exec_module(module)
+        sys.modules[name] = module
+        _LOADED[key] = module
+        _BY_SOURCE[(source, interpret)] = module
+        return module
+
+
+@contextlib.contextmanager
+def interpreted():
+    """Run interpreted kernels in a process whose triton.language was imported for the GPU.
+
+    Triton's own helpers (tl.zeros, tl.sum, tl.associative_scan's wrappers, ...) are jit
+    functions decorated when Triton was imported; while this is active they are swapped for
+    interpreted twins, so an interpreted kernel can call them."""
+    import triton.language as tl
+    import triton.language.standard as std
+    from triton.runtime import interpreter
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    with _LOCK:
+        # Everything swapped here, and whatever Triton's interpreter leaves patched, is put
+        # back on exit: its launches restore what they patch, but a jit helper called inside
+        # one (tl.cdiv, whose globals name triton.language.core) patches that module again
+        # and never restores it, and a kernel compiled for the GPU later in the process then
+        # fails at its first such call (a CompilationError at tl.cdiv, e.g. in the CPU
+        # tests' sm_90 compiles, depending on which tests ran before in the worker).
+        snap = _snapshot(tl, tl.core, tl.math, std, tl.core.tensor, tl.core.dtype,
+                         tl.core.tensor_descriptor_base, interpreter.ScanOps)
+        try:
+            interpreter.ScanOps.generic_scan = _sliced_scan
+            if not triton.knobs.runtime.interpret:  # TRITON_INTERPRET=1: helpers are ready
+                for mod in (tl, std, tl.math):
+                    for name, val in list(vars(mod).items()):
+                        if isinstance(val, JITFunction):
+                            setattr(mod, name, InterpretedFunction(val.fn))
+                for name, val in list(vars(tl.tensor).items()):
+                    if isinstance(val, JITFunction):
+                        fn = InterpretedFunction(val.fn)
+                        setattr(tl.tensor, name,
+                                (lambda f: lambda self, *a, **k: f(self, *a, **k))(fn))
+            yield
+        finally:
+            _restore(snap)
+
+
+def _snapshot(*owners) -> list[tuple[object, dict]]:
+    return [(o, dict(vars(o))) for o in owners]
+
+
+def _restore(snap: list[tuple[object, dict]]) -> None:
+    """Every attribute of the snapshot's modules and classes put back as it was (names the
+    interpreter added stay: its rewritten helpers, cached, read them)."""
+    for owner, before in snap:
+        now = vars(owner)
+        for name, val in before.items():
+            if now.get(name, _GONE) is not val:
+                setattr(owner, name, val)
+
+
+_GONE = object()
+
+
+def _sliced_scan(self, inputs):
+    """The interpreter's associative scan, one combine call per step along the axis on whole
+    slices (Triton's own calls it once per element, in Python: minutes for a chunk)."""
+    import numpy as np
+    import triton.language as tl
+
+    data = [x.handle.data for x in inputs]
+    n = data[0].shape[self.axis]
+    acc = [np.take(d, [0], axis=self.axis) for d in data]
+    outs = [[a] for a in acc]
+    for i in range(1, n):
+        prev = tuple(self.to_tensor(a, x.dtype) for a, x in zip(acc, inputs))
+        cur = tuple(self.to_tensor(np.take(d, [i], axis=self.axis), x.dtype)
+                    for d, x in zip(data, inputs))
+        ret = self.combine_fn.fn(*prev, *cur)
+        ret = ret if isinstance(ret, tuple) else (ret,)
+        acc = [r.handle.data if isinstance(r, tl.core.tensor) else np.full_like(a, r)
+               for r, a in zip(ret, acc)]
+        for o, a in zip(outs, acc):
+            o.append(a)
+    return [self.to_tensor(np.concatenate(o, axis=self.axis), x.dtype)
+            for o, x in zip(outs, inputs)]
+
+
+def _warm_gluon() -> None:
+    """Import Triton's lazily imported gluon now: it asserts on swapped helpers otherwise."""
+    with contextlib.suppress(Exception):
+        import triton.experimental.gluon  # noqa: F401
+
+
+_warm_gluon()
+
+

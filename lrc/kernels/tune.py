@@ -1,0 +1,153 @@
+"""The tuner policy every lowering shares: a config forced or chosen earlier in the process,
+one remembered on disk for this kind of GPU, else the candidates timed once per shape
+(or, untimed, the first that compiles).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import astuple
+from typing import Any
+
+from ..config import cache_dir
+
+_CACHE: dict[tuple, Any] = {}  # key -> the config chosen in this process
+
+
+# key -> [(config, median ms)] of each timed candidate (the benchmarks print it)
+TIMES: dict[tuple, list] = {}
+
+
+def _disk_key(key: tuple, device: str) -> str:
+    return hashlib.sha256(repr((device,) + key).encode()).hexdigest()[:24]
+
+
+def remembered(key: tuple, device: str, table: str, make: Callable):
+    """A config tuned for `key` on this kind of device by an earlier process (in `table`, a
+    JSON file in the kernel cache directory), now remembered for this one too. The key
+    holds the kernels' source, not the candidate list: after a change to the candidates,
+    clear the cache directory ($LRC_CACHE_DIR) to tune again."""
+    try:
+        with open(cache_dir() / table) as fh:
+            row = json.load(fh).get(_disk_key(key, device))
+    except (OSError, ValueError):
+        return None
+    if row is None:
+        return None
+    cfg = make(*row)
+    _CACHE[key] = cfg
+    return cfg
+
+
+def remember(key: tuple, device: str, cfg, table: str) -> None:
+    """Add `cfg` to the on-disk `table` (read, update, replace atomically)."""
+    path = cache_dir() / table
+    try:
+        with open(path) as fh:
+            rows = json.load(fh)
+    except (OSError, ValueError):
+        rows = {}
+    rows[_disk_key(key, device)] = list(astuple(cfg))
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(rows, fh)
+    os.replace(tmp, path)
+
+
+def chosen(key: tuple) -> Any:
+    """The config `choose` took for `key` earlier in this process, if any."""
+    return _CACHE.get(key)
+
+
+def keep(key: tuple, config) -> None:
+    """Remember `config` for `key` in this process (a choice made without timing)."""
+    _CACHE[key] = config
+
+
+def first_working(key: tuple, configs: list, run: Callable):
+    """The first of `configs` that compiles and runs (`run(config)` a launch), remembered for
+    `key` in this process: the untimed choice (LRC_TUNE=0). Triton 3.6 rejects some configs
+    of some kernels (shared memory over the limit, a failed layout pass), so the first
+    candidate alone is not safe."""
+    key = key + ("untimed",)
+    if key in _CACHE:
+        return _CACHE[key]
+    errors = []
+    for cfg in configs:
+        try:
+            run(cfg)
+        except Exception as e:  # noqa: BLE001 (does not compile: try the next)
+            errors.append(f"{cfg}: {type(e).__name__}: {str(e)[:300]}")
+            continue
+        _CACHE[key] = cfg
+        return cfg
+    raise RuntimeError(f"no config compiled for {key[1:]}:\n" + "\n".join(errors))
+
+
+def choose(key: tuple, configs: list, run: Callable) -> Any:
+    """The fastest of `configs` for `key` (timed once per process), `run(config)` a launch
+    (also the scan kernels' tuner: scan_tune)."""
+    if key in _CACHE:
+        return _CACHE[key]
+    import triton.testing
+
+    best, best_t, errors = None, float("inf"), []
+    for cfg in configs:
+        try:
+            run(cfg)  # compiles
+            t = triton.testing.do_bench(lambda c=cfg: run(c), warmup=2, rep=10,
+                                        return_mode="median")
+        except Exception as e:  # noqa: BLE001 (out of registers / shared memory: not a candidate)
+            errors.append(f"{cfg}: {type(e).__name__}: {str(e)[:300]}")
+            continue
+        TIMES.setdefault(key, []).append((cfg, t))
+        if t < best_t:
+            best, best_t = cfg, t
+    if best is None:
+        raise RuntimeError(f"no config compiled for {key[1:]}:\n" + "\n".join(errors))
+    _CACHE[key] = best
+    return best
+
+
+def pick(key: tuple, *, device, candidates: Callable[[], list], run: Callable,
+         table: str, make: Callable, forced: Any = None, default: Any = None,
+         untimed: Callable[[], list] | None = None) -> Any:
+    """The launch config for `key`, by the one policy every lowering uses, in order:
+
+    forced        a config the caller forces (a benchmark, a test): taken as is
+    interpreter   on CPU tensors (not sized as a GPU by kernels.aot): `default`
+    capture       inside a CUDA-graph capture nothing is timed or compiled anew: the config
+                  chosen for `key` earlier, else `default`
+    untimed       with config `tune` off: the first of `untimed()` (default: `candidates()`)
+                  that compiles and runs
+    process       a config chosen for `key` earlier in this process
+    disk          one remembered in `table` for this kind of GPU by an earlier process
+    timed         else each candidate timed (`run(config)` launches it), the fastest kept in
+                  the process and on disk
+    """
+    import torch
+
+    from .. import config
+
+    if forced is not None:
+        return forced
+    if device.type != "cuda" and config.get("as_gpu") is None:
+        return default
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if not config.get("tune"):
+        if capturing:
+            return chosen(key + ("untimed",)) or default
+        return first_working(key, (untimed or candidates)(), run)
+    if capturing:
+        return chosen(key) or default
+    done = chosen(key)
+    if done is not None:
+        return done
+    name = torch.cuda.get_device_name(device)
+    done = remembered(key, name, table, make)
+    if done is None:
+        done = choose(key, candidates(), run)
+        remember(key, name, done, table)
+    return done

@@ -1,0 +1,43 @@
+"""The lowerings: one package each, behind one protocol (`base.Program`) and this registry.
+
+A lowering is a function `build(compiled) -> Program` that raises `lrc.errors.Unsupported`,
+naming why, when the spec does not fit it. The runtime builds the lowering the cost model
+chooses for a call's shapes; only that automatic choice falls back to the scan (and the plan
+says so): a lowering the user forces either builds or raises.
+
+    scan      sequential and chunked associative scans in registers, the one-token loop for
+              any other linear transition, and the decode step (every spec has it)
+    chunked   tensor-core chunks for diagonal decays constant along some state dims
+    conv      FFT convolution for time-invariant specs
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .. import config
+from ..errors import Unsupported
+from .base import Call, Program
+from .chunked.program import Program as ChunkedProgram
+from .conv.program import Program as ConvProgram
+from .scan.program import ScanProgram
+
+
+def _scan(compiled) -> ScanProgram:
+    return ScanProgram(compiled.lowered, config.get("prefer_loop"))
+
+
+LOWERINGS: dict[str, Callable] = {
+    "scan": _scan,
+    "chunked": ChunkedProgram,
+    "conv": ConvProgram,
+}
+
+
+def build(name: str, compiled) -> Program:
+    """The program of lowering `name` for a compiled spec (raises Unsupported: why not)."""
+    if name not in LOWERINGS:
+        raise ValueError(f"no lowering {name!r}; lowerings: {', '.join(LOWERINGS)}")
+    return LOWERINGS[name](compiled)
+
+
+__all__ = ["LOWERINGS", "Call", "Program", "Unsupported", "build"]
