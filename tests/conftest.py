@@ -1,6 +1,7 @@
 """Shared test helpers: fresh random seeds, relative errors, the gpu marker."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -26,6 +27,15 @@ def seed(request) -> int:
     torch.manual_seed(s)
     print(f"LRC_SEED={s}")
     return s
+
+
+@pytest.fixture
+def knobs():
+    """`knobs(name=value, ...)` sets lrc.config knobs until the test ends."""
+    import lrc
+
+    with contextlib.ExitStack() as stack:
+        yield lambda **kw: stack.enter_context(lrc.config.override(**kw))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -13,6 +13,7 @@ from lrc.kernels import aot
 from lrc.lowering.chunked import tune as chunked_tune
 from lrc.zoo import ZOO
 from tests.zoo.test_registry import is_seq, time_axis
+from lrc.kernels import tune as policy
 
 pytest.importorskip("triton.backends.nvidia.compiler")
 
@@ -45,7 +46,7 @@ def assert_every_kernel_runs(launches: list[aot.Launch]) -> None:
 
 @pytest.fixture(autouse=True)
 def fresh_choices(monkeypatch):
-    monkeypatch.setattr(chunked_tune, "_CACHE", {})
+    monkeypatch.setattr(policy, "_CACHE", {})
 
 
 def test_mamba1_scan_kernels_compile_for_the_h200():

@@ -21,6 +21,7 @@ from lrc.lowering.chunked.tune import Config, pow2
 from lrc.errors import Unsupported
 from lrc.zoo import ZOO
 from tests.conftest import rel_err
+from lrc.kernels import tune as policy
 
 CHUNKED_ZOO = ["mamba2", "retnet", "gla", "rwkv6"]
 FWD, GRAD, LOW = 1e-4, 1e-3, 1e-2
@@ -349,15 +350,15 @@ def test_tuned_configs_persist(tmp_path, monkeypatch):
     from lrc.lowering.chunked import tune as chunked_tune
 
     monkeypatch.setenv("LRC_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(chunked_tune, "_CACHE", {})
+    monkeypatch.setattr(policy, "_CACHE", {})
     key = ("kernel source", (("b", 8), ("h", 16)), 4096, torch.bfloat16, False, False,
            "backward", True)
     cfg = Config(64, 128, 4, 1, split=2, bk=64, wk=64)
     assert chunked_tune.remembered(key, "NVIDIA H200") is None
     chunked_tune.remember(key, "NVIDIA H200", cfg)
-    chunked_tune._CACHE.clear()
+    policy._CACHE.clear()
     assert chunked_tune.remembered(key, "NVIDIA H200") == cfg
-    assert chunked_tune.chosen(key) == cfg
+    assert policy.chosen(key) == cfg
     assert chunked_tune.remembered(key, "NVIDIA A100") is None
     assert chunked_tune.remembered(key[:2] + (4097,) + key[3:], "NVIDIA H200") is None
     assert (tmp_path / "chunked_tuned.json").exists()
@@ -382,22 +383,22 @@ def test_gpu_bf16(name):
 
 
 @pytest.mark.gpu
-def test_gpu_tuned_config_read_back(monkeypatch, tmp_path):
+def test_gpu_tuned_config_read_back(knobs, monkeypatch, tmp_path):
     """With tuning on, the first process times the candidates and writes the choice; a
     process that finds it on disk (here: the in-process choices forgotten) times nothing
     and gives the same results."""
     from lrc.lowering.chunked import launch as chunked_launch, tune as chunked_tune
     from lrc.lowering.scan import launch as scan_runtime
 
-    monkeypatch.setattr(scan_runtime, "TUNE", True)
+    knobs(tune=True)
     monkeypatch.setenv("LRC_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(chunked_tune, "_CACHE", {})
+    monkeypatch.setattr(policy, "_CACHE", {})
     spec, args, _ = zoo("mamba2", b=2, t=1000, **GPU_SIZES["mamba2"])
     layer = lrc.compile(spec, backend="triton", lowering="chunked")
     args = {k: v.float().cuda() for k, v in args.items()}
     y1 = layer(**args)
     assert (tmp_path / "chunked_tuned.json").exists()
-    monkeypatch.setattr(chunked_tune, "_CACHE", {})
+    monkeypatch.setattr(policy, "_CACHE", {})
 
     def no_timing(*a, **k):
         raise AssertionError("timed again")

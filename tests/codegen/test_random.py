@@ -63,14 +63,10 @@ def test_gradients(rs):
 def two_level():
     """Time cut into three segments of two-step chunks (where the states' blocks are
     independent; others run the one-segment scan)."""
-    from lrc.lowering.scan import launch as scan_runtime
+    import lrc
 
-    old = scan_runtime.CHUNK, scan_runtime.SEGMENTS
-    scan_runtime.CHUNK, scan_runtime.SEGMENTS = 2, 3
-    try:
+    with lrc.config.override(scan_chunk=2, scan_segments=3):
         yield
-    finally:
-        scan_runtime.CHUNK, scan_runtime.SEGMENTS = old
 
 
 @SETTINGS

@@ -15,6 +15,11 @@ import lrc
 from lrc import Seq, State
 from lrc.zoo import ZOO
 from tests.conftest import rel_err
+from lrc.kernels import launch as kernel_launch
+from lrc.kernels import tune as policy
+from lrc.lowering.scan import autograd as scan_autograd
+from lrc.lowering.scan import replay as scan_replay
+from lrc.lowering.scan import tune as scan_tune_policy
 
 # the zoo systems whose transitions are diagonal: the scan kernels run them all
 SCAN_ZOO = ["mamba1", "mamba2", "s4d_zoh", "s4d_bilinear", "lru", "rglru", "rwkv6", "gla",
@@ -182,13 +187,13 @@ def test_cu_seqlens():
 
 @pytest.mark.parametrize("name", ["rglru", "mamba1", "lru", "gla"])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_cu_seqlens_in_one_launch(name, reverse, monkeypatch):
+def test_cu_seqlens_in_one_launch(knobs, name, reverse, monkeypatch):
     """Packed sequences (lengths 7, 1, 21; 4-step chunks) in one launch per direction, each
     program its own sequence: outputs, final states and every gradient (inputs and initial
     states) as the reference computes them sequence by sequence."""
     from lrc.lowering.scan import launch as scan_runtime
 
-    monkeypatch.setattr(scan_runtime, "CHUNK", 4)
+    knobs(scan_chunk=4)
     launches = []
     launch = scan_runtime.Launch.__call__
 
@@ -261,12 +266,12 @@ def test_gpu_long(name):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["mamba1", "rglru", "lru"])
-def test_gpu_tuned_configs(name, monkeypatch):
+def test_gpu_tuned_configs(knobs, name, monkeypatch):
     """The configs the tuner picks at real sizes (whatever LRC_TUNE says for the rest of the
     GPU tests, which compile faster without it)."""
     from lrc.lowering.scan import launch as scan_runtime
 
-    monkeypatch.setattr(scan_runtime, "TUNE", True)
+    knobs(tune=True)
     check(name, b=2, t=4099, device="cuda")
 
 
@@ -298,22 +303,22 @@ def test_gpu_step(name, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["mamba1", "mamba2"])
 def test_gpu_step_order_choice(name, monkeypatch):
-    """The first step of a shape compiles both load orders (scan_runtime.step_order) on
+    """The first step of a shape compiles both load orders (scan_tune_policy.step_order) on
     scratch outputs: the caller's state still advances once per step, and the choice is
     kept. Mamba-1's step at B64 D4096 N16 takes the states-first order (69 registers
     either way on the H200)."""
     from lrc.lowering.chunked import tune as chunked_tune
 
-    monkeypatch.setattr(chunked_tune, "_CACHE", {})
+    monkeypatch.setattr(policy, "_CACHE", {})
     step_check(name, torch.float32, "cuda", b=64)
-    assert [k for k in chunked_tune._CACHE if k[1] == "step"]
+    assert [k for k in policy._CACHE if k[1] == "step"]
     if name == "mamba1":
         e = ZOO[name]
         kern = lrc.compile(e.spec, backend="triton")
         args = e.example(b=64, t=1, d=4096, n=16, dtype=torch.bfloat16, device="cuda")
         tok = {k: (v[..., 0] if v.dim() == 3 else v) for k, v in args.items()}
         kern.step(**tok, state=torch.randn(64, 4096, 16, device="cuda"), inplace=True)
-        chosen = [v for k, v in chunked_tune._CACHE.items()
+        chosen = [v for k, v in policy._CACHE.items()
                   if k[1] == "step" and dict(k[2]).get("d") == 4096]
         assert chosen and chosen[0].order
 
@@ -325,13 +330,13 @@ def test_gpu_bf16(name):
 
 
 @pytest.mark.parametrize("name", ["mamba1", "gla"])
-def test_split_blocks(name, monkeypatch):
+def test_split_blocks(knobs, name, monkeypatch):
     """A small register budget splits dims over several programs: partial sums of gradients
     across programs are added with atomics, and loads and stores stay masked right."""
     from lrc.lowering.scan import launch as scan_runtime
 
-    monkeypatch.setattr(scan_runtime, "BUDGET", 64)
-    monkeypatch.setattr(scan_runtime, "CHUNK", 4)
+    knobs(scan_budget=64)
+    knobs(scan_chunk=4)
     check(name, b=2, t=11)
 
 
@@ -373,13 +378,13 @@ def test_state_broadcast_along_a_grid_dim():
 
 @pytest.mark.parametrize("name", ["mamba1", "lru", "rglru", "s4d_zoh", "gla"])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_two_level_scan(name, reverse, monkeypatch):
+def test_two_level_scan(knobs, name, reverse, monkeypatch):
     """Time cut into segments (scanned from zero, summarized, joined, scanned again from the
     joined state): the same outputs, final states and gradients, either direction."""
     from lrc.lowering.scan import launch as scan_runtime
 
-    monkeypatch.setattr(scan_runtime, "CHUNK", 4)
-    monkeypatch.setattr(scan_runtime, "SEGMENTS", 3)
+    knobs(scan_chunk=4)
+    knobs(scan_segments=3)
     launches = []
     launch = scan_runtime.Launch.__call__
 
@@ -421,9 +426,9 @@ def test_every_tuner_candidate(name, monkeypatch):
     for row in _tuner_rows(name):
         cfg = ScanConfig(*row)
         cfg = ScanConfig(min(cfg.tc, 64), cfg.block, cfg.warps, cfg.stages)  # interpreter time
-        monkeypatch.setattr(scan_runtime, "CONFIG", cfg)
         seen.clear()
-        check(name, b=2, t=37, with_state=False)
+        with lrc.config.override(scan_config=cfg):
+            check(name, b=2, t=37, with_state=False)
         assert {(w, tc) for w, tc, _ in seen} == {("forward", cfg.tc), ("backward", cfg.tc)}
         assert all(b <= cfg.block for _, _, split in seen for b in split)
 
@@ -450,13 +455,12 @@ def test_tuned_configs_persist(tmp_path, monkeypatch):
     from lrc.lowering.scan import configs as scan_tune
 
     monkeypatch.setenv("LRC_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(chunked_tune, "_CACHE", {})
-    monkeypatch.setattr(scan_tune, "_CACHE", chunked_tune._CACHE)
+    monkeypatch.setattr(policy, "_CACHE", {})
     key = ("kernel source", "forward", (("b", 8), ("d", 2048)), 4096, None, False, ())
     cfg = scan_tune.ScanConfig(32, 32, 1, 3)
     assert scan_tune.remembered(key, "NVIDIA H200") is None
     scan_tune.remember(key, "NVIDIA H200", cfg)
-    chunked_tune._CACHE.clear()
+    policy._CACHE.clear()
     assert scan_tune.remembered(key, "NVIDIA H200") == cfg
     assert scan_tune.chosen(key) == cfg
     assert scan_tune.remembered(key, "NVIDIA A100") is None
@@ -500,7 +504,7 @@ def test_params_only_node_constant_along_a_dim():
     assert rel_err(y, y2) <= FWD and rel_err(hT, want) <= FWD
 
 
-def _fake_tuner(monkeypatch, cache_dir) -> list:
+def _fake_tuner(knobs, monkeypatch, cache_dir) -> list:
     """The tuner's GPU path with the GPU faked: `choose` records each list of candidates it is
     given (returned) and takes the first; tuned configs go to `cache_dir` on disk."""
     from lrc.lowering.chunked import tune as chunked_tune
@@ -508,23 +512,22 @@ def _fake_tuner(monkeypatch, cache_dir) -> list:
     from lrc.lowering.scan import launch as scan_runtime
 
     monkeypatch.setenv("LRC_CACHE_DIR", str(cache_dir))
-    monkeypatch.setattr(chunked_tune, "_CACHE", {})
-    monkeypatch.setattr(scan_tune, "_CACHE", chunked_tune._CACHE)
-    monkeypatch.setattr(scan_runtime, "TUNE", True)
+    monkeypatch.setattr(policy, "_CACHE", {})
+    knobs(tune=True)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "fake GPU")
     timed = []
 
     def choose(key, configs, run):
         timed.append(configs)
-        chunked_tune._CACHE[key] = configs[0]
+        policy._CACHE[key] = configs[0]
         return configs[0]
 
-    monkeypatch.setattr(scan_tune, "choose", choose)
+    monkeypatch.setattr(policy, "choose", choose)
     return timed
 
 
-def test_tuner_picks_candidates_by_layout(tmp_path, monkeypatch):
+def test_tuner_picks_candidates_by_layout(knobs, tmp_path, monkeypatch):
     """What the GPU path of the tuner does, with the GPU faked: the candidate set follows the
     layout of the first Seq input (time contiguous or channels contiguous) and the state's
     whole dims; the backward keeps the forward's chunk (Mamba-1's backward_n a multiple of
@@ -534,7 +537,7 @@ def test_tuner_picks_candidates_by_layout(tmp_path, monkeypatch):
     from lrc.lowering.scan import configs as scan_tune
     from lrc.lowering.scan import launch as scan_runtime
 
-    timed = _fake_tuner(monkeypatch, tmp_path)
+    timed = _fake_tuner(knobs, monkeypatch, tmp_path)
 
     @lrc.recurrence
     def diag(x: Seq("b t d"), a: Seq("b t d"), h: State("b d")):
@@ -550,7 +553,7 @@ def test_tuner_picks_candidates_by_layout(tmp_path, monkeypatch):
 
         info = dict(sizes=make_call(prog.g, (), args).sizes, T=40, inputs=names,
                     device=torch.device("cuda"), reverse=False)
-        return scan_runtime._config(prog, which, info, ins, None, tc)
+        return scan_tune_policy._config(prog, which, info, ins, None, tc)
 
     x = torch.randn(2, 40, 3)
     first = config(diag, "forward", dict(x=x, a=x))
@@ -566,11 +569,11 @@ def test_tuner_picks_candidates_by_layout(tmp_path, monkeypatch):
     assert back.unroll and back.tc == scan_tune.BACKWARD_TC
     n = len(timed)
     assert config(m1.spec, "backward", args, tc=16) == back and len(timed) == n  # memory
-    chunked_tune._CACHE.clear()
+    policy._CACHE.clear()
     assert config(m1.spec, "backward", args, tc=16) == back and len(timed) == n  # disk
 
 
-def test_row_training_forward_leaves_the_backward_its_chunks(monkeypatch, tmp_path):
+def test_row_training_forward_leaves_the_backward_its_chunks(knobs, monkeypatch, tmp_path):
     """One row of time per program (time contiguous, an elementwise state): a training
     forward tries only chunks that every backward candidate's chunk is a multiple of (the
     backward reads every k-th checkpoint); a forward without gradients tries them all, and
@@ -578,7 +581,7 @@ def test_row_training_forward_leaves_the_backward_its_chunks(monkeypatch, tmp_pa
     from lrc.lowering.scan import configs as scan_tune
     from lrc.lowering.scan import launch as scan_runtime
 
-    timed = _fake_tuner(monkeypatch, tmp_path)
+    timed = _fake_tuner(knobs, monkeypatch, tmp_path)
 
     @lrc.recurrence
     def row(x: Seq("b d t"), a: Seq("b d t"), h: State("b d")):
@@ -592,7 +595,7 @@ def test_row_training_forward_leaves_the_backward_its_chunks(monkeypatch, tmp_pa
     for infer in (False, True):
         info = dict(sizes={"b": 2, "d": 3}, T=40, inputs=names, device=torch.device("cuda"),
                     reverse=False, infer=infer)
-        cfg = scan_runtime._config(prog, "forward", info, [x, x], None)
+        cfg = scan_tune_policy._config(prog, "forward", info, [x, x], None)
         assert cfg == timed[-1][0]
     training, inference = timed
     assert inference == scan_tune.candidates(True, 1, None, True)
@@ -610,23 +613,23 @@ def _gated(x: Seq("b t d"), a: Seq("b t d"), h: State("b d")):
 
 
 @pytest.mark.parametrize("segments", [None, 3])
-def test_forward_replayed(segments, monkeypatch):
+def test_forward_replayed(knobs, segments, monkeypatch):
     """A forward's launches are recorded on the first call of a signature and replayed after:
     each later call gets its own buffers and its own data (the first call's results stay as
     they were), an initial state or the same tensor passed twice is another signature, and
     gradients still flow."""
     from lrc.lowering.scan import launch as scan_runtime
 
-    monkeypatch.setattr(scan_runtime, "CHUNK", 4)
-    monkeypatch.setattr(scan_runtime, "SEGMENTS", segments)
+    knobs(scan_chunk=4)
+    knobs(scan_segments=segments)
     replays = []
-    replay = scan_runtime.Replay.__call__
+    replay = scan_replay.Replay.__call__
 
     def spy(self, *a):
         replays.append(self)
         return replay(self, *a)
 
-    monkeypatch.setattr(scan_runtime.Replay, "__call__", spy)
+    monkeypatch.setattr(scan_replay.Replay, "__call__", spy)
     kern = lrc.compile(_gated, backend="triton", lowering="scan")
     ref = lrc.compile(_gated, backend="reference")
 
@@ -677,7 +680,7 @@ def test_untimed_choice_skips_configs_that_fail(monkeypatch):
     error naming each config's failure."""
     from lrc.lowering.chunked import tune as chunked_tune
 
-    monkeypatch.setattr(chunked_tune, "_CACHE", {})
+    monkeypatch.setattr(policy, "_CACHE", {})
     tried = []
 
     def run(cfg):
@@ -685,11 +688,11 @@ def test_untimed_choice_skips_configs_that_fail(monkeypatch):
         if cfg == "a":
             raise RuntimeError("PassManager::run failed")
 
-    assert chunked_tune.first_working(("k",), ["a", "b", "c"], run) == "b"
-    assert chunked_tune.first_working(("k",), ["a", "b", "c"], run) == "b"
+    assert policy.first_working(("k",), ["a", "b", "c"], run) == "b"
+    assert policy.first_working(("k",), ["a", "b", "c"], run) == "b"
     assert tried == ["a", "b"]
     with pytest.raises(RuntimeError, match="PassManager"):
-        chunked_tune.first_working(("other",), ["a"], run)
+        policy.first_working(("other",), ["a"], run)
 
 
 def test_inference_call_skips_autograd(monkeypatch):
@@ -705,8 +708,8 @@ def test_inference_call_skips_autograd(monkeypatch):
     y_ref, h_ref = kern(**leaves, initial_state=state, return_final_state=True)
     assert y_ref.grad_fn is not None
     applied = []
-    apply = scan_runtime.ScanFunction.apply
-    monkeypatch.setattr(scan_runtime.ScanFunction, "apply",
+    apply = scan_autograd.ScanFunction.apply
+    monkeypatch.setattr(scan_autograd.ScanFunction, "apply",
                         lambda *a: applied.append(1) or apply(*a))
     with torch.no_grad():
         y1 = kern(**leaves, initial_state=state)
@@ -761,13 +764,13 @@ def test_fast_replay_with_gradients(monkeypatch):
     fresh values each time; a cotangent with other strides is its own backward signature."""
     from lrc.lowering.scan import launch as scan_runtime, call as triton_call
 
-    monkeypatch.setattr(scan_runtime, "_REPLAYS", {})
-    monkeypatch.setattr(scan_runtime, "_BACK_REPLAYS", {})
+    monkeypatch.setattr(scan_replay, "_REPLAYS", {})
+    monkeypatch.setattr(scan_replay, "_BACK_REPLAYS", {})
     fast, played = [], []
-    apply, play = triton_call.FastGrad.apply, scan_runtime.BackReplay.__call__
+    apply, play = triton_call.FastGrad.apply, scan_replay.BackReplay.__call__
     monkeypatch.setattr(triton_call.FastGrad, "apply",
                         lambda *a: fast.append(1) or apply(*a))
-    monkeypatch.setattr(scan_runtime.BackReplay, "__call__",
+    monkeypatch.setattr(scan_replay.BackReplay, "__call__",
                         lambda self, *a: played.append(1) or play(self, *a))
     kern, ref = layers("gla")
     e = ZOO["gla"]
@@ -842,7 +845,7 @@ def test_no_fast_replay_is_looked_for_twice(monkeypatch):
 
 @pytest.mark.parametrize("name", ["mamba1", "rglru"])
 def test_backward_replayed(name, monkeypatch):
-    """A backward whose signature was seen replays its launches (scan_runtime.BackReplay):
+    """A backward whose signature was seen replays its launches (scan_replay.BackReplay):
     its buffers made again, zeroed where atomic sums need it (Mamba-1's Param gradients),
     and the gradients still match the reference on fresh inputs; with and without an
     initial state (the same launches), and without a final state's gradient (a zeroed
@@ -854,8 +857,8 @@ def test_backward_replayed(name, monkeypatch):
     made = layers(name)  # one layer for every call (replays are per program)
     monkeypatch.setattr(sys.modules[__name__], "layers", lambda n: made)
     played = []
-    call = scan_runtime.BackReplay.__call__
-    monkeypatch.setattr(scan_runtime.BackReplay, "__call__",
+    call = scan_replay.BackReplay.__call__
+    monkeypatch.setattr(scan_replay.BackReplay, "__call__",
                         lambda self, *a: played.append(1) or call(self, *a))
     for _ in range(2):
         check(name, b=2, t=21)
@@ -914,7 +917,7 @@ def _rows_check(b: int, t: int, reverse: bool, cu=None, device="cpu", spec=gated
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_rows_of_time(reverse, monkeypatch):
+def test_rows_of_time(knobs, reverse, monkeypatch):
     """Time contiguous with nothing whole: a 1-D kernel, one row of time per program; chunks
     shorter than the sequence, two-level segments, packed sequences, and a backward whose
     chunk is twice the forward's (it reads every other checkpoint), all against the
@@ -924,18 +927,18 @@ def test_rows_of_time(reverse, monkeypatch):
 
     kern = _rows_check(2, 37, reverse)
     assert kern.program.tiling.tile == () and "tl.arange(0, TC)[:]" in kern.source("forward")
-    monkeypatch.setattr(scan_runtime, "CHUNK", 4)
+    knobs(scan_chunk=4)
     _rows_check(2, 37, reverse)
     _rows_check(1, 29, reverse, cu=torch.tensor([0, 7, 8, 29]))
-    monkeypatch.setattr(scan_runtime, "SEGMENTS", 3)
+    knobs(scan_segments=3)
     _rows_check(2, 37, reverse)
-    monkeypatch.setattr(scan_runtime, "SEGMENTS", None)
-    monkeypatch.setattr(scan_runtime, "CHUNK", None)
-    seen, config = [], scan_runtime._config
+    knobs(scan_segments=None)
+    knobs(scan_chunk=None)
+    seen, config = [], scan_tune_policy._config
 
     if reverse:  # a multiple of the forward's chunk is never a reverse scan's candidate
         info = {"sizes": {"b": 2, "d": 5}, "T": 37, "inputs": [], "reverse": True}
-        rows = scan_runtime._candidates(kern.program, info, [], 512)
+        rows = scan_tune_policy._candidates(kern.program, info, [], 512)
         assert rows and {c.tc for c in rows} == {512}
         return
 
@@ -944,7 +947,7 @@ def test_rows_of_time(reverse, monkeypatch):
             return ScanConfig(2 * tc)
         return ScanConfig(8)
 
-    monkeypatch.setattr(scan_runtime, "_config", doubled)
+    monkeypatch.setattr(scan_tune_policy, "_config", doubled)
     launch = scan_runtime.Launch.__call__
     monkeypatch.setattr(scan_runtime.Launch, "__call__",
                         lambda self, **k: seen.append((self.which, self.tc)) or launch(self, **k))
@@ -975,7 +978,7 @@ def test_tuner_times_the_kernels_alone(monkeypatch):
 
     monkeypatch.setattr(scan_runtime.Launch, "configure", lambda self, config: None)
     monkeypatch.setattr(scan_runtime.Launch, "fire", lambda self, *a: fired.append(a))
-    run = scan_runtime._kernels_only(launch)
+    run = scan_tune_policy._kernels_only(launch)
     for cfg in ("a", "a", "b", "a"):
         run(cfg)
     assert made == ["a", "b"] and fired == [(["p", "a"], {"TC": 4}, (1,))] * 2
@@ -997,7 +1000,7 @@ def state_out_cols(x: Seq("b t d"), a: Seq("b t d"), h: State("b d")):
 
 @pytest.mark.parametrize("spec", [state_out_rows, state_out_cols], ids=["rows", "tiles"])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_backward_reads_the_saved_state(spec, reverse, monkeypatch):
+def test_backward_reads_the_saved_state(knobs, spec, reverse, monkeypatch):
     """An output that is the new state (y = h') is saved, and the backward reads the state
     before each step from it one step earlier (no recompute of the forward scan, no
     shift), the chunk's checkpoint at its first step; against the reference: chunks shorter
@@ -1010,11 +1013,11 @@ def test_backward_reads_the_saved_state(spec, reverse, monkeypatch):
     assert "y_sv_ptr" in bwd and "reverse=REVERSE" not in bwd  # no forward scan in it
     # the adjoint before each step comes aligned out of a triple scan, not shifted
     assert "_scan3, reverse=BACK" in bwd and "tl.gather" not in bwd
-    monkeypatch.setattr(scan_runtime, "CHUNK", 4)
+    knobs(scan_chunk=4)
     _rows_check(2, 37, reverse, spec=spec)
     _rows_check(1, 29, reverse, spec=spec, cu=torch.tensor([0, 7, 8, 29]))
     _rows_check(2, 37, reverse, spec=spec, dtype=torch.bfloat16, tol=BF16, gtol=BF16)
-    monkeypatch.setattr(scan_runtime, "SEGMENTS", 3)
+    knobs(scan_segments=3)
     _rows_check(2, 37, reverse, spec=spec)
     # rglru's output is its state too; mamba1's is not (its backward recomputes)
     assert layers("rglru")[0].program.saved == {"h": "y"}
@@ -1035,16 +1038,16 @@ def test_gpu_backward_reads_the_saved_state(spec):
 @pytest.mark.gpu
 def test_gpu_replays_launch_directly(monkeypatch):
     """Replayed launches (forward and backward) go straight to the compiled kernel's launcher
-    (scan_runtime.Direct), right on fresh values; an input whose pointer is not 16-byte
+    (kernel_launch.Direct), right on fresh values; an input whose pointer is not 16-byte
     aligned, unlike the recorded one's, takes Triton's path (which specializes anew), also
     right."""
     from lrc.lowering.scan import launch as scan_runtime
 
-    monkeypatch.setattr(scan_runtime, "_REPLAYS", {})
-    monkeypatch.setattr(scan_runtime, "_BACK_REPLAYS", {})
+    monkeypatch.setattr(scan_replay, "_REPLAYS", {})
+    monkeypatch.setattr(scan_replay, "_BACK_REPLAYS", {})
     direct, slow = [], []
-    call, fire = scan_runtime.Direct.__call__, scan_runtime.Launch.fire
-    monkeypatch.setattr(scan_runtime.Direct, "__call__",
+    call, fire = kernel_launch.Direct.__call__, scan_runtime.Launch.fire
+    monkeypatch.setattr(kernel_launch.Direct, "__call__",
                         lambda self, *a: direct.append(1) or call(self, *a))
     monkeypatch.setattr(scan_runtime.Launch, "fire",
                         lambda self, *a: slow.append(1) or fire(self, *a))

@@ -23,6 +23,9 @@ from lrc.zoo import ZOO
 from tests.codegen import test_scan
 from tests.codegen.test_scan import check
 from tests.conftest import rel_err
+from lrc.kernels import tune as policy
+from lrc.lowering.scan import replay as scan_replay
+from lrc.lowering.scan import tune as scan_tune_policy
 
 
 @lrc.recurrence
@@ -76,10 +79,10 @@ def test_mamba1_unrolled_forward(reverse, tc, block, loop, usual, monkeypatch, l
     assert launched == ["forward_n", "backward" if usual else "backward_n"]
 
 
-def test_gated_s6_unrolled_without_gradients(monkeypatch, launched):
+def test_gated_s6_unrolled_without_gradients(knobs, monkeypatch, launched):
     """bench.py's selective scan (z gate, delta_bias): the no-gradient forward, with an
     initial and a final state, against the reference."""
-    monkeypatch.setattr(scan_runtime, "CONFIG", ScanConfig(16, 2, 4, 2, unroll=True))
+    knobs(scan_config=ScanConfig(16, 2, 4, 2, unroll=True))
     kern = lrc.compile(gated_s6, backend="triton")
     ref = lrc.compile(gated_s6, backend="reference")
     args = gated_inputs(2, 7, 45, 5)
@@ -129,7 +132,7 @@ def test_which_launches_may_unroll():
     names = [n.name for n in prog.kernel.inputs() if n.role.name in ("SEQ", "PARAM")]
     ins = [args[n] for n in names]
     info = dict(sizes=dict(b=2, d=7, n=5), T=45, inputs=names, reverse=False, varlen=None)
-    cands = lambda tc=None, **kw: scan_runtime._candidates(prog, dict(info, **kw), ins, tc)
+    cands = lambda tc=None, **kw: scan_tune_policy._candidates(prog, dict(info, **kw), ins, tc)
     infer = cands(infer=True)
     assert infer[:len(UNROLLED)] == candidates_unrolled()
     assert not any(c.unroll for c in infer[len(UNROLLED):])
@@ -150,17 +153,17 @@ def test_which_launches_may_unroll():
     assert not any(c.unroll for c in cands(infer=False) + cands(128, infer=False))
 
 
-def test_unrolled_forward_compiles_for_the_h200(monkeypatch):
+def test_unrolled_forward_compiles_for_the_h200(knobs, monkeypatch):
     """Every unrolled candidate, bf16, at the Mamba-1 reference's channel and state sizes
     (1 x 64 channels, n = 16), built for sm_90 (uncapped): it compiles, fits, and holds no
     spills."""
-    monkeypatch.setattr(chunked_tune, "_CACHE", {})
+    monkeypatch.setattr(policy, "_CACHE", {})
     kern = lrc.compile(gated_s6, backend="triton")
     args = {k: v.to(torch.bfloat16) if v.dim() == 3 else v.float()
             for k, v in gated_inputs(1, 64, 512, 16).items()}
     regs = {}
     for cfg in candidates_unrolled():
-        monkeypatch.setattr(scan_runtime, "CONFIG", replace(cfg, maxnreg=None))
+        knobs(scan_config=replace(cfg, maxnreg=None))
         with aot.recording(as_gpu=132, compile=True) as launches:
             kern(**args)
         (r,) = launches
@@ -173,7 +176,7 @@ def test_unrolled_forward_compiles_for_the_h200(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
-def test_gpu_unrolled_candidates(dtype, tol, monkeypatch, launched):
+def test_gpu_unrolled_candidates(knobs, dtype, tol, monkeypatch, launched):
     """Each unrolled candidate at real sizes (T = 4099, n = 16), no gradients."""
     ref = lrc.compile(gated_s6, backend="reference")
     kern = lrc.compile(gated_s6, backend="triton")
@@ -181,16 +184,16 @@ def test_gpu_unrolled_candidates(dtype, tol, monkeypatch, launched):
     want = ref(**args)
     ours = {k: v.to(dtype) if v.dim() == 3 else v.float() for k, v in args.items()}
     for cfg in candidates_unrolled():
-        monkeypatch.setattr(scan_runtime, "CONFIG", cfg)
+        knobs(scan_config=cfg)
         got = kern(**ours)
         assert rel_err(got, want) <= tol, (cfg, rel_err(got, want))
     assert set(launched) == {"forward_n"}
 
 
 @pytest.mark.gpu
-def test_gpu_unrolled_tuned(monkeypatch):
+def test_gpu_unrolled_tuned(knobs, monkeypatch):
     """The tuner's choice for a no-gradient forward at real sizes, bf16."""
-    monkeypatch.setattr(scan_runtime, "TUNE", True)
+    knobs(tune=True)
     ref = lrc.compile(gated_s6, backend="reference")
     kern = lrc.compile(gated_s6, backend="triton")
     args = gated_inputs(2, 256, 4097, 16, device="cuda")
@@ -283,22 +286,22 @@ def test_backward_n_reads_the_state_through_its_decay():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype, tol, gtol", [(torch.float32, 1e-4, 1e-3),
                                               (torch.bfloat16, 1e-2, 1e-2)])
-def test_gpu_backward_n_candidates(dtype, tol, gtol, monkeypatch, launched):
+def test_gpu_backward_n_candidates(knobs, dtype, tol, gtol, monkeypatch, launched):
     """Each backward_n candidate at real sizes (T = 4099, n = 16, 96 channels), forward and
     every gradient against the float64 reference."""
     args = gated_inputs(2, 96, 4099, 16, device="cuda")
     for row in scan_tune.UNROLLED_BACKWARD:
         cfg = ScanConfig(128, *row[:3], unroll=True, maxnreg=row[3], loop=row[4])
-        monkeypatch.setattr(scan_runtime, "CONFIG", cfg)
+        knobs(scan_config=cfg)
         _check_gated(args, False, dtype, tol, gtol)
     assert set(launched) == {"forward_n", "backward_n"}
 
 
 @pytest.mark.gpu
-def test_gpu_training_tuned(monkeypatch, launched):
+def test_gpu_training_tuned(knobs, monkeypatch, launched):
     """The tuner's choices for a forward that saves checkpoints and its backward at real
     sizes, bf16: forward_n at backward_n's chunk, then backward_n (or the fallback)."""
-    monkeypatch.setattr(scan_runtime, "TUNE", True)
+    knobs(tune=True)
     _check_gated(gated_inputs(2, 256, 4097, 16, device="cuda"), False, torch.bfloat16, 1e-2,
                  1e-2)
     assert launched[0] == "forward_n"
@@ -310,7 +313,7 @@ def test_backward_n_reads_every_kth_checkpoint(k, monkeypatch):
     steps, the backward starts a chunk every 8k): every gradient against the reference, 45
     steps (a short last chunk)."""
     fwd = ScanConfig(8, 2, 4, 2, unroll=True, loop=1)
-    monkeypatch.setattr(scan_runtime, "_config", lambda prog, which, info, ins, launch,
+    monkeypatch.setattr(scan_tune_policy, "_config", lambda prog, which, info, ins, launch,
                         tc=None: fwd if tc is None else replace(fwd, tc=k * tc))
     seen = []
     fire = scan_runtime.Launch.fire
@@ -331,8 +334,8 @@ def test_training_forward_tunes_and_records_apart():
         ins = [args[n] if n in args else torch.randn(2, 45, 7) for n in names]
         info = dict(sizes=dict(b=2, d=7, n=5), T=45, inputs=names, reverse=False, varlen=None,
                     device=torch.device("cpu"), out_dtypes=[torch.float32])
-        keys = [(scan_runtime._tune_key(prog, "forward", dict(info, infer=i), ins, None),
-                 scan_runtime._replay_key(prog, dict(info, infer=i), ins, []))
+        keys = [(scan_tune_policy._tune_key(prog, "forward", dict(info, infer=i), ins, None),
+                 scan_replay._replay_key(prog, dict(info, infer=i), ins, []))
                 for i in (True, False)]
         assert (keys[0][0] != keys[1][0]) == apart and (keys[0][1] != keys[1][1]) == apart
 
@@ -373,7 +376,7 @@ def test_backward_n_compiles_for_the_h200(monkeypatch):
     """backward_n at the tuner's first config and a one-channel one, bf16, at the Mamba-1
     reference's channel and state sizes, built for sm_90 with Triton's compiler: it compiles
     and fits (uncapped here; the tuned config caps it at 128 registers, spilling by design)."""
-    monkeypatch.setattr(chunked_tune, "_CACHE", {})
+    monkeypatch.setattr(policy, "_CACHE", {})
     kern = lrc.compile(gated_s6, backend="triton")
     args = {k: (v.to(torch.bfloat16) if v.dim() == 3 else v.float()).requires_grad_(True)
             for k, v in gated_inputs(1, 64, 512, 16).items()}

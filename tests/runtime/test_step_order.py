@@ -1,4 +1,4 @@
-"""scan_runtime.step_order: the decode step's load order (ORDER), chosen per shape from the
+"""scan_tune_policy.step_order: the decode step's load order (ORDER), chosen per shape from the
 two compiled kernels' registers and spills, with the timing launches on scratch outputs.
 The real kernels run in the GPU tests (tests/codegen/test_scan.py::test_gpu_step*); here a
 stand-in launch records what it was given and answers with chosen resources."""
@@ -11,6 +11,8 @@ import torch
 
 from lrc.lowering.chunked import tune as chunked_tune
 from lrc.lowering.scan import launch as scan_runtime
+from lrc.kernels import tune as policy
+from lrc.lowering.scan import tune as scan_tune_policy
 
 
 class FakeStep:
@@ -39,7 +41,7 @@ class FakeStep:
 
 @pytest.fixture(autouse=True)
 def gpu_like(monkeypatch):
-    monkeypatch.setattr(chunked_tune, "_CACHE", {})
+    monkeypatch.setattr(policy, "_CACHE", {})
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
 
 
@@ -51,7 +53,7 @@ def gpu_like(monkeypatch):
 def test_order_from_the_compiled_kernels(on, off, want):
     run = FakeStep({True: on, False: off})
     kept = dict(run.tensors)
-    scan_runtime.step_order(run)
+    scan_tune_policy.step_order(run)
     assert run.order is want
     assert [c["ORDER"] for _, c in run.fired] == [False, True]
     assert run.tensors == kept  # the caller's tensors back in place
@@ -63,24 +65,24 @@ def test_order_from_the_compiled_kernels(on, off, want):
 
 def test_order_is_chosen_once_per_shape():
     first = FakeStep({True: (0, 69), False: (0, 69)})
-    scan_runtime.step_order(first)
+    scan_tune_policy.step_order(first)
     again = FakeStep({True: (0, 69), False: (0, 69)})
-    scan_runtime.step_order(again)
+    scan_tune_policy.step_order(again)
     assert again.fired == [] and again.order is True
     other = FakeStep({True: (0, 99), False: (0, 69)}, source="another kernel")
-    scan_runtime.step_order(other)
+    scan_tune_policy.step_order(other)
     assert len(other.fired) == 2 and other.order is False
 
 
 def test_inside_a_capture_before_any_eager_step(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     run = FakeStep({True: (0, 1), False: (0, 2)})
-    scan_runtime.step_order(run)
+    scan_tune_policy.step_order(run)
     assert run.fired == [] and run.order is False
 
 
 def test_interpreter_keeps_order_off():
     run = FakeStep({True: (0, 1), False: (0, 2)})
     run.interpret = True
-    scan_runtime.step_order(run)
+    scan_tune_policy.step_order(run)
     assert run.fired == [] and run.order is None  # untouched: Launch's default (off) stands

@@ -10,6 +10,8 @@ import lrc
 from lrc import Param, Seq, State
 from lrc.lowering.scan import call as triton_call
 from tests.conftest import rel_err
+from lrc.kernels import host
+from lrc import layout
 
 B, D, N = 3, 37, 5
 
@@ -31,8 +33,8 @@ def test_step_keeps_param_terms_until_they_change(monkeypatch):
     layer = lrc.compile(s6, backend="triton")
     assert layer.program.part.pre  # exp(A_log) is computed before the kernel
     runs = []
-    real = triton_call.evaluate
-    monkeypatch.setattr(triton_call, "evaluate", lambda *a: (runs.append(1), real(*a))[1])
+    real = host.evaluate
+    monkeypatch.setattr(host, "evaluate", lambda *a: (runs.append(1), real(*a))[1])
     x, g = torch.randn(B, D), torch.randn(B, D)
     Bm, C = torch.randn(B, N), torch.randn(B, N)
     A_log = torch.randn(D, N) * 0.5
@@ -63,8 +65,8 @@ def test_pre_work_converts_only_the_inputs_it_reads(monkeypatch):
 
     layer = lrc.compile(s6, backend="triton")
     made = []
-    real = scan_runtime.to_canonical
-    monkeypatch.setattr(scan_runtime, "to_canonical",
+    real = layout.to_canonical
+    monkeypatch.setattr(layout, "to_canonical",
                         lambda g, x, ann, *a: (made.append(ann.role), real(g, x, ann, *a))[1])
     T = 5
     x, g = torch.randn(B, T, D), torch.randn(B, T, D)

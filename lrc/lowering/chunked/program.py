@@ -31,8 +31,9 @@ from ...ir.dims import Role
 from ...kernels import module as modules
 from ...kernels.writer import ident
 from .backward import backward_source, looped_dim
-from .emit import forward_source, module_source, states_source
+from .emit import forward_source, module_source
 from .form import ChunkForm, extract
+from .states import states_source
 from .tune import Config
 
 
