@@ -70,7 +70,69 @@ class Spec:
 
 def recurrence(fn: Callable[..., Any] | None = None, *, time: str = "t",
                name: str | None = None) -> Any:
-    """Trace a step function whose arguments are annotated Seq/Param/State into a Spec."""
+    r"""Trace one time step of a linear recurrence into a `Spec` (compile it with `lrc.compile`).
+
+    The decorated function runs once, when decorated, on symbolic tensors; what it computes
+    becomes the spec's graph (`spec.graph`). It has this form:
+
+        @lrc.recurrence
+        def step(x: Seq("b t d"), ..., p: Param("d"), ..., h: State("b d"), ...):
+            ...
+            return outputs, new_states
+
+    Where:
+        - a ``Seq`` argument is a sequence input at step t: a symbolic tensor over its
+          annotated dims without the time dim.
+        - a ``Param`` argument is a time-independent input (weights, decay rates).
+        - a ``State`` argument is the state before the step, h_{t-1}.
+        - ``outputs`` is one symbolic tensor or a tuple of them: real, any function of the
+          inputs, Params, old states and new states; `y` or `y0, y1, ...` in the compiled layer.
+        - ``new_states`` is one symbolic tensor per State argument (a tuple if several, in
+          declaration order), each over at most its State's dims and affine in the old states.
+
+    Inside the step a symbolic tensor is a scalar per index of its dims: + - * / broadcast by
+    dim name, `.sum("n")` reduces a non-time dim, `.rename(n="m")` renames one (matrix mixing),
+    `.real` / `.imag` split complex values, and `lrc.exp`, `log`, `softplus`, `sigmoid`,
+    `silu`, `tanh`, `sqrt`, `abs`, `maximum`, `minimum`, `where`, ... and the discretizations
+    `lrc.zoh`, `bilinear`, `euler`, `mamba_mix` build expressions. The non-state arguments, in
+    the order written, are the compiled layer's positional arguments; States are passed as
+    `initial_state=` / `state=` instead.
+
+    Args:
+        fn (Callable): the step. Every argument annotated Seq(...), Param(...) or State(...);
+            at least one Seq (it sets the length) and one State; no *args or **kwargs.
+        time (str): the name of the time dim in Seq annotations. Default: "t".
+        name (str, optional): the spec's name, used by the plan, kernel names and errors.
+            Default: fn.__name__.
+
+    Returns:
+        Spec: the traced recurrence. Called with keywords only (`@lrc.recurrence(time="l")`),
+        a decorator that returns one.
+
+    Raises:
+        SpecError: at trace time, naming the argument, term and source line: a missing or
+            wrong annotation, a Param or State with the time dim, a new state that is not
+            affine in the old states (`tanh(h)`, `h * h`), a new state with a dim its State
+            lacks, a complex output or state not declared complex, an unknown dim.
+
+    Shape legend (the example):
+        - b: batch;  t: time;  d: channels;  n: state size per channel.
+
+    Example::
+
+        >>> import lrc
+        >>> from lrc import Seq, Param, State, exp, softplus
+        >>> @lrc.recurrence
+        ... def mamba1(u: Seq("b t d"), dt: Seq("b t d"), B: Seq("b t n"), C: Seq("b t n"),
+        ...            A: Param("d n"), D: Param("d"), h: State("b d n")):
+        ...     delta = softplus(dt)
+        ...     h = exp(delta * A) * h + delta * B * u      # affine in h
+        ...     return (C * h).sum("n") + D * u, h          # (outputs, new states)
+        >>> mamba1
+        <lrc.Spec mamba1>
+        >>> mamba1.graph.params                               # the layer's arguments, in order
+        ('u', 'dt', 'B', 'C', 'A', 'D')
+    """
     if fn is None:
         return lambda f: recurrence(f, time=time, name=name)
     return Spec(name or fn.__name__, fn, trace(fn, time=time, name=name or fn.__name__))

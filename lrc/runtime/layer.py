@@ -39,10 +39,44 @@ def _fast_key(args: tuple, kwargs: dict, reverse: bool) -> tuple | None:
 
 
 class Layer:
-    """A compiled recurrence. Call it on whole sequences; `step` it one token at a time.
+    """A compiled recurrence: call it on whole sequences, `step` it one token at a time.
 
-    backend 'triton' runs generated Triton kernels (compiled on CUDA tensors, under Triton's
-    interpreter on CPU tensors); 'reference' the float64 interpreter with torch autograd.
+    Made by `lrc.compile(spec)`. A Layer is an ordinary differentiable PyTorch callable:
+    gradients reach every Seq, Param and initial state that requires one, and
+    `torch.compile(fullgraph=True)` traces a call without cu_seqlens as one custom op.
+
+    Attributes:
+        spec (Spec): what `@lrc.recurrence` traced.
+        backend (str): what runs: 'triton' (generated kernels, compiled for CUDA tensors, under
+            Triton's interpreter for CPU tensors) or 'reference' (the float64 interpreter with
+            torch autograd; also what backend='auto' falls back to for a spec with no kernels,
+            with a note in the plan).
+        plan (Plan): the structure found, the eligible lowerings and the cost model's choice;
+            `print(layer.plan)`.
+
+    Calling convention (see `__call__` and `step`), for a step
+    `def f(x: Seq("b t d"), p: Param("d"), h: State("b d")) -> (y, h')`:
+
+        y = layer(x, p)                                    # the outputs
+        y, h_T = layer(x, p, initial_state=h0, return_final_state=True)
+        y_t, h = layer.step(x[:, t], p, state=h)           # one token
+
+    Example::
+
+        >>> import torch, lrc
+        >>> from lrc import Seq, Param, State, sigmoid
+        >>> @lrc.recurrence
+        ... def ema(x: Seq("b t d"), a: Param("d"), h: State("b d")):
+        ...     h = sigmoid(a) * h + x
+        ...     return h, h
+        >>> layer = lrc.compile(ema)
+        >>> x, a = torch.randn(2, 16, 4), torch.zeros(4)
+        >>> y, h_T = layer(x, a, return_final_state=True)
+        >>> y.shape, h_T.shape
+        (torch.Size([2, 16, 4]), torch.Size([2, 4]))
+        >>> y_t, h = layer.step(x[:, 0], a)                # state=None: zeros
+        >>> torch.allclose(y_t, y[:, 0], atol=1e-6)
+        True
     """
 
     def __init__(self, spec: Spec, backend: str, lowering: str | None = None):
@@ -97,7 +131,43 @@ class Layer:
     def __call__(self, *args: torch.Tensor, initial_state: Any = None,
                  return_final_state: bool = False, reverse: bool = False,
                  cu_seqlens: torch.Tensor | None = None, **kwargs: torch.Tensor) -> Any:
-        """Run over the time dim: the outputs, and with return_final_state the final states."""
+        """Run the recurrence over the time dim of every Seq argument.
+
+        Args:
+            *args (Tensor): the step's non-state arguments in the order written, each in the
+                layout its annotation names (`Seq("b t d")`: `(b, t, d)`; any strides). Keyword
+                arguments by name work too (`**kwargs`).
+            initial_state (Tensor | tuple[Tensor, ...], optional): the state before the first
+                step, in its `State` annotation's layout; a tuple in declaration order when the
+                step has several states. None: zeros. Any floating dtype (a float64 one makes
+                the states float64).
+            return_final_state (bool): also return the state after the last step.
+            reverse (bool): scan right to left (step T-1 first): the same as flipping every Seq
+                in time, running, and flipping the outputs back; the final state is the state
+                after step 0.
+            cu_seqlens (Tensor, optional): packed variable-length sequences, a 1-D int32/int64
+                tensor [0, l1, l1 + l2, ..., T]. The sequences lie back to back along time with
+                batch size 1 (the batch dim is the first dim of the first Seq argument and must
+                appear in every Seq and State); the state resets at each boundary, and
+                `initial_state` and the final states hold one entry per sequence along it.
+
+        Returns:
+            The output (a tuple of outputs if the step returns several), each in the layout of
+            the Seq argument with exactly its dims, in the promoted dtype of the Seq arguments
+            (`torch.promote_types`; Params and states do not count). With
+            `return_final_state=True`: `(outputs, final_states)`, the final states in their
+            `State` layouts (a tuple if several), float32 (complex64), or float64 if any
+            argument or initial state is float64. The kernels accumulate in float32.
+
+        Raises:
+            CallError: a missing, extra or duplicated argument, a wrong number of dims, sizes
+                that disagree for one dim or time length, a non-floating dtype, a complex
+                tensor for a real annotation, tensors on different devices, bad cu_seqlens.
+
+        Shape legend (for `Seq("b t d")`, `State("b d n")`):
+            - b: batch (number of sequences with cu_seqlens);  t: time, T steps;
+            - d, n: the annotation's other dims.
+        """
         if torch.compiler.is_compiling() and cu_seqlens is None:
             from .ops import compiled_call  # one opaque op for torch.compile to trace
 
@@ -156,10 +226,31 @@ class Layer:
 
     def step(self, *args: torch.Tensor, state: Any = None, inplace: bool = False,
              **kwargs: torch.Tensor) -> tuple[Any, Any]:
-        """One token: args are the per-token slices (time dim dropped); returns (outputs, states).
+        """Run one token: decode.
 
-        With inplace=True the given state tensors are overwritten with the new states and
-        returned (no copy, no host sync: CUDA-graph capturable)."""
+        Prefilling T tokens with `layer(..., return_final_state=True)` and then stepping k
+        tokens gives the outputs of the forward over T + k tokens, to float32 rounding.
+
+        Args:
+            *args (Tensor): the per-token slices of the step's non-state arguments, in the order
+                written (keywords by name work too): a Seq argument without its time dim
+                (`x[:, t]` for `Seq("b t d")`), Params as in `__call__`.
+            state (Tensor | tuple[Tensor, ...], optional): the state before this token, in its
+                `State` layout; a tuple in declaration order when there are several. None:
+                zeros.
+            inplace (bool): overwrite the given `state` tensors with the new states and return
+                them: no copy and no host sync, so a step can be captured in a CUDA graph. Needs
+                `state`; on the triton backend the states must be float32 (complex64).
+
+        Returns:
+            `(outputs, new_states)`, always a pair: the output (a tuple if several) without the
+            time dim, in the promoted dtype of the Seq slices; the new state (a tuple if
+            several) in its `State` layout, float32 (float64 if any argument is float64).
+
+        Raises:
+            CallError: as `__call__`; `inplace=True` without `state`, or with a non-float32
+                state on the triton backend.
+        """
         if inplace and state is None:
             raise CallError("layer.step(inplace=True) needs state= tensors to update")
         key = None
@@ -243,14 +334,28 @@ class Layer:
         return self.programs[name]
 
     def source(self, which: str = "forward", lowering: str = "scan") -> str:
-        """The generated Triton source of one lowering's kernels, as it runs.
+        """The generated Triton source that runs, as text.
 
         Args:
-            which: a kernel of the lowering ('forward', 'backward', 'step' for the scan;
-                'forward', 'backward', 'states' for chunked; the kernel families for conv),
-                or 'module' for the whole generated file, helpers included.
-            lowering: 'scan' (every spec has it, and its 'step' is the decode kernel),
-                'chunked' or 'conv'; which one a call runs is the plan's choice per shape.
+            which (str): the kernel. For the scan lowering: 'forward', 'backward', 'step' (the
+                decode kernel), 'module' (the whole generated file, helpers included), and for
+                some specs 'forward_n' / 'backward_n' (a state dim unrolled). For 'chunked':
+                'forward', 'backward', 'states', 'module'. For 'conv': the generated kernel
+                families this spec uses (e.g. 'vandermonde', 'fft'), 'module'.
+            lowering (str): 'scan' (default; it also holds the decode step), 'chunked' or
+                'conv', where that lowering is generated for this spec.
+
+        Returns:
+            str: the source, as written to the cache directory and imported (each line that
+            implements an IR node ends in a `# <node>` comment).
+
+        Raises:
+            ValueError: the spec has no kernels of that lowering (the reason is in the plan's
+                note), or `which` is not one of the above.
+
+        Example::
+
+            >>> print(layer.source("step"))           # doctest: +SKIP
         """
         if lowering == "scan":
             prog, why = self.program, getattr(self.plan, "note", "")
@@ -292,8 +397,37 @@ def _itemsize(call) -> int:
 
 def compile(spec: Spec, *, backend: str = "auto",  # noqa: A001 (lrc.compile)
             lowering: str | None = None) -> Layer:
-    """Compile a traced spec into a Layer (see Layer); `lowering` forces 'scan', 'chunked' or
-    'conv' (an error says why when the spec cannot be lowered that way)."""
+    """Compile a traced spec into a `Layer`: the pipeline of passes, the plan, the kernels.
+
+    The pipeline's result and the scan kernels are cached on disk (`LRC_CACHE_DIR`, default
+    ~/.cache/lrc), keyed by the spec's canonical form and lrc's source, so a second process
+    skips the symbolic work. The chunked and conv kernels are generated when first chosen.
+
+    Args:
+        spec (Spec): made by `@lrc.recurrence`.
+        backend (str): 'auto' (default): the generated Triton kernels, or the reference
+            interpreter (with a note in `layer.plan`) for a spec they cannot run; 'triton':
+            the kernels or an `Unsupported` error; 'reference': the float64 interpreter with
+            torch autograd, the oracle (slow by design).
+        lowering (str, optional): force 'scan', 'chunked' or 'conv' for every call. None
+            (default): the cost model chooses per call shape (`print(layer.plan)`).
+
+    Returns:
+        Layer: the differentiable callable; see `Layer.__call__` and `Layer.step`.
+
+    Raises:
+        TypeError: `spec` is not a Spec. ValueError: an unknown backend. LoweringError: the
+            forced lowering cannot run this spec (the message says why). Unsupported: with
+            backend='triton', no kernels can be generated for the spec.
+
+    Example::
+
+        >>> import lrc
+        >>> from lrc.zoo import ZOO
+        >>> layer = lrc.compile(ZOO["mamba2"].spec, lowering="chunked")
+        >>> layer.plan.lowering.eligible
+        ('scan', 'chunked')
+    """
     if not isinstance(spec, Spec):
         raise TypeError(f"lrc.compile takes a spec made by @lrc.recurrence, got {spec!r}")
     if backend not in BACKENDS:
