@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from .bounded import Bounded
 from .ir.dims import Role
 from .ir.graph import Axes, Graph
 
@@ -27,13 +28,11 @@ def dim_strides(x: torch.Tensor, axes: Axes, sizes: dict[str, int], time: str) -
         for d in reversed(axis):
             out["#t" if d == time else d] = x.stride(i) * inner
             inner *= 1 if d == time else sizes[d]
-    if len(_STRIDES) > 4096:
-        _STRIDES.clear()
     _STRIDES[key] = out
     return out
 
 
-_STRIDES: dict[tuple, dict] = {}  # dim_strides per (strides, axes, group sizes): host time
+_STRIDES: dict[tuple, dict] = Bounded(4096)  # dim_strides per (strides, axes, group sizes): host time
 
 
 def part_view(x: torch.Tensor, part: str) -> torch.Tensor:
@@ -65,7 +64,7 @@ def batch_dim(g: Graph) -> str | None:
     return None
 
 
-def _axes(ann: Annotation, time: str, with_time: bool) -> Axes:
+def axes_of(ann: Annotation, time: str, with_time: bool) -> Axes:
     return ann.axes if with_time else tuple(a for a in ann.axes if a != (time,))
 
 
@@ -112,8 +111,6 @@ def to_canonical(g: Graph, x: torch.Tensor, ann: Annotation, sizes: dict[str, in
     steps = _CANONICAL.get(key)
     if steps is None:
         steps = _canonical_steps(g, ann, sizes, with_time, tuple(x.shape))
-        if len(_CANONICAL) > 4096:
-            _CANONICAL.clear()
         _CANONICAL[key] = steps
     split, order, shape = steps
     if split is not None:
@@ -123,14 +120,14 @@ def to_canonical(g: Graph, x: torch.Tensor, ann: Annotation, sizes: dict[str, in
     return x.reshape(shape) if tuple(x.shape) != shape else x
 
 
-_CANONICAL: dict[tuple, tuple] = {}
+_CANONICAL: dict[tuple, tuple] = Bounded(4096)
 
 
 def _canonical_steps(g: Graph, ann: Annotation, sizes: dict[str, int], with_time: bool,
                      shape: tuple[int, ...]) -> tuple:
     """to_canonical's reshape (None: none needed), permutation (None: the identity) and
     final shape for a tensor of `shape`."""
-    axes = _axes(ann, g.time, with_time)
+    axes = axes_of(ann, g.time, with_time)
     flat = [d for a in axes for d in a]
     with_time = g.time in flat
     split = tuple(shape[i] if len(a) == 1 else sizes[d] for i, a in enumerate(axes) for d in a)
@@ -155,3 +152,8 @@ def from_canonical(g: Graph, x: torch.Tensor, axes: Axes, sizes: dict[str, int],
     x = permuted(x, [src.index(d) for d in flat])
     return reshaped(x, [math.prod(sizes[d] if d != g.time else x.shape[flat.index(g.time)]
                                   for d in a) for a in axes])
+
+
+def next_pow2(n: int) -> int:
+    """The least power of two >= n (1 for n <= 1): block sizes and padded lengths."""
+    return 1 << max(0, (int(n) - 1).bit_length())

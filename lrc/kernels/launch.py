@@ -9,6 +9,7 @@ import contextvars
 import threading
 from collections.abc import Callable, Iterator
 
+from ..bounded import Bounded
 from .module import interpreted, load
 
 _LOCK = threading.RLock()
@@ -56,8 +57,6 @@ def launch(table: dict, name: str, fn, grid: tuple, args: list, consts: dict) ->
     kernel = fn[grid](*args, **consts)
     holes = [(i, None, None) for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
     with _LOCK:
-        if len(table) > 256:
-            table.clear()
         table[key] = Direct(kernel, args, consts, holes)
 
 
@@ -67,7 +66,7 @@ class Launcher:
 
     def __init__(self, source: str):
         self.source = source
-        self._direct: dict[tuple, object] = {}
+        self._direct: dict[tuple, object] = Bounded(256)
 
     def __call__(self, name: str, grid: tuple, device, args: list, **consts) -> None:
         interpret = device.type != "cuda"

@@ -2,7 +2,10 @@
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
@@ -44,3 +47,35 @@ class Writer:
                 if not rest or len(rest[0]) - len(rest[0].lstrip()) <= depth:
                     out.append(" " * (depth + 4) + "pass")
         return "\n".join(out)
+
+
+class Namespace:
+    """Numbers for generated temporaries, unique within one generated module and the same
+    for the same spec in every process (names come from the module, not the process)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def fresh(self, prefix: str) -> str:
+        self.counts[prefix] = self.counts.get(prefix, 0) + 1
+        return f"{prefix}{self.counts[prefix]}"
+
+
+_NAMES: contextvars.ContextVar[Namespace | None] = contextvars.ContextVar("lrc_names",
+                                                                          default=None)
+_LOOSE = Namespace()  # for emitters called outside a module's `namespace()` (tests)
+
+
+@contextlib.contextmanager
+def namespace() -> Iterator[Namespace]:
+    """The names of one generated module: `fresh` numbers from 1 inside."""
+    token = _NAMES.set(Namespace())
+    try:
+        yield _NAMES.get()
+    finally:
+        _NAMES.reset(token)
+
+
+def fresh(prefix: str) -> str:
+    """A name `prefix`N not yet given out in the module being generated."""
+    return (_NAMES.get() or _LOOSE).fresh(prefix)

@@ -5,12 +5,9 @@ from .complex import lower_complex
 from .derivatives import derive_backward
 from .expand import expand_discretizations
 from .lowering import choose_lowering
+from .pipeline import PIPELINE
 from .stability import log_space_decays, max_trick, segment_decay, stabilize
 from .structure import classify
-
-# pipeline.stages() is the same list with the lowering option bound; explain() prints each step
-PIPELINE = (check_linear, expand_discretizations, merge_duplicates, log_space_decays, classify,
-            choose_lowering, max_trick, lower_complex, derive_backward)
 
 __all__ = ["PIPELINE", "check_linear", "choose_lowering", "classify", "derive_backward",
            "expand_discretizations", "log_space_decays", "lower_complex", "max_trick",

@@ -73,7 +73,10 @@ def derive_backward(g: Graph) -> Graph:
 
 
 def vjp(g: Graph) -> Backward:
-    """The adjoint step of `g` (see the module docstring)."""
+    """The adjoint step of `g` (see the module docstring).
+
+    Long on purpose: one walk over the graph in reverse, each node's rule next to the
+    others so the adjoint graph's construction reads in one place."""
     if any(n.complex for n in g.nodes):
         raise ValueError("vjp needs a real graph: run lower_complex first")
     t = g.time

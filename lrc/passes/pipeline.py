@@ -18,21 +18,26 @@ from .structure import classify
 Pass = Callable[[Graph], Graph]
 
 
+# The passes in order. Structure and lowering are read before the running-max rescaling
+# (which makes RWKV-4's update non-affine) and before complex numbers are split (a complex
+# diagonal is a diagonal); the backward is derived from the real graph.
+PIPELINE: tuple[Pass, ...] = (
+    check_linear,            # refuse a state that enters non-affinely
+    expand_discretizations,  # zoh/bilinear/... helpers -> ordinary expressions
+    merge_duplicates,        # one node per distinct expression
+    log_space_decays,        # decays kept as exp(log a)
+    classify,                # the structure: diagonal, DPLR, time-invariant, ...
+    choose_lowering,         # the lowerings that can run it (the forced one checked)
+    max_trick,               # RWKV-4's running-max rescaling
+    lower_complex,           # complex values -> real and imaginary parts
+    derive_backward,         # the adjoint step, a linear recurrence in reverse time
+)
+
+
 def stages(lowering: str | None = None) -> list[tuple[str, Pass]]:
-    """The passes in order. Structure and lowering are read before the running-max rescaling
-    (which makes RWKV-4's update non-affine) and before complex numbers are split (a complex
-    diagonal is a diagonal); the backward is derived from the real graph."""
-    return [
-        ("check_linear", check_linear),
-        ("expand_discretizations", expand_discretizations),
-        ("merge_duplicates", merge_duplicates),
-        ("log_space_decays", log_space_decays),
-        ("classify", classify),
-        ("choose_lowering", lambda g: choose_lowering(g, lowering)),
-        ("max_trick", max_trick),
-        ("lower_complex", lower_complex),
-        ("derive_backward", derive_backward),
-    ]
+    """PIPELINE as (name, pass), the forced lowering bound into choose_lowering."""
+    return [(p.__name__, (lambda g, p=p: p(g, lowering)) if p is choose_lowering else p)
+            for p in PIPELINE]
 
 
 @dataclass(frozen=True)

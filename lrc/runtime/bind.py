@@ -12,7 +12,7 @@ import torch
 from ..errors import CallError
 from ..ir.dims import Annotation
 from ..ir.graph import Graph
-from ..layout import _axes
+from ..layout import axes_of
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _COMPLEX = (torch.complex64, torch.complex128)
@@ -61,7 +61,7 @@ def bind_sizes(g: Graph, tensors: dict[str, tuple[torch.Tensor, Annotation]], wi
     T: tuple[int, str] | None = None
     groups = []
     for name, (x, ann) in tensors.items():
-        axes = _axes(ann, g.time, with_time)
+        axes = axes_of(ann, g.time, with_time)
         who = f"argument {name!r} ({ann!r})"
         if x.dim() != len(axes):
             want = " ".join(a[0] if len(a) == 1 else "(" + " ".join(a) + ")" for a in axes)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..bounded import Bounded
 from ..errors import CallError
 from ..ir.dims import Role
 from ..ir.graph import Graph
@@ -78,8 +79,6 @@ def make_call(g: Graph, args: tuple, kwargs: dict, *, initial_state=None, revers
     wide = any(d in (torch.float64, torch.complex128) for d in every)
     state_dtype = torch.float64 if wide else torch.float32
     if key is not None:
-        if len(_CHECKED) > 512:
-            _CHECKED.clear()
         _CHECKED[key] = (g, sizes, T, out_dtype, state_dtype, device)
     return Call(g, tensors, states, dict(sizes), T, reverse, segments, out_dtype, state_dtype,
                 device)
@@ -87,7 +86,7 @@ def make_call(g: Graph, args: tuple, kwargs: dict, *, initial_state=None, revers
 
 # calls already checked: (graph id, step, shapes/dtypes/devices) -> (graph, sizes, T,
 # out dtype, state dtype, device); a repeated call skips binding sizes (host time per call)
-_CHECKED: dict[tuple, tuple] = {}
+_CHECKED: dict[tuple, tuple] = Bounded(512)
 
 
 def _segments(cu: torch.Tensor, device: torch.device) -> list[tuple[int, int]]:

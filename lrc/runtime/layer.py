@@ -7,6 +7,7 @@ import torch
 
 from .. import config
 from .. import lowering as _lowerings
+from ..bounded import Bounded
 from ..errors import CallError, LoweringError, Unsupported
 from ..ir.trace import Spec
 from ..passes import pipeline
@@ -84,8 +85,8 @@ class Layer:
         self.graph = spec.graph
         self.lowering = lowering
         self.programs: dict[str, Any] = {}  # chunked / conv programs, built on first use
-        self._fast: dict[tuple, Any] = {}  # call signature -> triton_call.Fast
-        self._fast_steps: dict[tuple, Any] = {}  # step signature -> triton_call.FastStep
+        self._fast: dict[tuple, Any] = Bounded(64)  # call signature -> scan.call.Fast
+        self._fast_steps: dict[tuple, Any] = Bounded(64)  # step signature -> scan.call.FastStep
         self._built = None
         self.backend = backend
         from .ops import register
@@ -103,6 +104,8 @@ class Layer:
             self.plan.note = f"runs on the reference backend; no generated kernels: {why}"
         else:
             self.backend = "triton"
+        if lowering not in (None, "scan") and self.backend == "triton":
+            self._lowering(lowering)  # a forced lowering builds now, or raises saying why
 
     def _build(self):
         """Pipeline and kernels (from the disk cache when an earlier process made them)."""
@@ -220,8 +223,6 @@ class Layer:
         if not self.aux and self.plan.choose(call.sizes, call.T, _itemsize(call)) == "scan":
             grad = any(rg for *_, rg in key[2])
             fast = self.program.fast_entry(call, args, kwargs, grad)
-        if len(self._fast) > 64:
-            self._fast.clear()
         self._fast[key] = fast
 
     def step(self, *args: torch.Tensor, state: Any = None, inplace: bool = False,
@@ -286,8 +287,6 @@ class Layer:
             outs, news = self.program.step(call, dst,
                                           kept if key is not None and dst is not None else None)
             if kept:
-                if len(self._fast_steps) > 64:
-                    self._fast_steps.clear()
                 self._fast_steps[key] = kept[0]
             if news is not None:
                 news = self._out(news)

@@ -10,10 +10,11 @@ import torch
 
 import lrc
 from lrc.kernels import aot
+from lrc.kernels import tune as policy
 from lrc.lowering.chunked import tune as chunked_tune
+from lrc.lowering.scan import tune as scan_tune_policy
 from lrc.zoo import ZOO
 from tests.zoo.test_registry import is_seq, time_axis
-from lrc.kernels import tune as policy
 
 pytest.importorskip("triton.backends.nvidia.compiler")
 
@@ -150,9 +151,8 @@ def test_step_kernels_compile_for_the_h200(name, order, monkeypatch):
     choice): on, its inline assembly (the inputs held back until the state has arrived,
     loop._after_state), which the interpreter cannot run, compiles with ptxas for sm_90.
     Mamba-1's per-channel inputs take the dependency."""
-    from lrc.lowering.scan import call as triton_call
 
-    monkeypatch.setattr(triton_call, "step_order", lambda run: setattr(run, "order", order))
+    monkeypatch.setattr(scan_tune_policy, "step_order", lambda run: setattr(run, "order", order))
     e = ZOO[name]
     kern = lrc.compile(e.spec, backend="triton")
     args = e.example(b=2, t=3, **SIZES.get(name, {}))
@@ -174,10 +174,10 @@ def test_conv_kernels_compile_for_the_h200(name, monkeypatch):
     """The convolution lowering's kernels (Param expressions, Vandermonde or Cauchy sums,
     pack, the half-spectrum product, unpack, and their backward) as a GPU forward and
     backward would launch them: each compiles for sm_90 within the H200's limits."""
-    from lrc.kernels import module
+    from lrc.kernels import launch, module
 
     seen: list[aot.Launch] = []
-    call = module.Launcher.__call__
+    call = launch.Launcher.__call__
 
     def spy(self, name, grid, device, args, **consts):
         fn = getattr(module.load(self.source, False), name)
@@ -185,7 +185,7 @@ def test_conv_kernels_compile_for_the_h200(name, monkeypatch):
         seen.append(aot.Launch(name, fn, list(args), dict(consts), warps, 3))
         call(self, name, grid, device, args, **consts)
 
-    monkeypatch.setattr(module.Launcher, "__call__", spy)
+    monkeypatch.setattr(launch.Launcher, "__call__", spy)
     e = ZOO[name]
     kern = lrc.compile(e.spec, backend="triton", lowering="conv")
     args = e.example(b=3, t=37, dtype=torch.float32)

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 import lrc
-from lrc.kernels import aot
-from lrc.lowering.chunked.tune import Config, pow2
 from lrc.errors import Unsupported
+from lrc.kernels import aot
+from lrc.kernels import tune as policy
+from lrc.lowering.chunked.tune import Config, pow2
 from lrc.zoo import ZOO
 from tests.conftest import rel_err
-from lrc.kernels import tune as policy
 
 CHUNKED_ZOO = ["mamba2", "retnet", "gla", "rwkv6"]
 FWD, GRAD, LOW = 1e-4, 1e-3, 1e-2
@@ -387,8 +387,7 @@ def test_gpu_tuned_config_read_back(knobs, monkeypatch, tmp_path):
     """With tuning on, the first process times the candidates and writes the choice; a
     process that finds it on disk (here: the in-process choices forgotten) times nothing
     and gives the same results."""
-    from lrc.lowering.chunked import launch as chunked_launch, tune as chunked_tune
-    from lrc.lowering.scan import launch as scan_runtime
+    from lrc.lowering.chunked import launch as chunked_launch
 
     knobs(tune=True)
     monkeypatch.setenv("LRC_CACHE_DIR", str(tmp_path))

@@ -21,10 +21,9 @@ def test_reverse():
 
 @pytest.mark.parametrize("name", ["s4", "rwkv4"])
 def test_decode_matches_forward(name):
-    from tests.codegen.test_scan import as_tuple, layers
-
     import lrc
     from lrc.zoo import ZOO
+    from tests.codegen.test_scan import as_tuple, layers
     from tests.conftest import rel_err
 
     entry = ZOO[name]

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import sympy as sp
 import torch
-
-from lrc.lowering.conv.params import ParamKernel
-from lrc.ir.functions import Tape, cabs, phi1, sigmoid, softplus
 from sympy.codegen.cfunctions import expm1, log1p
+
+from lrc.ir.functions import Tape, cabs, phi1, sigmoid, softplus
+from lrc.lowering.conv.params import ParamKernel
 from tests.conftest import rel_err
 
 R = lambda n: sp.Symbol(n, real=True)  # noqa: E731

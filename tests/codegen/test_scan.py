@@ -13,13 +13,13 @@ import torch
 
 import lrc
 from lrc import Seq, State
-from lrc.zoo import ZOO
-from tests.conftest import rel_err
 from lrc.kernels import launch as kernel_launch
 from lrc.kernels import tune as policy
 from lrc.lowering.scan import autograd as scan_autograd
 from lrc.lowering.scan import replay as scan_replay
 from lrc.lowering.scan import tune as scan_tune_policy
+from lrc.zoo import ZOO
+from tests.conftest import rel_err
 
 # the zoo systems whose transitions are diagonal: the scan kernels run them all
 SCAN_ZOO = ["mamba1", "mamba2", "s4d_zoh", "s4d_bilinear", "lru", "rglru", "rwkv6", "gla",
@@ -269,7 +269,6 @@ def test_gpu_long(name):
 def test_gpu_tuned_configs(knobs, name, monkeypatch):
     """The configs the tuner picks at real sizes (whatever LRC_TUNE says for the rest of the
     GPU tests, which compile faster without it)."""
-    from lrc.lowering.scan import launch as scan_runtime
 
     knobs(tune=True)
     check(name, b=2, t=4099, device="cuda")
@@ -307,7 +306,6 @@ def test_gpu_step_order_choice(name, monkeypatch):
     scratch outputs: the caller's state still advances once per step, and the choice is
     kept. Mamba-1's step at B64 D4096 N16 takes the states-first order (69 registers
     either way on the H200)."""
-    from lrc.lowering.chunked import tune as chunked_tune
 
     monkeypatch.setattr(policy, "_CACHE", {})
     step_check(name, torch.float32, "cuda", b=64)
@@ -333,7 +331,6 @@ def test_gpu_bf16(name):
 def test_split_blocks(knobs, name, monkeypatch):
     """A small register budget splits dims over several programs: partial sums of gradients
     across programs are added with atomics, and loads and stores stay masked right."""
-    from lrc.lowering.scan import launch as scan_runtime
 
     knobs(scan_budget=64)
     knobs(scan_chunk=4)
@@ -412,8 +409,8 @@ def test_every_tuner_candidate(name, monkeypatch):
     """Each launch config the GPU tuner may pick (chunk, block, warps, stages) computes the
     same thing: forced here one by one (each list on one spec; the layout only matters for
     speed), forward and every gradient, chunks longer and shorter than the sequence."""
-    from lrc.lowering.scan.configs import ScanConfig
     from lrc.lowering.scan import launch as scan_runtime
+    from lrc.lowering.scan.configs import ScanConfig
 
     seen = []
     launch = scan_runtime.Launch.__call__
@@ -451,7 +448,6 @@ def test_tuner_candidates_follow_the_layout():
 def test_tuned_configs_persist(tmp_path, monkeypatch):
     """A config tuned in one process is found on disk by the next (same key, same device), and
     not for another device or shape."""
-    from lrc.lowering.chunked import tune as chunked_tune
     from lrc.lowering.scan import configs as scan_tune
 
     monkeypatch.setenv("LRC_CACHE_DIR", str(tmp_path))
@@ -507,9 +503,6 @@ def test_params_only_node_constant_along_a_dim():
 def _fake_tuner(knobs, monkeypatch, cache_dir) -> list:
     """The tuner's GPU path with the GPU faked: `choose` records each list of candidates it is
     given (returned) and takes the first; tuned configs go to `cache_dir` on disk."""
-    from lrc.lowering.chunked import tune as chunked_tune
-    from lrc.lowering.scan import configs as scan_tune
-    from lrc.lowering.scan import launch as scan_runtime
 
     monkeypatch.setenv("LRC_CACHE_DIR", str(cache_dir))
     monkeypatch.setattr(policy, "_CACHE", {})
@@ -533,9 +526,7 @@ def test_tuner_picks_candidates_by_layout(knobs, tmp_path, monkeypatch):
     whole dims; the backward keeps the forward's chunk (Mamba-1's backward_n a multiple of
     it); a tuned shape is timed once, then found in memory, then on disk by a new
     process."""
-    from lrc.lowering.chunked import tune as chunked_tune
     from lrc.lowering.scan import configs as scan_tune
-    from lrc.lowering.scan import launch as scan_runtime
 
     timed = _fake_tuner(knobs, monkeypatch, tmp_path)
 
@@ -553,7 +544,7 @@ def test_tuner_picks_candidates_by_layout(knobs, tmp_path, monkeypatch):
 
         info = dict(sizes=make_call(prog.g, (), args).sizes, T=40, inputs=names,
                     device=torch.device("cuda"), reverse=False)
-        return scan_tune_policy._config(prog, which, info, ins, None, tc)
+        return scan_tune_policy.config_for(prog, which, info, ins, None, tc)
 
     x = torch.randn(2, 40, 3)
     first = config(diag, "forward", dict(x=x, a=x))
@@ -579,7 +570,6 @@ def test_row_training_forward_leaves_the_backward_its_chunks(knobs, monkeypatch,
     backward reads every k-th checkpoint); a forward without gradients tries them all, and
     tunes apart."""
     from lrc.lowering.scan import configs as scan_tune
-    from lrc.lowering.scan import launch as scan_runtime
 
     timed = _fake_tuner(knobs, monkeypatch, tmp_path)
 
@@ -595,7 +585,7 @@ def test_row_training_forward_leaves_the_backward_its_chunks(knobs, monkeypatch,
     for infer in (False, True):
         info = dict(sizes={"b": 2, "d": 3}, T=40, inputs=names, device=torch.device("cuda"),
                     reverse=False, infer=infer)
-        cfg = scan_tune_policy._config(prog, "forward", info, [x, x], None)
+        cfg = scan_tune_policy.config_for(prog, "forward", info, [x, x], None)
         assert cfg == timed[-1][0]
     training, inference = timed
     assert inference == scan_tune.candidates(True, 1, None, True)
@@ -618,7 +608,6 @@ def test_forward_replayed(knobs, segments, monkeypatch):
     each later call gets its own buffers and its own data (the first call's results stay as
     they were), an initial state or the same tensor passed twice is another signature, and
     gradients still flow."""
-    from lrc.lowering.scan import launch as scan_runtime
 
     knobs(scan_chunk=4)
     knobs(scan_segments=segments)
@@ -678,7 +667,6 @@ def test_untimed_choice_skips_configs_that_fail(monkeypatch):
     """LRC_TUNE=0 on the GPU takes the first config that compiles (Triton 3.6 rejects some:
     shared memory over the limit, a failed layout pass), once per key; none compiling is an
     error naming each config's failure."""
-    from lrc.lowering.chunked import tune as chunked_tune
 
     monkeypatch.setattr(policy, "_CACHE", {})
     tried = []
@@ -699,7 +687,6 @@ def test_inference_call_skips_autograd(monkeypatch):
     """With nothing to differentiate (no_grad, or no input requiring grad) the forward runs
     without autograd.Function and without assembling unrequested final states; the outputs
     and final states equal those of a differentiable call."""
-    from lrc.lowering.scan import launch as scan_runtime
 
     kern, _ = layers("rglru")
     args = ZOO["rglru"].example(b=2, t=23, dtype=torch.float32)
@@ -762,10 +749,10 @@ def test_fast_replay_with_gradients(monkeypatch):
     launches (triton_call.FastGrad) and, from its second backward with the same cotangents'
     signature, its backward launches; outputs and every gradient match the reference on
     fresh values each time; a cotangent with other strides is its own backward signature."""
-    from lrc.lowering.scan import launch as scan_runtime, call as triton_call
+    from lrc.lowering.scan import call as triton_call
 
-    monkeypatch.setattr(scan_replay, "_REPLAYS", {})
-    monkeypatch.setattr(scan_replay, "_BACK_REPLAYS", {})
+    monkeypatch.setattr(scan_replay, "REPLAYS", {})
+    monkeypatch.setattr(scan_replay, "BACK_REPLAYS", {})
     fast, played = [], []
     apply, play = triton_call.FastGrad.apply, scan_replay.BackReplay.__call__
     monkeypatch.setattr(triton_call.FastGrad, "apply",
@@ -852,7 +839,6 @@ def test_backward_replayed(name, monkeypatch):
     cotangent: another signature)."""
     import sys
 
-    from lrc.lowering.scan import launch as scan_runtime
 
     made = layers(name)  # one layer for every call (replays are per program)
     monkeypatch.setattr(sys.modules[__name__], "layers", lambda n: made)
@@ -922,8 +908,8 @@ def test_rows_of_time(knobs, reverse, monkeypatch):
     shorter than the sequence, two-level segments, packed sequences, and a backward whose
     chunk is twice the forward's (it reads every other checkpoint), all against the
     reference."""
-    from lrc.lowering.scan.configs import ScanConfig
     from lrc.lowering.scan import launch as scan_runtime
+    from lrc.lowering.scan.configs import ScanConfig
 
     kern = _rows_check(2, 37, reverse)
     assert kern.program.tiling.tile == () and "tl.arange(0, TC)[:]" in kern.source("forward")
@@ -934,7 +920,7 @@ def test_rows_of_time(knobs, reverse, monkeypatch):
     _rows_check(2, 37, reverse)
     knobs(scan_segments=None)
     knobs(scan_chunk=None)
-    seen, config = [], scan_tune_policy._config
+    seen, config = [], scan_tune_policy.config_for
 
     if reverse:  # a multiple of the forward's chunk is never a reverse scan's candidate
         info = {"sizes": {"b": 2, "d": 5}, "T": 37, "inputs": [], "reverse": True}
@@ -947,7 +933,7 @@ def test_rows_of_time(knobs, reverse, monkeypatch):
             return ScanConfig(2 * tc)
         return ScanConfig(8)
 
-    monkeypatch.setattr(scan_tune_policy, "_config", doubled)
+    monkeypatch.setattr(scan_tune_policy, "config_for", doubled)
     launch = scan_runtime.Launch.__call__
     monkeypatch.setattr(scan_runtime.Launch, "__call__",
                         lambda self, **k: seen.append((self.which, self.tc)) or launch(self, **k))
@@ -1005,7 +991,6 @@ def test_backward_reads_the_saved_state(knobs, spec, reverse, monkeypatch):
     before each step from it one step earlier (no recompute of the forward scan, no
     shift), the chunk's checkpoint at its first step; against the reference: chunks shorter
     than the sequence, segments, packed sequences, bf16 (the state read back rounded)."""
-    from lrc.lowering.scan import launch as scan_runtime
 
     kern = _rows_check(2, 37, reverse, spec=spec)
     assert kern.program.saved == {"h": "y"}
@@ -1043,8 +1028,8 @@ def test_gpu_replays_launch_directly(monkeypatch):
     right."""
     from lrc.lowering.scan import launch as scan_runtime
 
-    monkeypatch.setattr(scan_replay, "_REPLAYS", {})
-    monkeypatch.setattr(scan_replay, "_BACK_REPLAYS", {})
+    monkeypatch.setattr(scan_replay, "REPLAYS", {})
+    monkeypatch.setattr(scan_replay, "BACK_REPLAYS", {})
     direct, slow = [], []
     call, fire = kernel_launch.Direct.__call__, scan_runtime.Launch.fire
     monkeypatch.setattr(kernel_launch.Direct, "__call__",

@@ -12,20 +12,19 @@ import torch
 
 import lrc
 from lrc import Param, Seq, State
-from lrc.kernels import aot
-from lrc.lowering.chunked import tune as chunked_tune
-from lrc.lowering.scan import configs as scan_tune
 from lrc.errors import Unsupported
-from lrc.lowering.scan.unrolled import _old_through_decay
-from lrc.lowering.scan.configs import UNROLLED, ScanConfig, candidates_unrolled
+from lrc.kernels import aot
+from lrc.kernels import tune as policy
+from lrc.lowering.scan import configs as scan_tune
 from lrc.lowering.scan import launch as scan_runtime
+from lrc.lowering.scan import replay as scan_replay
+from lrc.lowering.scan import tune as scan_tune_policy
+from lrc.lowering.scan.configs import UNROLLED, ScanConfig, candidates_unrolled
+from lrc.lowering.scan.unrolled import _old_through_decay
 from lrc.zoo import ZOO
 from tests.codegen import test_scan
 from tests.codegen.test_scan import check
 from tests.conftest import rel_err
-from lrc.kernels import tune as policy
-from lrc.lowering.scan import replay as scan_replay
-from lrc.lowering.scan import tune as scan_tune_policy
 
 
 @lrc.recurrence
@@ -62,13 +61,13 @@ def launched(monkeypatch):
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("tc, block, loop", [(8, 2, 0), (64, 4, 0), (8, 4, 1), (64, 2, 3)])
 @pytest.mark.parametrize("usual", [False, True])
-def test_mamba1_unrolled_forward(reverse, tc, block, loop, usual, monkeypatch, launched):
+def test_mamba1_unrolled_forward(knobs, reverse, tc, block, loop, usual, monkeypatch, launched):
     """Forward, final state and every gradient (backward_n, or with `usual` the usual
     backward, reading the unrolled forward's checkpoints), 5 channels in blocks of 2 or 4 (a
     masked tail), 37 steps in chunks of 8 (carries between chunks) or one chunk; n = 3 (an
     unrolled loop of 4, one masked), or a `tl.range` loop over n unrolled once or 3 times (4
     indices: a remainder)."""
-    monkeypatch.setattr(scan_runtime, "CONFIG", ScanConfig(tc, block, 4, 2, unroll=True,
+    knobs(scan_config=ScanConfig(tc, block, 4, 2, unroll=True,
                                                            loop=loop))
     if usual:  # a program without backward_n (check compiles through test_scan.layers)
         from tests.codegen import test_scan
@@ -205,11 +204,11 @@ def test_gpu_unrolled_tuned(knobs, monkeypatch):
 
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("tc, block, loop", [(8, 2, 0), (64, 4, 0), (8, 4, 1), (64, 2, 3)])
-def test_gated_s6_unrolled_backward(reverse, tc, block, loop, monkeypatch, launched):
+def test_gated_s6_unrolled_backward(knobs, reverse, tc, block, loop, monkeypatch, launched):
     """backward_n for bench.py's selective scan (z gate, delta_bias): every gradient, the
     initial state's included, against the reference; 7 channels in blocks of 2 or 4, 45 steps
     in chunks of 8 or one chunk, n = 5 (a masked tail of the unrolled loop)."""
-    monkeypatch.setattr(scan_runtime, "CONFIG", ScanConfig(tc, block, 4, 2, unroll=True,
+    knobs(scan_config=ScanConfig(tc, block, 4, 2, unroll=True,
                                                            loop=loop))
     _check_gated(gated_inputs(2, 7, 45, 5), reverse, torch.float32, 1e-4, 1e-3)
     assert launched == ["forward_n", "backward_n"]
@@ -217,11 +216,11 @@ def test_gated_s6_unrolled_backward(reverse, tc, block, loop, monkeypatch, launc
 
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("tc, block, loop", [(8, 2, 0), (16, 4, 2)])
-def test_gated_s6_unrolled_backward_even(reverse, tc, block, loop, monkeypatch):
+def test_gated_s6_unrolled_backward_even(knobs, reverse, tc, block, loop, monkeypatch):
     """The same with nothing to mask (EVEN: 8 channels in whole blocks, 48 steps in whole
     chunks, n = 4 a power of two), the path the reference shape takes: no masks on the sums
     over channels and steps, the reversed adjoint's offset unmasked."""
-    monkeypatch.setattr(scan_runtime, "CONFIG", ScanConfig(tc, block, 4, 2, unroll=True,
+    knobs(scan_config=ScanConfig(tc, block, 4, 2, unroll=True,
                                                            loop=loop))
     evens = []
     arguments = scan_runtime.Launch.arguments
@@ -313,7 +312,7 @@ def test_backward_n_reads_every_kth_checkpoint(k, monkeypatch):
     steps, the backward starts a chunk every 8k): every gradient against the reference, 45
     steps (a short last chunk)."""
     fwd = ScanConfig(8, 2, 4, 2, unroll=True, loop=1)
-    monkeypatch.setattr(scan_tune_policy, "_config", lambda prog, which, info, ins, launch,
+    monkeypatch.setattr(scan_tune_policy, "config_for", lambda prog, which, info, ins, launch,
                         tc=None: fwd if tc is None else replace(fwd, tc=k * tc))
     seen = []
     fire = scan_runtime.Launch.fire
@@ -335,7 +334,7 @@ def test_training_forward_tunes_and_records_apart():
         info = dict(sizes=dict(b=2, d=7, n=5), T=45, inputs=names, reverse=False, varlen=None,
                     device=torch.device("cpu"), out_dtypes=[torch.float32])
         keys = [(scan_tune_policy._tune_key(prog, "forward", dict(info, infer=i), ins, None),
-                 scan_replay._replay_key(prog, dict(info, infer=i), ins, []))
+                 scan_replay.replay_key(prog, dict(info, infer=i), ins, []))
                 for i in (True, False)]
         assert (keys[0][0] != keys[1][0]) == apart and (keys[0][1] != keys[1][1]) == apart
 
@@ -346,8 +345,8 @@ def test_backward_n_rewrites_preserve_the_adjoint_step(name):
     that do not vary along n taken out of sums over n, duplicates merged) change no value: the
     rewritten step and the derived one, run by the float64 interpreter over 7 steps on random
     inputs and a random initial adjoint, give the same outputs and final state."""
-    from lrc.lowering.scan.unrolled import _pull_factors
     from lrc.ir import interpret
+    from lrc.lowering.scan.unrolled import _pull_factors
 
     spec = gated_s6 if name == "gated_s6" else ZOO["mamba1"].spec
     prog = lrc.compile(spec, backend="triton").program
@@ -372,7 +371,7 @@ def test_backward_n_rewrites_preserve_the_adjoint_step(name):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), name_
 
 
-def test_backward_n_compiles_for_the_h200(monkeypatch):
+def test_backward_n_compiles_for_the_h200(knobs, monkeypatch):
     """backward_n at the tuner's first config and a one-channel one, bf16, at the Mamba-1
     reference's channel and state sizes, built for sm_90 with Triton's compiler: it compiles
     and fits (uncapped here; the tuned config caps it at 128 registers, spilling by design)."""
@@ -382,7 +381,7 @@ def test_backward_n_compiles_for_the_h200(monkeypatch):
             for k, v in gated_inputs(1, 64, 512, 16).items()}
     for row in (scan_tune.UNROLLED_BACKWARD[0], (1, 1, 1, None, 1)):
         block, warps, stages, _, loop = row
-        monkeypatch.setattr(scan_runtime, "CONFIG", ScanConfig(
+        knobs(scan_config=ScanConfig(
             scan_tune.BACKWARD_TC, block, warps, stages, unroll=True, loop=loop))
         with aot.recording(as_gpu=132, compile=True) as launches:
             kern(**args).float().sum().backward()

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lrc.ir import verify
-from lrc.ir.trace import trace
 from lrc.ir.linearity import check_linear
+from lrc.ir.trace import trace
 from lrc.runtime.reference import call_graph
 from tests.conftest import rel_err
 from tests.strategies import random_specs

@@ -8,8 +8,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 import lrc
-from lrc.passes import pipeline
 from lrc.ir.linearity import check_linear
+from lrc.passes import pipeline
 from lrc.passes.stability import running_maxes, scaled_initial_state
 from lrc.runtime.call import make_call
 from lrc.runtime.reference import vjp_grads

@@ -11,8 +11,8 @@ import pathlib
 import pytest
 
 import lrc
-from lrc.passes import pipeline
 from lrc.errors import LoweringError
+from lrc.passes import pipeline
 from lrc.zoo import ZOO
 from tests.strategies import random_specs
 

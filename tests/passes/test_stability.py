@@ -13,10 +13,19 @@ from lrc.ir.functions import evaluate
 from lrc.ir.functions import sigmoid as sigmoid_fn
 from lrc.ir.functions import softplus as softplus_fn
 from lrc.ir.nodes import symbol
-from lrc.passes import check_linear, expand_discretizations, stabilize
-from lrc.passes.stability import log_decay, log_space_decays, max_trick, running_maxes, scaled_by, scaled_initial_state, segment_decay, unscaled_states
-from lrc.runtime.bind import bind_sizes
 from lrc.layout import to_canonical
+from lrc.passes import check_linear, expand_discretizations, stabilize
+from lrc.passes.stability import (
+    log_decay,
+    log_space_decays,
+    max_trick,
+    running_maxes,
+    scaled_by,
+    scaled_initial_state,
+    segment_decay,
+    unscaled_states,
+)
+from lrc.runtime.bind import bind_sizes
 from lrc.runtime.reference import call_graph
 from tests.conftest import rel_err
 from tests.passes.test_expand import B, T, assert_preserved, rn, zoo_case, zoo_params

@@ -9,8 +9,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lrc.lowering.chunked import tune as chunked_tune
-from lrc.lowering.scan import launch as scan_runtime
 from lrc.kernels import tune as policy
 from lrc.lowering.scan import tune as scan_tune_policy
 

@@ -8,10 +8,9 @@ import torch
 
 import lrc
 from lrc import Param, Seq, State
-from lrc.lowering.scan import call as triton_call
-from tests.conftest import rel_err
 from lrc.kernels import host
-from lrc import layout
+from lrc.lowering.scan import call as scan_call
+from tests.conftest import rel_err
 
 B, D, N = 3, 37, 5
 
@@ -33,8 +32,8 @@ def test_step_keeps_param_terms_until_they_change(monkeypatch):
     layer = lrc.compile(s6, backend="triton")
     assert layer.program.part.pre  # exp(A_log) is computed before the kernel
     runs = []
-    real = host.evaluate
-    monkeypatch.setattr(host, "evaluate", lambda *a: (runs.append(1), real(*a))[1])
+    real = scan_call.evaluate
+    monkeypatch.setattr(scan_call, "evaluate", lambda *a: (runs.append(1), real(*a))[1])
     x, g = torch.randn(B, D), torch.randn(B, D)
     Bm, C = torch.randn(B, N), torch.randn(B, N)
     A_log = torch.randn(D, N) * 0.5
@@ -61,12 +60,11 @@ def test_pre_work_converts_only_the_inputs_it_reads(monkeypatch):
     """Pre work (here exp(A_log), float64 then float32) gets canonical float32 copies of the
     inputs it reads alone; the Seq inputs go to the kernels as given. Counted by the copies
     made, and the call still matches the plain loop."""
-    from lrc.lowering.scan import launch as scan_runtime
 
     layer = lrc.compile(s6, backend="triton")
     made = []
-    real = layout.to_canonical
-    monkeypatch.setattr(layout, "to_canonical",
+    real = host.to_canonical
+    monkeypatch.setattr(host, "to_canonical",
                         lambda g, x, ann, *a: (made.append(ann.role), real(g, x, ann, *a))[1])
     T = 5
     x, g = torch.randn(B, T, D), torch.randn(B, T, D)

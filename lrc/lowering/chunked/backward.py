@@ -190,7 +190,10 @@ def entering(k: Kernel, du: str) -> str:
 
 def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[str], list[str]]:
     """The backward kernel, its parameters, the inputs whose gradient it writes, and those of
-    them a block of the keys writes a part of (key_partial)."""
+    them a block of the keys writes a part of (key_partial).
+
+    Long on purpose: it writes one kernel top to bottom, and its stages share the kernel's
+    parameter list, masks and loaded tiles; split, each part would take a dozen of them."""
     k = Kernel(form, name)
     g, w, f = k.g, k.w, form
     for n in f.inputs:
@@ -249,6 +252,8 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
     w("dS = tl.zeros([BK, BV], tl.float32)  # gradient of the state leaving the chunk")
 
     def chunk() -> None:  # one chunk's steps (k.rows placed them)
+        """The per-chunk body of the backward kernel (long for the same reason as its caller: one
+        kernel's text in order, its stages sharing tiles and masks)."""
         w("if PHASE == 2:")
         w(f"    dS = tl.load(dchk_ptr + {k.state_offset('dchk', chunk=True)}, mask=m_s, "
           "other=0.0).to(tl.float32)", "gradient of the state leaving the chunk")

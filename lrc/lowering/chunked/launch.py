@@ -13,7 +13,9 @@ import math
 import torch
 
 from ... import config
+from ...bounded import Bounded
 from ...ir.dims import Role
+from ...kernels import abi
 from ...kernels import launch as kernel_launch
 from ...kernels import module as modules
 from ...kernels import tune as policy
@@ -121,14 +123,7 @@ class Launcher:
         HEADS, none per index of the looped dim (each program loops over it)."""
         params = {"forward": self.prog.fparams, "backward": self.prog.bparams,
                   "states": self.prog.sparams}[which]
-        args = []
-        for p in params:
-            if p[0] == "ptr":
-                args.append(tensors[p[1]][0])
-            elif p[0] == "stride":
-                args.append(tensors[p[1]][1].get(p[2], 0))
-            else:
-                args.append(self.T if p[1] == "T" else self.ksizes[p[1]])
+        args = abi.arguments(params, tensors, self.ksizes, {"T": self.T})
         consts.setdefault("BK", pow2(self.K))
         consts.update(BT=cfg.BT, BV=cfg.BV, DT=_triton_dtype(self.dt),
                       IEEE=self.interpret, EMU=self.interpret,
@@ -174,7 +169,7 @@ class Launcher:
             with modules.interpreted():
                 fn[grid](*args, **consts)
             return
-        kernel_launch.launch(self.prog.__dict__.setdefault("_direct", {}), which, fn, grid, args,
+        kernel_launch.launch(self.prog.__dict__.setdefault("_direct", Bounded(256)), which, fn, grid, args,
                        consts)
 
     def walk_keys(self, cfg: Config) -> dict:

@@ -20,7 +20,7 @@ import torch
 import triton
 
 from ...kernels import launch as kernel_launch
-from ..scan.tiling import next_pow2
+from ...layout import next_pow2
 
 VANDER = '''
 @triton.jit

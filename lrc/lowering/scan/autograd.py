@@ -13,11 +13,12 @@ from ...ir.graph import Graph
 from ...ir.nodes import Input
 from ...layout import dim_strides, dims_to_layout, from_canonical, part_view
 from ..base import Call
+from . import replay as replays
+from . import tune
 from .configs import ScanConfig
-from .launch import Launch, _state_strides, segments
+from .launch import Launch, segments, state_strides
 from .program import ScanProgram
-from .replay import _BACK_REPLAYS, _REPLAYS, BackReplay, Replay, _back_key, _keep, _replay_key
-from .tune import _config
+from .replay import BackReplay, Replay, back_key, keep_replay, replay_key
 
 
 class ScanFunction(torch.autograd.Function):
@@ -57,8 +58,8 @@ class ScanFunction(torch.autograd.Function):
                                                        k.time))
                 else:
                     run.add(f"h0:{s}", hT, {})
-                run.add(f"hT:{s}", hT, _state_strides(hT, dims, False))
-                st = _state_strides(chk, dims, True)
+                run.add(f"hT:{s}", hT, state_strides(hT, dims, False))
+                st = state_strides(chk, dims, True)
                 if loop:
                     st["#t"] = st.pop("#c")
                 run.add(f"all:{s}" if loop else f"chk:{s}", chk, st)
@@ -75,18 +76,18 @@ class ScanFunction(torch.autograd.Function):
                 run(HAS_H0=has_h0, SAVE=True, REVERSE=info["reverse"], SUMMARY=False)
             return outs, finals, chks, run
 
-        key = _replay_key(prog, info, ins, h0s)
-        replay = _REPLAYS.get(key) if key is not None else None
+        key = replay_key(prog, info, ins, h0s)
+        replay = replays.REPLAYS.get(key) if key is not None else None
         if replay is not None and replay.run.prog is prog:
             outs, finals, chks, tc = replay(ins, h0s, device)
         else:
-            config = _config(prog, "forward", info, ins, launch)
+            config = tune.config_for(prog, "forward", info, ins, launch)
             outs, finals, chks, run = launch(config)
             # the outputs the backward reads its states from (ScanProgram.saved) are kept
             # with the checkpoints, after them
             chks = chks + [outs[list(k.outputs).index(o)] for o in prog.saved.values()]
             tc = run.tc
-            _keep(_REPLAYS, key, lambda: Replay(run, ins, h0s, outs, finals, chks, tc))
+            keep_replay(replays.REPLAYS, key, lambda: Replay(run, ins, h0s, outs, finals, chks, tc))
         ctx.prog, ctx.info, ctx.has_h0 = prog, info, has_h0
         ctx.set_materialize_grads(False)  # an unused output's or final state's: None, not 0
         ctx.tc = tc
@@ -95,6 +96,8 @@ class ScanFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
+        """The backward's launch, replay and gradient layout in one place: autograd's contract is one
+        method, and its steps share the saved tensors and the launch's buffers."""
         prog, info = ctx.prog, ctx.info
         k, bw, sizes, T = prog.kernel, prog.backward, info["sizes"], info["T"]
         saved = ctx.saved_tensors
@@ -133,7 +136,7 @@ class ScanFunction(torch.autograd.Function):
                 axes = k.out_axes[list(k.outputs).index(o)]
                 run.add(f"saved:{o}", y, dim_strides(y, axes, sizes, k.time))
             for s, chk in zip(k.state_names, chks):
-                st = _state_strides(chk, k[s].dims, True)
+                st = state_strides(chk, k[s].dims, True)
                 if loop:  # the saved states are the adjoint step's Seq inputs
                     st["#t"] = st.pop("#c")
                     run.add(f"in:{dict(bw.forward_states)[s]}", chk, st)
@@ -152,11 +155,11 @@ class ScanFunction(torch.autograd.Function):
                     gh = made(torch.zeros([ksizes[d] for d in dims], dtype=torch.float32,
                                           device=device), True)
                 if loop:
-                    run.add(f"h0:{adj}", gh, _state_strides(gh, dims, False))
-                    run.add(f"hT:{adj}", dh0, _state_strides(dh0, dims, False))
+                    run.add(f"h0:{adj}", gh, state_strides(gh, dims, False))
+                    run.add(f"hT:{adj}", dh0, state_strides(dh0, dims, False))
                 else:
-                    run.add(f"dhT:{adj}", gh, _state_strides(gh, dims, False))
-                    run.add(f"dh0:{s}", dh0, _state_strides(dh0, dims, False))
+                    run.add(f"dhT:{adj}", gh, state_strides(gh, dims, False))
+                    run.add(f"dh0:{s}", dh0, state_strides(dh0, dims, False))
                 dh0s.append(dh0)
             if not loop:
                 run.n_seg, run.seg_len = segments(prog, run, T, backward=True)
@@ -204,14 +207,14 @@ class ScanFunction(torch.autograd.Function):
                     SUMMARY=False)
             return bufs, dh0s, run, fresh
 
-        key = _back_key(prog, info, ins, chks, grads, ctx.tc)
-        replay = _BACK_REPLAYS.get(key) if key is not None else None
+        key = back_key(prog, info, ins, chks, grads, ctx.tc)
+        replay = replays.BACK_REPLAYS.get(key) if key is not None else None
         if replay is not None and replay.run.prog is prog:
             bufs, dh0s = replay(ins, chks, grads, device)
         else:
-            config = _config(prog, "backward", info, ins, launch, tc=ctx.tc)
+            config = tune.config_for(prog, "backward", info, ins, launch, tc=ctx.tc)
             bufs, dh0s, run, fresh = launch(config)
-            _keep(_BACK_REPLAYS, key,
+            keep_replay(replays.BACK_REPLAYS, key,
                   lambda: BackReplay(run, ins, chks, grads, fresh, bufs, dh0s))
         out_grads = input_grads(prog, info, ins, bufs)
         h0_grads = [dims_to_layout(dh0, k[s].dims, info["state_axes"][s], ksizes)

@@ -12,20 +12,20 @@ from ...kernels.abi import Signature
 from ...kernels.writer import Writer, ident
 from ...passes.analysis import time_varying
 from .blocks import Block
-from .body import ChunkBody, _direction, _kernel, _prologue, _state_offset, _state_ptrs
+from .body import ChunkBody, direction, kernel_text, prologue, state_offset, state_ptrs
 from .emit import Tiling, Val, Values, guard, index_terms, mask_of
 from .forward import (
     _decay_init,
     _decay_step,
     _join_before,
-    _owned,
-    _partial_axes,
-    _partial_index,
-    _store,
     _summary_ptrs,
     _summary_store,
-    _varlen,
+    emit_varlen,
     independent,
+    owned,
+    partial_axes,
+    partial_index,
+    store_line,
 )
 
 
@@ -71,7 +71,7 @@ def backward_inputs(sig: Signature, k: Graph, bg: Graph, backward) -> None:
         sig.ptr(f"in:{cot}", ident(cot))
         sig.strides(f"in:{cot}", ident(cot), ["#t"] + list(bg[cot].dims))
     for s in k.state_names:
-        _state_ptrs(sig, k, s, "chk", "chk", True)
+        state_ptrs(sig, k, s, "chk", "chk", True)
 
 
 def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block, ...],
@@ -88,7 +88,10 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     the final state's gradient. Param gradients get one slot per segment (summed by the host).
 
     Returns the source, the signature and, per gradient output, the dims summed only over one
-    program's share (the host adds those partial sums up)."""
+    program's share (the host adds those partial sums up).
+
+    Long on purpose: it writes one kernel top to bottom, and each stage reads the writers,
+    values and signature the others fill; split, each part would take most of them."""
     sig, t = Signature(), tiling
     pre, loop, post = Writer(), Writer(depth=2), Writer()
     vals = Values(bg, t, loop)
@@ -100,14 +103,14 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
         sig.ptr(f"saved:{o}", f"{ident(o)}_sv")
         sig.strides(f"saved:{o}", f"{ident(o)}_sv", ["#t"] + list(k[o].dims))
     for s, adj in backward.adjoints:
-        _state_ptrs(sig, bg, adj, "dhT", "dhT", False)
-        _state_ptrs(sig, k, s, "dh0", "dh0", False)
+        state_ptrs(sig, bg, adj, "dhT", "dhT", False)
+        state_ptrs(sig, k, s, "dh0", "dh0", False)
         _summary_ptrs(sig, bg, adj)
-    _prologue(pre, t)
+    prologue(pre, t)
     at = len(pre.lines)
     pre("seg = pid  # the segment of time this program scans")
-    _direction(pre, "REVERSE", "f")
-    _direction(pre, "BACK", "b")
+    direction(pre, "REVERSE", "f")
+    direction(pre, "BACK", "b")
     # time-invariant work, shared by the recompute and the adjoint step
     pvals = Values(bg, t, pre)
     for n in bg.inputs():
@@ -130,7 +133,7 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     for s, adj in backward.adjoints:
         pre("if HAS_DHT:")
         pre(f"    {body_b.state_var(adj)} += tl.load({ident(adj)}_dhT_ptr + "
-            f"{_state_offset(t, bg, adj, 'dhT', None)}"
+            f"{state_offset(t, bg, adj, 'dhT', None)}"
             f"{guard(mask_of(t, k[s].dims, False, carried=True))})"
             ".to(tl.float32)", f"gradient of the final {s}")
     if segmented:
@@ -156,7 +159,7 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     head("t64 = t.to(tl.int64)")
     for s in k.state_names:
         sv = body_f.state_var(s)
-        loop(f"{sv} = tl.load({ident(s)}_chk_ptr + {_state_offset(t, k, s, 'chk', 'c')}"
+        loop(f"{sv} = tl.load({ident(s)}_chk_ptr + {state_offset(t, k, s, 'chk', 'c')}"
              f"{guard(mask_of(t, k[s].dims, False, carried=True))})", f"checkpoint of {s}")
     for n in bg.inputs(Role.SEQ):
         if n.name not in fstates.values():
@@ -189,7 +192,7 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     accs = []
     for (x, out) in backward.seq_grads + backward.param_grads:
         v = vals[out]
-        parts = _partial_axes(v, t)
+        parts = partial_axes(v, t)
         atomic = bool(v.partial & set(t.split))
         partials[out] = (parts, atomic)
         key, var = f"grad:{x}", f"{ident(out)}_g"
@@ -198,13 +201,13 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
         sig.strides(key, var, ([] if timed else ["#c"]) + [f"#p_{d}" for d in parts]
                     + (["#t"] if timed else []) + list(k[x].dims))
         terms = ([] if timed else [f"seg * {var}_sc"])
-        terms += [f"{_partial_index(d, t)} * {var}_s__p_{d}" for d in parts]
+        terms += [f"{partial_index(d, t)} * {var}_s__p_{d}" for d in parts]
         terms += index_terms(t, k[x].dims, var, timed)
         off = " + ".join(terms) or "0"
         dims = k[x].dims
         if timed:
-            loop(_store(var, off, vals.full(v, dims, True),
-                        _owned(mask_of(t, dims, True), dims, v.partial, t), atomic), out)
+            loop(store_line(var, off, vals.full(v, dims, True),
+                        owned(mask_of(t, dims, True), dims, v.partial, t), atomic), out)
         else:
             acc = f"{var}_acc"
             pre(f"{acc} = tl.zeros({t.shape(dims, False)}, tl.float32)")
@@ -212,7 +215,7 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
                  f"axis={t.taxis}, "
                  "keep_dims=True)", out)
             accs.append((acc, var, off, dims, atomic,
-                         _owned(mask_of(t, dims, False), dims, v.partial, t)))
+                         owned(mask_of(t, dims, False), dims, v.partial, t)))
     loop.dedent()
     if segmented:
         post("if SUMMARY:")
@@ -225,11 +228,11 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     post("if not SUMMARY:")
     post.indent()
     for acc, var, off, dims, atomic, mask in accs:
-        post(_store(var, off, acc, mask, atomic))
+        post(store_line(var, off, acc, mask, atomic))
     for s, adj in backward.adjoints:
         m = mask_of(t, k[s].dims, False, carried=True)
         m = "last" if m == "None" else f"{m} & last"
-        post(f"tl.store({ident(s)}_dh0_ptr + ONE + {_state_offset(t, k, s, 'dh0', None)}, "
+        post(f"tl.store({ident(s)}_dh0_ptr + ONE + {state_offset(t, k, s, 'dh0', None)}, "
              f"{body_b.state_var(adj)}, mask={m})", f"gradient of the initial {s}")
     post.dedent()
     for d in t.space:
@@ -237,9 +240,9 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     sig.params.append(("size", "T", "T"))
     sig.params.append(("size", "N_SEG", "N_SEG"))
     sig.params.append(("size", "SEG_LEN", "SEG_LEN"))
-    _varlen(pre, at, sig, t, batch)
+    emit_varlen(pre, at, sig, t, batch)
     body = Writer(lines=pre.lines + head.lines + loop.lines + post.lines)
     consts = ["HAS_DHT", "REVERSE", "BACK", "SUMMARY", "TC", "STAGES", "VARLEN"] + [
         f"BLOCK_{d}" for d in t.tile]
-    src = _kernel(name, sig, consts, body)
+    src = kernel_text(name, sig, consts, body)
     return src, sig, partials

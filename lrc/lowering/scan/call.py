@@ -20,12 +20,13 @@ from ...layout import (
     to_canonical,
 )
 from ..base import Call
+from . import replay as replays
+from . import tune
 from .autograd import ScanFunction, input_grads, kernel_input
 from .launch import Launch
 from .partition import old_name
 from .program import ScanProgram
-from .replay import _BACK_REPLAYS, _back_key
-from .tune import step_order
+from .replay import back_key
 
 
 def _to_user_state(x: torch.Tensor, g: Graph, s: str, sizes: dict[str, int]) -> torch.Tensor:
@@ -109,7 +110,7 @@ def run(prog: ScanProgram, call: Call, finals: bool = True
 def _run(prog: ScanProgram, call: Call, tensors, states, T: int, varlen=None,
          finals: bool = True):
     """One launch of the kernels over `tensors` (`varlen`: packed sequences, see
-    scan_runtime._varlen), with the pre and post work in PyTorch."""
+    autograd._varlen), with the pre and post work in PyTorch."""
     g, k, part = prog.g, prog.kernel, prog.part
     sizes = call.sizes
     sub = Call(g, tensors, states, sizes, T, call.reverse, None, call.out_dtype,
@@ -244,7 +245,7 @@ def step(prog: ScanProgram, call: Call, states_out: dict | None = None,
             run_.add(f"hT:{s}", dst, {d: dst.stride(i) for i, d in enumerate(k[s].dims)})
             news[s] = dst
     if call.states is not None:
-        step_order(run_)
+        tune.step_order(run_)
     run_(HAS_H0=call.states is not None)
     if record is not None:
         record.append(FastStep.make(prog, call, run_, pre, kouts, states_out))
@@ -440,7 +441,7 @@ class FastGrad(torch.autograd.Function):
         hit = fast.backs.get(key)
         if hit is None:
             res = ScanFunction.backward(_Saved(fast, saved, ctx.tc), *grads)
-            back = _BACK_REPLAYS.get(_back_key(prog, info, ins, chks, grads, ctx.tc))
+            back = replays.BACK_REPLAYS.get(back_key(prog, info, ins, chks, grads, ctx.tc))
             if back is not None and back.run.prog is prog:
                 fast.backs[key] = back, back.scratch(fast.device)
             return (None, *res[2:2 + n_in])
@@ -453,7 +454,7 @@ def fast_entry(prog: ScanProgram, call: Call, args: tuple, kwargs: dict,
                grad: bool = False) -> Fast | None:
     """The Fast replay of `call` (args, kwargs as the user passed them), just run through the
     full path with no initial state and no final state; None where it does not apply."""
-    from .replay import _REPLAYS, _replay_key
+    from .replay import replay_key
 
     g, k, part = prog.g, prog.kernel, prog.part
     if call.segments is not None or call.states is not None or part.pre or part.post:
@@ -475,7 +476,7 @@ def fast_entry(prog: ScanProgram, call: Call, args: tuple, kwargs: dict,
     info = dict(sizes=call.sizes, T=call.T, inputs=names, out_dtypes=out_dtypes,
                 device=call.device, reverse=call.reverse, varlen=None, infer=not grad,
                 state_axes={s: g[s].annotation.axes for s in k.state_names})
-    replay = _REPLAYS.get(_replay_key(prog, info, ins, h0s))
+    replay = replays.REPLAYS.get(replay_key(prog, info, ins, h0s))
     if replay is None or replay.run.prog is not prog:
         return None
     return Fast(replay, picks, [list(k.outputs).index(o) for o in g.outputs], h0s, info, grad)

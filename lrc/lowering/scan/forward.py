@@ -17,10 +17,10 @@ from ...ir.dims import Role
 from ...ir.graph import Graph
 from ...ir.nodes import Input, Sum
 from ...kernels.abi import Signature
-from ...kernels.writer import Writer, ident
+from ...kernels.writer import Writer, fresh, ident
 from ...passes.analysis import time_varying
 from .blocks import Block
-from .body import ChunkBody, ShareBody, _direction, _kernel, _prologue, _state_offset, _state_ptrs
+from .body import ChunkBody, direction, kernel_text, prologue, state_offset, state_ptrs
 from .emit import Tiling, Val, Values, guard, index_terms, mask_of
 
 
@@ -46,7 +46,9 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
     twice: SUMMARY scans each segment from a zero state and stores, per state, the state it
     ends in (E) and the segment's decay (M, the product of its steps' transitions); then each
     program joins the summaries of the segments before its own, h <- M h + E from the initial
-    state, and scans its segment from there, storing outputs and checkpoints."""
+    state, and scans its segment from there, storing outputs and checkpoints.
+
+    Long on purpose: one kernel's text in order (see backward.backward_source)."""
     sig, w, t = Signature(), Writer(), tiling
     vals = Values(g, t, w)
     inputs = [n for n in g.inputs() if n.role in (Role.SEQ, Role.PARAM)]
@@ -58,9 +60,9 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
         sig.ptr(f"out:{o}", ident(o))
         sig.strides(f"out:{o}", ident(o), ["#t"] + list(g[o].dims))
     for s in g.state_names:
-        _state_ptrs(sig, g, s, "h0", "h0", False)
-        _state_ptrs(sig, g, s, "hT", "hT", False)
-        _state_ptrs(sig, g, s, "chk", "chk", True)
+        state_ptrs(sig, g, s, "h0", "h0", False)
+        state_ptrs(sig, g, s, "hT", "hT", False)
+        state_ptrs(sig, g, s, "chk", "chk", True)
         _summary_ptrs(sig, g, s)
     for d in t.space:
         sig.params.append(("size", d, f"size_{d}"))
@@ -71,12 +73,12 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
         f"BLOCK_{d}" for d in t.tile]
     if t.unroll:  # EVEN: whole chunks, no index past the unrolled dim's size (Launch.even)
         consts += [f"BLOCK_{t.unroll}", "EVEN", "LOOP_BY"]
-    _prologue(w, t)
+    prologue(w, t)
     at = len(w.lines)
     w("seg = pid  # the segment of time this program scans")
-    _direction(w, "REVERSE", "f")
+    direction(w, "REVERSE", "f")
     varying = time_varying(g)
-    along = _along_unrolled(g, t)
+    along = along_unrolled(g, t)
     for n in g.inputs():
         if n.role is Role.PARAM and t.unroll not in n.dims:
             vals.load(n, False)
@@ -95,7 +97,7 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
     for s in g.state_names:
         sv, dims = body.state_var(s), g[s].dims
         w("if HAS_H0:")
-        w(f"    {sv} += tl.load({ident(s)}_h0_ptr + {_state_offset(t, g, s, 'h0', None)}"
+        w(f"    {sv} += tl.load({ident(s)}_h0_ptr + {state_offset(t, g, s, 'h0', None)}"
           f"{guard(mask_of(t, dims, False, carried=True))}).to(tl.float32)", f"initial {s}")
     if segmented:
         _join_before(w, g, blocks, t, body.state_var, backward=False)
@@ -122,7 +124,7 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
     w("if not SUMMARY:")
     w.indent()
     for s in g.state_names:
-        w(f"tl.store({ident(s)}_chk_ptr + ONE + {_state_offset(t, g, s, 'chk', 'c')}, "
+        w(f"tl.store({ident(s)}_chk_ptr + ONE + {state_offset(t, g, s, 'chk', 'c')}, "
           f"{body.state_var(s)}, mask={mask_of(t, g[s].dims, False, carried=True)})",
           f"checkpoint of {s}")
     w.dedent()
@@ -163,15 +165,15 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
     for s in g.state_names:
         m = mask_of(t, g[s].dims, False, carried=True)
         m = "last" if m == "None" else f"{m} & last"
-        w(f"tl.store({ident(s)}_hT_ptr + ONE + {_state_offset(t, g, s, 'hT', None)}, "
+        w(f"tl.store({ident(s)}_hT_ptr + ONE + {state_offset(t, g, s, 'hT', None)}, "
           f"{body.state_var(s)}, mask={m})", f"final {s}")
     w.dedent()
-    _varlen(w, at, sig, t, batch)
-    src = _kernel(name, sig, consts, w)
+    emit_varlen(w, at, sig, t, batch)
+    src = kernel_text(name, sig, consts, w)
     return src, sig
 
 
-def _along_unrolled(g: Graph, t: Tiling, outputs_along: bool = False) -> dict[str, str]:
+def along_unrolled(g: Graph, t: Tiling, outputs_along: bool = False) -> dict[str, str]:
     """Where each node is computed with an unrolled dim u: in the loop over u ("in": a value
     along u; "sum": a sum over u, added up there) or after it ("after": reading such a sum);
     nodes not named come before the loop; {} without an unrolled dim. Refused (Unsupported)
@@ -215,7 +217,7 @@ def _unrolled(w: Writer, g: Graph, body: ChunkBody, chunk: list[str],
     news = set(g.new_state_names)
     body.share([n for n in chunk if n not in news], list(body.blocks))
     inputs = {n.name for n in g.inputs() if u in n.dims}
-    _hoist_factors(body, inputs | set(along) | set(g.state_names) | news)
+    hoist_factors(body, inputs | set(along) | set(g.state_names) | news)
     body.run([n for n in chunk if n not in along], share=False)
     body.flush()
 
@@ -249,7 +251,7 @@ def index_loop(w: Writer, vals: Values, u: str, steps) -> None:
     w.lines[mark:mark] = ["    " * w.depth + z for z in vals.zeroed[first:]]
 
 
-def _hoist_factors(body: ChunkBody, along: set[str]) -> None:
+def hoist_factors(body: ChunkBody, along: set[str]) -> None:
     """The factors of a product in the loop over an unrolled dim that do not vary along it
     (the values named in `along` do), made one value computed before the loop: B * dt * u
     multiplies B by dt * u per index, not by dt and then u."""
@@ -269,8 +271,7 @@ def _hoist_factors(body: ChunkBody, along: set[str]) -> None:
             if len(free) > 1:
                 prod = sp.Mul(*free)
                 if prod not in made:
-                    ShareBody.count += 1
-                    made[prod] = sp.Symbol(f"f{ShareBody.count}", real=True)
+                    made[prod] = sp.Symbol(fresh("f"), real=True)
                     pending[made[prod]] = prod
                 rest = [split(a) for a in e.args if a not in free]
                 return sp.Mul(made[prod], *rest)
@@ -288,7 +289,7 @@ def varlen_able(tiling: Tiling, batch: str | None) -> bool:
     return batch is not None and batch in tiling.grid
 
 
-def _varlen(w: Writer, at: int, sig: Signature, t: Tiling, batch: str | None) -> None:
+def emit_varlen(w: Writer, at: int, sig: Signature, t: Tiling, batch: str | None) -> None:
     """Packed sequences (VARLEN, see `varlen_able`): the program's batch index is its sequence,
     which spans [cu[i], cu[i + 1]) of the packed time axis; its length replaces T, and every
     tensor with a time axis is rebased to the sequence's first step (the launcher passes those
@@ -306,20 +307,20 @@ def _varlen(w: Writer, at: int, sig: Signature, t: Tiling, batch: str | None) ->
     w.lines[at:at] = ["    " + line for line in lines]
 
 
-def _partial_axes(val: Val, t: Tiling) -> list[str]:
+def partial_axes(val: Val, t: Tiling) -> list[str]:
     """Dims summed over one program's share that get a buffer axis (the grid dims); shares of a
     split tile dim are added up in place with atomics instead."""
     return [d for d in t.space if d in val.partial and d not in t.split]
 
 
-def _store(var: str, off: str, value: str, mask: str, atomic: bool) -> str:
+def store_line(var: str, off: str, value: str, mask: str, atomic: bool) -> str:
     if atomic:
         return f"tl.atomic_add({var}_ptr + ONE + {off}, {value}, mask={mask}, sem='relaxed')"
     return (f"tl.store({var}_ptr + ONE + {off}, ({value}).to({var}_ptr.dtype.element_ty), "
             f"mask={mask})")
 
 
-def _owned(mask: str, dims, partial, t: Tiling) -> str:
+def owned(mask: str, dims, partial, t: Tiling) -> str:
     """`mask`, and only the first program along the kernel's program dims a gradient neither
     has nor sums over: the others hold the same value, which an atomic add would count again."""
     rest = [d for d in t.space if (d not in t.tile or d in t.split) and d != t.unroll]
@@ -330,7 +331,7 @@ def _owned(mask: str, dims, partial, t: Tiling) -> str:
     return " & ".join(([] if mask == "None" else [mask]) + ["(ONE == 0)"] + first)
 
 
-def _partial_index(d: str, t: Tiling) -> str:
+def partial_index(d: str, t: Tiling) -> str:
     return f"blk_{d}.to(tl.int64)" if d in t.split else f"i_{d}"
 
 
@@ -359,10 +360,10 @@ def _join(w: Writer, g: Graph, blocks: tuple[Block, ...], t: Tiling, var) -> Non
         rows = []
         for s in b.states:
             mask = guard(mask_of(t, g[s].dims, False, carried=True))
-            base = _state_offset(t, g, s, "dec", "j")
+            base = state_offset(t, g, s, "dec", "j")
             ms = [f"tl.load({ident(s)}_dec_ptr + {base} + {k} * {ident(s)}_dec_sj{mask})"
                   for k in range(b.size)]
-            e = f"tl.load({ident(s)}_sum_ptr + {_state_offset(t, g, s, 'sum', 'j')}{mask})"
+            e = f"tl.load({ident(s)}_sum_ptr + {state_offset(t, g, s, 'sum', 'j')}{mask})"
             rows.append(" + ".join(f"{m} * {v}" for m, v in zip(ms, svs)) + f" + {e}")
         w(f"{', '.join(svs)} = {', '.join(rows)}", f"join a segment into {', '.join(b.states)}")
 
@@ -392,15 +393,15 @@ def _summary_store(w: Writer, g: Graph, blocks: tuple[Block, ...], t: Tiling, va
     for i, b in enumerate(blocks):
         for r, s in enumerate(b.states):
             m = mask_of(t, g[s].dims, False, carried=True)
-            w(f"tl.store({ident(s)}_sum_ptr + ONE + {_state_offset(t, g, s, 'sum', 'seg')}, "
+            w(f"tl.store({ident(s)}_sum_ptr + ONE + {state_offset(t, g, s, 'sum', 'seg')}, "
               f"{var(s)}, mask={m})", f"{s} at the segment's end from zero")
             for c in range(b.size):
-                w(f"tl.store({ident(s)}_dec_ptr + ONE + {_state_offset(t, g, s, 'dec', 'seg')} "
+                w(f"tl.store({ident(s)}_dec_ptr + ONE + {state_offset(t, g, s, 'dec', 'seg')} "
                   f"+ {c} * {ident(s)}_dec_sj, M_{i}_{r}{c}, mask={m})")
 
 
 def _summary_ptrs(sig: Signature, g: Graph, s: str) -> None:
-    _state_ptrs(sig, g, s, "sum", "sum", True)
+    state_ptrs(sig, g, s, "sum", "sum", True)
     sig.ptr(f"dec:{s}", f"{ident(s)}_dec")
     sig.strides(f"dec:{s}", f"{ident(s)}_dec", ["#c", "#j"] + list(g[s].dims))
 

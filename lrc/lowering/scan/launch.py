@@ -14,13 +14,16 @@ import math
 import torch
 
 from ... import config
+from ...bounded import Bounded
+from ...kernels import abi
 from ...kernels import launch as kernel_launch
 from ...kernels import module as modules
+from ...layout import next_pow2
 from .configs import ScanConfig
 from .program import ScanProgram
-from .tiling import block_sizes, grid_size, next_pow2
+from .tiling import block_sizes, grid_size
 
-_CONFIGURED: dict[tuple, tuple] = {}  # Launch.configure's results per program and shape
+_CONFIGURED: dict[tuple, tuple] = Bounded(1024)  # Launch.configure's results per program and shape
 
 
 def chunk_of(prog: ScanProgram, sizes: dict[str, int], T: int) -> int:
@@ -118,8 +121,6 @@ class Launch:
         self.warps = cfg.warps if cfg else config.get("scan_warps")
         self.stages = cfg.stages if cfg else config.get("scan_stages")
         self.n_seg, self.seg_len = 1, max(-(-self.T // self.tc) * self.tc, self.tc)
-        if len(_CONFIGURED) > 1024:
-            _CONFIGURED.clear()
         _CONFIGURED[key] = (prog, self.tc, dict(self.blocks), self.warps, self.stages,
                             self.n_seg, self.seg_len)
 
@@ -139,7 +140,7 @@ class Launch:
         shape = list(like.shape)
         summ = like.new_empty([self.n_seg] + shape, dtype=torch.float32)
         dec = like.new_empty([self.n_seg, 2] + shape, dtype=torch.float32)
-        self.add(f"sum:{s}", summ, _state_strides(summ, dims, True))
+        self.add(f"sum:{s}", summ, state_strides(summ, dims, True))
         self.add(f"dec:{s}", dec, {"#c": dec.stride(0), "#j": dec.stride(1),
                                    **{d: dec.stride(i + 2) for i, d in enumerate(dims)}})
 
@@ -153,15 +154,8 @@ class Launch:
         prog, t, blocks = self.prog, self.tiling, self.blocks
         if self.chunked and "cu" not in self.tensors:
             self.tensors["cu"] = (self.cu if self.cu is not None else _no_cu(self.device), {})
-        params = []
-        for p in prog.signatures[self.which].params:
-            if p[0] == "ptr":
-                params.append(self.tensors[p[1]][0])
-            elif p[0] == "stride":
-                params.append(self.tensors[p[1]][1].get(p[2], 0))
-            else:
-                extra = {"T": self.T, "N_SEG": self.n_seg, "SEG_LEN": self.seg_len}
-                params.append(extra[p[1]] if p[1] in extra else self.sizes[p[1]])
+        params = abi.arguments(prog.signatures[self.which].params, self.tensors, self.sizes,
+                               {"T": self.T, "N_SEG": self.n_seg, "SEG_LEN": self.seg_len})
         consts = dict(consts, TC=self.tc, **{f"BLOCK_{d}": b for d, b in blocks.items()})
         if self.which == "step":  # the tuned load order (loop._after_state), inline assembly
             consts["ORDER"] = self.order and not self.interpret
@@ -208,7 +202,7 @@ def _no_cu(device: torch.device) -> torch.Tensor:
     return _NO_CU[device]
 
 
-def _state_strides(x: torch.Tensor, dims, chunked: bool) -> dict:
+def state_strides(x: torch.Tensor, dims, chunked: bool) -> dict:
     st = {d: x.stride(i + (1 if chunked else 0)) for i, d in enumerate(dims)}
     if chunked:
         st["#c"] = x.stride(0)

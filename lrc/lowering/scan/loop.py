@@ -9,9 +9,9 @@ from ...ir.nodes import Input
 from ...kernels.abi import Signature
 from ...kernels.writer import Writer, ident
 from ...passes.analysis import time_varying
-from .body import ChunkBody, _kernel, _prologue, _state_offset, _state_ptrs
+from .body import ChunkBody, kernel_text, prologue, state_offset, state_ptrs
 from .emit import Tiling, Val, Values, guard, index_terms, mask_of
-from .forward import _owned, _partial_axes, _partial_index, _store
+from .forward import owned, partial_axes, partial_index, store_line
 
 
 def step_source(k: Graph, tiling: Tiling, name: str) -> tuple[str, Signature]:
@@ -26,11 +26,11 @@ def step_source(k: Graph, tiling: Tiling, name: str) -> tuple[str, Signature]:
         sig.ptr(f"out:{o}", ident(o))
         sig.strides(f"out:{o}", ident(o), list(k[o].dims))
     for s in k.state_names:
-        _state_ptrs(sig, k, s, "h0", "h0", False)
-        _state_ptrs(sig, k, s, "hT", "hT", False)
+        state_ptrs(sig, k, s, "h0", "h0", False)
+        state_ptrs(sig, k, s, "hT", "hT", False)
     for d in t.space:
         sig.params.append(("size", d, f"size_{d}"))
-    _prologue(w, t)
+    prologue(w, t)
     body = ChunkBody(k, (), vals, w, "False", "s")
     # ORDER (chosen per shape on the GPU, see _after_state): the states' loads first, the
     # inputs held back until they arrive; else the inputs' loads first, nothing held
@@ -56,10 +56,10 @@ def step_source(k: Graph, tiling: Tiling, name: str) -> tuple[str, Signature]:
         w(f"tl.store({ident(o)}_ptr + ONE + {off}, {vals.full(v, dims, False)}"
           f".to({ident(o)}_ptr.dtype.element_ty), mask={mask_of(t, dims, False)})", o)
     for s, new in k.states:
-        w(f"tl.store({ident(s)}_hT_ptr + ONE + {_state_offset(t, k, s, 'hT', None)}, "
+        w(f"tl.store({ident(s)}_hT_ptr + ONE + {state_offset(t, k, s, 'hT', None)}, "
           f"{vals.full(vals[new], k[s].dims, False)}.to({ident(s)}_hT_ptr.dtype.element_ty), "
           f"mask={mask_of(t, k[s].dims, False)})", f"new {s}")
-    return _kernel(name, sig, ["HAS_H0", "ORDER", "TC"] + [f"BLOCK_{d}" for d in t.tile], w), sig
+    return kernel_text(name, sig, ["HAS_H0", "ORDER", "TC"] + [f"BLOCK_{d}" for d in t.tile], w), sig
 
 
 def _load_states(w: Writer, g: Graph, t: Tiling, body: ChunkBody, what: str) -> None:
@@ -68,7 +68,7 @@ def _load_states(w: Writer, g: Graph, t: Tiling, body: ChunkBody, what: str) -> 
         sv, dims = body.state_var(s), g[s].dims
         w(f"{sv} = tl.zeros({t.shape(dims, False)}, tl.float32)")
         w("if HAS_H0:")
-        w(f"    {sv} += tl.load({ident(s)}_h0_ptr + {_state_offset(t, g, s, 'h0', None)}"
+        w(f"    {sv} += tl.load({ident(s)}_h0_ptr + {state_offset(t, g, s, 'h0', None)}"
           f"{guard(mask_of(t, dims, False))}).to(tl.float32)", f"{what} {s}")
 
 
@@ -127,13 +127,13 @@ def loop_source(g: Graph, tiling: Tiling, name: str, backward=None
             sig.ptr(f"out:{o}", ident(o))
             sig.strides(f"out:{o}", ident(o), ["#t"] + list(g[o].dims))
     for s in g.state_names:
-        _state_ptrs(sig, g, s, "h0", "h0", False)
-        _state_ptrs(sig, g, s, "hT", "hT", False)
+        state_ptrs(sig, g, s, "h0", "h0", False)
+        state_ptrs(sig, g, s, "hT", "hT", False)
         if backward is None:
             var = f"{ident(s)}_all"
             sig.ptr(f"all:{s}", var)
             sig.strides(f"all:{s}", var, ["#t"] + list(g[s].dims))
-    _prologue(pre, t)
+    prologue(pre, t)
     pre("m_t = ONE == 0")
     body = ChunkBody(g, (), vals, loop, "False", "l", allow_partial=backward is not None)
     pvals = Values(g, t, pre)
@@ -156,7 +156,7 @@ def loop_source(g: Graph, tiling: Tiling, name: str, backward=None
     for s in g.state_names:
         vals.set(s, Val(body.state_var(s), frozenset(g[s].dims), False))
         if backward is None:
-            off = _state_offset(t, g, s, "all", None)
+            off = state_offset(t, g, s, "all", None)
             loop(f"tl.store({ident(s)}_all_ptr + ONE + t64 * {ident(s)}_all_st + {off}, "
                  f"{body.state_var(s)}, mask={mask_of(t, g[s].dims, False)})",
                  f"{s} before this step")
@@ -173,7 +173,7 @@ def loop_source(g: Graph, tiling: Tiling, name: str, backward=None
             loop(f"tl.store({ident(o)}_ptr + ONE + {off}, {vals.full(v, dims, True)}"
                  f".to({ident(o)}_ptr.dtype.element_ty), mask={mask_of(t, dims, True)})", o)
             continue
-        parts = _partial_axes(v, t)
+        parts = partial_axes(v, t)
         atomic = bool(v.partial & set(t.split))
         partials[o] = (parts, atomic)
         timed = g[x].role is Role.SEQ
@@ -181,25 +181,25 @@ def loop_source(g: Graph, tiling: Tiling, name: str, backward=None
         sig.ptr(key, var)
         sig.strides(key, var, [f"#p_{d}" for d in parts] + (["#t"] if timed else [])
                     + list(dims))
-        terms = [f"{_partial_index(d, t)} * {var}_s__p_{d}" for d in parts]
+        terms = [f"{partial_index(d, t)} * {var}_s__p_{d}" for d in parts]
         off = " + ".join(terms + index_terms(t, dims, var, timed)) or "0"
         if timed:
-            loop(_store(var, off, vals.full(v, dims, True),
-                        _owned(mask_of(t, dims, True), dims, v.partial, t), atomic), o)
+            loop(store_line(var, off, vals.full(v, dims, True),
+                        owned(mask_of(t, dims, True), dims, v.partial, t), atomic), o)
         else:
             acc = f"{var}_acc"
             pre(f"{acc} = tl.zeros({t.shape(dims, False)}, tl.float32)")
             loop(f"{acc} += {vals.full(v, dims, False)}", o)
-            post(_store(var, off, acc, _owned(mask_of(t, dims, False), dims, v.partial, t),
+            post(store_line(var, off, acc, owned(mask_of(t, dims, False), dims, v.partial, t),
                         atomic))
     for s, new in g.states:
         loop(f"{body.state_var(s)} = {vals.full(vals[new], g[s].dims, False)}", f"{s} <- {new}")
     for s in g.state_names:
-        post(f"tl.store({ident(s)}_hT_ptr + ONE + {_state_offset(t, g, s, 'hT', None)}, "
+        post(f"tl.store({ident(s)}_hT_ptr + ONE + {state_offset(t, g, s, 'hT', None)}, "
              f"{body.state_var(s)}, mask={mask_of(t, g[s].dims, False)})", f"final {s}")
     for d in t.space:
         sig.params.append(("size", d, f"size_{d}"))
     sig.params.append(("size", "T", "T"))
     text = Writer(lines=pre.lines + head.lines + loop.lines + post.lines)
     consts = ["HAS_H0", "REVERSE", "TC"] + [f"BLOCK_{d}" for d in t.tile]
-    return _kernel(name, sig, consts, text), sig, partials
+    return kernel_text(name, sig, consts, text), sig, partials

@@ -9,7 +9,7 @@ from ...ir.graph import Graph
 from ...ir.verify import verify
 from ...kernels import module as modules
 from ...kernels.abi import Signature
-from ...kernels.writer import ident
+from ...kernels.writer import ident, namespace
 from ...layout import batch_dim
 from ...passes.derivatives import Backward, vjp
 from .backward import backward_source, saved_states
@@ -50,6 +50,10 @@ class ScanProgram:
     source: str = field(init=False)
 
     def __post_init__(self) -> None:
+        with namespace():  # temporaries numbered per module, the same in every process
+            self._generate()
+
+    def _generate(self) -> None:
         g = self.g = hoist_params(self.g)
         self.part = partition(g)
         self.kernel = kernel_graph(self.part)

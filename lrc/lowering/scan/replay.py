@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import torch
 
+from ...bounded import Bounded
 from ...kernels.launch import Direct
 from .launch import _NO_CU, Launch, knobs
 from .program import ScanProgram
-from .tune import _infer_differs, _unrolling
+from .tune import infer_differs, unrolling
 
 
 def _templates(run: "Launch", slots: dict[int, tuple[str, int]]) -> list[tuple]:
@@ -33,13 +34,11 @@ def _templates(run: "Launch", slots: dict[int, tuple[str, int]]) -> list[tuple]:
     return launches
 
 
-def _keep(table: dict, key: tuple | None, make) -> None:
-    """Remember `make()` (a Replay) under `key`: at most 256 kept, none where the launches
+def keep_replay(table: dict, key: tuple | None, make) -> None:
+    """Remember `make()` (a Replay) under `key`: at most 256 kept (a Bounded table), none where the launches
     cannot be replayed (key None, or make raising ValueError)."""
     if key is None:
         return
-    if len(table) > 256:
-        table.clear()
     try:
         table[key] = make()
     except ValueError:
@@ -60,7 +59,7 @@ def _play(run: "Launch", launches: list[tuple], src: dict[str, list]) -> None:
 
 class Replay:
     """A forward's launches recorded on its first call with one signature (shapes, strides,
-    dtypes, device, knobs; `_replay_key`) and played back on later calls: the same buffers
+    dtypes, device, knobs; `replay_key`) and played back on later calls: the same buffers
     allocated, the same arguments with the new call's tensors in their slots, no config
     lookup, block sizing or argument assembly again. Host time per call is what an
     elementwise scan's forward would otherwise lose to hand-written kernels."""
@@ -120,10 +119,10 @@ class Replay:
                 for i in sorted(keep - set(self.outs))}
 
 
-_REPLAYS: dict[tuple, Replay] = {}
+REPLAYS: dict[tuple, Replay] = Bounded(256)
 
 
-def _replay_key(prog: ScanProgram, info: dict, ins, h0s) -> tuple | None:
+def replay_key(prog: ScanProgram, info: dict, ins, h0s) -> tuple | None:
     """What a forward's launches depend on besides the data (None: not replayed)."""
     if info.get("varlen") is not None:
         return None
@@ -136,11 +135,11 @@ def _replay_key(prog: ScanProgram, info: dict, ins, h0s) -> tuple | None:
             tuple(info["out_dtypes"]), device, tuple(info["inputs"]), same, capturing,
             tuple((x.shape, x.stride(), x.dtype, x.device) for x in ins),
             tuple((x.shape, x.stride(), x.dtype, x.device) for x in h0s), knobs(),
-            _unrolling(prog, info, None), _infer_differs(prog, info))
+            unrolling(prog, info, None), infer_differs(prog, info))
 
 
 class BackReplay:
-    """A backward's launches recorded on its first call with one signature (`_back_key`) and
+    """A backward's launches recorded on its first call with one signature (`back_key`) and
     played back: its buffers made again (zeroed where the first call zeroed them: atomic
     sums, absent cotangents), the arguments filled from the new call's inputs, checkpoints
     and cotangents. Returns the gradient buffers as the full path does."""
@@ -194,10 +193,10 @@ class BackReplay:
         return out
 
 
-_BACK_REPLAYS: dict[tuple, BackReplay] = {}
+BACK_REPLAYS: dict[tuple, BackReplay] = Bounded(256)
 
 
-def _back_key(prog: ScanProgram, info: dict, ins, chks, grads, tc: int) -> tuple | None:
+def back_key(prog: ScanProgram, info: dict, ins, chks, grads, tc: int) -> tuple | None:
     """What a backward's launches depend on besides the data (None: not replayed)."""
     if info.get("varlen") is not None:
         return None

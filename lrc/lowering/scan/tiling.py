@@ -7,6 +7,7 @@ from ...errors import Unsupported
 from ...ir.dims import Role
 from ...ir.graph import Graph
 from ...ir.nodes import Rename, Shift, Sum
+from ...layout import next_pow2
 from .emit import Tiling
 from .partition import Partition
 
@@ -59,10 +60,6 @@ def choose_tiling(k: Graph, part: Partition, adjoint: Graph | None = None) -> Ti
     order = tuple(d for d in space if d in tile)
     grid = tuple(d for d in space if d not in tile)
     return Tiling(space, order, split, grid, False)
-
-
-def next_pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
 
 
 def block_sizes(t: Tiling, sizes: dict[str, int], chunk: int, budget: int = MAX_TILE,

@@ -22,10 +22,10 @@ from .program import ScanProgram
 def _tune_key(prog: ScanProgram, which: str, info: dict, ins, tc: int | None) -> tuple:
     return (prog.source, which, tuple(info["sizes"].items()), info["T"], tc, info["reverse"],
             tuple((x.dtype, x.stride()) for x in ins), info.get("varlen") is not None,
-            _unrolling(prog, info, tc), _infer_differs(prog, info))
+            unrolling(prog, info, tc), infer_differs(prog, info))
 
 
-def _config(prog: ScanProgram, which: str, info: dict, ins, launch, tc: int | None = None
+def config_for(prog: ScanProgram, which: str, info: dict, ins, launch, tc: int | None = None
             ) -> ScanConfig | None:
     """The launch settings by kernels.tune's policy: config `scan_config` if set, else the
     untuned default (None) on the CPU, else the fastest candidate for this shape, timed once
@@ -109,7 +109,7 @@ def _candidates(prog: ScanProgram, info: dict, ins, tc: int | None) -> list[Scan
     forward's reads every k-th checkpoint, which holds the state entering its chunk only
     left to right (right to left the last chunk is short, and the states entering the
     backward's chunks are not every k-th): reverse scans keep the forward's chunk. Where
-    the unrolled kernels apply (`_unrolling`): the no-gradient forward tries forward_n's
+    the unrolled kernels apply (`unrolling`): the no-gradient forward tries forward_n's
     configs first; with a backward_n the forward that saves for it tries only forward_n at
     chunk lengths that divide backward_n's, and the backward tries backward_n's configs
     (reading every k-th checkpoint) and one of the
@@ -120,7 +120,7 @@ def _candidates(prog: ScanProgram, info: dict, ins, tc: int | None) -> list[Scan
     out = scan_tune.candidates(_time_inner(prog, info, ins), whole, tc, not t.tile)
     if not t.tile and tc is None and not info.get("infer"):
         out = scan_tune.training_rows(out)
-    if _unrolling(prog, info, tc):
+    if unrolling(prog, info, tc):
         if tc is not None:  # the usual backward's first config as the fallback only
             out = scan_tune.candidates_unrolled_backward(tc, info["reverse"]) + out[:1]
         elif info.get("infer"):
@@ -130,7 +130,7 @@ def _candidates(prog: ScanProgram, info: dict, ins, tc: int | None) -> list[Scan
     return [c for c in out if tc is None or c.tc == tc or not info["reverse"]]
 
 
-def _infer_differs(prog: ScanProgram, info: dict) -> bool | None:
+def infer_differs(prog: ScanProgram, info: dict) -> bool | None:
     """Whether the call runs without gradients, where that changes the candidates (a
     program with forward_n, or one row of time per program: a training forward tunes and
     records apart); else None."""
@@ -138,7 +138,7 @@ def _infer_differs(prog: ScanProgram, info: dict) -> bool | None:
             else None)
 
 
-def _unrolling(prog: ScanProgram, info: dict, tc: int | None) -> bool:
+def unrolling(prog: ScanProgram, info: dict, tc: int | None) -> bool:
     """Whether this launch may run an unrolled kernel (ScanProgram._unrolled): time is one
     stretch (no packed sequences), and the launch is a forward nothing differentiates
     (`forward_n`), or a program has `backward_n` and the launch is its backward or the

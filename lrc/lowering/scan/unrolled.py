@@ -36,14 +36,14 @@ from ...ir.dims import Role
 from ...ir.graph import Graph
 from ...ir.nodes import Input, Map, Sum
 from ...kernels.abi import Signature
-from ...kernels.writer import Writer, ident
+from ...kernels.writer import Writer, fresh, ident
 from ...passes.analysis import time_varying
 from .backward import backward_inputs
 from .blocks import Block
-from .body import ChunkBody, ShareBody, _direction, _kernel, _prologue, _state_offset, _state_ptrs
+from .body import ChunkBody, direction, kernel_text, prologue, state_offset, state_ptrs
 from .emit import Tiling, Val, Values, guard, index_terms, mask_of
 from .emit import flip as emit_flip
-from .forward import _along_unrolled, _hoist_factors, _owned, _store, _varlen, index_loop
+from .forward import along_unrolled, emit_varlen, hoist_factors, index_loop, owned, store_line
 
 
 def _old_through_decay(bg: Graph, kb: tuple[Block, ...], fstates: dict[str, str]) -> Graph:
@@ -157,7 +157,9 @@ def backward_unrolled_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tup
     """The backward kernel with tiling.unroll's dim unrolled (see the module's doc). Its
     signature is `backward_source`'s less the segment summaries: one segment of time per
     program. Returns the source, the signature and the gradients' partial dims (the host
-    adds those up), as `backward_source` does."""
+    adds those up), as `backward_source` does.
+
+    Long on purpose: one kernel's text in order (see backward_source)."""
     t, u = tiling, tiling.unroll
     fstates = dict(backward.forward_states)
     bg = _pull_factors(_old_through_decay(bg, kb, fstates), u)
@@ -170,19 +172,19 @@ def backward_unrolled_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tup
     for n in k.new_state_names:
         need |= {a for a in nx.ancestors(k.nx, n) if not isinstance(k[a], Input)} | {n}
     fnodes = [n.name for n in k.nodes if n.name in need]
-    along_f = {n: v for n, v in _along_unrolled(k, t).items() if n in need}
-    along_b = _along_unrolled(bg, t, outputs_along=True)
+    along_f = {n: v for n, v in along_unrolled(k, t).items() if n in need}
+    along_b = along_unrolled(bg, t, outputs_along=True)
     sig = Signature()
     backward_inputs(sig, k, bg, backward)
     for s, adj in backward.adjoints:
-        _state_ptrs(sig, bg, adj, "dhT", "dhT", False)
-        _state_ptrs(sig, k, s, "dh0", "dh0", False)
+        state_ptrs(sig, bg, adj, "dhT", "dhT", False)
+        state_ptrs(sig, k, s, "dh0", "dh0", False)
     w = Writer()
-    _prologue(w, t)
+    prologue(w, t)
     at = len(w.lines)
     w("seg = pid  # one segment: the whole sequence")
-    _direction(w, "REVERSE", "f")
-    _direction(w, "BACK", "b")
+    direction(w, "REVERSE", "f")
+    direction(w, "BACK", "b")
     vals = Values(bg, t, w)
     for n in bg.inputs(Role.PARAM):
         if u not in n.dims:
@@ -200,7 +202,7 @@ def backward_unrolled_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tup
         sv = body_b.state_var(adj)
         w(f"{sv} = tl.zeros({t.carried_shape(k[s].dims)}, tl.float32)")
         w("if HAS_DHT:")
-        w(f"    {sv} += tl.load({ident(adj)}_dhT_ptr + {_state_offset(t, bg, adj, 'dhT', None)}"
+        w(f"    {sv} += tl.load({ident(adj)}_dhT_ptr + {state_offset(t, bg, adj, 'dhT', None)}"
           f"{guard(mask_of(t, k[s].dims, False, carried=True))}).to(tl.float32)",
           f"gradient of the final {s}")
     for s in k.state_names:  # each column of a chunk's checkpoint, loaded in the loop over u
@@ -228,13 +230,12 @@ def backward_unrolled_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tup
     exprs += [bg[n].expr for n in chunk_b if isinstance(bg[n], Map) and n not in need]
     for b in kb + bb:
         exprs += [c for row in b.coef for c in row] + list(b.inp)
-    ShareBody.count += 1
-    repl, reduced = sp.cse(exprs, symbols=sp.numbered_symbols(f"c{ShareBody.count}_", real=True),
+    repl, reduced = sp.cse(exprs, symbols=sp.numbered_symbols(fresh("c") + "_", real=True),
                            order="none")
     vals.pending.update(dict(repl))
     body_b.reduced = body_f.reduced = dict(zip(exprs, reduced))
     inputs_u = {n.name for n in k.inputs() + bg.inputs() if u in n.dims}
-    _hoist_factors(body_b, inputs_u | set(along_f) | set(along_b) | set(k.state_names)
+    hoist_factors(body_b, inputs_u | set(along_f) | set(along_b) | set(k.state_names)
                    | set(k.new_state_names) | set(bg.state_names) | set(bg.new_state_names)
                    | set(fstates.values()))
     body_f.run([n for n in chunk_f if n not in along_f], share=False)
@@ -265,20 +266,20 @@ def backward_unrolled_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tup
             _gradient_out(w, k, vals, t, out, grads[out], along=False)
     w.dedent()
     for var, off, dims, atomic, mask in accs:
-        w(_store(var, off, f"{var}_acc", mask, atomic))
+        w(store_line(var, off, f"{var}_acc", mask, atomic))
     for s, adj in backward.adjoints:
         m = mask_of(t, k[s].dims, False, carried=True)
-        w(f"tl.store({ident(s)}_dh0_ptr + ONE + {_state_offset(t, k, s, 'dh0', None)}, "
+        w(f"tl.store({ident(s)}_dh0_ptr + ONE + {state_offset(t, k, s, 'dh0', None)}, "
           f"{body_b.state_var(adj)}, mask={m})", f"gradient of the initial {s}")
     for d in t.space:
         sig.params.append(("size", d, f"size_{d}"))
     sig.params.append(("size", "T", "T"))
     sig.params.append(("size", "N_SEG", "N_SEG"))
     sig.params.append(("size", "SEG_LEN", "SEG_LEN"))
-    _varlen(w, at, sig, t, batch)
+    emit_varlen(w, at, sig, t, batch)
     consts = ["HAS_DHT", "REVERSE", "BACK", "SUMMARY", "TC", "STAGES", "VARLEN", "EVEN",
               "LOOP_BY"] + [f"BLOCK_{d}" for d in t.tile] + [f"BLOCK_{u}"]
-    return _kernel(name, sig, consts, w), sig, partials
+    return kernel_text(name, sig, consts, w), sig, partials
 
 
 def _next_decays(w: Writer, g: Graph, blocks: tuple[Block, ...], body: ChunkBody,
@@ -391,8 +392,7 @@ def _hoist_subtrees(vals: Values, g: Graph, e: sp.Basic, u: str) -> sp.Basic:
         return u in (vals[x.name].dims if x.name in vals else g[x.name].dims)
 
     def hoist(x: sp.Basic) -> sp.Symbol:
-        ShareBody.count += 1
-        sym = sp.Symbol(f"f{ShareBody.count}", real=True)
+        sym = sp.Symbol(fresh("f"), real=True)
         vals.pending[sym] = x
         return sym
 
@@ -422,7 +422,7 @@ def _gradient_out(w: Writer, k: Graph, vals: Values, t: Tiling, out: str, slot: 
     if k[x].role is Role.SEQ:
         off = " + ".join([f"{_partial(d, t)} * {var}_s__p_{d}" for d in parts]
                          + index_terms(t, dims, var, True))
-        w(_store(var, off, full, _owned(mask_of(t, dims, True), dims, v.partial, t), atomic),
+        w(store_line(var, off, full, owned(mask_of(t, dims, True), dims, v.partial, t), atomic),
           out)
         return
     part = (f"tl.sum({full} if EVEN else tl.where(m_t, {full}, 0.0), axis={t.taxis}, "
@@ -461,7 +461,7 @@ def _gradient_slots(k: Graph, bg: Graph, backward, t: Tiling, sig: Signature, w:
             off = " + ".join([f"seg * {var}_sc"] + [f"{_partial(d, t)} * {var}_s__p_{d}"
                                                       for d in parts]
                              + index_terms(t, dims, var, False, carried=True))
-            mask = _owned(mask_of(t, dims, False, carried=True), dims, partial, t)
+            mask = owned(mask_of(t, dims, False, carried=True), dims, partial, t)
             accs.append((var, off, dims, atomic, mask))
     return grads, accs
 
