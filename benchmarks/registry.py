@@ -95,7 +95,7 @@ def rel_l2(a: Any, b: Any) -> float:
     """Relative L2 error ||a - b|| / ||b|| in float64; the largest over a tuple's entries."""
     if isinstance(a, (tuple, list)):
         return max(rel_l2(x, y) for x, y in zip(a, b, strict=True))
-    a, b = wide(a).cpu(), wide(b).cpu()
+    a, b = wide(a), wide(b).to(a.device)  # on a's device: full-size outputs are large
     if a.shape != b.shape:
         raise ValueError(f"cross-check shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
