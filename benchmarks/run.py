@@ -14,8 +14,8 @@ lrc us (DESIGN.md section 7's ratio: above 1, lrc is faster).
 --merge   keep the other rows of an existing --out file (a run split over several calls).
 --knob    an lrc.config override for the whole run (tune=0, scan_chunk=32, prefer_loop=1).
 --ab DIR  A/B: each row's lrc rows timed in fresh processes that import lrc from this checkout
-          (A) and from DIR (B), alternately for --rounds rounds; prints and writes B/A per row
-          and mode (medians over rounds) and flags a slowdown over 3%.
+          (A) and from DIR (B, the baseline), alternately for --rounds rounds; prints and
+          writes A/B per row and mode (medians over rounds) and flags A slower by over 3%.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ except ImportError:
 import torch  # noqa: E402
 from registry import ROWS, Row, Unavailable, rel_l2  # noqa: E402
 
-SLOWER = 1.03  # the A/B mode's bound: B may be at most 3% slower than A
+SLOWER = 1.03  # the A/B bound: this checkout at most 3% slower than the baseline
 
 
 # ---- timing
@@ -314,55 +314,65 @@ def write(path: str, doc: dict, merge: bool) -> None:
 # ---- A/B
 
 def ab(args, rows: list[Row]) -> dict:
-    """Each row's lrc rows in fresh processes from this checkout (A) and args.ab (B),
-    alternating A, B for args.rounds rounds; B/A of the median times per row and mode."""
+    """lrc's rows from this checkout (A) and from args.ab (B, the baseline), each round one
+    fresh process per side running every row, sides alternating, for args.rounds rounds;
+    A/B of the median wall and GPU times per row and mode, flagged where A is slower than
+    the baseline by more than 3% of GPU time."""
     sides = {"A": ROOT, "B": os.path.abspath(args.ab)}
     tmp = tempfile.mkdtemp(prefix="lrc-ab-")
     times: dict = {}
     commits = {}
-    for row in rows:
-        for rnd in range(args.rounds):
-            for side, root in sides.items():
-                out = os.path.join(tmp, f"{side}_{row.name}_{rnd}.json")
-                # each side has its own lrc cache: both may key one spec the same way
-                env = dict(os.environ, LRC_CACHE_DIR=os.path.join(tmp, f"cache_{side}"),
-                           PYTHONPATH=os.pathsep.join(
-                               [root] + [p for p in os.environ.get("PYTHONPATH", "").split(
-                                   os.pathsep) if p and os.path.abspath(p) != ROOT]))
-                cmd = [sys.executable, os.path.abspath(__file__), "--rows", row.name,
-                       "--impl", "lrc", "--out", out]
-                cmd += (["--tiny"] if args.tiny else []) + sum((["--knob", k] for k in
-                                                                args.knob), [])
-                res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-                if res.returncode:
-                    raise RuntimeError(f"A/B {side} {row.name}: {res.stderr[-1500:]}")
-                with open(out) as fh:
-                    doc = json.load(fh)
-                where = os.path.dirname(os.path.dirname(doc["meta"]["lrc_file"]))
-                if os.path.realpath(where) != os.path.realpath(root):
-                    raise RuntimeError(f"A/B {side} imported lrc from {where}, not {root}")
-                commits[side] = doc["meta"]["lrc_commit"]
-                for e in doc["results"]:
-                    if e["impl"] == "lrc" and "us" in e:
-                        times.setdefault((row.name, e["mode"], side), []).append(e["us"])
-                print(f"   round {rnd} {side} {row.name}: " + ", ".join(
-                    f"{e['mode']} {e['us']:.1f} us" for e in doc["results"] if "us" in e),
-                    flush=True)
+    names = ",".join(r.name for r in rows)
+    for rnd in range(args.rounds):
+        for side, root in (sides.items() if rnd % 2 == 0 else reversed(sides.items())):
+            out = os.path.join(tmp, f"{side}_{rnd}.json")
+            # each side has its own lrc cache: both may key one spec the same way
+            env = dict(os.environ, LRC_CACHE_DIR=os.path.join(tmp, f"cache_{side}"),
+                       PYTHONPATH=os.pathsep.join(
+                           [root] + [p for p in os.environ.get("PYTHONPATH", "").split(
+                               os.pathsep) if p and os.path.abspath(p) != ROOT]))
+            cmd = [sys.executable, os.path.abspath(__file__), "--rows", names,
+                   "--impl", "lrc", "--out", out]
+            cmd += (["--tiny"] if args.tiny else []) + sum((["--knob", k] for k in
+                                                            args.knob), [])
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if res.returncode:
+                raise RuntimeError(f"A/B {side}: {res.stderr[-1500:]}")
+            with open(out) as fh:
+                doc = json.load(fh)
+            where = os.path.dirname(os.path.dirname(doc["meta"]["lrc_file"]))
+            if os.path.realpath(where) != os.path.realpath(root):
+                raise RuntimeError(f"A/B {side} imported lrc from {where}, not {root}")
+            commits[side] = doc["meta"]["lrc_commit"]
+            for e in doc["results"]:
+                if e["impl"] == "lrc" and "us" in e:
+                    times.setdefault((e["row"], e["mode"], side), []).append(
+                        (e["us"], e.get("gpu_us")))
+            print(f"   round {rnd} {side}: " + ", ".join(
+                f"{e['row']} {e['mode']} {e['us']:.1f}" for e in doc["results"] if "us" in e),
+                flush=True)
     lines = []
     for row in rows:
         for mode in row.modes:
             a, b = times.get((row.name, mode, "A")), times.get((row.name, mode, "B"))
             if not a or not b:
                 continue
-            ratio = statistics.median(b) / statistics.median(a)
-            lines.append(dict(row=row.name, mode=mode, a_us=a, b_us=b,
-                              b_over_a=round(ratio, 4), slower=ratio > SLOWER))
-    print(f"\nA = {sides['A']} ({commits.get('A')}), B = {sides['B']} ({commits.get('B')})")
-    print(f"{'row':14s} {'mode':7s} {'A us (median)':>14s} {'B us (median)':>14s} {'B/A':>7s}")
+            wall = statistics.median(x for x, _ in a) / statistics.median(x for x, _ in b)
+            ga, gb = [g for _, g in a if g], [g for _, g in b if g]
+            gpu = statistics.median(ga) / statistics.median(gb) if ga and gb else None
+            lines.append(dict(row=row.name, mode=mode, a=a, b=b, a_over_b_wall=round(wall, 4),
+                              a_over_b_gpu=None if gpu is None else round(gpu, 4),
+                              slower=(gpu if gpu is not None else wall) > SLOWER))
+    print(f"\nA = {sides['A']} ({commits.get('A')}), B (baseline) = {sides['B']} "
+          f"({commits.get('B')})")
+    print(f"{'row':14s} {'mode':7s} {'A us':>10s} {'B us':>10s} {'A/B wall':>9s} "
+          f"{'A/B GPU':>8s}")
     for s in lines:
-        flag = "  SLOWER (> 3%)" if s["slower"] else ""
-        print(f"{s['row']:14s} {s['mode']:7s} {statistics.median(s['a_us']):14.1f} "
-              f"{statistics.median(s['b_us']):14.1f} {s['b_over_a']:7.3f}{flag}")
+        flag = "  A SLOWER (> 3% of GPU time)" if s["slower"] else ""
+        gpu = "-" if s["a_over_b_gpu"] is None else f"{s['a_over_b_gpu']:.3f}"
+        print(f"{s['row']:14s} {s['mode']:7s} {statistics.median(x for x, _ in s['a']):10.1f} "
+              f"{statistics.median(x for x, _ in s['b']):10.1f} {s['a_over_b_wall']:9.3f} "
+              f"{gpu:>8s}{flag}")
     return dict(sides=sides, commits=commits, rounds=args.rounds, rows=lines)
 
 
