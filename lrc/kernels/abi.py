@@ -27,8 +27,19 @@ class Signature:
                 name = f"{var}_s__p_{d[3:]}"
             self.params.append(("stride", key, d, name))
 
+    def size(self, name: str, var: str) -> None:
+        """A size argument, filled by name (a dim's size, or T, N_SEG, ...)."""
+        self.params.append(("size", name, var))
+
     def names(self) -> list[str]:
         return [p[-1] for p in self.params]
+
+
+def kernel_source(name: str, sig: Signature, consts: list[str], body: str) -> str:
+    """A jit kernel: the signature's parameters, then the constexprs, then `body`."""
+    params = sig.names() + [f"{c}: tl.constexpr" for c in consts]
+    head = f"@triton.jit\ndef {name}(\n" + "".join(f"    {p},\n" for p in params) + "):\n"
+    return head + body + "\n"
 
 
 def arguments(params: list[tuple], tensors: dict, sizes: dict, extra: dict) -> list:

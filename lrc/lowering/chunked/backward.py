@@ -218,7 +218,8 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
     gdims = {n: list(g[n].dims) + ([hd] if n in shared else []) for n in graded}
     for n in graded:
         k.tensor(f"grad:{n}", f"g_{arg(n)}", gdims[n], f.seq(n))
-    k.params += [("ptr", "cu", "cu_ptr"), ("ptr", "coff", "coff_ptr")]
+    k.sig.ptr("cu", "cu")
+    k.sig.ptr("coff", "coff")
     k.sizes()
     k.prologue(hd, key_blocks=True)
     w("ZERO = tl.zeros([1, 1], tl.int64)  # makes every load a block")

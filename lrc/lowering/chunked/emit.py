@@ -28,6 +28,7 @@ import sympy as sp
 from ...ir.dims import Role
 from ...ir.nodes import node_symbol
 from ...kernels import abi
+from ...kernels.abi import Signature
 from ...kernels.printer import triton_expr
 from ...kernels.writer import Writer, ident
 from .form import KEY, VALUE, ChunkForm
@@ -77,7 +78,7 @@ class Kernel:
 
     def __init__(self, form: ChunkForm, name: str):
         self.form, self.name = form, name
-        self.params: list[tuple] = []   # ('ptr', key, var) / ('stride', key, dim, var) / ...
+        self.sig = Signature()  # the parameters in launch order (kernels.abi)
         self.w = Writer()
         self.g = form.g
         self.key, self.value = form.key, form.value
@@ -86,13 +87,9 @@ class Kernel:
 
     def tensor(self, key: str, var: str, dims, timed: bool, chunked: bool = False) -> None:
         """A tensor parameter with one stride per named dim ('#t' time, '#c' chunk)."""
-        self.params.append(("ptr", key, f"{var}_ptr"))
-        if chunked:
-            self.params.append(("stride", key, "#c", f"{var}_sc"))
-        if timed:
-            self.params.append(("stride", key, "#t", f"{var}_st"))
-        for d in dims:
-            self.params.append(("stride", key, d, f"{var}_s_{d}"))
+        self.sig.ptr(key, var)
+        self.sig.strides(key, var, (["#c"] if chunked else []) + (["#t"] if timed else [])
+                         + list(dims))
 
     def state_head(self, *keys: str, key_blocks: bool = False) -> None:
         """The initial and final state, per-chunk state tiles `keys`, the chunk decays
@@ -102,7 +99,8 @@ class Kernel:
         self.tensor("h0", "h0", sdims, False)
         self.tensor("hT", "hT", sdims, False)
         self.chunk_states(*keys)
-        self.params += [("ptr", "cu", "cu_ptr"), ("ptr", "coff", "coff_ptr")]
+        self.sig.ptr("cu", "cu")
+        self.sig.ptr("coff", "coff")
         self.sizes()
         self.prologue(key_blocks=key_blocks)
         self.w("ZERO = tl.zeros([1, 1], tl.int64)  # makes every load a block")
@@ -118,13 +116,15 @@ class Kernel:
 
     def sizes(self) -> None:
         for d in self.form.grid + (self.key, self.value):
-            self.params.append(("size", d, f"size_{d}"))
-        self.params.append(("size", "T", "T"))
+            self.sig.size(d, f"size_{d}")
+        self.sig.size("T", "T")
+
+    @property
+    def params(self) -> list[tuple]:
+        return self.sig.params
 
     def source(self, consts: list[str]) -> str:
-        names = [p[-1] for p in self.params] + [f"{c}: tl.constexpr" for c in consts]
-        head = f"@triton.jit\ndef {self.name}(\n" + "".join(f"    {p},\n" for p in names) + "):\n"
-        return head + self.w.text() + "\n"
+        return abi.kernel_source(self.name, self.sig, consts, self.w.text())
 
     # ---- offsets
 

@@ -468,9 +468,8 @@ def state_offset(t: Tiling, g: Graph, s: str, suffix: str, chunk: str | None) ->
 
 
 def kernel_text(name: str, sig: Signature, consts: list[str], w: Writer) -> str:
-    params = sig.names() + [f"{c}: tl.constexpr" for c in consts]
-    head = f"@triton.jit\ndef {name}(\n" + "".join(f"    {p},\n" for p in params) + "):\n"
-    return head + w.text() + "\n"
+    """The kernel `name` (kernels.abi.kernel_source) with the body `w` wrote."""
+    return abi.kernel_source(name, sig, consts, w.text())
 
 
 def module_source(kernels: list[str], title: str) -> str:
