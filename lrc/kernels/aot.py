@@ -8,7 +8,7 @@ shared memory. The specialization (16-divisible integers and pointers, as the JI
 comes from the JIT's own binder, so the kernel compiled is the one a GPU launch with the same
 sizes would compile (pointer alignment aside: CPU tensors are as aligned as CUDA ones).
 
-    from lrc.codegen import aot
+    from lrc.kernels import aot
     with aot.recording() as launches:     # launches of scan kernels run on the CPU
         layer(**args).sum().backward()
     for rec in launches:

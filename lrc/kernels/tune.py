@@ -88,7 +88,7 @@ def first_working(key: tuple, configs: list, run: Callable):
 
 def choose(key: tuple, configs: list, run: Callable) -> Any:
     """The fastest of `configs` for `key` (timed once per process), `run(config)` a launch
-    (also the scan kernels' tuner: scan_tune)."""
+    (the timed step of `pick`)."""
     if key in _CACHE:
         return _CACHE[key]
     import triton.testing

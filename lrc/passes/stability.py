@@ -21,7 +21,7 @@
       - the linearity check and the structure classification must run before it, or skip the
         states `running_maxes(g)` names and those `scaled_by(g, m)` names (their updates read
         m and m' and so are no longer affine);
-      - lowering / codegen: such a group is a sequential scan over (m, s~...) (or a chunked
+      - lowering / code generation: such a group is a sequential scan over (m, s~...) (or a chunked
         scan that carries m per chunk); derivatives: max has a subgradient, but the outputs do
         not depend on m mathematically, so any consistent choice is exact;
       - runtime: a user's initial state s0 starts as (s~ = s0, m = 0) (`scaled_initial_state`),

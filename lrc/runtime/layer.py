@@ -217,7 +217,7 @@ class Layer:
 
     def _remember_fast(self, key: tuple, args: tuple, kwargs: dict, reverse: bool) -> None:
         """After a full call with signature `key`: its Fast replay, if the scan ran it and it
-        qualifies (triton_call.fast_entry), else a note not to look again."""
+        qualifies (lowering.scan.call.fast_entry), else a note not to look again."""
         call = make_call(self.lowered, args, kwargs, reverse=reverse)
         fast = None
         if not self.aux and self.plan.choose(call.sizes, call.T, _itemsize(call)) == "scan":

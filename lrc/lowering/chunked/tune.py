@@ -21,25 +21,25 @@ class Config:
     BV: int
     num_warps: int = 4
     num_stages: int = 2
-    # split over chunks (chunked_emit.forward_source, PHASE): 0 not (one program walks a
+    # split over chunks (emit.forward_source, PHASE): 0 not (one program walks a
     # row's chunks, everything in one launch); LOCAL (1, or True): each chunk's own part of
     # the state, the states kernel, the outputs; PASS (2): the state pass alone, then the
     # outputs (or gradients) of every chunk in parallel
     split: int = 0
     # the backward's PASS chunks (PHASE 2) each looping over this many of the heads that
     # share an input, its gradient summed in registers and added once rather than by every
-    # head (chunked_bwd.looped_dim); 0: one program per head
+    # head (backward.looped_dim); 0: one program per head
     heads: int = 0
     # the backward's PASS chunks (PHASE 2) each taking a block of this many keys, one
     # program per block: fewer registers, and the parts of the gradients that sum over the
-    # keys added atomically (chunked_bwd.key_partial); 0: all the keys in one program
+    # keys added atomically (backward.key_partial); 0: all the keys in one program
     bk: int = 0
     # the PASS state passes (PHASE 3, forward and backward) taking a block of this many keys,
     # one program per block (a state's rows pass independently); 0: all the keys
     wk: int = 0
     # the PASS backward's chunks, one program per head, each storing its part of the
     # gradient of an input the heads share into its own slab, the slabs summed after
-    # (instead of adding it atomically, or looping over heads); chunked_bwd.looped_dim
+    # (instead of adding it atomically, or looping over heads); backward.looped_dim
     spread: bool = False
 
 
@@ -67,7 +67,7 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
     values in one program. `wide`: float32 operands (tf32x3 products), twice the shared
     memory of 16-bit ones: one pipeline stage, and 32-step chunks where a backward follows
     (GLA at K = V = 128: 164 KB; 64-step chunks need 262-328 KB, over sm_90's 227 KB).
-    `looped`: the spec has heads sharing an input (chunked_bwd.looped_dim), so the backward
+    `looped`: the spec has heads sharing an input (backward.looped_dim), so the backward
     also tries its chunks looping over blocks of them. `K`: the keys, which the backward's
     chunks may take in blocks of 64 where there are more."""
     bvs = sorted({min(pow2(V), b) for b in (32, 64, 128)})
@@ -96,7 +96,7 @@ def candidates(which: str, V: int, per_key: bool, save: bool = False,
     # 3.6 on sm_90 gives wrong gradients or an illegal address for some configs (Mamba-2
     # P64 bf16: BV 32 at 4 warps, x's gradient 6e-2 off, right at 8 warps; a forward at BV 32
     # faults; fp32 at T=128 is right and clean under compute-sanitizer; the interpreter runs
-    # every split right: tests/codegen/test_chunked.py::test_split_value_blocks). Upstream
+    # every split right: tests/lowering/chunked/test_chunked.py::test_split_value_blocks). Upstream
     # reports the same shape of fault (triton-lang/triton#11366: several tl.dot, a 32-wide
     # block, 4 warps, an illegal shared-memory read on sm_90 since Triton 3.6; clean on
     # 3.5.1). With 128 values 4 warps need more shared memory than an sm_90 block may use,

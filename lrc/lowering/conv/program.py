@@ -1,13 +1,13 @@
 """The convolution lowering: a time-invariant spec run as FFT convolutions.
 
-`Program(compiled)` reads the planned graph (`conv_plan.analyze`); `run(call)` evaluates the
+`Program(compiled)` reads the planned graph (`plan.analyze`); `run(call)` evaluates the
 sequence nodes over all time steps at once with the reference interpreter's rules (float32, torch
 autograd), and each convolution node as
 
     gate * (conv(w, alpha K + beta delta) + alpha * (the initial state's term))
 
-with K generated from the Params in float64 (`conv_gen`: Vandermonde, Cauchy + Woodbury, or the
-readout factor of a shift register) and the convolution done by FFT (`conv_fft`). The input's
+with K generated from the Params in float64 (`gen.py`: Vandermonde, Cauchy + Woodbury, or the
+readout factor of a shift register) and the convolution done by FFT (`fft.py`). The input's
 FFT is launched before the kernel is generated. Final states come from the same sums: a
 transposed Vandermonde product for diagonal states, the state's impulse response for DPLR ones,
 the last inputs for shift registers; they are computed only when read.

@@ -1,4 +1,5 @@
-"""A call of the Triton backend: pre work, the scan kernels (with autograd), post work."""
+"""A call of the scan lowering: pre work in PyTorch, the kernels (with autograd), post work;
+the one-token step; and the replays of seen calls (Fast, FastStep)."""
 from __future__ import annotations
 
 import math

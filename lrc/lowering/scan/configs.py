@@ -32,7 +32,7 @@ class ScanConfig:
     # the unrolled dim's loop (scan.py's _unrolled): 0 unrolled whole at compile time
     # (tl.static_range); k > 0 a loop unrolled k times (tl.range): fewer values live at once
     loop: int = 0
-    # the decode step's load order (codegen/loop.py's ORDER): the states first, the inputs
+    # the decode step's load order (loop.py's ORDER): the states first, the inputs
     # held back until they arrive
     order: bool = False
 

@@ -1,4 +1,4 @@
-"""Kernel emitters for the scan lowering: forward, backward and the one-token step.
+"""The scan lowering's forward kernel (backward.py the backward, loop.py the step).
 
 The forward kernel walks time in chunks of TC steps. Per chunk it loads every input for the
 chunk at once, computes the gates, and runs each state block as `tl.associative_scan` over the

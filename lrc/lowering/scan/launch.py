@@ -130,7 +130,7 @@ class Launch:
         self.tensors[key] = (x, strides)
 
     def summaries(self, s: str, dims, like: torch.Tensor) -> None:
-        """Buffers for state `s`'s segment summaries (see codegen.scan.forward_source): its
+        """Buffers for state `s`'s segment summaries (see forward.forward_source): its
         value at each segment's end from zero, and the segment's decay (up to two columns);
         with one segment nothing reads them."""
         if self.n_seg == 1:

@@ -1,6 +1,6 @@
 """The backward kernel with a whole state dim unrolled (Mamba-1's n): `backward_n`.
 
-The forward with n unrolled (`tiling.unrolled`, scan.py's `_unrolled`) holds one [BLOCK, TC]
+The forward with n unrolled (`tiling.unrolled`, forward.py's `unrolled`) holds one [BLOCK, TC]
 tile per index of n, time last, so each thread keeps consecutive steps and the scans over time
 stay in registers and warps. Its backward does the same per chunk, right to left: before a loop
 over n, what does not vary along n (the gates, the output's gradient); in the loop, per index,
