@@ -2,7 +2,7 @@
 
 `Program(compiled)` reads the spec's chunked form (`chunked_form.extract`: raises Unsupported
 when it does not fit, and the scan runs instead), generates one module holding a forward and a
-backward kernel (`chunked_emit`, `chunked_bwd`: what each computes is documented there), and
+backward kernel (`emit.py`, `backward.py`: what each computes is documented there), and
 `run(call)` launches them as a differentiable PyTorch function in the user's layouts
 (`chunked_launch`): every stride is passed per named dim, so nothing is copied (Mamba-2's
 grouped B and C are read in place by every head of their group).

@@ -275,7 +275,7 @@ class FastStep:
     """An in-place decode step replayed straight from the user's tensors: its one launch
     recorded with each tensor argument's origin (an argument, the state, a new output, a
     kept Param-only term of `_params_pre`) and fired again with the next call's tensors,
-    through the compiled kernel's launcher (scan_runtime.Direct): no binding, checks, sizes,
+    through the compiled kernel's launcher (kernels.launch.Direct): no binding, checks, sizes,
     strides or Triton dispatch again. Layer.step keys it by the arguments' and states'
     shapes, strides, dtypes and devices; a call whose kept Param terms are stale (another
     Param tensor, or one updated in place) returns None and takes the full path."""
@@ -381,8 +381,8 @@ class Fast:
     kernels read the arguments as given and write its outputs (no pre or post work, no
     initial state, no final state asked), a later call with the same signature skips binding,
     checks, planning and the generic autograd wrapper and plays the recorded launches
-    (scan_runtime.Replay); when some argument needs a gradient, through `FastGrad`, whose
-    backward replays the recorded backward launches (scan_runtime.BackReplay) per cotangent
+    (replay.Replay); when some argument needs a gradient, through `FastGrad`, whose
+    backward replays the recorded backward launches (replay.BackReplay) per cotangent
     signature. Layer.__call__ keys these by the arguments' shapes, strides, dtypes, devices
     and which of them need a gradient."""
 

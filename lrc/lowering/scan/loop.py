@@ -81,7 +81,7 @@ def _after_state(w: Writer, k: Graph, t: Tiling, body: ChunkBody, loaded: list[V
     missing only the state's innermost tile axis takes a data dependency (`_after`, one
     `prmt` that keeps its bytes) on the state's first value along that axis, which is in
     the same thread, so the step waits one memory latency (Mamba-1's step is a little
-    faster). It is a choice, made per shape (scan_runtime.step_order): Triton lays out the
+    faster). It is a choice, made per shape (tune.step_order): Triton lays out the
     tiles by the order of the loads, and the state's first can cost many more registers and
     barriers, and time (decode_hpn's P64 N128 step). ORDER is off under the interpreter (no
     inline assembly there)."""
