@@ -4,7 +4,7 @@
 when it does not fit, and the scan runs instead), generates one module holding a forward and a
 backward kernel (`emit.py`, `backward.py`: what each computes is documented there), and
 `run(call)` launches them as a differentiable PyTorch function in the user's layouts
-(`chunked_launch`): every stride is passed per named dim, so nothing is copied (Mamba-2's
+(`launch.py`): every stride is passed per named dim, so nothing is copied (Mamba-2's
 grouped B and C are read in place by every head of their group).
 
 What is materialized: the output, the final state, and, when a gradient will be asked for, the
