@@ -4,7 +4,7 @@ Write one time step of a state space model or linear RNN; lrc traces it, proves 
 the state, and compiles it into a differentiable layer with a one-token decode step.
 """
 from . import config
-from .errors import CallError, IRError, LoweringError, SpecError, Unsupported
+from .errors import CacheWarning, CallError, IRError, LoweringError, SpecError, Unsupported
 from .ir.dims import Param, Seq, State
 from .ir.structured import bilinear, discretize, dplr, euler, mamba_mix, zoh
 from .ir.tensor import (
@@ -35,8 +35,9 @@ from .runtime import Layer, compile
 __version__ = "0.1.0"
 
 __all__ = [
-    "CallError", "IRError", "Layer", "LoweringError", "Unsupported", "config", "Param", "Seq", "Spec", "SpecError", "State", "abs", "bilinear",
-    "compile", "cos", "discretize", "dplr", "euler", "exp", "explain", "expm1", "index", "log", "log1p",
+    "CacheWarning", "CallError", "IRError", "Layer", "LoweringError", "Unsupported", "config",
+    "Param", "Seq", "Spec", "SpecError", "State", "abs", "bilinear", "compile", "cos",
+    "discretize", "dplr", "euler", "exp", "explain", "expm1", "index", "log", "log1p",
     "logsigmoid", "mamba_mix", "maximum", "minimum", "recurrence", "relu", "shift", "sigmoid",
     "silu", "sin", "softplus", "sqrt", "tanh", "where", "zoh",
 ]

@@ -43,7 +43,11 @@ class Knob:
 KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("cache_dir", None, None,
          "where compiled specs, generated modules and tuned tables live "
-         "(None: $LRC_CACHE_DIR, read at each use, else ~/.cache/lrc)"),
+         "(None: $LRC_CACHE_DIR, read at each use, else ~/.cache/lrc); used only while it "
+         "is this user's and writable by no one else (else a CacheWarning, and memory)"),
+    Knob("cache_modules", 1000, "LRC_CACHE_MODULES",
+         "generated modules kept in the cache directory: writing one more deletes the least "
+         "recently used beyond this many", int),
     Knob("tune", True, "LRC_TUNE",
          "on the GPU, time the candidate launch configs once per shape and keep the fastest "
          "(remembered on disk); off: the first config that compiles, untimed", _flag),
@@ -95,12 +99,11 @@ def override(**changes: Any) -> Iterator[None]:
 
 
 def cache_dir() -> Path:
-    """The cache directory (`cache_dir`, $LRC_CACHE_DIR, else ~/.cache/lrc), created."""
+    """The cache directory's path (`cache_dir`, $LRC_CACHE_DIR, else ~/.cache/lrc); not
+    created here: lrc.kernels.disk creates and checks it."""
     root = get("cache_dir") or os.environ.get("LRC_CACHE_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "lrc")
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return Path(root)
 
 
 def describe() -> str:

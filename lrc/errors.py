@@ -5,6 +5,7 @@
     LoweringError a lowering was forced (`lrc.compile(..., lowering=)`) that cannot run the spec
     Unsupported   a spec the chosen code generator cannot run (names the node and why)
     IRError       an internal graph that breaks an invariant: a bug in lrc, not in the spec
+    CacheWarning  (a warning) the cache directory or an entry in it is not used, and why
 """
 from __future__ import annotations
 
@@ -63,3 +64,8 @@ class Unsupported(NotImplementedError):
 
 class IRError(AssertionError):
     """A graph that breaks an invariant of the IR (lrc.ir.verify): a bug in a pass."""
+
+
+class CacheWarning(UserWarning):
+    """The cache directory, or an entry in it, cannot be used safely and is ignored (lrc
+    works on without it); the message names the path and why."""

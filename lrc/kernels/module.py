@@ -1,50 +1,62 @@
-"""Generated modules: written to an on-disk cache and imported, interpreted or compiled.
+"""Generated modules: written to the cache directory and imported, interpreted or compiled.
 
-Triton reads a kernel's source through `inspect`, so generated kernels live in real files; the
-file name is a hash of the source, so a second process finds them ready. A module imported for
-CPU tensors is decorated under Triton's interpreter (`knobs.runtime.interpret`), one for CUDA
-tensors compiled; both can live in one process.
+Triton reads a kernel's source through `inspect`, so generated kernels live in real files. A
+file is named by the sha256 of its source, so a second process finds it ready; it is used only
+when its content hashes to its name (kernels.disk checks its owner and mode first), else it is
+rewritten. What runs is always the text lrc generated in this process: the module executes
+that text, and `inspect` (Triton's source reads) is served the same text through `linecache`,
+so a file changed on disk is never executed. A module imported for CPU tensors is decorated
+under Triton's interpreter (`knobs.runtime.interpret`), one for CUDA tensors compiled; both
+can live in one process.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import importlib.util
-import os
+import linecache
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from types import ModuleType
 
 import triton
 
+from .. import config
+from . import disk
+
 _LOCK = threading.RLock()
 _LOADED: dict[tuple[str, bool], ModuleType] = {}
 _BY_SOURCE: dict[tuple[str, bool], ModuleType] = {}
 
 
-def cache_dir() -> Path:
-    """$LRC_CACHE_DIR, else ~/.cache/lrc."""
-    root = os.environ.get("LRC_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "lrc")
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def source_key(source: str) -> str:
-    return hashlib.sha256((triton.__version__ + "\n" + source).encode()).hexdigest()[:20]
+    """The sha256 of the source text (the module file's name)."""
+    return hashlib.sha256(source.encode()).hexdigest()
 
 
 def write_source(source: str) -> Path:
-    """The cached file holding `source` (written atomically the first time)."""
-    path = cache_dir() / f"lrc_{source_key(source)}.py"
-    if not path.exists() or path.read_text() != source:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(source)
-        os.replace(tmp, path)
+    """The file holding `source`: the cached one when its content hashes to its name, else
+    written (atomically) in the cache directory, or in the process's private directory when
+    the cache directory cannot be used."""
+    data = source.encode()
+    key = hashlib.sha256(data).hexdigest()
+    name = f"lrc_{key}.py"
+    home = disk.root()
+    if home is not None:
+        path = home / name
+        have = disk.read(path)
+        if have is not None and hashlib.sha256(have).hexdigest() == key:
+            disk.touch(path)
+            return path
+        if have is not None:
+            disk.warn_once(path, f"{path} does not match its name: rewritten")
+        if disk.write(path, data):
+            disk.evict(home, "lrc_", ".py", config.get("cache_modules"))
+            return path
+    path = disk.private() / name
+    if disk.read(path) != data and not disk.write(path, data):
+        raise OSError(f"lrc cannot write a generated module to {path}")
     return path
 
 
@@ -58,13 +70,17 @@ def load(source: str, interpret: bool) -> ModuleType:
         if key in _LOADED:
             _BY_SOURCE[(source, interpret)] = _LOADED[key]
             return _LOADED[key]
-        path = write_source(source)
-        name = f"lrc_generated.{'interp_' if interpret else ''}{key[0]}"
-        spec = importlib.util.spec_from_file_location(name, path)
+        path = str(write_source(source))
+        name = f"lrc_generated.{'interp_' if interpret else ''}{key[0][:24]}"
+        spec = importlib.util.spec_from_loader(name, loader=None, origin=path)
         module = importlib.util.module_from_spec(spec)
+        module.__file__ = path
+        # inspect reads through linecache: an entry with no mtime is never re-read from disk
+        linecache.cache[path] = (len(source), None, source.splitlines(True), path)
+        code = compile(source, path, "exec", dont_inherit=True)
         with triton.knobs.runtime.scope():
             triton.knobs.runtime.interpret = interpret
-            spec.loader.exec_module(module)
+            exec(code, module.__dict__)  # noqa: S102 (the text generated in this process)
         sys.modules[name] = module
         _LOADED[key] = module
         _BY_SOURCE[(source, interpret)] = module

@@ -4,14 +4,15 @@ one remembered on disk for this kind of GPU, else the candidates timed once per 
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import astuple
 from typing import Any
 
-from ..config import cache_dir
+from . import disk
 
 _CACHE: dict[tuple, Any] = {}  # key -> the config chosen in this process
 
@@ -19,41 +20,93 @@ _CACHE: dict[tuple, Any] = {}  # key -> the config chosen in this process
 # key -> [(config, median ms)] of each timed candidate (the benchmarks print it)
 TIMES: dict[tuple, list] = {}
 
+_ROWS = 4096  # rows a table keeps: adding one more drops the oldest
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> tuple[str, ...]:
+    """The compiler versions a timing depends on."""
+    import torch
+    import triton
+
+    return torch.__version__, triton.__version__
+
 
 def _disk_key(key: tuple, device: str) -> str:
-    return hashlib.sha256(repr((device,) + key).encode()).hexdigest()[:24]
+    return hashlib.sha256(repr((device,) + _versions() + key).encode()).hexdigest()[:24]
 
 
-def remembered(key: tuple, device: str, table: str, make: Callable):
-    """A config tuned for `key` on this kind of device by an earlier process (in `table`, a
-    JSON file in the kernel cache directory), now remembered for this one too. The key
-    holds the kernels' source, not the candidate list: after a change to the candidates,
-    clear the cache directory ($LRC_CACHE_DIR) to tune again."""
+def _table(name: str) -> dict:
+    """The rows of the table `name` in the cache directory ({} when there is none or it
+    cannot be used)."""
+    home = disk.root()
+    data = disk.read(home / name) if home is not None else None
+    if data is None:
+        return {}
     try:
-        with open(cache_dir() / table) as fh:
-            row = json.load(fh).get(_disk_key(key, device))
-    except (OSError, ValueError):
+        rows = json.loads(data)
+    except ValueError:
+        disk.warn_once(home / name, f"{home / name} is not JSON: ignored")
+        return {}
+    return rows if isinstance(rows, dict) else {}
+
+
+def _valid(row: Any, make: Callable) -> bool:
+    """A row that can be `make`'s fields: a list of one value per field, each of the field's
+    type (int: a count or size in [0, 2^16]; bool; None where the field allows it)."""
+    fields = dataclasses.fields(make)
+    if not isinstance(row, list) or len(row) != len(fields):
+        return False
+    for v, f in zip(row, fields, strict=True):
+        kinds = {t.strip() for t in str(f.type).split("|")}
+        if not kinds <= {"int", "bool", "None"}:
+            return False  # a field this check does not know: nothing from disk
+        if v is None:
+            ok = "None" in kinds
+        elif isinstance(v, bool):  # int fields take True/False too (split=True)
+            ok = True
+        else:
+            ok = isinstance(v, int) and "int" in kinds and 0 <= v <= 1 << 16
+        if not ok:
+            return False
+    return True
+
+
+def remembered(key: tuple, device: str, table: str, make: Callable,
+               allowed: Callable[[], list] | None = None):
+    """A config tuned for `key` on this kind of device by an earlier process (in `table`, a
+    JSON file in the kernel cache directory), now remembered for this one too. A row that is
+    malformed, or (with `allowed`) not one of the configs `allowed()` lists, is ignored. The
+    key holds the kernels' source and the torch and Triton versions."""
+    row = _table(table).get(_disk_key(key, device))
+    if row is None or not _valid(row, make):
         return None
-    if row is None:
+    try:
+        cfg = make(*row)
+    except (TypeError, ValueError):
         return None
-    cfg = make(*row)
+    if allowed is not None and cfg not in allowed():
+        return None
     _CACHE[key] = cfg
     return cfg
 
 
 def remember(key: tuple, device: str, cfg, table: str) -> None:
-    """Add `cfg` to the on-disk `table` (read, update, replace atomically)."""
-    path = cache_dir() / table
-    try:
-        with open(path) as fh:
-            rows = json.load(fh)
-    except (OSError, ValueError):
-        rows = {}
-    rows[_disk_key(key, device)] = list(astuple(cfg))
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(rows, fh)
-    os.replace(tmp, path)
+    """Add `cfg` to the on-disk `table` (read, update and replace atomically under a lock;
+    nothing when the cache directory cannot be used)."""
+    home = disk.root()
+    if home is None:
+        return
+    path = home / table
+    with disk.locked(path) as ok:
+        if not ok:
+            return
+        rows = _table(table)
+        rows.pop(_disk_key(key, device), None)
+        rows[_disk_key(key, device)] = list(astuple(cfg))
+        while len(rows) > _ROWS:
+            rows.pop(next(iter(rows)))
+        disk.write(path, json.dumps(rows).encode())
 
 
 def chosen(key: tuple) -> Any:
@@ -146,7 +199,7 @@ def pick(key: tuple, *, device, candidates: Callable[[], list], run: Callable,
     if done is not None:
         return done
     name = torch.cuda.get_device_name(device)
-    done = remembered(key, name, table, make)
+    done = remembered(key, name, table, make, allowed=candidates)
     if done is None:
         done = choose(key, candidates(), run)
         remember(key, name, done, table)

@@ -108,7 +108,8 @@ class Layer:
             self._lowering(lowering)  # a forced lowering builds now, or raises saying why
 
     def _build(self):
-        """Pipeline and kernels (from the disk cache when an earlier process made them)."""
+        """Pipeline and kernels (a copy of the ones built for the same spec earlier in this
+        process, if any)."""
         if self._built is None:
             g, forced = self.spec.graph, self.lowering
             loop = config.get("prefer_loop")
@@ -398,9 +399,9 @@ def compile(spec: Spec, *, backend: str = "auto",  # noqa: A001 (lrc.compile)
             lowering: str | None = None) -> Layer:
     """Compile a traced spec into a `Layer`: the pipeline of passes, the plan, the kernels.
 
-    The pipeline's result and the scan kernels are cached on disk (`LRC_CACHE_DIR`, default
-    ~/.cache/lrc), keyed by the spec's canonical form and lrc's source, so a second process
-    skips the symbolic work. The chunked and conv kernels are generated when first chosen.
+    The pipeline runs once per spec and process; the generated kernels' text is cached on disk
+    (`LRC_CACHE_DIR`, default ~/.cache/lrc; see `lrc.CacheWarning` for when it is not used).
+    The chunked and conv kernels are generated when first chosen.
 
     Args:
         spec (Spec): made by `@lrc.recurrence`.
