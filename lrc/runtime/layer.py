@@ -36,7 +36,8 @@ def _float64_arg(tensors: dict, state: Any, names: tuple, what: str) -> str | No
         if x.dtype in _WIDE:
             return f"argument {k!r} is {x.dtype}"
     if state is not None:
-        for n, x in zip(names, tuple(state) if isinstance(state, (tuple, list)) else (state,)):
+        states = tuple(state) if isinstance(state, (tuple, list)) else (state,)
+        for n, x in zip(names, states, strict=False):  # a wrong count: make_call says so
             if isinstance(x, torch.Tensor) and x.dtype in _WIDE:
                 return f"{what} for state {n!r} is {x.dtype}"
     return None

@@ -334,7 +334,7 @@ def test_empty_time_dim_keeps_the_graph(backend):
     assert y.shape[1] == 0 and y.grad_fn is not None and hT.grad_fn is not None
     assert torch.equal(hT, torch.zeros_like(hT))
     grads = torch.autograd.grad(y.sum() + hT.sum(), (x, g, Bm, C, A))
-    for v, gv in zip((x, g, Bm, C, A), grads):
+    for v, gv in zip((x, g, Bm, C, A), grads, strict=True):
         assert gv.shape == v.shape and torch.equal(gv, torch.zeros_like(v))
     y, hT = layer(x, g, Bm, C, A, initial_state=h0, return_final_state=True)
     assert y.grad_fn is not None and torch.equal(hT, h0)

@@ -37,7 +37,8 @@ def test_gradcheck_every_zoo_spec_with_backend_auto(name):
     names = list(args)
 
     def f(*xs):
-        y, h = layer(**dict(zip(names, xs)), initial_state=xs[len(names):],
+        y, h = layer(**dict(zip(names, xs[:len(names)], strict=True)),
+                     initial_state=xs[len(names):],
                      return_final_state=True)
         return (*(y if isinstance(y, tuple) else (y,)), *(h if isinstance(h, tuple) else (h,)))
 
@@ -114,7 +115,7 @@ def test_gpu_gradcheck_on_cuda_tensors(name):
     layer = lrc.compile(e.spec)
 
     def f(*xs):
-        return layer(**dict(zip(names, xs)))
+        return layer(**dict(zip(names, xs, strict=True)))
 
     y = f(*args.values())
     assert y.is_cuda and y.dtype == torch.float64

@@ -1,7 +1,8 @@
 """The in-place decode step replayed from its recorded launch (triton_call.FastStep): after a
 first full step with a signature, later tokens (new tensors each) fire the recorded launch
 with their own tensors, recomputing the Param-only terms from the Params each time (a Param
-updated in place stays on the replay and is seen); another layout takes the full path. Expected values come from a plain loop written here."""
+updated in place stays on the replay and is seen); another layout takes the full path.
+Expected values come from a plain loop written here."""
 from __future__ import annotations
 
 import pytest
