@@ -7,7 +7,9 @@ identity wherever else the step used it.
 """
 from __future__ import annotations
 
+import cmath
 import contextvars
+import math
 import numbers
 import os
 from dataclasses import dataclass, field
@@ -83,6 +85,26 @@ class SymTensor:
     def __bool__(self):
         raise SpecError("a symbolic tensor has no truth value inside a step: "
                         "use lrc.where(cond, a, b) instead of `if`", user_src())
+
+    def _not_a_number(self, what: str):
+        raise SpecError(f"{what}: a symbolic tensor is not a number inside a step (it holds a "
+                        f"value per index of its dims {_fmt(self.dims)}, known only when the "
+                        "layer runs); use lrc's functions (lrc.exp, lrc.log, ...), not math's, "
+                        "numpy's or float()/int()", user_src())
+
+    # math.exp(x), float(x), int(x), range(x), numpy.exp(x) convert through these
+    def __float__(self): self._not_a_number("float(...) or a math function")
+    def __int__(self): self._not_a_number("int(...)")
+    def __complex__(self): self._not_a_number("complex(...)")
+    def __index__(self): self._not_a_number("an integer index or size")
+    def __array__(self, *args, **kwargs): self._not_a_number("a numpy function")
+
+    @property
+    def shape(self):
+        raise SpecError(f".shape of a symbolic tensor inside a step: sizes are known only when "
+                        f"the layer is called; dims are named (this tensor has dims "
+                        f"{_fmt(self.dims)}: use .sum(dim), .rename(...) and broadcasting by name)",
+                        user_src())
 
     def __iter__(self):
         raise SpecError("a symbolic tensor cannot be iterated or indexed inside a step: "
@@ -192,8 +214,14 @@ def lift(x: Any, src: Src | None = None) -> TraceOp:
         if isinstance(x, numbers.Integral):
             return TraceOp("const", (), False, value=sp.Integer(int(x)), src=src)
         if isinstance(x, numbers.Real):
+            if math.isnan(float(x)):
+                raise SpecError("a NaN constant inside a step: every value it touches would be "
+                                "NaN", src)
             return TraceOp("const", (), False, value=sp.Float(float(x)), src=src)
         z = complex(x)
+        if cmath.isnan(z):
+            raise SpecError(f"a NaN constant ({z}) inside a step: every value it touches would "
+                            "be NaN", src)
         re_, im_ = (sp.Integer(int(v)) if float(v).is_integer() else sp.Float(v)
                     for v in (z.real, z.imag))
         value = re_ + im_ * sp.I

@@ -278,6 +278,10 @@ def _all_ops(roots: Iterable[TraceOp]) -> list[TraceOp]:
     return list(seen.values())
 
 
+# what sympy makes of 0 * inf, inf - inf (nan) and log(0), 1/0 (zoo): no value to compute
+_UNDEFINED = (sp.nan, sp.zoo)
+
+
 def build_graph(name: str, tracer: Tracer, anns: dict[str, Annotation],
                 inputs: dict[str, TraceOp], outs: list[TraceOp], news: list[TraceOp]) -> Graph:
     """Cut the traced op tree into IR nodes (see the module docstring)."""
@@ -331,6 +335,10 @@ def build_graph(name: str, tracer: Tracer, anns: dict[str, Annotation],
             e = op.value
         elif op.kind == "fn":
             e = op.fn(*(expr(a, root, memo) for a in op.args))
+            if e in _UNDEFINED or any(a in _UNDEFINED for a in e.args):
+                raise SpecError(f"an undefined value inside a step: this term is {e} (NaN from "
+                                "0 * inf or inf - inf, complex infinity from log(0) or 1/0)",
+                                op.src)
             if op.src is not None:
                 sources.setdefault(e, op.src)
         else:  # the root itself is a leaf op, e.g. a state returned unchanged

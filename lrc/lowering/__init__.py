@@ -40,4 +40,15 @@ def build(name: str, compiled) -> Program:
     return LOWERINGS[name](compiled)
 
 
-__all__ = ["LOWERINGS", "Call", "Program", "Unsupported", "build"]
+def atomic_grads(name: str, program=None) -> bool:
+    """Whether lowering `name`'s backward adds gradients across programs with atomics, so
+    their rounding depends on the order the programs run in (not bitwise deterministic on a
+    GPU). scan: where its program sums a gradient over a split tile dim; chunked: Param
+    gradients always (once per program), and Seq gradients shared by several programs; conv:
+    never. `program`: the scan's built program (None: unknown, assumed not)."""
+    if name == "scan":
+        return program is not None and program.atomic_grads
+    return name == "chunked"
+
+
+__all__ = ["LOWERINGS", "Call", "Program", "Unsupported", "atomic_grads", "build"]

@@ -93,6 +93,10 @@ def _segments(cu: torch.Tensor, device: torch.device) -> list[tuple[int, int]]:
     if not isinstance(cu, torch.Tensor) or cu.dim() != 1 or cu.dtype not in (
             torch.int32, torch.int64) or cu.numel() < 2:
         raise CallError("cu_seqlens must be a 1-D int32/int64 tensor [0, l1, l1+l2, ..., T]")
+    if cu.device.type == "meta":  # its values split the sequences: they must exist
+        raise CallError("cu_seqlens is on the meta device, which holds no values; the "
+                        "sequence boundaries are needed to run: pass it on the CPU or the "
+                        "inputs' device")
     vals = cu.tolist()
     if vals[0] != 0 or any(b < a for a, b in zip(vals, vals[1:])):
         raise CallError(f"cu_seqlens must start at 0 and never decrease, got {vals}")

@@ -21,6 +21,26 @@ BACKENDS = ("auto", "reference", "triton")
 
 
 _UNSEEN = object()
+_WIDE = (torch.float64, torch.complex128)
+# what a float64 call does on a layer whose kernels run, for the plan and the error
+_F64_AUTO = ("calls with a float64 (complex128) argument or state run on the float64 "
+             "reference backend (the generated kernels compute in float32)")
+_F64_TRITON = ("refused (CallError): the generated kernels compute in float32/bf16; use "
+               "backend='auto' or 'reference' for float64")
+
+
+def _float64_arg(tensors: dict, state: Any, names: tuple, what: str) -> str | None:
+    """The first float64 (complex128) argument or state of a call, named with its dtype;
+    None if none."""
+    for k, x in tensors.items():
+        if x.dtype in _WIDE:
+            return f"argument {k!r} is {x.dtype}"
+    if state is not None:
+        states = tuple(state) if isinstance(state, (tuple, list)) else (state,)
+        for n, x in zip(names, states, strict=False):  # a wrong count: make_call says so
+            if isinstance(x, torch.Tensor) and x.dtype in _WIDE:
+                return f"{what} for state {n!r} is {x.dtype}"
+    return None
 
 
 def _fast_key(args: tuple, kwargs: dict, reverse: bool) -> tuple | None:
@@ -31,7 +51,7 @@ def _fast_key(args: tuple, kwargs: dict, reverse: bool) -> tuple | None:
     grad = torch.is_grad_enabled()
     sig = []
     for x in (*args, *kwargs.values()):
-        if not isinstance(x, torch.Tensor):
+        if not isinstance(x, torch.Tensor) or x.dtype in _WIDE:  # float64: the reference runs
             return None
         sig.append((x.shape, x.stride(), x.dtype, x.device, grad and x.requires_grad))
     if len({id(x) for x in (*args, *kwargs.values())}) != len(sig):
@@ -54,6 +74,20 @@ class Layer:
             with a note in the plan).
         plan (Plan): the structure found, the eligible lowerings and the cost model's choice;
             `print(layer.plan)`.
+
+    Dtypes: the generated kernels read float32, bfloat16 or float16 inputs and compute in
+    float32. A call with a float64 (complex128) argument or state is never computed in float32
+    silently: with backend='auto' the float64 reference backend runs it (exact, slow, on the
+    tensors' device, so `torch.autograd.gradcheck` works), and with backend='triton' it raises
+    CallError naming the argument. `layer.plan` says which.
+
+    Determinism: on the GPU, gradients are not bitwise deterministic by default. Some backward
+    kernels add partial gradients from several programs with atomics (the chunked lowering's
+    Param gradients; the scan's sums over a tile dim split across programs, such as Mamba-1's
+    dB and dC), so the rounding of those sums depends on the order the programs run in;
+    `torch.use_deterministic_algorithms(True)` does not change this. `layer.plan` prints a
+    "gradients:" line when the lowering chosen for the shape uses atomics. Forward outputs
+    and the decode step are deterministic.
 
     Calling convention (see `__call__` and `step`), for a step
     `def f(x: Seq("b t d"), p: Param("d"), h: State("b d")) -> (y, h')`:
@@ -89,6 +123,7 @@ class Layer:
         self._fast_steps: dict[tuple, Any] = Bounded(64)  # step signature -> scan.call.FastStep
         self._built = None
         self.backend = backend
+        self.requested = backend  # what the user asked for: 'auto' may have become either
         from .ops import register
 
         self.op_id = register(self)
@@ -104,6 +139,8 @@ class Layer:
             self.plan.note = f"runs on the reference backend; no generated kernels: {why}"
         else:
             self.backend = "triton"
+            self.plan.float64 = _F64_TRITON if backend == "triton" else _F64_AUTO
+            self.plan.atomics = self._atomic_grads
         if lowering not in (None, "scan") and self.backend == "triton":
             self._lowering(lowering)  # a forced lowering builds now, or raises saying why
 
@@ -161,12 +198,15 @@ class Layer:
             (`torch.promote_types`; Params and states do not count). With
             `return_final_state=True`: `(outputs, final_states)`, the final states in their
             `State` layouts (a tuple if several), float32 (complex64), or float64 if any
-            argument or initial state is float64. The kernels accumulate in float32.
+            argument or initial state is float64. The kernels accumulate in float32; a call
+            with a float64 argument or initial state runs on the float64 reference backend
+            (backend='auto') or raises CallError (backend='triton').
 
         Raises:
             CallError: a missing, extra or duplicated argument, a wrong number of dims, sizes
                 that disagree for one dim or time length, a non-floating dtype, a complex
-                tensor for a real annotation, tensors on different devices, bad cu_seqlens.
+                tensor for a real annotation, tensors on different devices, bad cu_seqlens;
+                with backend='triton', a float64 (complex128) argument or initial state.
 
         Shape legend (for `Seq("b t d")`, `State("b d n")`):
             - b: batch (number of sequences with cu_seqlens);  t: time, T steps;
@@ -203,18 +243,37 @@ class Layer:
         if self.backend == "triton":
             call = make_call(self.lowered, args, kwargs, initial_state=self._in(initial_state),
                              reverse=reverse, cu_seqlens=cu_seqlens)
-            chosen = self.plan.choose(call.sizes, call.T, _itemsize(call))
-            other = self._lowering(chosen) if chosen != "scan" else None
-            if other is not None:
-                outs, states = other.run(call)
-            else:
-                outs, states = self.program.run(call, finals)
-            finals = self._out(states) if states else states
-        else:
-            call = make_call(self.graph, args, kwargs, initial_state=initial_state,
-                             reverse=reverse, cu_seqlens=cu_seqlens)
-            outs, finals = reference.run(call)
-        return outs, finals
+            if not self._float64(call, initial_state, "initial_state"):
+                chosen = self.plan.choose(call.sizes, call.T, _itemsize(call))
+                other = self._lowering(chosen) if chosen != "scan" else None
+                if other is not None:
+                    outs, states = other.run(call)
+                else:
+                    outs, states = self.program.run(call, finals)
+                finals = self._out(states) if states else states
+                return outs, finals
+        call = make_call(self.graph, args, kwargs, initial_state=initial_state,
+                         reverse=reverse, cu_seqlens=cu_seqlens)
+        return reference.run(call)
+
+    def _float64(self, call, state: Any, what: str) -> bool:
+        """Whether a call of the kernels' backend has a float64 (complex128) argument or
+        state: then the reference backend runs it (backend='auto'), or CallError names it
+        (backend='triton'): the kernels compute in float32, never a silent downcast."""
+        wide = _float64_arg(call.tensors, state, self.graph.state_args, what)
+        if wide is not None and self.requested == "triton":
+            raise CallError(f"{wide}: the generated kernels compute in float32/bf16 "
+                            "(backend='triton'); use "
+                            "backend='auto' (float64 calls run on the float64 reference "
+                            "backend) or backend='reference'")
+        return wide is not None
+
+    def _atomic_grads(self, name: str) -> bool:
+        """Whether the lowering that runs when the cost model chooses `name` adds gradients
+        with atomics (a chosen lowering that could not be built leaves the scan)."""
+        if name != "scan" and self.programs.get(name, True) is None:
+            name = "scan"
+        return _lowerings.atomic_grads(name, self.program if name == "scan" else None)
 
     def _remember_fast(self, key: tuple, args: tuple, kwargs: dict, reverse: bool) -> None:
         """After a full call with signature `key`: its Fast replay, if the scan ran it and it
@@ -251,7 +310,8 @@ class Layer:
 
         Raises:
             CallError: as `__call__`; `inplace=True` without `state`, or with a non-float32
-                state on the triton backend.
+                state on the triton backend (float64 ones run on the reference backend with
+                backend='auto').
         """
         if inplace and state is None:
             raise CallError("layer.step(inplace=True) needs state= tensors to update")
@@ -271,11 +331,15 @@ class Layer:
                             olds[0] if len(olds) == 1 else olds)
             else:
                 key = None
+        call = None
         if self.backend == "triton":
-            from ..layout import part_view
-
             call = make_call(self.lowered, args, kwargs, initial_state=self._in(state),
                              step=True)
+            if self._float64(call, state, "state="):
+                call = None
+        if call is not None:
+            from ..layout import part_view
+
             g = self.lowered
             dst = None
             if inplace and not self.aux:
@@ -406,9 +470,10 @@ def compile(spec: Spec, *, backend: str = "auto",  # noqa: A001 (lrc.compile)
     Args:
         spec (Spec): made by `@lrc.recurrence`.
         backend (str): 'auto' (default): the generated Triton kernels, or the reference
-            interpreter (with a note in `layer.plan`) for a spec they cannot run; 'triton':
-            the kernels or an `Unsupported` error; 'reference': the float64 interpreter with
-            torch autograd, the oracle (slow by design).
+            interpreter (with a note in `layer.plan`) for a spec they cannot run and for
+            calls with float64 (complex128) tensors; 'triton': the kernels or an
+            `Unsupported` error (a float64 call raises CallError); 'reference': the float64
+            interpreter with torch autograd, the oracle (slow by design).
         lowering (str, optional): force 'scan', 'chunked' or 'conv' for every call. None
             (default): the cost model chooses per call shape (`print(layer.plan)`).
 

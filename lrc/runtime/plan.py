@@ -1,6 +1,7 @@
 """`layer.plan`: the structure found, the lowerings that can run it, the one chosen, and why."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..ir.graph import Graph
@@ -15,6 +16,10 @@ class Plan:
     graph: Graph                    # the structure-annotated graph (user-level: complex kept)
     shapes: tuple | None = field(default=None)  # (sizes, T, itemsize) of the last call
     note: str = ""                  # what runs, when it is not the chosen lowering
+    float64: str = ""               # what a float64 call does (set by the Layer)
+    # lowering -> whether its backward adds gradients with atomics (set by a Layer that runs
+    # kernels; lrc.lowering.atomic_grads)
+    atomics: Callable[[str], bool] | None = field(default=None, repr=False)
 
     @property
     def lowering(self) -> Lowering:
@@ -53,6 +58,13 @@ class Plan:
             lines.append("  chosen per call by the cost model; for example, with every dim 64 "
                          "and batch 8:")
             lines += ["    " + ln for ln in format_choice(g, sizes, 4096, 2).splitlines()]
+        if self.float64:
+            lines.append(f"  float64: {self.float64}")
+        chosen = (self.choose(*self.shapes) if self.shapes is not None
+                  else lw.choose(g, sizes, 4096, 2)[0])
+        if self.atomics is not None and self.atomics(chosen):
+            lines.append("  gradients: summed with atomics across programs (not bitwise "
+                         "deterministic on the GPU)")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

@@ -395,3 +395,98 @@ def test_structured_helper_errors():
         return x, h
 
     assert "unknown discretization 'rk4'" in refused(g)
+
+
+# ---- Python's and numpy's numbers instead of lrc's functions
+
+
+def test_math_and_numpy_functions_and_conversions():
+    import math
+
+    import numpy as np
+
+    def f(x: Seq("b t d"), h: State("b d")):
+        h = math.exp(x) * h
+        return h, h
+
+    msg = refused(f)
+    assert "not a number inside a step" in msg and "lrc.exp" in msg
+    assert at(msg, "h = math.exp(x) * h")
+
+    def g(x: Seq("b t d"), h: State("b d")):
+        h = np.exp(x) * h
+        return h, h
+
+    msg = refused(g)
+    assert "numpy function" in msg and at(msg, "h = np.exp(x) * h")
+
+    def k(x: Seq("b t d"), h: State("b d")):
+        h = float(x) * h + int(x)
+        return h, h
+
+    msg = refused(k)
+    assert "float(...)" in msg and at(msg, "h = float(x) * h + int(x)")
+
+    def r(x: Seq("b t d"), h: State("b d")):
+        h = h + sum(range(x))
+        return h, h
+
+    assert at(refused(r), "h = h + sum(range(x))")
+
+
+def test_numpy_scalars_are_still_constants():
+    import numpy as np
+
+    def f(x: Seq("b t d"), h: State("b d")):
+        h = np.float32(0.5) * h + x * np.float64(2.0)
+        return h, h
+
+    g = lrc.recurrence(f).graph
+    assert "0.5" in str(g) and "2.0" in str(g)
+
+
+def test_shape_of_a_symbolic_tensor():
+    def f(x: Seq("b t d"), h: State("b d")):
+        h = h * x.shape[-1]
+        return h, h
+
+    msg = refused(f)
+    assert ".shape" in msg and "(b, d)" in msg and at(msg, "h = h * x.shape[-1]")
+
+
+def test_nan_constants_and_undefined_terms():
+    def f(x: Seq("b t d"), h: State("b d")):
+        h = 0.5 * h + x * float("nan")
+        return h, h
+
+    msg = refused(f)
+    assert "NaN constant" in msg and at(msg, 'h = 0.5 * h + x * float("nan")')
+
+    def g(x: Seq("b t d"), h: State("b d")):
+        h = 0.5 * h + lrc.where(x > 0, complex(float("nan"), 1.0), 0.0).real
+        return h, h
+
+    assert "NaN constant" in refused(g)
+
+    def k(x: Seq("b t d"), h: State("b d")):
+        inf = float("inf")
+        y = x * inf
+        z = y * 0
+        h = 0.5 * h + z
+        return h, h
+
+    msg = refused(k)
+    assert "undefined value" in msg and "nan" in msg and at(msg, "z = y * 0")
+
+    def m(x: Seq("b t d"), h: State("b d")):
+        h = 0.5 * h + lrc.log(x * 0)
+        return h, h
+
+    msg = refused(m)
+    assert "undefined value" in msg and at(msg, "h = 0.5 * h + lrc.log(x * 0)")
+
+    def ok(x: Seq("b t d"), h: State("b d")):  # an infinite constant is a value
+        h = 0.5 * h + lrc.where(x > 0, x, -float("inf"))
+        return h, h
+
+    lrc.recurrence(ok)

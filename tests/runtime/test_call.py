@@ -320,3 +320,21 @@ def test_broadcast_shape_matches_torch():
         torch.broadcast_shapes((2, 3), (4, 3))
     with pytest.raises(RuntimeError, match="do not broadcast"):
         broadcast_shape((2, 3), (4, 3))
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_empty_time_dim_keeps_the_graph(backend):
+    """T = 0: outputs with no time steps and the final state still have a grad_fn, and every
+    gradient comes back (zeros) on both backends."""
+    layer = lrc.compile(diag, backend=backend)
+    x, g, Bm, C, A = (v.float().requires_grad_() for v in diag_inputs(t=0))
+    A.data.fill_(float("inf"))  # never reached: no step runs
+    h0 = torch.randn(3, 5, 4)
+    y, hT = layer(x, g, Bm, C, A, return_final_state=True)
+    assert y.shape[1] == 0 and y.grad_fn is not None and hT.grad_fn is not None
+    assert torch.equal(hT, torch.zeros_like(hT))
+    grads = torch.autograd.grad(y.sum() + hT.sum(), (x, g, Bm, C, A))
+    for v, gv in zip((x, g, Bm, C, A), grads, strict=True):
+        assert gv.shape == v.shape and torch.equal(gv, torch.zeros_like(v))
+    y, hT = layer(x, g, Bm, C, A, initial_state=h0, return_final_state=True)
+    assert y.grad_fn is not None and torch.equal(hT, h0)

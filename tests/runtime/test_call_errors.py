@@ -146,6 +146,8 @@ def test_bad_cu_seqlens():
     assert "argument 'x'" in msg and "dim 'b'" in msg and "cu_seqlens" in msg
     msg = refused(layer, *args, cu_seqlens=torch.tensor([0, 4, 10]), initial_state=rn(3, 5, 4))
     assert "argument 'h'" in msg and "dim 'b'" in msg
+    msg = refused(layer, *args, cu_seqlens=torch.tensor([0, 4, 10], device="meta"))
+    assert "cu_seqlens" in msg and "meta device" in msg
     tok = [a[:, 0] if a.dim() == 3 else a for a in args]
     msg = refused(layer.step, *tok, cu_seqlens=torch.tensor([0, 1]))
     assert "unexpected argument 'cu_seqlens'" in msg

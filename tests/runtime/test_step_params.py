@@ -1,15 +1,15 @@
 """The decode step's Param-only terms (hoist_params: exp(A_log) computed in float64 before the
-kernel) are kept from one step to the next while the Params are the same tensors at the same
-version; an in-place update or another tensor recomputes them. Expected values come from a
-plain loop written here."""
+kernel) follow the Params' current values on every step, whatever wrote them: writes that
+do not bump a tensor's version (`.data.add_`, `.data =`, through `.numpy()`,
+`vector_to_parameters`) included. Expected values come from a plain loop written here."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 import lrc
 from lrc import Param, Seq, State
 from lrc.kernels import host
-from lrc.lowering.scan import call as scan_call
 from tests.conftest import rel_err
 
 B, D, N = 3, 37, 5
@@ -28,32 +28,76 @@ def one_step(x, g, Bm, C, A_log, h):
     return (C[:, None, :] * h).sum(-1), h
 
 
-def test_step_keeps_param_terms_until_they_change(monkeypatch):
+def _writes():
+    """Ways to change a Param's values, each (name, write(p, new_values)); most leave
+    `p._version` as it was."""
+
+    def data_add(p, v):
+        p.data.add_(v - p.detach())
+
+    def data_assign(p, v):
+        p.data = v.clone()
+
+    def via_numpy(p, v):
+        p.detach().numpy()[...] = v.numpy()
+
+    def vector(p, v):
+        torch.nn.utils.vector_to_parameters(v.reshape(-1).clone(), [p])
+
+    def in_place(p, v):
+        with torch.no_grad():
+            p.copy_(v)
+
+    return [data_add, data_assign, via_numpy, vector, in_place]
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("write", _writes(), ids=lambda w: w.__name__)
+def test_step_sees_every_param_write(write, inplace):
     layer = lrc.compile(s6, backend="triton")
     assert layer.program.part.pre  # exp(A_log) is computed before the kernel
-    runs = []
-    real = scan_call.evaluate
-    monkeypatch.setattr(scan_call, "evaluate", lambda *a: (runs.append(1), real(*a))[1])
     x, g = torch.randn(B, D), torch.randn(B, D)
     Bm, C = torch.randn(B, N), torch.randn(B, N)
-    A_log = torch.randn(D, N) * 0.5
+    A_log = torch.nn.Parameter(torch.randn(D, N) * 0.5)
     h = torch.randn(B, D, N)
 
-    def check(A):
+    def check(when):
         state = h.clone()
-        y, _ = layer.step(x, g, Bm, C, A, state=state, inplace=True)
-        want_y, want_h = one_step(*(v.double() for v in (x, g, Bm, C, A, h)))
-        assert rel_err(y, want_y) <= 1e-5 and rel_err(state, want_h) <= 1e-5
+        y, new = layer.step(x, g, Bm, C, A_log, state=state, inplace=inplace)
+        want_y, want_h = one_step(*(v.detach().double() for v in (x, g, Bm, C, A_log, h)))
+        assert rel_err(y, want_y) <= 1e-5, when
+        assert rel_err(new, want_h) <= 1e-5, when
+        if inplace:
+            assert new is state
 
-    check(A_log)
-    check(A_log)
-    assert len(runs) == 1  # the second step reused exp(A_log)
-    with torch.no_grad():
-        A_log.mul_(0.5)  # in place: the version changes
-    check(A_log)
-    assert len(runs) == 2
-    check(A_log.clone())  # another tensor, same values
-    assert len(runs) == 3
+    check("first")
+    check("again")  # an in-place step is replayed from here on (FastStep)
+    for i in range(2):
+        before = A_log.detach().clone()
+        write(A_log, torch.randn(D, N) * 0.5 - 0.3 * i)
+        assert not torch.equal(A_log.detach(), before)
+        check(f"after write {i}")
+
+
+def test_module_step_after_vector_to_parameters():
+    """lrc.nn.Recurrence.step with parameters loaded by vector_to_parameters equals the step
+    of a fresh module built with those parameters."""
+    from lrc.nn import Recurrence
+
+    A_log = torch.randn(D, N) * 0.5
+    mod = Recurrence(s6, backend="triton", A_log=A_log)
+    x, g = torch.randn(B, D), torch.randn(B, D)
+    Bm, C = torch.randn(B, N), torch.randn(B, N)
+    h = torch.randn(B, D, N)
+    mod.step(x, g, Bm, C, state=h.clone())
+    new = torch.randn(D, N) * 0.5 - 0.5
+    torch.nn.utils.vector_to_parameters(new.reshape(-1), mod.parameters())
+    y, state = mod.step(x, g, Bm, C, state=h.clone())
+    fresh_y, fresh_state = Recurrence(s6, backend="triton", A_log=new).step(
+        x, g, Bm, C, state=h.clone())
+    want_y, want_h = one_step(*(v.double() for v in (x, g, Bm, C, new, h)))
+    assert rel_err(y, want_y) <= 1e-5 and rel_err(state, want_h) <= 1e-5
+    assert torch.equal(y, fresh_y) and torch.equal(state, fresh_state)
 
 
 def test_pre_work_converts_only_the_inputs_it_reads(monkeypatch):

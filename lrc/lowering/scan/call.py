@@ -165,39 +165,53 @@ def _ann(axes):
     return Annotation(Role.SEQ, axes, False)
 
 
-def _params_pre(prog: ScanProgram, call: Call, like: torch.Tensor) -> dict | None:
+def _params_pre(prog: ScanProgram, tensors: dict, sizes: dict[str, int],
+               like: torch.Tensor) -> dict | None:
     """The decode kernel's inputs computed before it from Params alone (hoist_params: in
-    float64, rounded once), kept from the last call while those Params are the same tensors
-    at the same version (an in-place update bumps it): a decode step is then one launch, not
-    one per conversion and op. A CUDA-graph capture takes the kept values (computed by the
-    warm-up calls before it), so the captured step reads them: a Param changed in place after
-    the capture is not seen by its replays. None where the pre work reads more than Params."""
+    float64, rounded once), from the Params' current values on every step. Nothing is kept
+    between steps: a Param can change without its version changing (`p.data.add_`,
+    `p.data = ...`, a write through `p.numpy()`, `vector_to_parameters`), and the work is a few
+    ops on Param-sized tensors. No host sync: a CUDA-graph capture of a step records this work
+    too, so each replay reads the Params' memory as it is then. None where the pre work reads
+    more than Params."""
+    need = _pre_reads(prog)
+    if need is None:
+        return None
     g, part = prog.g, prog.part
-    need, todo = set(), list(part.pre)
-    while todo:
-        n = g[todo.pop()]
-        if isinstance(n, Input):
-            if n.role is not Role.PARAM:
-                return None
-            need.add(n.name)
-        else:
-            todo += list(n.args)
-    xs = tuple(part_view(call.tensors[g[n].arg], g[n].part) for n in sorted(need))
-    versions = tuple(x._version for x in xs)
-    hit = prog.__dict__.get("_pre")  # (Param tensors, their versions, the values)
-    if hit is not None and len(hit[0]) == len(xs) and all(
-            a is b for a, b in zip(hit[0], xs)) and hit[1] == versions:
-        return hit[2]
     env = {}
     with torch.no_grad():
-        for name, x in zip(sorted(need), xs):
-            env[name] = to_canonical(g, x.to(torch.float32), g[name].annotation, call.sizes,
-                                     False)
-        evaluate(g, set(part.pre), env, call.sizes, like)
-        out = {n: kernel_input(prog, n, call, env, with_time=False) for n in part.pre
-               if n in prog.kernel}
-    prog.__dict__["_pre"] = (xs, versions, out)
-    return out
+        for name in need:
+            x = part_view(tensors[g[name].arg], g[name].part)
+            env[name] = to_canonical(g, x.to(torch.float32), g[name].annotation, sizes, False)
+        evaluate(g, set(part.pre), env, sizes, like)
+        at = _Sizes(sizes)
+        return {n: kernel_input(prog, n, at, env, with_time=False) for n in part.pre
+                if n in prog.kernel}
+
+
+class _Sizes:
+    """What kernel_input reads of a Call for a pre result: the sizes."""
+
+    def __init__(self, sizes: dict[str, int]):
+        self.sizes = sizes
+
+
+def _pre_reads(prog: ScanProgram) -> tuple[str, ...] | None:
+    """The Param inputs the decode step's pre work reads (sorted), or None where it reads a
+    Seq too; found once per program."""
+    if "_pre" not in prog.__dict__:
+        g, need, todo = prog.g, set(), list(prog.part.pre)
+        while todo:
+            n = g[todo.pop()]
+            if isinstance(n, Input):
+                if n.role is not Role.PARAM:
+                    need = None
+                    break
+                need.add(n.name)
+            else:
+                todo += list(n.args)
+        prog.__dict__["_pre"] = None if need is None else tuple(sorted(need))
+    return prog.__dict__["_pre"]
 
 
 def step(prog: ScanProgram, call: Call, states_out: dict | None = None,
@@ -209,7 +223,7 @@ def step(prog: ScanProgram, call: Call, states_out: dict | None = None,
     run_ = Launch(prog, "step", sizes, 1, call.device)
     env: dict[str, torch.Tensor] = {}
     like = next(iter(call.tensors.values()))
-    pre = _params_pre(prog, call, like) if part.pre and not part.post else None
+    pre = _params_pre(prog, call.tensors, sizes, like) if part.pre and not part.post else None
     if pre is None and (part.pre or part.post):
         env = canonical_inputs(g, call, torch.float32, with_time=False,
                                readers=(*part.pre, *part.post))
@@ -274,18 +288,17 @@ __all__ = ["run", "step"]
 class FastStep:
     """An in-place decode step replayed straight from the user's tensors: its one launch
     recorded with each tensor argument's origin (an argument, the state, a new output, a
-    kept Param-only term of `_params_pre`) and fired again with the next call's tensors,
-    through the compiled kernel's launcher (kernels.launch.Direct): no binding, checks, sizes,
-    strides or Triton dispatch again. Layer.step keys it by the arguments' and states'
-    shapes, strides, dtypes and devices; a call whose kept Param terms are stale (another
-    Param tensor, or one updated in place) returns None and takes the full path."""
+    Param-only term of `_params_pre`) and fired again with the next call's tensors, through
+    the compiled kernel's launcher (kernels.launch.Direct): no binding, checks, sizes, strides
+    or Triton dispatch again. The Param-only terms are computed again from the call's Params
+    on every replay (`_params_pre`). Layer.step keys it by the arguments' and states' shapes,
+    strides, dtypes and devices."""
 
     def __init__(self, run_: Launch, params: list, consts: dict, grid: tuple, kernel,
-                 holes: list, picks: dict, pre: Any, pre_args: list, outs: list):
+                 holes: list, picks: dict, sizes: dict | None, outs: list):
         self.run, self.consts, self.grid = run_, consts, grid
         self.base = [None if isinstance(p, torch.Tensor) else p for p in params]
-        self.holes, self.picks, self.pre, self.pre_args, self.outs = holes, picks, pre, \
-            pre_args, outs
+        self.holes, self.picks, self.sizes, self.outs = holes, picks, sizes, outs
         self.direct = None
         if kernel is not None:
             from ...kernels.launch import Direct
@@ -296,6 +309,8 @@ class FastStep:
              states_out: dict | None) -> FastStep | None:
         g, k = prog.g, prog.kernel
         if prog.part.post or states_out is None or len(run_.fired) != 1:
+            return None
+        if prog.part.pre and pre is None:  # pre work reading a Seq: the full path
             return None
         params, consts, grid = run_.fired[0]
         users = {a: x for a, x in call.tensors.items()}
@@ -328,16 +343,9 @@ class FastStep:
             if kind == "state" and g[key.split(":", 1)[1]].part:
                 return None
             holes.append((i, kind, name))
-        kept = prog.__dict__.get("_pre") if pre is not None else None
-        pre_args = []
-        if kept is not None:
-            names = sorted(_pre_params(prog))
-            if any(g[n].part for n in names):  # kept as views made per call: never the same
-                return None
-            pre_args = [g[n].arg for n in names]
         outs = [(tuple(y.shape), y.dtype) for y in (kouts[o] for o in k.outputs)]
         fast = FastStep(run_, params, consts, grid, run_.compiled[0], holes, list(g.params),
-                        kept, pre_args, outs)
+                        dict(call.sizes) if pre else None, outs)
         fast.order = [list(k.outputs).index(o) for o in g.outputs]
         return fast
 
@@ -345,35 +353,20 @@ class FastStep:
         """The new outputs (the states updated in place), or None: take the full path."""
         vals = dict(zip(self.picks, args))
         vals.update(kwargs)
-        if self.pre is not None:
+        pre = None
+        if self.sizes is not None:
             prog = self.run.prog
-            kept = prog.__dict__.get("_pre")
-            if kept is not self.pre or any(
-                    vals[a] is not x or x._version != v
-                    for a, x, v in zip(self.pre_args, kept[0], kept[1])):
-                return None
+            pre = _params_pre(prog, vals, self.sizes, next(iter(vals.values())))
         ys = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in self.outs]
         params = self.base.copy()
         for i, kind, name in self.holes:
             params[i] = (vals[name] if kind == "arg" else states[name] if kind == "state"
-                         else ys[name] if kind == "out" else self.pre[2][name])
+                         else ys[name] if kind == "out" else pre[name])
         if self.direct is not None and self.direct.fits(params):
             self.direct(params, self.grid)
         else:
             self.run.fire(params, self.consts, self.grid)
         return [ys[j] for j in self.order]
-
-
-def _pre_params(prog: ScanProgram) -> set[str]:
-    """The Param inputs the decode step's pre work reads (what `_params_pre` keeps terms of)."""
-    g, need, todo = prog.g, set(), list(prog.part.pre)
-    while todo:
-        n = g[todo.pop()]
-        if isinstance(n, Input):
-            need.add(n.name)
-        else:
-            todo += list(n.args)
-    return need
 
 
 class Fast:

@@ -123,6 +123,13 @@ class ScanProgram:
             out["backward_n"] = (bsrc, bsig, t)
         return out
 
+    @property
+    def atomic_grads(self) -> bool:
+        """Whether the backward adds some gradient with atomics across programs (a sum over a
+        tile dim split over programs, as Mamba-1's dB and dC over d): its rounding then
+        depends on the order the programs run in."""
+        return any(atomic for _, atomic in self.partials.values())
+
     def module(self, interpret: bool) -> ModuleType:
         return modules.load(self.source, interpret)
 
