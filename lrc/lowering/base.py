@@ -2,12 +2,15 @@
 lowering's `Program` runs it (see lrc.lowering for the registry)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
+from ..ir.dims import Role
 from ..ir.graph import Graph
+from ..layout import batch_dim
 
 
 @dataclass
@@ -48,3 +51,27 @@ class Program(Protocol):
 
     def run(self, call: Call, finals: bool = True
             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]: ...
+
+
+def per_sequence(g: Graph, call: Call, run_one: Callable) -> tuple[list, list]:
+    """Packed sequences (`call.segments`) run one at a time, for a lowering whose kernels do
+    not take cu_seqlens: `run_one(tensors, states, T)` gets each sequence's slice of the Seq
+    inputs and its row of the initial states; the outputs are concatenated along time, the
+    final states along the batch dim, as one packed call returns them."""
+    b = batch_dim(g)
+    seq = {n.arg for n in g.inputs(Role.SEQ)}
+    outs, fins = [], []
+    for i, (start, end) in enumerate(call.segments):
+        tensors = {k: (x.narrow(g.annotation(k).axes.index((g.time,)), start, end - start)
+                       if k in seq else x) for k, x in call.tensors.items()}
+        states = None if call.states is None else {
+            k: x.narrow(g.annotation(k).axes.index((b,)), i, 1)
+            for k, x in call.states.items()}
+        o, f = run_one(tensors, states, end - start)
+        outs.append(o)
+        fins.append(list(f))
+    cat_out = [torch.cat([o[j] for o in outs], axes.index((g.time,)))
+               for j, axes in enumerate(g.out_axes)]
+    cat_fin = [torch.cat([f[j] for f in fins], g.annotation(a).axes.index((b,)))
+               for j, a in enumerate(g.state_args)]
+    return cat_out, cat_fin

@@ -19,12 +19,9 @@ from collections.abc import Sequence
 import sympy as sp
 import torch
 
-from ...ir.dims import Role
 from ...ir.functions import Tape, is_complex
-from ...layout import (
-    batch_dim,
-)
 from ...passes.analysis import expr_dims
+from ..base import per_sequence
 from . import kernels as ck
 from .params import ParamKernel
 from .plan import ConvNode, ConvPlan, StateForm, analyze
@@ -131,21 +128,5 @@ class Program:
         """Outputs (user layouts, the call's dtype) and final states (computed when read)."""
         if call.segments is None:
             return Run(self, call, call.tensors, call.states, call.T).results()
-        g = self.g
-        b = batch_dim(g)
-        seq = {n.arg for n in g.inputs(Role.SEQ)}
-        outs, fins = [], []
-        for i, (start, end) in enumerate(call.segments):
-            tensors = {k: (x.narrow(g.annotation(k).axes.index((g.time,)), start, end - start)
-                           if k in seq else x) for k, x in call.tensors.items()}
-            states = None if call.states is None else {
-                k: x.narrow(g.annotation(k).axes.index((b,)), i, 1)
-                for k, x in call.states.items()}
-            o, f = Run(self, call, tensors, states, end - start).results()
-            outs.append(o)
-            fins.append(list(f))
-        cat_out = [torch.cat([o[j] for o in outs], axes.index((g.time,)))
-                   for j, axes in enumerate(g.out_axes)]
-        cat_fin = [torch.cat([f[j] for f in fins], g.annotation(a).axes.index((b,)))
-                   for j, a in enumerate(g.state_args)]
-        return cat_out, cat_fin
+        return per_sequence(self.g, call, lambda tensors, states, T: Run(
+            self, call, tensors, states, T).results())

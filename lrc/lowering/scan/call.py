@@ -13,14 +13,13 @@ from ...ir.graph import Graph
 from ...ir.nodes import Input
 from ...kernels.host import canonical_inputs, evaluate
 from ...layout import (
-    batch_dim,
     dim_strides,
     dims_to_layout,
     from_canonical,
     part_view,
     to_canonical,
 )
-from ..base import Call
+from ..base import Call, per_sequence
 from . import replay as replays
 from . import tune
 from .autograd import ScanFunction, input_grads, kernel_input
@@ -78,35 +77,8 @@ def run(prog: ScanProgram, call: Call, finals: bool = True
         longest = max(b - a for a, b in call.segments)
         return _run(prog, call, call.tensors, call.states, call.T,
                     varlen=(cu, longest, len(call.segments)))
-    g = prog.g
-    b = batch_dim(g)
-    seq_args = {n.arg for n in g.inputs(Role.SEQ)}
-    outs_all, fins_all = [], []
-    for i, (start, end) in enumerate(call.segments):
-        tensors = {}
-        for k, x in call.tensors.items():
-            if k in seq_args:
-                ax = [a for a in g.annotation(k).axes].index((g.time,))
-                x = x.narrow(ax, start, end - start)
-            tensors[k] = x
-        states = None
-        if call.states is not None:
-            states = {}
-            for k, x in call.states.items():
-                ax = [a for a in g.annotation(k).axes].index((b,))
-                states[k] = x.narrow(ax, i, 1)
-        outs, fins = _run(prog, call, tensors, states, end - start)
-        outs_all.append(outs)
-        fins_all.append(fins)
-    outs = []
-    for j, axes in enumerate(g.out_axes):
-        ax = list(axes).index((g.time,))
-        outs.append(torch.cat([o[j] for o in outs_all], ax))
-    fins = []
-    for j, arg in enumerate(g.state_args):
-        ax = list(g.annotation(arg).axes).index((b,))
-        fins.append(torch.cat([f[j] for f in fins_all], ax))
-    return outs, fins
+    return per_sequence(prog.g, call, lambda tensors, states, T: _run(prog, call, tensors,
+                                                                  states, T))
 
 def _run(prog: ScanProgram, call: Call, tensors, states, T: int, varlen=None,
          finals: bool = True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.codegen.test_scan import FWD, check
+from tests.lowering.scan.test_scan import FWD, check
 
 LOOP_ZOO = ["s4", "h3", "hyena", "rwkv4"]
 
@@ -23,7 +23,7 @@ def test_reverse():
 def test_decode_matches_forward(name):
     import lrc
     from lrc.zoo import ZOO
-    from tests.codegen.test_scan import as_tuple, layers
+    from tests.lowering.scan.test_scan import as_tuple, layers
     from tests.conftest import rel_err
 
     entry = ZOO[name]

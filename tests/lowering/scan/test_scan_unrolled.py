@@ -22,8 +22,8 @@ from lrc.lowering.scan import tune as scan_tune_policy
 from lrc.lowering.scan.configs import UNROLLED, ScanConfig, candidates_unrolled
 from lrc.lowering.scan.unrolled import _old_through_decay
 from lrc.zoo import ZOO
-from tests.codegen import test_scan
-from tests.codegen.test_scan import check
+from tests.lowering.scan import test_scan
+from tests.lowering.scan.test_scan import check
 from tests.conftest import rel_err
 
 
@@ -70,7 +70,7 @@ def test_mamba1_unrolled_forward(knobs, reverse, tc, block, loop, usual, monkeyp
     knobs(scan_config=ScanConfig(tc, block, 4, 2, unroll=True,
                                                            loop=loop))
     if usual:  # a program without backward_n (check compiles through test_scan.layers)
-        from tests.codegen import test_scan
+        from tests.lowering.scan import test_scan
         kern, ref = test_scan.layers("mamba1")
         monkeypatch.delitem(kern.program.sources, "backward_n")
         monkeypatch.setattr(test_scan, "layers", lambda name: (kern, ref))

@@ -1,6 +1,6 @@
 """scan_tune_policy.step_order: the decode step's load order (ORDER), chosen per shape from the
 two compiled kernels' registers and spills, with the timing launches on scratch outputs.
-The real kernels run in the GPU tests (tests/codegen/test_scan.py::test_gpu_step*); here a
+The real kernels run in the GPU tests (tests/lowering/scan/test_scan.py::test_gpu_step*); here a
 stand-in launch records what it was given and answers with chosen resources."""
 from __future__ import annotations
 
