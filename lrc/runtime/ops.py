@@ -7,7 +7,8 @@
     lrc::call_backward   the gradients from the tape: the generated backward kernels on the
                          saved checkpoints, no forward recompute
     lrc::step            one decode token: outputs and new states
-    lrc::step_           one decode token writing the new states into the given ones
+    lrc::step_inplace    one decode token writing the new states into the given ones (and
+                         the outputs into buffers from lrc::step_outputs)
 
 An op names its layer by a key that holds the spec's canonical hash, the backend, the lowering
 and the spec's pickle (lrc.ir.trace: by reference or by value), so a process that never made
@@ -241,23 +242,38 @@ def _step_fake(key, tensors, states):
             for shape, dtype in step_specs(layer_of(key).graph, tensors, states)]
 
 
-@torch.library.custom_op("lrc::step_", mutates_args=("states",))
-def step_inplace_op(key: str, tensors: list[torch.Tensor], states: list[torch.Tensor]
-                    ) -> list[torch.Tensor]:
-    """One token of the layer `key`, the new states written into `states`; the outputs."""
+@torch.library.custom_op("lrc::step_inplace", mutates_args=("states", "outs"))
+def step_inplace_op(key: str, tensors: list[torch.Tensor], states: list[torch.Tensor],
+                    outs: list[torch.Tensor]) -> None:
+    """One token of the layer `key`: the new states written into `states`, the outputs into
+    `outs` (a mutating op returns nothing: torch.compile functionalizes it)."""
     layer = layer_of(key)
     with torch.no_grad():
         out, _ = layer.step(*tensors, state=tuple(states), inplace=True)
-    outs = list(out) if isinstance(out, tuple) else [out]
-    return _fresh(outs, [*tensors, *states])
+    for dst, src in zip(outs, out if isinstance(out, tuple) else (out,)):
+        dst.copy_(src)
 
 
 @step_inplace_op.register_fake
-def _step_inplace_fake(key, tensors, states):
+def _step_inplace_fake(key, tensors, states, outs):
+    return None
+
+
+def _step_buffers(key, tensors, states) -> list[torch.Tensor]:
+    g = layer_of(key).graph
     like = tensors[0]
-    n_out = len(layer_of(key).graph.outputs)
     return [like.new_empty(shape, dtype=dtype)
-            for shape, dtype in step_specs(layer_of(key).graph, tensors, states)[:n_out]]
+            for shape, dtype in step_specs(g, tensors, states)[:len(g.outputs)]]
+
+
+@torch.library.custom_op("lrc::step_outputs", mutates_args=())
+def step_outputs_op(key: str, tensors: list[torch.Tensor], states: list[torch.Tensor]
+                    ) -> list[torch.Tensor]:
+    """Empty buffers for one token's outputs (what lrc::step_inplace writes)."""
+    return _step_buffers(key, tensors, states)
+
+
+step_outputs_op.register_fake(_step_buffers)
 
 
 def _tensors(layer, args: tuple, kwargs: dict, what: str) -> list[torch.Tensor]:
@@ -305,7 +321,8 @@ def compiled_step(layer, args: tuple, kwargs: dict, state: Any, inplace: bool):
     tensors = _tensors(layer, args, kwargs, "layer.step")
     states = _states(state)
     if inplace:
-        outs = torch.ops.lrc.step_(layer.op_key, tensors, states)
+        outs = torch.ops.lrc.step_outputs(layer.op_key, tensors, states)
+        torch.ops.lrc.step_inplace(layer.op_key, tensors, states, outs)
         return list(outs), states
     res = torch.ops.lrc.step(layer.op_key, tensors, states)
     n_out = layer.op_n_out
