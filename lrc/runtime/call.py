@@ -108,9 +108,9 @@ class Segments:
 
     def _read(self) -> list[tuple[int, int]]:
         vals = self.cu.tolist()
-        if vals[0] != 0 or any(b < a for a, b in zip(vals, vals[1:])):
+        if vals[0] != 0 or any(b < a for a, b in zip(vals, vals[1:], strict=False)):
             raise CallError(f"cu_seqlens must start at 0 and never decrease, got {vals}")
-        return list(zip(vals[:-1], vals[1:]))
+        return list(zip(vals[:-1], vals[1:], strict=True))
 
     @property
     def pairs(self) -> list[tuple[int, int]]:

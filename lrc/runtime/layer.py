@@ -44,7 +44,8 @@ class Layer:
 
     Made by `lrc.compile(spec)`. A Layer is an ordinary differentiable PyTorch callable:
     gradients reach every Seq, Param and initial state that requires one, and
-    `torch.compile(fullgraph=True)` traces a call without cu_seqlens as one custom op.
+    `torch.compile(fullgraph=True)` traces a call or a step as one custom op (lrc.runtime.ops);
+    a Layer pickles as (spec, backend, lowering) and compiles again on load.
 
     Attributes:
         spec (Spec): what `@lrc.recurrence` traced.

@@ -29,7 +29,7 @@ import torch
 from ..errors import CallError
 from .shapes import out_specs, step_specs
 
-_LAYERS: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
+_LAYERS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 _LOADED: dict[str, Any] = {}  # layers compiled from a key (an exported program's), kept
 
 
@@ -115,7 +115,7 @@ class _Tape:
         self.leaves, self.results = leaves, results
 
 
-_TAPES: "weakref.WeakValueDictionary[int, _Tape]" = weakref.WeakValueDictionary()
+_TAPES: weakref.WeakValueDictionary[int, _Tape] = weakref.WeakValueDictionary()
 
 
 class _Holder(bytearray):
@@ -152,12 +152,12 @@ def call_train_op(key: str, tensors: list[torch.Tensor], states: list[torch.Tens
         saved.add(t.untyped_storage().data_ptr())
         return t
 
-    leaves = [x.detach().requires_grad_(need) for x, need in zip(inputs, needs)]
+    leaves = [x.detach().requires_grad_(need) for x, need in zip(inputs, needs, strict=False)]
     with _autograd_on(), torch.enable_grad(), \
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         outs, finals = _run(layer, leaves[:n], leaves[n:], reverse, cu_seqlens, max_seqlen)
     results = [*outs, *finals]
-    tape = _Tape([x for x, need in zip(leaves, needs) if need], results)
+    tape = _Tape([x for x, need in zip(leaves, needs, strict=False) if need], results)
     return [*_fresh(results, inputs, saved - {0}), _token(tape)]
 
 
@@ -176,7 +176,7 @@ def call_backward_op(token: torch.Tensor, tensors: list[torch.Tensor],
     if tape is None or tape.results is None:
         raise RuntimeError("lrc: this backward's forward tape is gone (a second backward through "
                            "a compiled lrc call needs the forward run again)")
-    pairs = [(r, g) for r, g in zip(tape.results, grads) if r.requires_grad]
+    pairs = [(r, g) for r, g in zip(tape.results, grads, strict=False) if r.requires_grad]
     with _autograd_on(), torch.enable_grad():
         got = torch.autograd.grad([r for r, _ in pairs], tape.leaves,
                                   [g.to(r.dtype) for r, g in pairs], allow_unused=True) \
@@ -184,7 +184,7 @@ def call_backward_op(token: torch.Tensor, tensors: list[torch.Tensor],
     tape.results = None  # the autograd graph is freed: the checkpoints go with it
     # laid out like the inputs, as the fake implementation promises
     return [torch.zeros_like(x) if gx is None else torch.empty_like(x).copy_(gx)
-            for x, gx in zip(tensors, got)]
+            for x, gx in zip(tensors, got, strict=False)]
 
 
 @call_backward_op.register_fake
@@ -207,14 +207,14 @@ def _setup(ctx, inputs, output):
     ctx.needs = list(needs)
     ctx.n = len(tensors)
     ctx.outs = [(o.shape, o.dtype, o.device) for o in output[:-1]]
-    flagged = [x for x, need in zip((*tensors, *states), needs) if need]
+    flagged = [x for x, need in zip((*tensors, *states), needs, strict=False) if need]
     ctx.save_for_backward(output[-1], *flagged)
 
 
 def _backward(ctx, grads):
     token, *flagged = ctx.saved_tensors
     grads = [torch.zeros(s, dtype=d, device=v) if g is None else g
-             for (s, d, v), g in zip(ctx.outs, grads[:-1])]
+             for (s, d, v), g in zip(ctx.outs, grads[:-1], strict=False)]
     got = iter(torch.ops.lrc.call_backward(token, flagged, grads))
     each = [next(got) if need else None for need in ctx.needs]
     return None, each[:ctx.n], each[ctx.n:], None, None, None, None
@@ -250,7 +250,7 @@ def step_inplace_op(key: str, tensors: list[torch.Tensor], states: list[torch.Te
     layer = layer_of(key)
     with torch.no_grad():
         out, _ = layer.step(*tensors, state=tuple(states), inplace=True)
-    for dst, src in zip(outs, out if isinstance(out, tuple) else (out,)):
+    for dst, src in zip(outs, out if isinstance(out, tuple) else (out,), strict=False):
         dst.copy_(src)
 
 

@@ -26,7 +26,7 @@ def _sizes(g: Graph, named: list[tuple[str, torch.Tensor, bool]]) -> dict[str, A
         if x.dim() != len(axes):
             raise CallError(f"argument {name!r} ({g.annotation(name)!r}): expected "
                             f"{len(axes)} dims, got shape {tuple(x.shape)}")
-        for axis, n in zip(axes, x.shape):
+        for axis, n in zip(axes, x.shape, strict=False):
             if axis == (g.time,):
                 continue
             if len(axis) == 1:
@@ -52,7 +52,8 @@ def _sizes(g: Graph, named: list[tuple[str, torch.Tensor, bool]]) -> dict[str, A
 
 def _dtypes(g: Graph, tensors, states) -> tuple[torch.dtype, torch.dtype]:
     """(out dtype, state dtype) by the rules of runtime.call.make_call."""
-    seq = [x.dtype for p, x in zip(g.params, tensors) if g.annotation(p).role is Role.SEQ]
+    seq = [x.dtype for p, x in zip(g.params, tensors, strict=False)
+           if g.annotation(p).role is Role.SEQ]
     out = seq[0]
     for d in seq[1:]:
         out = torch.promote_types(out, d)
@@ -75,11 +76,12 @@ def _state_specs(g: Graph, sizes: dict[str, Any], state_dtype: torch.dtype) -> S
 def out_specs(g: Graph, tensors: list, states: list, n_seqs: Any = None) -> Spec:
     """(shape, dtype) of every output then every final state of a whole-sequence call;
     `n_seqs`: the number of packed sequences (cu_seqlens), the states' batch size."""
-    named = [(p, x, True) for p, x in zip(g.params, tensors)]
+    named = [(p, x, True) for p, x in zip(g.params, tensors, strict=False)]
     if n_seqs is None:
-        named += [(s, x, False) for s, x in zip(g.state_args, states)]
+        named += [(s, x, False) for s, x in zip(g.state_args, states, strict=False)]
     sizes = _sizes(g, named)
-    T = next(x.shape[g.annotation(p).axes.index((g.time,))] for p, x in zip(g.params, tensors)
+    T = next(x.shape[g.annotation(p).axes.index((g.time,))]
+             for p, x in zip(g.params, tensors, strict=False)
              if g.annotation(p).role is Role.SEQ)
     out_dtype, state_dtype = _dtypes(g, tensors, states)
     outs = [([T if a == (g.time,) else math.prod(sizes[d] for d in a) for a in axes], out_dtype)
@@ -91,8 +93,8 @@ def out_specs(g: Graph, tensors: list, states: list, n_seqs: Any = None) -> Spec
 
 def step_specs(g: Graph, tensors: list, states: list) -> Spec:
     """(shape, dtype) of every output then every new state of one decode step."""
-    named = [(p, x, False) for p, x in zip(g.params, tensors)]
-    named += [(s, x, False) for s, x in zip(g.state_args, states)]
+    named = [(p, x, False) for p, x in zip(g.params, tensors, strict=False)]
+    named += [(s, x, False) for s, x in zip(g.state_args, states, strict=False)]
     sizes = _sizes(g, named)
     out_dtype, state_dtype = _dtypes(g, tensors, states)
     outs = [([math.prod(sizes[d] for d in a) for a in axes if a != (g.time,)], out_dtype)

@@ -103,7 +103,7 @@ def test_cu_seqlens_with_max_seqlen_fullgraph():
         cu = torch.tensor(bounds, dtype=torch.int32)
         h0 = torch.randn(len(bounds) - 1, 4)
         y, h = f(x, a, cu, h0)
-        for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+        for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:], strict=False)):
             want_y, want_h = loop(x[:, s:e], a, h0[i:i + 1])
             assert rel_err(y[:, s:e], want_y) <= 1e-4 and rel_err(h[i:i + 1], want_h) <= 1e-4
 
