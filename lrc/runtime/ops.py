@@ -42,7 +42,10 @@ def spec_hash(g) -> str:
 def register(layer, backend: str, lowering: str | None) -> str:
     """The key the ops know `layer` by: the same in every process for the same spec, backend
     and lowering (a string: torch.compile keeps it a constant)."""
-    blob = base64.b64encode(pickle.dumps(layer.spec, protocol=4)).decode()
+    try:
+        blob = base64.b64encode(pickle.dumps(layer.spec, protocol=4)).decode()
+    except Exception:  # an unpicklable spec still runs in this process
+        blob = f"unpicklable-{id(layer)}"
     key = f"{layer.spec.name}:{spec_hash(layer.graph)}:{backend}:{lowering or ''}:{blob}"
     _LAYERS[key] = layer
     return key
@@ -55,6 +58,9 @@ def layer_of(key: str):
         from .layer import compile as lrc_compile
 
         name, digest, backend, lowering, blob = key.split(":", 4)
+        if blob.startswith("unpicklable-"):
+            raise CallError(f"the spec {name!r} could not be pickled, so this op runs only in "
+                            "the process that compiled it")
         spec = pickle.loads(base64.b64decode(blob))
         if spec_hash(spec.graph) != digest:
             raise CallError(f"the spec {name!r} this op names has changed since it was saved "
