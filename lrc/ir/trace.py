@@ -67,6 +67,53 @@ class Spec:
     def __call__(self, *args, **kwargs):
         raise TypeError(f"a Spec is not callable; use lrc.compile({self.name})(...)")
 
+    def __reduce__(self):
+        """Pickled by reference (module and qualified name) where importing finds this very
+        spec, else by value (the name and the traced graph; the step function stays behind)."""
+        where = importable(self)
+        if where is not None:
+            return _spec_by_reference, where
+        return _spec_by_value, (self.name, self.graph)
+
+
+def importable(spec: Spec) -> tuple[str, str] | None:
+    """(module, qualified name) under which an import finds `spec` itself, else None."""
+    import sys
+
+    module, qualname = getattr(spec.fn, "__module__", None), getattr(spec.fn, "__qualname__", "")
+    if not module or "<" in qualname or module == "__main__":
+        return None
+    try:
+        return (module, qualname) if _lookup(sys.modules[module], qualname) is spec else None
+    except (KeyError, AttributeError):
+        return None
+
+
+def _lookup(obj: Any, qualname: str) -> Any:
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _spec_by_reference(module: str, qualname: str) -> Spec:
+    """The spec `module.qualname`, imported (what a Spec pickled by reference loads as)."""
+    import importlib
+
+    spec = _lookup(importlib.import_module(module), qualname)
+    if not isinstance(spec, Spec):
+        raise TypeError(f"{module}.{qualname} is {type(spec).__name__}, not an lrc Spec")
+    return spec
+
+
+def _spec_by_value(name: str, graph: Graph) -> Spec:
+    """A spec rebuilt from its traced graph (what a Spec pickled by value loads as)."""
+
+    def step(*args, **kwargs):
+        raise TypeError(f"the step function of {name} was not pickled (its graph was)")
+
+    step.__name__ = step.__qualname__ = name
+    return Spec(name, step, graph)
+
 
 def recurrence(fn: Callable[..., Any] | None = None, *, time: str = "t",
                name: str | None = None) -> Any:

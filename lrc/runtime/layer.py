@@ -12,7 +12,7 @@ from ..errors import CallError, LoweringError, Unsupported
 from ..ir.trace import Spec
 from ..passes import pipeline
 from ..passes.stability import running_maxes, scaled_initial_state, unscaled_states
-from . import reference
+from . import ops, reference
 from .cache import cached, canonical_key
 from .call import make_call
 from .plan import Plan
@@ -64,7 +64,8 @@ class Layer:
 
     Made by `lrc.compile(spec)`. A Layer is an ordinary differentiable PyTorch callable:
     gradients reach every Seq, Param and initial state that requires one, and
-    `torch.compile(fullgraph=True)` traces a call without cu_seqlens as one custom op.
+    `torch.compile(fullgraph=True)` traces a call or a step as one custom op (lrc.runtime.ops);
+    a Layer pickles as (spec, backend, lowering) and compiles again on load.
 
     Attributes:
         spec (Spec): what `@lrc.recurrence` traced.
@@ -124,9 +125,9 @@ class Layer:
         self._built = None
         self.backend = backend
         self.requested = backend  # what the user asked for: 'auto' may have become either
-        from .ops import register
-
-        self.op_id = register(self)
+        # what the custom ops read (plain attributes: torch.compile traces the routing)
+        self.op_params, self.op_n_out = tuple(self.graph.params), len(self.graph.outputs)
+        self.op_key = ops.register(self, backend, lowering)
         if backend == "reference":  # the interpreter needs nothing from the pipeline
             if lowering is not None:
                 self._build()  # still say when a forced lowering cannot run this spec
@@ -169,9 +170,15 @@ class Layer:
     def __repr__(self) -> str:
         return f"<lrc.Layer {self.spec.name} backend={self.backend!r}>"
 
+    def __reduce__(self):
+        """Pickled as (spec, backend, lowering): compiled again on load (from the disk cache
+        when this machine compiled it before)."""
+        return _load_layer, (self.spec, self.requested, self.lowering)
+
     def __call__(self, *args: torch.Tensor, initial_state: Any = None,
                  return_final_state: bool = False, reverse: bool = False,
-                 cu_seqlens: torch.Tensor | None = None, **kwargs: torch.Tensor) -> Any:
+                 cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
+                 **kwargs: torch.Tensor) -> Any:
         """Run the recurrence over the time dim of every Seq argument.
 
         Args:
@@ -191,6 +198,10 @@ class Layer:
                 batch size 1 (the batch dim is the first dim of the first Seq argument and must
                 appear in every Seq and State); the state resets at each boundary, and
                 `initial_state` and the final states hold one entry per sequence along it.
+            max_seqlen (int, optional): with cu_seqlens, the longest sequence's length (the
+                FlashAttention convention): given, the scan reads no offsets on the host (no
+                device sync; the offsets are checked on the device), so a call can sit in a
+                compiled graph or a CUDA graph. It must be at least the longest length.
 
         Returns:
             The output (a tuple of outputs if the step returns several), each in the layout of
@@ -212,10 +223,10 @@ class Layer:
             - b: batch (number of sequences with cu_seqlens);  t: time, T steps;
             - d, n: the annotation's other dims.
         """
-        if torch.compiler.is_compiling() and cu_seqlens is None:
-            from .ops import compiled_call  # one opaque op for torch.compile to trace
-
-            outs, finals = compiled_call(self, args, kwargs, initial_state, reverse)
+        if torch.compiler.is_compiling() or _on_meta(args, kwargs):
+            # one opaque op for torch.compile to trace; its fake gives meta tensors' shapes
+            outs, finals = ops.compiled_call(self, args, kwargs, initial_state, reverse,
+                                             cu_seqlens, max_seqlen)
         else:
             key = None
             if (cu_seqlens is None and initial_state is None and not return_final_state
@@ -228,7 +239,7 @@ class Layer:
                 if fast is None:  # seen, and not replayable
                     key = None
             outs, finals = self.run(args, kwargs, initial_state, reverse, cu_seqlens,
-                                    finals=return_final_state)
+                                    finals=return_final_state, max_seqlen=max_seqlen)
             if key is not None:
                 self._remember_fast(key, args, kwargs, reverse)
         out = outs[0] if len(outs) == 1 else tuple(outs)
@@ -237,12 +248,13 @@ class Layer:
         return out, (finals[0] if len(finals) == 1 else tuple(finals))
 
     def run(self, args: tuple, kwargs: dict, initial_state: Any = None, reverse: bool = False,
-            cu_seqlens: torch.Tensor | None = None, finals: bool = True) -> tuple[list, list]:
+            cu_seqlens: torch.Tensor | None = None, finals: bool = True,
+            max_seqlen: int | None = None) -> tuple[list, list]:
         """(outputs, final states) as lists, on this layer's backend (finals=False: the scan
         kernels' final states are not converted to the user's layout, and [] comes back)."""
         if self.backend == "triton":
             call = make_call(self.lowered, args, kwargs, initial_state=self._in(initial_state),
-                             reverse=reverse, cu_seqlens=cu_seqlens)
+                             reverse=reverse, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
             if not self._float64(call, initial_state, "initial_state"):
                 chosen = self.plan.choose(call.sizes, call.T, _itemsize(call))
                 other = self._lowering(chosen) if chosen != "scan" else None
@@ -253,7 +265,7 @@ class Layer:
                 finals = self._out(states) if states else states
                 return outs, finals
         call = make_call(self.graph, args, kwargs, initial_state=initial_state,
-                         reverse=reverse, cu_seqlens=cu_seqlens)
+                         reverse=reverse, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
         return reference.run(call)
 
     def _float64(self, call, state: Any, what: str) -> bool:
@@ -315,6 +327,11 @@ class Layer:
         """
         if inplace and state is None:
             raise CallError("layer.step(inplace=True) needs state= tensors to update")
+        if torch.compiler.is_compiling() or _on_meta(args, kwargs):
+            # lrc::step_ (mutating the states) or lrc::step, opaque to torch.compile
+            outs, news = ops.compiled_step(self, args, kwargs, state, inplace)
+            return (outs[0] if len(outs) == 1 else tuple(outs),
+                    news[0] if len(news) == 1 else tuple(news))
         key = None
         if inplace and self.backend == "triton" and not self.aux:
             olds = tuple(state) if isinstance(state, (tuple, list)) else (state,)
@@ -444,6 +461,17 @@ class Layer:
         from ..ir.draw import draw
 
         return draw(self.graph, path)
+
+
+def _on_meta(args: tuple, kwargs: dict) -> bool:
+    """Whether the call's first tensor is on the meta device (shapes only: the ops' fakes)."""
+    first = args[0] if args else next(iter(kwargs.values()), None)
+    return isinstance(first, torch.Tensor) and first.is_meta
+
+
+def _load_layer(spec: Spec, backend: str, lowering: str | None) -> Layer:
+    """A pickled Layer, compiled again."""
+    return compile(spec, backend=backend, lowering=lowering)
 
 
 def _build(g, forced):

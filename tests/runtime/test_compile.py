@@ -58,7 +58,7 @@ def test_call_op_outputs_own_their_memory(name):
     layer = lrc.compile(entry.spec, backend="triton")
     args = entry.example(b=2, t=7, dtype=torch.float32)
     tensors = [args[p] for p in layer.graph.params]
-    res = torch.ops.lrc.call(layer.op_id, tensors, [], False)
+    res = torch.ops.lrc.call(layer.op_key, tensors, [], False, None, None)
     ptrs = [x.untyped_storage().data_ptr() for x in res]
     assert len(set(ptrs)) == len(ptrs)
     assert not set(ptrs) & {t.untyped_storage().data_ptr() for t in tensors}

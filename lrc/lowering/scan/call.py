@@ -72,11 +72,10 @@ def run(prog: ScanProgram, call: Call, finals: bool = True
     if call.segments is None:
         return _run(prog, call, call.tensors, call.states, call.T, finals=finals)
     if prog.varlen:
-        bounds = [a for a, _ in call.segments] + [call.segments[-1][1]]
-        cu = torch.tensor(bounds, dtype=torch.int32).to(call.device, non_blocking=True)
-        longest = max(b - a for a, b in call.segments)
+        # runtime.call.Segments: the offsets on the device, no host read with max_seqlen
+        segs = call.segments
         return _run(prog, call, call.tensors, call.states, call.T,
-                    varlen=(cu, longest, len(call.segments)))
+                    varlen=(segs.offsets(call.device), segs.longest, len(segs)))
     return per_sequence(prog.g, call, lambda tensors, states, T: _run(prog, call, tensors,
                                                                   states, T))
 
