@@ -2,7 +2,8 @@
 two packages import each other (directly or round a cycle).
 
 Bottom to top: errors and config; ir; passes and layout; kernels; lowering (each lowering a
-package that imports no other lowering); runtime; zoo and nn; the public `lrc` package."""
+package that imports no other lowering); runtime; distributed; zoo and nn; the public `lrc`
+package."""
 from __future__ import annotations
 
 import ast
@@ -18,7 +19,8 @@ LAYER = {  # unit -> rank; a unit may import units of lower or equal rank, never
     "lowering.base": 4, "lowering.scan": 4, "lowering.chunked": 4, "lowering.conv": 4,
     "lowering": 4,  # the registry (lowering/__init__.py) over the packages
     "runtime": 5,
-    "zoo": 6, "nn": 7,
+    "distributed": 6,  # context parallelism over torch.distributed: wraps a runtime Layer
+    "zoo": 7, "nn": 8,
 }
 
 
