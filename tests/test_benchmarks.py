@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.join(ROOT, "benchmarks")
 
 
 def test_tiny_run_writes_rows(tmp_path):
@@ -19,7 +19,7 @@ def test_tiny_run_writes_rows(tmp_path):
                CUDA_VISIBLE_DEVICES="", LRC_CACHE_DIR=str(tmp_path / "cache"))
     res = subprocess.run([sys.executable, os.path.join(HERE, "run.py"), "--tiny",
                           "--rows", "elementwise,mamba1", "--out", str(out)],
-                         env=env, capture_output=True, text=True, timeout=120)
+                         env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["meta"]["tiny"] and doc["meta"]["device"] == "cpu"
