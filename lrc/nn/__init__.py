@@ -1,5 +1,9 @@
-"""torch.nn modules over lrc specs: `Recurrence` for any spec, and blocks around zoo systems."""
+"""torch.nn modules over lrc specs: `Recurrence` for any spec, the seed families' blocks with
+decode caches, and `param_groups` for the optimizer hints."""
 from .blocks import BiMamba, CausalConv1d, GriffinRecurrentBlock
+from .common import Cache, GatedRMSNorm, RMSNorm, param_groups
+from .mamba import Mamba
 from .recurrence import Recurrence
 
-__all__ = ["BiMamba", "CausalConv1d", "GriffinRecurrentBlock", "Recurrence"]
+__all__ = ["BiMamba", "Cache", "CausalConv1d", "GatedRMSNorm", "GriffinRecurrentBlock", "Mamba",
+           "RMSNorm", "Recurrence", "param_groups"]
