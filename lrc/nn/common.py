@@ -245,3 +245,18 @@ class DecodeBlock(nn.Module):
         n = n_sequences(x, cu_seqlens, what)
         if cache is not None:
             check_cache(cache, n, what)
+
+
+class CausalConv1d(nn.Module):
+    """Depthwise causal convolution over time of (b, t, d) inputs (Griffin's and Mamba's conv)."""
+
+    def __init__(self, d: int, width: int = 4):
+        super().__init__()
+        self.width = width
+        self.conv = nn.Conv1d(d, d, width, groups=d, padding=width - 1)
+
+    def forward(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+        """y_t from x_{t-width+1..t} (from x_{t..t+width-1} with reverse=True)."""
+        if reverse:
+            return self.forward(x.flip(1)).flip(1)
+        return self.conv(x.transpose(1, 2))[..., :x.shape[1]].transpose(1, 2)
