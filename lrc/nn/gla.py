@@ -16,8 +16,7 @@ from torch import nn
 
 from ..runtime import compile as lrc_compile
 from ..zoo import gla as zoo_gla
-from .common import (Cache, DecodeBlock, GatedRMSNorm, RMSNorm, causal_conv, conv_step,
-                     conv_window)
+from .common import Cache, DecodeBlock, GatedRMSNorm, RMSNorm, causal_conv, conv_step, conv_window
 
 GATE_FNS = {"swish": F.silu, "silu": F.silu, "sigmoid": torch.sigmoid, "relu": F.relu,
             "gelu": F.gelu}

@@ -16,8 +16,15 @@ from torch import nn
 from ..runtime import compile as lrc_compile
 from ..zoo import mamba2 as zoo_mamba2
 from ..zoo._init import dt_bias_init
-from .common import (Cache, DecodeBlock, GatedRMSNorm, causal_conv, conv_step, conv_window,
-                     no_weight_decay)
+from .common import (
+    Cache,
+    DecodeBlock,
+    GatedRMSNorm,
+    causal_conv,
+    conv_step,
+    conv_window,
+    no_weight_decay,
+)
 
 
 class Mamba2(DecodeBlock):

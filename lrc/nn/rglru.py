@@ -15,8 +15,15 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the PyTorch convention)
 from torch import nn
 
-from .common import (Cache, CausalConv1d, DecodeBlock, causal_conv, conv_step, conv_window,
-                     no_weight_decay)
+from .common import (
+    Cache,
+    CausalConv1d,
+    DecodeBlock,
+    causal_conv,
+    conv_step,
+    conv_window,
+    no_weight_decay,
+)
 from .recurrence import Recurrence
 
 

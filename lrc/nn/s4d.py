@@ -36,7 +36,7 @@ class S4DKernel(nn.Module):
             if lr is not None:
                 p._optim = {"weight_decay": 0.0, "lr": lr}
 
-    def complex_C(self) -> torch.Tensor:
+    def complex_c(self) -> torch.Tensor:
         """C as a complex64 (H, N/2) tensor."""
         return torch.view_as_complex(self.C.float())
 
@@ -63,7 +63,7 @@ class S4D(DecodeBlock):
     def _params(self) -> tuple[torch.Tensor, ...]:
         k = self.kernel
         B = torch.ones(self.h, self.n // 2, dtype=torch.complex64, device=k.C.device)
-        return k.log_dt, k.log_A_real, k.A_imag, B, k.complex_C(), self.D
+        return k.log_dt, k.log_A_real, k.A_imag, B, k.complex_c(), self.D
 
     def forward(self, u: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
                 cache: Cache | None = None) -> torch.Tensor:

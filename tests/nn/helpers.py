@@ -85,7 +85,10 @@ def check_state_indices(block, x: torch.Tensor, pool: int, tol: float) -> None:
     idx = torch.randperm(pool)[:b]
     big = block.allocate_inference_cache(pool, dtype=x.dtype)
     for t in big.tensors().values():   # rows of other requests: nonzero, must stay untouched
-        t.copy_(torch.randn_like(t) * 0.1)
+        if t.is_floating_point() or t.is_complex():
+            t.copy_(torch.randn_like(t) * 0.1)
+        else:
+            t.copy_(torch.randint_like(t, 3))
     small = block.allocate_inference_cache(b, dtype=x.dtype)
     block(x[:, :-1], cache=small)
     big.scatter_(idx, small)

@@ -6,8 +6,16 @@ import torch.nn.functional as F  # noqa: N812 (the PyTorch convention)
 
 from lrc.nn import GatedLinearAttention
 from tests.conftest import rel_err
-from tests.nn.helpers import (check_packed, check_state_indices, check_step_after_prefill,
-                              conv_loop, linear, params64, rms, silu)
+from tests.nn.helpers import (
+    check_packed,
+    check_state_indices,
+    check_step_after_prefill,
+    conv_loop,
+    linear,
+    params64,
+    rms,
+    silu,
+)
 
 D_MODEL = 8
 
@@ -19,7 +27,7 @@ def gla_loop(m: GatedLinearAttention, x: torch.Tensor) -> torch.Tensor:
     q, k, v = (linear(x, p, n) for n in ("q_proj", "k_proj", "v_proj"))
     if m.use_short_conv:
         q, k, v = (silu(conv_loop(t, p[f"{n}.weight"], p.get(f"{n}.bias")))
-                   for t, n in zip((q, k, v), ("q_conv1d", "k_conv1d", "v_conv1d")))
+                   for t, n in zip((q, k, v), ("q_conv1d", "k_conv1d", "v_conv1d"), strict=True))
     gk = linear(linear(x, p, "gk_proj.0"), p, "gk_proj.1")
     H, dk, dv, g = m.num_heads, m.head_k_dim, m.head_v_dim, m.num_kv_groups
     q = q.unflatten(-1, (H, dk))

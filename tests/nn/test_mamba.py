@@ -5,8 +5,15 @@ import torch.nn.functional as F  # noqa: N812 (the PyTorch convention)
 
 from lrc.nn import Mamba, param_groups
 from tests.conftest import rel_err
-from tests.nn.helpers import (check_packed, check_state_indices, check_step_after_prefill,
-                              conv_loop, linear, params64, silu)
+from tests.nn.helpers import (
+    check_packed,
+    check_state_indices,
+    check_step_after_prefill,
+    conv_loop,
+    linear,
+    params64,
+    silu,
+)
 
 D_MODEL = 6
 

@@ -5,8 +5,14 @@ import torch.nn.functional as F  # noqa: N812 (the PyTorch convention)
 
 from lrc.nn import GriffinRecurrentBlock, param_groups
 from tests.conftest import rel_err
-from tests.nn.helpers import (check_packed, check_state_indices, check_step_after_prefill,
-                              conv_loop, linear, params64)
+from tests.nn.helpers import (
+    check_packed,
+    check_state_indices,
+    check_step_after_prefill,
+    conv_loop,
+    linear,
+    params64,
+)
 
 D_MODEL = 5
 
