@@ -21,6 +21,7 @@ LAYER = {  # unit -> rank; a unit may import units of lower or equal rank, never
     "runtime": 5,
     "distributed": 6,  # context parallelism over torch.distributed: wraps a runtime Layer
     "zoo": 7, "nn": 8,
+    "models": 9,  # language models over the nn blocks
 }
 
 

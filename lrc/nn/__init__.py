@@ -1,5 +1,14 @@
-"""torch.nn modules over lrc specs: `Recurrence` for any spec, and blocks around zoo systems."""
-from .blocks import BiMamba, CausalConv1d, GriffinRecurrentBlock
+"""torch.nn modules over lrc specs: `Recurrence` for any spec, the seed families' blocks with
+decode caches (`allocate_inference_cache`, `forward(x, cu_seqlens=, cache=)`, `step`), and
+`param_groups` for the optimizer hints."""
+from .blocks import BiMamba
+from .common import Cache, CausalConv1d, GatedRMSNorm, RMSNorm, param_groups
+from .gla import GatedLinearAttention
+from .mamba import Mamba
+from .mamba2 import Mamba2
 from .recurrence import Recurrence
+from .rglru import GriffinRecurrentBlock
+from .s4d import S4D
 
-__all__ = ["BiMamba", "CausalConv1d", "GriffinRecurrentBlock", "Recurrence"]
+__all__ = ["S4D", "BiMamba", "Cache", "CausalConv1d", "GatedLinearAttention", "GatedRMSNorm",
+           "GriffinRecurrentBlock", "Mamba", "Mamba2", "RMSNorm", "Recurrence", "param_groups"]

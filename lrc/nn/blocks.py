@@ -1,4 +1,4 @@
-"""Zoo blocks as modules: Griffin's recurrent block and Vision Mamba's bidirectional mixer.
+"""Vision Mamba's bidirectional mixer as a module (Griffin's recurrent block is in rglru.py).
 
 The projections, short convolutions and gates around each recurrence are plain PyTorch; the
 recurrence itself is a `Recurrence` over a zoo spec with its standard initialization.
@@ -11,47 +11,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the PyTorch convention)
 from torch import nn
 
+from .common import CausalConv1d
 from .recurrence import Recurrence
-
-
-class CausalConv1d(nn.Module):
-    """Depthwise causal convolution over time of (b, t, d) inputs (Griffin's and Mamba's conv)."""
-
-    def __init__(self, d: int, width: int = 4):
-        super().__init__()
-        self.width = width
-        self.conv = nn.Conv1d(d, d, width, groups=d, padding=width - 1)
-
-    def forward(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-        """y_t from x_{t-width+1..t} (from x_{t..t+width-1} with reverse=True)."""
-        if reverse:
-            return self.forward(x.flip(1)).flip(1)
-        return self.conv(x.transpose(1, 2))[..., :x.shape[1]].transpose(1, 2)
-
-
-class GriffinRecurrentBlock(nn.Module):
-    """Griffin's temporal-mixing recurrent block (De et al. 2024, Fig. 2):
-    out = W_o(gelu(W_g x) * RG-LRU(conv(W_x x))), the RG-LRU's gates linear in its input."""
-
-    def __init__(self, d_model: int, d_rnn: int | None = None, conv_width: int = 4,
-                 backend: str = "auto"):
-        super().__init__()
-        d_rnn = d_rnn or d_model
-        self.gate_proj = nn.Linear(d_model, d_rnn)
-        self.in_proj = nn.Linear(d_model, d_rnn)
-        self.conv = CausalConv1d(d_rnn, conv_width)
-        # Griffin uses block-diagonal gate maps (one block per head); dense is the one-head case
-        self.gate_r = nn.Linear(d_rnn, d_rnn)
-        self.gate_i = nn.Linear(d_rnn, d_rnn)
-        self.rglru = Recurrence.from_zoo("rglru", backend=backend, d=d_rnn)
-        self.out_proj = nn.Linear(d_rnn, d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(b, t, d_model) -> (b, t, d_model)."""
-        gate = F.gelu(self.gate_proj(x), approximate="tanh")
-        u = self.conv(self.in_proj(x))
-        h = self.rglru(u, self.gate_r(u), self.gate_i(u))
-        return self.out_proj(h * gate)
 
 
 class _MambaDirection(nn.Module):

@@ -1,0 +1,7 @@
+"""Models built from lrc blocks: `LM(LMConfig(...))`, a language model from a layer pattern
+with `generate()`; `Attention`, the SDPA layer it mixes in; `sample`."""
+from .attention import Attention
+from .generate import generate, sample
+from .lm import LM, LMConfig
+
+__all__ = ["LM", "Attention", "LMConfig", "generate", "sample"]
