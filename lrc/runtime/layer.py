@@ -48,10 +48,13 @@ class Layer:
 
     Attributes:
         spec (Spec): what `@lrc.recurrence` traced.
-        backend (str): what runs: 'triton' (generated kernels, compiled for CUDA tensors, under
-            Triton's interpreter for CPU tensors) or 'reference' (the float64 interpreter with
-            torch autograd; also what backend='auto' falls back to for a spec with no kernels,
-            with a note in the plan).
+        backend (str): what runs CUDA tensors: 'triton' (generated kernels, compiled for CUDA
+            tensors, under Triton's interpreter for CPU tensors) or 'reference' (the float64
+            interpreter with torch autograd; also what backend='auto' falls back to for a spec
+            with no kernels, with a note in the plan).
+        requested (str): the backend asked for. With 'auto' (and no forced lowering), CPU
+            tensors run on the torch lowering (`lrc.lowering.torch`: the graph in vectorized
+            torch ops, float32), whatever `backend` says; the plan's note says so.
         plan (Plan): the structure found, the eligible lowerings and the cost model's choice;
             `print(layer.plan)`.
 
@@ -89,6 +92,7 @@ class Layer:
         self._fast_steps: dict[tuple, Any] = Bounded(64)  # step signature -> scan.call.FastStep
         self._built = None
         self.backend = backend
+        self.requested = backend  # 'auto' runs CPU tensors on the torch lowering
         from .ops import register
 
         self.op_id = register(self)
@@ -178,7 +182,7 @@ class Layer:
         else:
             key = None
             if (cu_seqlens is None and initial_state is None and not return_final_state
-                    and self.backend == "triton"):
+                    and self.backend == "triton" and self._cpu_lowering(args, kwargs) is None):
                 key = _fast_key(args, kwargs, reverse)
                 fast = self._fast.get(key, _UNSEEN) if key is not None else None
                 if fast is not None and fast is not _UNSEEN:  # seen: its launches replayed
@@ -199,6 +203,11 @@ class Layer:
             cu_seqlens: torch.Tensor | None = None, finals: bool = True) -> tuple[list, list]:
         """(outputs, final states) as lists, on this layer's backend (finals=False: the scan
         kernels' final states are not converted to the user's layout, and [] comes back)."""
+        torch_prog = self._cpu_lowering(args, kwargs)
+        if torch_prog is not None:  # CPU tensors under backend="auto": the torch lowering
+            call = make_call(torch_prog.graph, args, kwargs, initial_state=initial_state,
+                             reverse=reverse, cu_seqlens=cu_seqlens)
+            return torch_prog.run(call)
         if self.backend == "triton":
             call = make_call(self.lowered, args, kwargs, initial_state=self._in(initial_state),
                              reverse=reverse, cu_seqlens=cu_seqlens)
@@ -214,6 +223,22 @@ class Layer:
                              reverse=reverse, cu_seqlens=cu_seqlens)
             outs, finals = reference.run(call)
         return outs, finals
+
+    def _cpu_lowering(self, args: tuple, kwargs: dict):
+        """The torch lowering's program when this call runs on it: backend='auto' with the
+        arguments on the CPU (the generated kernels would run under Triton's interpreter);
+        None otherwise (backend='triton' keeps the kernels, interpreted on the CPU)."""
+        if self.requested != "auto" or self.lowering is not None:
+            return None
+        first = args[0] if args else next(iter(kwargs.values()), None)
+        if not isinstance(first, torch.Tensor) or first.device.type != "cpu":
+            return None
+        if "torch" not in self.programs:
+            self.programs["torch"] = _lowerings.build("torch", self.compiled)
+            self.plan.note = ((self.plan.note + "; ") if self.plan.note else "") + (
+                "CPU tensors run on the torch lowering (vectorized torch ops); "
+                "backend='triton' runs the generated kernels under Triton's interpreter")
+        return self.programs["torch"]
 
     def _remember_fast(self, key: tuple, args: tuple, kwargs: dict, reverse: bool) -> None:
         """After a full call with signature `key`: its Fast replay, if the scan ran it and it
@@ -254,6 +279,17 @@ class Layer:
         """
         if inplace and state is None:
             raise CallError("layer.step(inplace=True) needs state= tensors to update")
+        torch_prog = self._cpu_lowering(args, kwargs)
+        if torch_prog is not None:  # CPU tensors under backend="auto": the torch lowering
+            call = make_call(torch_prog.graph, args, kwargs, initial_state=state, step=True)
+            outs, news = torch_prog.step(call)
+            if inplace:
+                olds = tuple(state) if isinstance(state, (tuple, list)) else (state,)
+                for old, new in zip(olds, news):
+                    old.copy_(new)
+                news = list(olds)
+            out = outs[0] if len(outs) == 1 else tuple(outs)
+            return out, (news[0] if len(news) == 1 else tuple(news))
         key = None
         if inplace and self.backend == "triton" and not self.aux:
             olds = tuple(state) if isinstance(state, (tuple, list)) else (state,)
@@ -404,10 +440,12 @@ def compile(spec: Spec, *, backend: str = "auto",  # noqa: A001 (lrc.compile)
 
     Args:
         spec (Spec): made by `@lrc.recurrence`.
-        backend (str): 'auto' (default): the generated Triton kernels, or the reference
-            interpreter (with a note in `layer.plan`) for a spec they cannot run; 'triton':
-            the kernels or an `Unsupported` error; 'reference': the float64 interpreter with
-            torch autograd, the oracle (slow by design).
+        backend (str): 'auto' (default): for CUDA tensors the generated Triton kernels, or
+            the reference interpreter (with a note in `layer.plan`) for a spec they cannot
+            run; for CPU tensors the torch lowering (vectorized torch ops, no Triton);
+            'triton': the kernels or an `Unsupported` error, on every device (CPU tensors run
+            them under Triton's interpreter, slowly: for testing the kernels); 'reference':
+            the float64 interpreter with torch autograd, the oracle (slow by design).
         lowering (str, optional): force 'scan', 'chunked' or 'conv' for every call. None
             (default): the cost model chooses per call shape (`print(layer.plan)`).
 
