@@ -24,10 +24,11 @@ from ...ir.dims import Role
 from ...ir.functions import tape
 from ...ir.graph import Graph
 from ...ir.interpret import canonical_shape, eval_node
-from ...ir.nodes import Input
+from ...ir.nodes import Input, Map
 from ...layout import batch_dim, from_canonical, to_canonical
-from ...passes.analysis import inline
+from ...passes.analysis import expr_dims, inline
 from ..base import Call
+from .hoist import hoist
 from .scan import diagonal_scan
 
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -65,9 +66,18 @@ class Program:
                 decay = None if info.decay is None else tape(inline(g, info.decay))
                 self.groups.append(("scan", members, decay, pre, per))
             else:
+                per, parts = hoist(per, set(members) | {n.name for n in per})
+                pre = pre + [Map(k, expr_dims(g, e), e) for k, e in parts.items()]
                 self.groups.append(("loop", members, None, pre, per))
-        outs = set(g.outputs).union(*(nx.ancestors(g.nx, o) for o in g.outputs))
-        self.readout = [n for n in order if n.name in outs]
+        # the outputs from the states before and after each step (both known by then)
+        news, outs, todo = set(new_of.values()), set(), list(g.outputs)
+        while todo:
+            name = todo.pop()
+            if name not in outs:
+                outs.add(name)
+                if name not in news:
+                    todo += list(g.nx.predecessors(name))
+        self.readout = [n for n in order if n.name in outs and n.name not in news]
         self.free = [n for n in g.nodes if n.name not in sdep]
 
     def run(self, call: Call, finals: bool = True) -> tuple[list, list]:
@@ -225,12 +235,12 @@ def _solve(prog: Program, values, states, sizes, T: int, reverse: bool, real, cp
             full = canonical_shape(g, node.dims, sizes, T)
             H = diagonal_scan(a.expand(torch.broadcast_shapes(a.shape, full)),
                               bt.expand(full), h0[0], reverse)
-            _record(env, finals, s, H, h0, reverse)
+            _record(env, finals, s, new_of[s], H, h0, reverse)
         else:
             Hs = _loop(g, env, states, members, per, new_of, sizes, T, reverse, like,
                        real, cplx)
             for s in members:
-                _record(env, finals, s, Hs[s], states[s], reverse)
+                _record(env, finals, s, new_of[s], Hs[s], states[s], reverse)
     for n in prog.readout:
         if n.name not in env:
             env[n.name] = _eval(g, n, env, sizes, like, real, cplx)
@@ -238,9 +248,10 @@ def _solve(prog: Program, values, states, sizes, T: int, reverse: bool, real, cp
     return outs, [finals[s] for s in g.state_names]
 
 
-def _record(env, finals, s, H, h0, reverse) -> None:
-    """The states before every step (env[s]) and after the last (finals[s]) from H, the states
-    after every step."""
+def _record(env, finals, s, new, H, h0, reverse) -> None:
+    """The states before every step (env[s]), after every step (env[new]) and after the last
+    (finals[s]) from H, the states after every step."""
+    env[new] = H
     h0 = h0.to(H.dtype).expand((1,) + H.shape[1:])
     if reverse:
         env[s] = torch.cat([H[1:], h0])
