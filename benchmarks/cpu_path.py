@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the PyTorch convention)
 
 import lrc
-from lrc import Param, Seq, State, exp, softplus
+from lrc import Seq, State
 from lrc.zoo import ZOO
 
 

@@ -28,7 +28,8 @@ def unit(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "lrc" or len(parts) < 2:
         return None
-    if parts[1] == "lowering" and len(parts) > 2 and parts[2] in ("scan", "chunked", "conv", "torch", "base"):
+    if parts[1] == "lowering" and len(parts) > 2 and parts[2] in (
+            "scan", "chunked", "conv", "torch", "base"):
         return f"lowering.{parts[2]}"
     return parts[1]
 

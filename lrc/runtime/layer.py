@@ -285,7 +285,7 @@ class Layer:
             outs, news = torch_prog.step(call)
             if inplace:
                 olds = tuple(state) if isinstance(state, (tuple, list)) else (state,)
-                for old, new in zip(olds, news):
+                for old, new in zip(olds, news, strict=True):
                     old.copy_(new)
                 news = list(olds)
             out = outs[0] if len(outs) == 1 else tuple(outs)

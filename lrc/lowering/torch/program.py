@@ -150,8 +150,8 @@ def _run(prog: Program, call: Call, step: bool) -> tuple[list, list]:
     else:
         outs, fins = _segments(prog, call, values, states, b, real, cplx)
     out_t = [from_canonical(g, o, ax, sizes, not step).to(call.out_dtype)
-             for o, ax in zip(outs, g.out_axes)]
-    by_node = dict(zip(g.state_names, fins))
+             for o, ax in zip(outs, g.out_axes, strict=True)]
+    by_node = dict(zip(g.state_names, fins, strict=True))
     fin_t = []
     for arg in g.state_args:
         parts = {g[s].part: by_node[s] for s in g.state_names if g[s].arg == arg}

@@ -16,16 +16,20 @@ import torch
 _DIRECT = 16
 
 
-def _scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """H with H[t] = a[t] * H[t-1] + b[t], H[-1] = h0; a, b: (T, *S), h0: (*S)."""
+def _scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """H with H[t] = a[t] * H[t-1] + b[t], H[-1] = h0 (reverse: H[t] = a[t] * H[t+1] + b[t],
+    H[T] = h0); a, b: (T, *S), h0: (*S)."""
     T = b.shape[0]
     if T <= _DIRECT:
-        out = torch.empty_like(b)
+        out = torch.empty(b.shape, dtype=b.dtype, device=b.device)
         h = h0
-        for t in range(T):
+        for t in reversed(range(T)) if reverse else range(T):
             h = torch.addcmul(b[t], a[t], h)
             out[t] = h
         return out
+    if reverse:
+        return _scan(a.flip(0), b.flip(0), h0, False).flip(0)
+    a, b = a.contiguous(), b.contiguous()
     C = math.isqrt(T - 1) + 1
     n = -(-T // C)
     pad = n * C - T
@@ -55,22 +59,28 @@ class DiagonalScan(torch.autograd.Function):
     """The scan as one autograd node: its backward is the same scan run right to left."""
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-        H = _scan(a, b, h0)
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
+                reverse: bool) -> torch.Tensor:
+        H = _scan(a, b, h0, reverse)
         ctx.save_for_backward(a, H, h0)
+        ctx.reverse = reverse
         return H
 
     @staticmethod
     def backward(ctx, dH: torch.Tensor):
         a, H, h0 = ctx.saved_tensors
-        # g_t = dH_t + conj(a_{t+1}) g_{t+1}: the scan on time-flipped tensors (conj: complex
+        # g_t = dH_t + conj(a_{t+1}) g_{t+1}: the same scan the other way (conj: complex
         # gradients in torch's convention; a no-op for real ones)
-        nxt = torch.cat([a[1:], a.new_zeros((1,) + a.shape[1:])]).conj()
-        g = _scan(nxt.flip(0), dH.flip(0), torch.zeros_like(h0)).flip(0)
-        prev = torch.cat([h0.unsqueeze(0), H[:-1]])
+        zero = a.new_zeros((1,) + a.shape[1:])
+        h0 = h0.unsqueeze(0)
+        if ctx.reverse:
+            nxt, prev, first = torch.cat([zero, a[:-1]]), torch.cat([H[1:], h0]), -1
+        else:
+            nxt, prev, first = torch.cat([a[1:], zero]), torch.cat([h0, H[:-1]]), 0
+        g = _scan(nxt.conj(), dH, torch.zeros_like(h0[0]), not ctx.reverse)
         da = g * prev.conj() if ctx.needs_input_grad[0] else None
-        dh0 = g[0] * a[0].conj() if ctx.needs_input_grad[2] else None
-        return da, g, dh0
+        dh0 = g[first] * a[first].conj() if ctx.needs_input_grad[2] else None
+        return da, g, dh0, None
 
 
 def diagonal_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
@@ -84,6 +94,4 @@ def diagonal_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
     a = a.to(dtype).expand(shape)
     b = b.to(dtype).expand(shape)
     h0 = h0.to(dtype).expand(shape[1:])
-    if reverse:
-        return DiagonalScan.apply(a.flip(0), b.flip(0), h0.contiguous()).flip(0)
-    return DiagonalScan.apply(a.contiguous(), b.contiguous(), h0.contiguous())
+    return DiagonalScan.apply(a, b, h0, reverse)

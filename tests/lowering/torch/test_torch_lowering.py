@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 import lrc
-from lrc import Param, Seq, State, exp
+from lrc import Seq, State, exp
 from lrc.lowering.torch.scan import diagonal_scan
 from lrc.zoo import ZOO
 from tests.conftest import rel_err
@@ -64,7 +64,7 @@ def test_zoo_forward_final_state_and_gradients(name, reverse):
         assert rel_err(a, b) <= FWD, name
     # one random cotangent for every output and final state, the same for both
     cots = [torch.randn_like(b) for b in as_tuple(y_r) + as_tuple(fin_r)]
-    loss = lambda outs: sum((o * c.to(o.dtype)).real.sum() for o, c in zip(outs, cots))
+    loss = lambda outs: sum((o * c.to(o.dtype)).real.sum() for o, c in zip(outs, cots, strict=True))
     loss(as_tuple(y) + as_tuple(fin)).backward()
     loss(as_tuple(y_r) + as_tuple(fin_r)).backward()
     for k in args:
@@ -140,7 +140,7 @@ def test_random_specs_gradients(rs):
     y, h = layer(*ours, initial_state=s_ours, return_final_state=True)
     y_r, h_r = ref(*wide, initial_state=s_wide, return_final_state=True)
     cots = [torch.randn_like(b) for b in as_tuple(y_r) + as_tuple(h_r)]
-    loss = lambda outs: sum((o * c.to(o.dtype)).real.sum() for o, c in zip(outs, cots))
+    loss = lambda outs: sum((o * c.to(o.dtype)).real.sum() for o, c in zip(outs, cots, strict=True))
     loss(as_tuple(y) + as_tuple(h)).backward()
     loss(as_tuple(y_r) + as_tuple(h_r)).backward()
     for a, b in zip(ours + list(s_ours), wide + list(s_wide), strict=True):
@@ -225,3 +225,20 @@ def test_matrix_state_against_a_plain_loop():
             + bi * ki[..., None] * v[:, i, :, None].double()
         want.append(torch.einsum("bhk,bhkv->bhv", q[:, i].double(), S))
     assert rel_err(y, torch.stack(want, 1)) <= FWD
+
+
+def test_torch_compile_fullgraph_runs_the_torch_lowering():
+    e = ZOO["rglru"]
+    layer = lrc.compile(e.spec)
+    args = e.example(b=2, t=11, dtype=torch.float32)
+    model = lambda *a: torch.tanh(layer(*a)).sum()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    leaves = [a.clone().requires_grad_(True) for a in args.values()]
+    eager = [a.clone().requires_grad_(True) for a in args.values()]
+    got, want = compiled(*leaves), model(*eager)
+    assert "torch" in layer.programs
+    assert rel_err(got, want) <= 1e-5
+    got.backward()
+    want.backward()
+    for a, b in zip(leaves, eager, strict=True):
+        assert rel_err(a.grad, b.grad) <= 1e-4
