@@ -18,13 +18,14 @@ Compute is float32 (complex64 for complex values), float64 when the call's state
 from __future__ import annotations
 
 import networkx as nx
+import sympy as sp
 import torch
 
 from ...ir.dims import Role
 from ...ir.functions import tape
 from ...ir.graph import Graph
 from ...ir.interpret import canonical_shape, eval_node
-from ...ir.nodes import Input, Map
+from ...ir.nodes import Input, Map, node_symbol
 from ...layout import batch_dim, from_canonical, to_canonical
 from ...passes.analysis import expr_dims, inline
 from ..base import Call
@@ -64,6 +65,9 @@ class Program:
             if info is not None and info.transition == "diagonal" and info.name == members[0]:
                 # b: the new state with this state at zero, for all steps at once
                 decay = None if info.decay is None else tape(inline(g, info.decay))
+                zero = {node_symbol(g[members[0]]): sp.Integer(0)}
+                per = [Map(n.name, n.dims, n.expr.xreplace(zero), n.src, n.complex)
+                       if isinstance(n, Map) else n for n in per]
                 self.groups.append(("scan", members, decay, pre, per))
             else:
                 per, parts = hoist(per, set(members) | {n.name for n in per})
