@@ -1,7 +1,8 @@
 """lrc in one screen: define Mamba-1's selective scan as one time step, see what lrc made of it
 (the IR, the plan, the generated Triton kernel), run it, check it against a plain PyTorch loop,
-decode a few tokens, and take gradients. On a CPU the generated kernels run under Triton's
-interpreter; on a GPU they are compiled."""
+decode a few tokens, and take gradients. On a GPU the generated kernels run, compiled; on a CPU
+the torch lowering runs (vectorized torch ops; backend="triton" runs the kernels under Triton's
+interpreter)."""
 import torch
 
 import lrc

@@ -118,8 +118,13 @@ def _where(*pairs: Value) -> Value:
     return out
 
 
+def _size(x: Value) -> int:
+    return x.numel() if isinstance(x, torch.Tensor) else 0
+
+
 def _fold(op: Callable[[Value, Value], Value]) -> Callable[..., Value]:
-    return lambda *xs: functools.reduce(op, xs)
+    # smallest operands first: broadcasting to the full shape happens once, at the end
+    return lambda *xs: functools.reduce(op, sorted(xs, key=_size) if len(xs) > 2 else xs)
 
 
 def _tmax(a: Value, b: Value) -> Value:

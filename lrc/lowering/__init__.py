@@ -9,6 +9,8 @@ says so): a lowering the user forces either builds or raises.
               any other linear transition, and the decode step (every spec has it)
     chunked   tensor-core chunks for diagonal decays constant along some state dims
     conv      FFT convolution for time-invariant specs
+    torch     the graph in vectorized torch ops, autograd for the backward: what runs on
+              CPU tensors (any spec; no Triton)
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from .base import Call, Program
 from .chunked.program import Program as ChunkedProgram
 from .conv.program import Program as ConvProgram
 from .scan.program import ScanProgram
+from .torch.program import Program as TorchProgram
 
 
 def _scan(compiled) -> ScanProgram:
@@ -30,6 +33,7 @@ LOWERINGS: dict[str, Callable] = {
     "scan": _scan,
     "chunked": ChunkedProgram,
     "conv": ConvProgram,
+    "torch": TorchProgram,
 }
 
 

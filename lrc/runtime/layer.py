@@ -69,10 +69,13 @@ class Layer:
 
     Attributes:
         spec (Spec): what `@lrc.recurrence` traced.
-        backend (str): what runs: 'triton' (generated kernels, compiled for CUDA tensors, under
-            Triton's interpreter for CPU tensors) or 'reference' (the float64 interpreter with
-            torch autograd; also what backend='auto' falls back to for a spec with no kernels,
-            with a note in the plan).
+        backend (str): what runs CUDA tensors: 'triton' (generated kernels, compiled for CUDA
+            tensors, under Triton's interpreter for CPU tensors) or 'reference' (the float64
+            interpreter with torch autograd; also what backend='auto' falls back to for a spec
+            with no kernels, with a note in the plan).
+        requested (str): the backend asked for. With 'auto' (and no forced lowering), CPU
+            tensors run on the torch lowering (`lrc.lowering.torch`: the graph in vectorized
+            torch ops, float32), whatever `backend` says; the plan's note says so.
         plan (Plan): the structure found, the eligible lowerings and the cost model's choice;
             `print(layer.plan)`.
 
@@ -124,7 +127,7 @@ class Layer:
         self._fast_steps: dict[tuple, Any] = Bounded(64)  # step signature -> scan.call.FastStep
         self._built = None
         self.backend = backend
-        self.requested = backend  # what the user asked for: 'auto' may have become either
+        self.requested = backend  # asked for: 'auto' may become either; CPU tensors: torch
         # what the custom ops read (plain attributes: torch.compile traces the routing)
         self.op_params, self.op_n_out = tuple(self.graph.params), len(self.graph.outputs)
         self.op_key = ops.register(self, backend, lowering)
@@ -230,7 +233,7 @@ class Layer:
         else:
             key = None
             if (cu_seqlens is None and initial_state is None and not return_final_state
-                    and self.backend == "triton"):
+                    and self.backend == "triton" and self._cpu_lowering(args, kwargs) is None):
                 key = _fast_key(args, kwargs, reverse)
                 fast = self._fast.get(key, _UNSEEN) if key is not None else None
                 if fast is not None and fast is not _UNSEEN:  # seen: its launches replayed
@@ -252,6 +255,11 @@ class Layer:
             max_seqlen: int | None = None) -> tuple[list, list]:
         """(outputs, final states) as lists, on this layer's backend (finals=False: the scan
         kernels' final states are not converted to the user's layout, and [] comes back)."""
+        torch_prog = self._cpu_lowering(args, kwargs)
+        if torch_prog is not None:  # CPU tensors under backend="auto": the torch lowering
+            call = make_call(torch_prog.graph, args, kwargs, initial_state=initial_state,
+                             reverse=reverse, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+            return torch_prog.run(call)
         if self.backend == "triton":
             call = make_call(self.lowered, args, kwargs, initial_state=self._in(initial_state),
                              reverse=reverse, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
@@ -286,6 +294,25 @@ class Layer:
         if name != "scan" and self.programs.get(name, True) is None:
             name = "scan"
         return _lowerings.atomic_grads(name, self.program if name == "scan" else None)
+
+    def _cpu_lowering(self, args: tuple, kwargs: dict):
+        """The torch lowering's program when this call runs on it: backend='auto' with the
+        arguments on the CPU (the generated kernels would run under Triton's interpreter);
+        None otherwise (backend='triton' keeps the kernels, interpreted on the CPU)."""
+        if self.requested != "auto" or self.lowering is not None:
+            return None
+        first = args[0] if args else next(iter(kwargs.values()), None)
+        if not isinstance(first, torch.Tensor) or first.device.type != "cpu":
+            return None
+        if any(isinstance(x, torch.Tensor) and x.dtype in _WIDE
+               for x in (*args, *kwargs.values())):
+            return None  # float64 calls run on the float64 reference backend, as on CUDA
+        if "torch" not in self.programs:
+            self.programs["torch"] = _lowerings.build("torch", self.compiled)
+            self.plan.note = ((self.plan.note + "; ") if self.plan.note else "") + (
+                "CPU tensors run on the torch lowering (vectorized torch ops); "
+                "backend='triton' runs the generated kernels under Triton's interpreter")
+        return self.programs["torch"]
 
     def _remember_fast(self, key: tuple, args: tuple, kwargs: dict, reverse: bool) -> None:
         """After a full call with signature `key`: its Fast replay, if the scan ran it and it
@@ -332,6 +359,17 @@ class Layer:
             outs, news = ops.compiled_step(self, args, kwargs, state, inplace)
             return (outs[0] if len(outs) == 1 else tuple(outs),
                     news[0] if len(news) == 1 else tuple(news))
+        torch_prog = self._cpu_lowering(args, kwargs)
+        if torch_prog is not None:  # CPU tensors under backend="auto": the torch lowering
+            call = make_call(torch_prog.graph, args, kwargs, initial_state=state, step=True)
+            outs, news = torch_prog.step(call)
+            if inplace:
+                olds = tuple(state) if isinstance(state, (tuple, list)) else (state,)
+                for old, new in zip(olds, news, strict=True):
+                    old.copy_(new)
+                news = list(olds)
+            out = outs[0] if len(outs) == 1 else tuple(outs)
+            return out, (news[0] if len(news) == 1 else tuple(news))
         key = None
         if inplace and self.backend == "triton" and not self.aux:
             olds = tuple(state) if isinstance(state, (tuple, list)) else (state,)
@@ -497,11 +535,14 @@ def compile(spec: Spec, *, backend: str = "auto",  # noqa: A001 (lrc.compile)
 
     Args:
         spec (Spec): made by `@lrc.recurrence`.
-        backend (str): 'auto' (default): the generated Triton kernels, or the reference
-            interpreter (with a note in `layer.plan`) for a spec they cannot run and for
-            calls with float64 (complex128) tensors; 'triton': the kernels or an
-            `Unsupported` error (a float64 call raises CallError); 'reference': the float64
-            interpreter with torch autograd, the oracle (slow by design).
+        backend (str): 'auto' (default): for CUDA tensors the generated Triton kernels, or
+            the reference interpreter (with a note in `layer.plan`) for a spec they cannot
+            run and for calls with float64 (complex128) tensors; for CPU tensors the torch
+            lowering (vectorized torch ops, no Triton); 'triton': the kernels or an
+            `Unsupported` error, on every device (CPU tensors run them under Triton's
+            interpreter, slowly: for testing the kernels; a float64 call raises CallError);
+            'reference': the float64 interpreter with torch autograd, the oracle (slow by
+            design).
         lowering (str, optional): force 'scan', 'chunked' or 'conv' for every call. None
             (default): the cost model chooses per call shape (`print(layer.plan)`).
 
