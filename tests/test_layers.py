@@ -17,6 +17,7 @@ LAYER = {  # unit -> rank; a unit may import units of lower or equal rank, never
     "passes": 2, "layout": 2,
     "kernels": 3,
     "lowering.base": 4, "lowering.scan": 4, "lowering.chunked": 4, "lowering.conv": 4,
+    "lowering.dplr": 4,
     "lowering": 4,  # the registry (lowering/__init__.py) over the packages
     "runtime": 5,
     "distributed": 6,  # context parallelism over torch.distributed: wraps a runtime Layer
@@ -29,7 +30,8 @@ def unit(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "lrc" or len(parts) < 2:
         return None
-    if parts[1] == "lowering" and len(parts) > 2 and parts[2] in ("scan", "chunked", "conv", "base"):
+    if parts[1] == "lowering" and len(parts) > 2 and parts[2] in (
+            "scan", "chunked", "conv", "dplr", "base"):
         return f"lowering.{parts[2]}"
     return parts[1]
 

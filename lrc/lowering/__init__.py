@@ -9,6 +9,8 @@ says so): a lowering the user forces either builds or raises.
               any other linear transition, and the decode step (every spec has it)
     chunked   tensor-core chunks for diagonal decays constant along some state dims
     conv      FFT convolution for time-invariant specs
+    dplr      tensor-core chunks for the delta rule (rank-1 DPLR transitions: DeltaNet, Gated
+              DeltaNet), the UT / WY form of each chunk's product of transitions
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from ..errors import Unsupported
 from .base import Call, Program
 from .chunked.program import Program as ChunkedProgram
 from .conv.program import Program as ConvProgram
+from .dplr.program import Program as DplrProgram
 from .scan.program import ScanProgram
 
 
@@ -30,6 +33,7 @@ LOWERINGS: dict[str, Callable] = {
     "scan": _scan,
     "chunked": ChunkedProgram,
     "conv": ConvProgram,
+    "dplr": DplrProgram,
 }
 
 
@@ -48,7 +52,7 @@ def atomic_grads(name: str, program=None) -> bool:
     never. `program`: the scan's built program (None: unknown, assumed not)."""
     if name == "scan":
         return program is not None and program.atomic_grads
-    return name == "chunked"
+    return name == "chunked"  # dplr: per-value-block partial sums, added in a fixed order
 
 
 __all__ = ["LOWERINGS", "Call", "Program", "Unsupported", "atomic_grads", "build"]
