@@ -18,6 +18,7 @@ LAYER = {  # unit -> rank; a unit may import units of lower or equal rank, never
     "kernels": 3,
     "lowering.base": 4, "lowering.scan": 4, "lowering.chunked": 4, "lowering.conv": 4,
     "lowering.torch": 4,
+    "lowering.dplr": 4,
     "lowering": 4,  # the registry (lowering/__init__.py) over the packages
     "runtime": 5,
     "distributed": 6,  # context parallelism over torch.distributed: wraps a runtime Layer
@@ -32,7 +33,7 @@ def unit(module: str) -> str | None:
     if parts[0] != "lrc" or len(parts) < 2:
         return None
     if parts[1] == "lowering" and len(parts) > 2 and parts[2] in (
-            "scan", "chunked", "conv", "torch", "base"):
+            "scan", "chunked", "conv", "torch", "dplr", "base"):
         return f"lowering.{parts[2]}"
     return parts[1]
 

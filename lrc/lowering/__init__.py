@@ -11,6 +11,8 @@ says so): a lowering the user forces either builds or raises.
     conv      FFT convolution for time-invariant specs
     torch     the graph in vectorized torch ops, autograd for the backward: what runs on
               CPU tensors (any spec; no Triton)
+    dplr      tensor-core chunks for the delta rule (rank-1 DPLR transitions: DeltaNet, Gated
+              DeltaNet), the UT / WY form of each chunk's product of transitions
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from ..errors import Unsupported
 from .base import Call, Program
 from .chunked.program import Program as ChunkedProgram
 from .conv.program import Program as ConvProgram
+from .dplr.program import Program as DplrProgram
 from .scan.program import ScanProgram
 from .torch.program import Program as TorchProgram
 
@@ -34,6 +37,7 @@ LOWERINGS: dict[str, Callable] = {
     "chunked": ChunkedProgram,
     "conv": ConvProgram,
     "torch": TorchProgram,
+    "dplr": DplrProgram,
 }
 
 
@@ -52,7 +56,7 @@ def atomic_grads(name: str, program=None) -> bool:
     never. `program`: the scan's built program (None: unknown, assumed not)."""
     if name == "scan":
         return program is not None and program.atomic_grads
-    return name == "chunked"
+    return name == "chunked"  # dplr: per-value-block partial sums, added in a fixed order
 
 
 __all__ = ["LOWERINGS", "Call", "Program", "Unsupported", "atomic_grads", "build"]

@@ -1,4 +1,4 @@
-"""Lowering choice: which of scan, chunked and conv can run a spec, and which is cheapest.
+"""Lowering choice: which of scan, chunked, conv and dplr can run a spec, and which is cheapest.
 
 Eligibility comes from the structure (a pass); the choice needs shapes, so it is made per call
 by `Lowering.choose(sizes, T)` from an explicit cost model: bytes over HBM bandwidth, and
@@ -21,7 +21,10 @@ from ..ir.nodes import Map
 from .analysis import expr_dims, params_tape
 from .structure import Structure
 
-LOWERINGS = ("scan", "chunked", "conv")
+LOWERINGS = ("scan", "chunked", "conv", "dplr")
+# the lowerings the cost model takes by itself; dplr's kernels have run only under Triton's
+# interpreter so far, so it is costed and shown, and runs where it is forced (lowering="dplr")
+AUTOMATIC = ("scan", "chunked", "conv")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class Device:
     # the bounds above, so its estimate uses this rate
     scan_step: float = 2.2e-12
     scan_step_pair: float = 2.2e-12
+    # one PyTorch op on a whole sequence's tensors (the dplr lowering computes its terms and
+    # their layouts with ~30 of them); an estimate, not calibrated on the GPU yet
+    torch_op: float = 10e-6
 
 
 H200 = Device()
@@ -92,7 +98,8 @@ class Lowering:
                  for lw in self.eligible}
         if self.forced is not None:
             return self.forced, costs
-        return min(costs, key=lambda lw: (costs[lw].seconds, LOWERINGS.index(lw))), costs
+        auto = [lw for lw in costs if lw in AUTOMATIC]
+        return min(auto, key=lambda lw: (costs[lw].seconds, LOWERINGS.index(lw))), costs
 
 
 def choose_lowering(g: Graph, forced: str | None = None) -> Graph:
@@ -100,8 +107,8 @@ def choose_lowering(g: Graph, forced: str | None = None) -> Graph:
     st: Structure = g.meta("structure")
     if st is None:
         raise ValueError("choose_lowering needs the structure pass first")
-    reasons = {"chunked": _chunk_reason(st), "conv": _conv_reason(st)}
-    eligible = ("scan",) + tuple(lw for lw in ("chunked", "conv") if not reasons[lw])
+    reasons = {"chunked": _chunk_reason(st), "conv": _conv_reason(st), "dplr": _dplr_reason(st)}
+    eligible = ("scan",) + tuple(lw for lw in ("chunked", "conv", "dplr") if not reasons[lw])
     if forced is not None:
         if forced not in LOWERINGS:
             raise LoweringError(f"lowering must be one of {LOWERINGS}, got {forced!r}")
@@ -122,6 +129,32 @@ def _chunk_reason(st: Structure) -> str:
                     "contracted over (no value dims), or no output contracts it")
     if any(not o.linear for o in st.outputs):
         return "an output is a nonlinear function of the state"
+    return ""
+
+
+def _dplr_reason(st: Structure) -> str:
+    """Why the chunked DPLR (delta-rule) kernels cannot run this structure ('' if they can):
+    one selective rank-1 DPLR state, its decay constant along the contracted (key) dim, read
+    linearly through a sum over that dim. The match of the rank-1 vectors (a = -beta k,
+    b = k) is checked when the kernels are built (lowering.dplr.form), which falls back to
+    the scan's loop naming what differs."""
+    if len(st.states) != 1:
+        return "the chunked DPLR kernels take exactly one state"
+    s = st.states[0]
+    if s.transition != "dplr" or s.rank != 1:
+        return f"state {s.arg} has a {s.transition} transition, not a rank-1 DPLR one"
+    if not s.selective:
+        return f"state {s.arg} is time-invariant (the scan or the convolution runs it)"
+    if s.couples:
+        return f"state {s.arg} is driven by state {', '.join(s.couples)}"
+    reads = [r for o in st.outputs for r in o.readouts if r.state == s.name]
+    if len(st.outputs) != 1 or not st.outputs[0].linear or len(reads) != 1 \
+            or len(reads[0].contract) != 1:
+        return f"the output must read state {s.arg} linearly through one sum over its key dim"
+    if reads[0].contract[0] in s.decay_dims:
+        return (f"the decay of state {s.arg} varies along its key dim "
+                f"{reads[0].contract[0]!r} (a per-key decay, as KDA's and RWKV-7's): not "
+                "generated for chunks yet")
     return ""
 
 
@@ -200,6 +233,8 @@ def estimate(g: Graph, lowering: str, sizes: dict[str, int], T: int, itemsize: i
                           dev.call + 2 * dev.kernel_launch + host_ops(g) * dev.param_op)
     if lowering == "conv":
         return _conv_cost(g, st, sizes, T, io, itemsize, dev)
+    if lowering == "dplr":
+        return _dplr_cost(g, st, sizes, T, io, itemsize, chunk, dev)
     raise ValueError(lowering)
 
 
@@ -244,6 +279,36 @@ def _conv_cost(g: Graph, st: Structure, sizes: dict[str, int], T: int, io: float
              "fp64": flops64 / dev.fp32, "exp": exps / dev.sfu}
     host = dev.conv_call * max(1, launches)
     return _with_host(_cost("conv", byts, flops + flops64, exps, parts), host)
+
+
+def _dplr_cost(g: Graph, st: Structure, sizes: dict[str, int], T: int, io: float,
+               itemsize: int, chunk: int, dev: Device) -> Cost:
+    """The chunked delta rule (lowering/dplr): per chunk of C steps and head, with K the key
+    (contracted) size and V the value size, the dots K K^T, Q K^T (2 C^2 K each), W = Ti K
+    (2 C^2 K), U = Ti U_in and P N (2 C^2 V each), W S, Q S and the state update (2 C K V
+    each) on tensor cores (fp32 inputs: tf32's half rate and more; the kernels run exact fp32
+    products then, counted at the fp32 FMA rate), and the forward substitution for Ti
+    (C^3 FMA on the CUDA cores, serial along its C rows). The terms (q, k, u, beta, the decay)
+    are computed in PyTorch first: float32 copies of them are written and read again, and
+    the state entering each chunk is stored for the backward."""
+    s = st.states[0]
+    reads = [r for o in st.outputs for r in o.readouts if r.state == s.name]
+    K = _size(sizes, reads[0].contract) if reads else 1
+    rest = [d for d in s.dims if d not in (reads[0].contract if reads else ())]
+    V = sizes.get(rest[-1], 1) if rest else 1
+    heads = _size(sizes, s.dims) / max(K * V, 1)
+    C = chunk
+    chunks = heads * math.ceil(T / C)
+    flops = chunks * 2.0 * (3 * C * C * K + 2 * C * C * V + 3 * C * K * V)
+    subst = chunks * float(C) ** 3
+    terms = heads * T * (2 * K + V + 2) * 4.0          # float32 q, k, u, beta, g
+    extra = 2 * terms + chunks * K * V * 4.0 * 2
+    exps = T * count_exps(g, sizes)
+    tensor = flops / dev.tensor if itemsize <= 2 else flops / (2 * dev.fp32)
+    parts = {"memory": (io + extra) / dev.hbm, "tensor": tensor,
+             "substitution": subst / dev.fp32 * 4, "exp": exps / dev.sfu}
+    host = dev.call + dev.kernel_launch + 30 * dev.torch_op + host_ops(g) * dev.param_op
+    return _with_host(_cost("dplr", io + extra, flops + subst, exps, parts), host)
 
 
 def host_ops(g: Graph) -> int:

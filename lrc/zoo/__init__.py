@@ -7,13 +7,32 @@ examples/griffin_hybrid.py.
 """
 from __future__ import annotations
 
-from . import gla, h3, hyena, lru, mamba1, mamba2, retnet, rglru, rwkv4, rwkv6, s4, s4d, vim
+from . import (
+    deltanet,
+    gated_deltanet,
+    gla,
+    h3,
+    hyena,
+    kda,
+    lru,
+    mamba1,
+    mamba2,
+    retnet,
+    rglru,
+    rwkv4,
+    rwkv6,
+    rwkv7,
+    s4,
+    s4d,
+    vim,
+)
 from ._entry import ZooEntry
 
 ZOO: dict[str, ZooEntry] = {e.name: e for e in (
     mamba1.ENTRY, mamba2.ENTRY, s4d.ZOH, s4d.BILINEAR, s4.ENTRY, lru.ENTRY, rglru.ENTRY,
     rwkv4.ENTRY, rwkv6.ENTRY, gla.ENTRY, retnet.ENTRY, h3.ENTRY, hyena.ENTRY,
+    deltanet.ENTRY, gated_deltanet.ENTRY, kda.ENTRY, rwkv7.ENTRY,
 )}
 
-__all__ = ["ZOO", "ZooEntry", "gla", "h3", "hyena", "lru", "mamba1", "mamba2", "retnet",
-           "rglru", "rwkv4", "rwkv6", "s4", "s4d", "vim"]
+__all__ = ["ZOO", "ZooEntry", "deltanet", "gated_deltanet", "gla", "h3", "hyena", "kda", "lru",
+           "mamba1", "mamba2", "retnet", "rglru", "rwkv4", "rwkv6", "rwkv7", "s4", "s4d", "vim"]

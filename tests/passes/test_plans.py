@@ -34,6 +34,11 @@ EXPECT = {
     "hyena": ("shift register, time-invariant", {"scan", "conv"}, "conv"),
     "rglru": ("elementwise, selective", {"scan"}, "scan"),
     "rwkv4": ("elementwise", {"scan"}, "scan"),
+    "deltanet": ("dplr (diagonal plus rank 1), selective", {"scan", "dplr"}, "scan"),
+    "gated_deltanet": ("dplr (diagonal plus rank 1), selective", {"scan", "dplr"}, "scan"),
+    # per-key decays: not chunked yet (lowering/dplr names why), the scan's loop runs them
+    "kda": ("dplr (diagonal plus rank 1), selective", {"scan"}, "scan"),
+    "rwkv7": ("dplr (diagonal plus rank 1), selective", {"scan"}, "scan"),
 }
 # the reference shapes of DESIGN.md section 7 (and a long Hyena filter)
 SHAPES = {
@@ -41,6 +46,9 @@ SHAPES = {
     "retnet": (dict(b=8, h=16, k=128, v=128), 4096), "gla": (dict(b=8, h=16, k=128, v=128), 4096),
     "rwkv6": (dict(b=8, h=16, k=64, v=64), 4096), "hyena": (dict(b=8, d=768, l=4096), 4096),
     "rglru": (dict(b=8, d=2048), 4096), "rwkv4": (dict(b=8, c=2048), 4096),
+    "deltanet": (dict(b=8, h=16, k=128, v=128), 4096),
+    "gated_deltanet": (dict(b=8, h=16, k=128, v=128), 4096),
+    "kda": (dict(b=8, h=16, k=128, v=128), 4096), "rwkv7": (dict(b=8, h=16, k=64, v=64), 4096),
 }
 
 

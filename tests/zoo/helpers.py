@@ -63,3 +63,47 @@ def check_against_loop(entry: ZooEntry, loop: Loop, b: int = 2, t: int = 37,
     assert worst["f64_state"] <= TOL64, worst
     assert worst["f32"] <= TOL32, worst
     return worst
+
+
+def check_grads_against_loop(entry: ZooEntry, loop: Loop, b: int = 2, t: int = 19,
+                             tol: float = 1e-9, **dims: int) -> dict[str, float]:
+    """Every gradient (inputs, Params, initial states) of a random loss through the compiled
+    spec (float64 reference backend) against the same through the test's loop."""
+    args = entry.example(b, t, **dims)
+    s0 = as_tuple(entry.initial_state(b, **dims))
+    leaves = {**args, **{f"state{i}": s for i, s in enumerate(s0)}}
+
+    def grads(fn):
+        xs = {k: v.clone().requires_grad_() for k, v in leaves.items()}
+        a = {k: xs[k] for k in args}
+        st = tuple(xs[f"state{i}"] for i in range(len(s0)))
+        outs, fins = fn(a, st)
+        torch.manual_seed(1234)
+        # by shape, not randn_like: that follows the strides, which differ between the two
+        loss = sum((o * torch.randn(o.shape, dtype=o.dtype)).sum() for o in outs + fins)
+        return dict(zip(xs, torch.autograd.grad(loss, list(xs.values())), strict=True))
+
+    got = grads(lambda a, st: run(entry, a, st))
+    want = grads(loop)
+    errs = {k: rel_err(got[k], want[k]) for k in leaves}
+    assert max(errs.values()) <= tol, errs
+    return errs
+
+
+def check_step_against_forward(entry: ZooEntry, t: int = 12, prefill: int = 7,
+                               backend: str = "reference", tol: float = 1e-10) -> None:
+    """Prefill `prefill` tokens, then step the rest one at a time: the forward's outputs."""
+    g = entry.spec.graph
+    layer = lrc.compile(entry.spec, backend=backend)
+    args = entry.example(t=t)
+    s0 = entry.initial_state()
+    tax = {k: g.annotation(k).axes.index((g.time,)) for k in args
+           if (g.time,) in g.annotation(k).axes}
+    full = as_tuple(layer(**args, initial_state=s0))
+    pre = {k: (v.narrow(tax[k], 0, prefill) if k in tax else v) for k, v in args.items()}
+    _, state = layer(**pre, initial_state=s0, return_final_state=True)
+    for i in range(prefill, t):
+        tok = {k: (v.select(tax[k], i) if k in tax else v) for k, v in args.items()}
+        y, state = layer.step(**tok, state=state)
+        for j, (yj, fj) in enumerate(zip(as_tuple(y), full, strict=True)):
+            assert rel_err(yj, fj.select(g.out_axes[j].index((g.time,)), i)) <= tol, (i, j)

@@ -29,7 +29,8 @@ def is_seq(entry: ZooEntry, arg: str) -> bool:
 
 def test_registry():
     assert set(NAMES) == {"mamba1", "mamba2", "s4d_zoh", "s4d_bilinear", "s4", "lru", "rglru",
-                          "rwkv4", "rwkv6", "gla", "retnet", "h3", "hyena"}
+                          "rwkv4", "rwkv6", "gla", "retnet", "h3", "hyena",
+                          "deltanet", "gated_deltanet", "kda", "rwkv7"}
     for name, entry in ZOO.items():
         assert entry.name == name and entry.doc
         for dim, n in entry.sizes.items():

@@ -1,0 +1,1 @@
+"""The chunked lowering for selective DPLR (delta-rule) transitions: see program.py."""
