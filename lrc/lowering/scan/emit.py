@@ -75,6 +75,14 @@ class Val:
     partial: frozenset[str] = frozenset()
 
 
+def wide(index: str) -> str:
+    """A scalar index (chunk, segment, an unrolled dim's) as int64, so that its product with
+    an int32 stride cannot wrap past 2^31: one scalar instruction. (Grid indices i_<d> are
+    int64 already; the tile's index vectors o_<d> are widened only where a launch needs it:
+    the constexpr I64, see `body.prologue`.)"""
+    return f"tl.cast({index}, tl.int64)"
+
+
 def index_terms(tiling: Tiling, dims, prefix: str, timed: bool, carried: bool = False
                 ) -> list[str]:
     """Offset terms `index * stride` of a tensor over `dims` (and time) in this kernel.
@@ -84,7 +92,8 @@ def index_terms(tiling: Tiling, dims, prefix: str, timed: bool, carried: bool = 
         terms.append(f"t64 * {prefix}_st")
     for d in dims:
         if d == tiling.unroll:
-            terms.append(f"{'q' if carried else 'o'}_{d} * {prefix}_s_{d}")
+            index = f"q_{d}" if carried else wide(f"o_{d}")  # o_<d>: the loop's scalar
+            terms.append(f"{index} * {prefix}_s_{d}")
         elif d in tiling.tile:
             terms.append(f"o_{d} * {prefix}_s_{d}")
         else:
