@@ -26,7 +26,7 @@ def far_view(shape, strides, dtype: torch.dtype = torch.float32, below: int = WR
     """A zeroed view of `shape` with element `strides`, `below` elements into a mapping that
     holds its whole extent (a wrapped offset down to -2^31 lands inside it too)."""
     size = torch.empty(0, dtype=dtype).element_size()
-    extent = 1 + sum((n - 1) * s for n, s in zip(shape, strides))
+    extent = 1 + sum((n - 1) * s for n, s in zip(shape, strides, strict=True))
     nbytes = (below + extent) * size
     nbytes = -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
     try:

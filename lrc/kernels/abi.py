@@ -58,8 +58,9 @@ def needs_int64(args: list) -> bool:
     import torch
 
     for x in args:
-        if isinstance(x, torch.Tensor) and x.dim():
-            if sum((n - 1) * abs(s) for n, s in zip(x.shape, x.stride()) if n) >= INT32_LIMIT:
+        if isinstance(x, torch.Tensor) and x.numel():
+            last = sum((n - 1) * abs(s) for n, s in zip(x.shape, x.stride(), strict=True))
+            if last >= INT32_LIMIT:
                 return True
     return False
 

@@ -76,11 +76,11 @@ class Val:
 
 
 def wide(index: str) -> str:
-    """A scalar index (chunk, segment, an unrolled dim's) as int64, so that its product with
-    an int32 stride cannot wrap past 2^31: one scalar instruction. (Grid indices i_<d> are
-    int64 already; the tile's index vectors o_<d> are widened only where a launch needs it:
-    the constexpr I64, see `body.prologue`.)"""
-    return f"tl.cast({index}, tl.int64)"
+    """A scalar index (chunk, segment, an unrolled dim's loop index) as int64 where the
+    launch has offsets past 2^31 (the constexpr I64), so that its product with an int32
+    stride cannot wrap; else as it is, and the kernel compiles as without the check. (Grid
+    indices i_<d> are int64 always; the tile's index vectors: `body.prologue`.)"""
+    return f"(tl.cast({index}, tl.int64) if I64 else {index})"
 
 
 def index_terms(tiling: Tiling, dims, prefix: str, timed: bool, carried: bool = False

@@ -45,7 +45,7 @@ def check(ours: dict, state: torch.Tensor, override, far_grads: bool) -> list:
             gy1, gh1 = far_copy(gy1, 3), far_copy(gh1, 2)
         g1 = torch.autograd.grad((y, h), list(ours.values()) + [state], (gy1, gh1))
     g2 = torch.autograd.grad((y2, h2), list(theirs.values()) + [s2], (gy, gh))
-    for name, a, e in zip(list(ours) + ["initial_state"], g1, g2):
+    for name, a, e in zip(list(ours) + ["initial_state"], g1, g2, strict=True):
         assert rel_err(a, e) <= GRAD, f"grad of {name}: {rel_err(a, e):.2e}"
     return launches
 

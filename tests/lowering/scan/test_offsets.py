@@ -16,7 +16,6 @@ import torch
 
 import lrc
 from lrc.kernels import abi
-from lrc.kernels import launch as kernel_launch
 from lrc.lowering.scan import autograd as scan_autograd
 from lrc.lowering.scan.configs import ScanConfig
 from lrc.zoo import ZOO
@@ -78,7 +77,7 @@ def check(ours: dict, state=None, far_grads: bool = True, t: int = 5) -> None:
     leaves2 = list(theirs.values()) + ([s2] if s2 is not None else [])
     g1 = torch.autograd.grad((y, h), leaves, (gy1, gh1))
     g2 = torch.autograd.grad((y2, h2), leaves2, (gy, gh))
-    for name, a, e in zip(list(ours) + ["initial_state"], g1, g2):
+    for name, a, e in zip(list(ours) + ["initial_state"], g1, g2, strict=True):
         assert rel_err(a, e) <= GRAD, f"grad of {name}: {rel_err(a, e):.2e}"
 
 
@@ -106,6 +105,22 @@ def test_far_views_reach_past_int32():
     assert abi.needs_int64([u]) and abi.needs_int64([state])
     assert not abi.needs_int64([torch.zeros(3, 5), u.detach().contiguous()])
     assert torch.equal(u[0, 2], u.detach().contiguous()[0, 2])
+
+
+def test_the_check_at_real_sizes():
+    """The launcher's check on Mamba-1's tensors at the sizes of the report (meta tensors:
+    shapes and strides only): u in b d t at d = 4096, T = 524288 ends at 2^31 - 1 (int32
+    still holds every offset); one channel more, or d = 5120 (u's last channel at
+    5119 * 524288 = 2,683,830,272), or the checkpoints at b = 8, T = 65536 in 16-step
+    chunks (chunk 4095 at 4095 * 8 * 5120 * 16 = 2,683,699,200) need int64."""
+    meta = lambda *s: torch.empty(*s, device="meta")
+    assert not abi.needs_int64([meta(1, 4096, 524288), meta(1, 16, 524288)])
+    assert abi.needs_int64([meta(1, 4097, 524288)])
+    u = meta(1, 5120, 524288)
+    assert 5119 * u.stride(1) == 2_683_830_272 and abi.needs_int64([u])
+    chk = meta(65536 // 16, 8, 5120, 16)
+    assert 4095 * chk.stride(0) == 2_683_699_200 and abi.needs_int64([chk])
+    assert not abi.needs_int64([meta(0, 2 ** 40), 3, None])
 
 
 @pytest.mark.parametrize("kind", list(UNROLLED))
@@ -167,7 +182,7 @@ def test_decode_step_past_int32(consts):
 
 
 @pytest.mark.gpu
-def test_mamba1_long_context_gpu():
+def test_mamba1_long_context_gpu(consts):
     """Mamba-1 in `b d t` at b=1, d=5120, n=16, T=524288, bf16 (u, dt, y: 2.7e9 elements,
     5.4 GB each; the checkpoints 2.7e9 float32): channels from 4096 on start past 2^31, and
     so do the checkpoints of the later chunks. Forward and backward on the GPU; channels
@@ -179,7 +194,7 @@ def test_mamba1_long_context_gpu():
     e = ZOO["mamba1"]
     kern = lrc.compile(e.spec, backend="triton", lowering="scan")
     ref = lrc.compile(e.spec, backend="reference")
-    params = {k: v.to(dev) for k, v in e.params(e.resolve(b, 1, d=d, n=n)).items()}
+    params = e.init_params(dtype=torch.float32, device=dev, d=d, n=n)
     gen = torch.Generator(device=dev).manual_seed(0)
     r = lambda *s, std=1.0: (std * torch.randn(*s, generator=gen, device=dev,
                                                dtype=torch.bfloat16))
@@ -189,6 +204,8 @@ def test_mamba1_long_context_gpu():
     y = kern(**leaves)
     gy = r(b, d, T)
     grads = torch.autograd.grad(y, [leaves["u"], leaves["dt"], leaves["D"]], gy)
+    assert consts and all(c["I64"] for c in consts)  # every launch (tuning runs too)
+    del consts[:]
     chans = torch.tensor([0, 1, 4095, 4096, 4097, 5118, 5119], device=dev)
     # (a) the same channels alone: a small, contiguous problem
     sub = {k: (v.detach().index_select(1, chans).contiguous() if k in ("u", "dt") else
@@ -198,10 +215,11 @@ def test_mamba1_long_context_gpu():
     g_s = torch.autograd.grad(y_s, [sub["u"], sub["dt"], sub["D"]],
                               gy.index_select(1, chans).contiguous())
     assert rel_err(y.index_select(1, chans), y_s) <= BF16, rel_err(y.index_select(1, chans), y_s)
-    for name, a, s in zip(("u", "dt"), grads[:2], g_s[:2]):
+    for name, a, s in zip(("u", "dt"), grads[:2], g_s[:2], strict=True):
         a = a.index_select(1, chans)
         assert rel_err(a, s) <= BF16, f"grad of {name}: {rel_err(a, s):.2e}"
     assert rel_err(grads[2].index_select(0, chans), g_s[2]) <= BF16
+    assert consts and not any(c["I64"] for c in consts)  # the small re-run: int32 kernels
     # (b) the first 1024 steps of those channels against the float64 reference
     L = 1024
     short = {k: (v[..., :L] if k in seqs else v).double() for k, v in sub.items()}
