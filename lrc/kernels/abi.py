@@ -57,6 +57,25 @@ def arguments(params: list[tuple], tensors: dict, sizes: dict, extra: dict) -> l
     return out
 
 
+INT32_LIMIT = 2 ** 31  # the first element offset an int32 product cannot hold
+
+
+def needs_int64(args: list) -> bool:
+    """The constexpr I64 of a launch with arguments `args`: some tensor's furthest element is
+    2^31 or more elements from its pointer, so a product of an index and a stride (int32
+    where both fit, as Triton passes them) could wrap; the kernels then take their tile
+    indices in int64. Every index a kernel multiplies by a stride stays within its tensor's
+    extent, so the bound holds for every product."""
+    import torch
+
+    for x in args:
+        if isinstance(x, torch.Tensor) and x.numel():
+            last = sum((n - 1) * abs(s) for n, s in zip(x.shape, x.stride(), strict=True))
+            if last >= INT32_LIMIT:
+                return True
+    return False
+
+
 def module_source(kernels: list[str], title: str, prelude: str = "") -> str:
     """A whole generated module: imports, the printer's helpers, a lowering's own `prelude`
     (jit helpers its kernels share), then the kernels."""

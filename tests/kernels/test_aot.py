@@ -5,6 +5,8 @@ and ptxas (codegen/aot.py), for the launches a GPU run at the GPU tests' size wo
 left that works."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from lrc.kernels import aot
 from lrc.kernels import tune as policy
 from lrc.lowering.chunked import tune as chunked_tune
 from lrc.lowering.scan import tune as scan_tune_policy
+from lrc.lowering.scan.configs import ScanConfig
 from lrc.zoo import ZOO
 from tests.zoo.test_registry import is_seq, time_axis
 
@@ -198,3 +201,71 @@ def test_conv_kernels_compile_for_the_h200(name, monkeypatch):
     for rec in {r.name: r for r in seen}.values():
         c = aot.compile_launch(rec)
         assert c.ok and c.fits and 0 < c.regs <= 255, c
+
+
+INT64_CASES = {  # (spec, lowering, scan config or the chunked configs (forward, backward))
+    "mamba1 scan": ("mamba1", "scan", None),
+    "mamba1 unrolled": ("mamba1", "scan", ScanConfig(64, 32, 8, 2, unroll=True)),
+    "mamba2 chunked": ("mamba2", "chunked", None),
+    "gla chunked, local": ("gla", "chunked", (chunked_tune.Config(32, 64, 4, 1, split=1),) * 2),
+    "rglru scan": ("rglru", "scan", None),
+}
+
+
+@pytest.mark.parametrize("case", list(INT64_CASES))
+def test_int64_kernels_compile_for_the_h200(case, monkeypatch):
+    """The kernels a launch with offsets past 2^31 takes (constexpr I64: the tile's index
+    vectors in int64), forced on at the GPU tests' size: forward and backward (and the
+    chunked states kernel, split LOCAL) compile and fit for sm_90."""
+    from lrc.kernels import abi
+
+    monkeypatch.setattr(abi, "needs_int64", lambda args: True)
+    name, lowering, cfg = INT64_CASES[case]
+    e = ZOO[name]
+    kern = lrc.compile(e.spec, backend="triton", lowering=lowering)
+    if lowering == "chunked":
+        kern._lowering("chunked").override = cfg
+    args = e.example(b=2, t=2049, dtype=torch.float32, **SIZES.get(name, {}))
+    leaves = {k: v.to(torch.bfloat16).requires_grad_(True) for k, v in args.items()}
+    with contextlib.ExitStack() as stack:
+        if lowering == "scan" and cfg is not None:
+            stack.enter_context(lrc.config.override(scan_config=cfg))
+        launches = stack.enter_context(aot.recording(as_gpu=132, compile=True))
+        y = kern(**leaves)
+        (y[0] if isinstance(y, tuple) else y).float().sum().backward()
+    assert launches and all(r.consts["I64"] for r in launches)
+    kinds = {r.name.rsplit(".", 1)[-1].replace("chunked_", "") for r in launches}
+    want = {"forward_n" if cfg is not None and lowering == "scan" else "forward", "backward"}
+    assert want <= {k.replace("backward_n", "backward") for k in kinds}, kinds
+    if lowering == "chunked" and cfg is not None:
+        assert "states" in kinds
+    for r in {r.name: r for r in launches if r.compiled.fits}.values():
+        assert 0 < r.compiled.regs <= 255, r.compiled
+    for i, r in enumerate(launches):  # a config that did not fit was followed by one that did
+        assert r.compiled.fits or any(q.name == r.name and q.compiled.fits
+                                      for q in launches[i + 1:]), r.compiled
+
+
+def test_int64_strides_compile_for_the_h200():
+    """A real launch past 2^31: Mamba-1's u and dt with channels 2^31 elements apart (views
+    into reserved address space), so Triton passes those strides as int64 and the launcher
+    sets I64; forward, backward and the decode step compile for sm_90."""
+    from tests.far import far_copy
+
+    e = ZOO["mamba1"]
+    kern = lrc.compile(e.spec, backend="triton", lowering="scan")
+    args = e.example(b=2, t=2049, dtype=torch.float32)
+    for k in ("u", "dt"):
+        args[k] = far_copy(args[k], 1, stride=2 ** 31)
+    leaves = {k: v.requires_grad_(True) for k, v in args.items()}
+    with aot.recording(as_gpu=132, compile=True) as launches:
+        kern(**leaves).sum().backward()
+        tok = {k: (v.detach().select(time_axis(e, k), 0) if is_seq(e, k) else v.detach())
+               for k, v in leaves.items()}
+        kern.step(**tok, state=torch.zeros(2, 5, 3))
+    assert {r.name.rsplit(".", 1)[-1] for r in launches} >= {"forward", "backward", "step"}
+    assert all(r.consts["I64"] for r in launches)
+    assert all(any(isinstance(p, int) and p >= 2 ** 31 for p in r.params)  # an i64 stride
+               for r in launches if not r.name.endswith(".step"))
+    assert_every_kernel_runs([r for r in launches if not r.name.endswith(".step")])
+    assert all(r.compiled.ok and r.compiled.fits for r in launches if r.name.endswith(".step"))

@@ -124,7 +124,9 @@ class Kernel:
         return self.sig.params
 
     def source(self, consts: list[str]) -> str:
-        return abi.kernel_source(self.name, self.sig, consts, self.w.text())
+        """The kernel's source: parameters, then the constexprs `consts` and I64 (read by
+        the prologue)."""
+        return abi.kernel_source(self.name, self.sig, consts + ["I64"], self.w.text())
 
     # ---- offsets
 
@@ -199,6 +201,8 @@ class Kernel:
         w(f"m_kr = o_kr < size_{self.key}")
         w(f"o_v = i_vb * BV + tl.arange(0, BV)[None, :]  # value dim {self.value}")
         w(f"m_v = o_v < size_{self.value}")
+        w("if I64:  # an offset reaches 2^31 (the launcher's check): index products in int64")
+        w("    o_k, o_kr, o_v = o_k.to(tl.int64), o_kr.to(tl.int64), o_v.to(tl.int64)")
         w("if EVEN:  # every tile whole (launcher): masks of constants, which fold away")
         w("    m_k = tl.full([1, BK], 1, tl.int1)")
         w("    m_kr = tl.full([BK, 1], 1, tl.int1)")

@@ -124,6 +124,7 @@ class Launcher:
         params = {"forward": self.prog.fparams, "backward": self.prog.bparams,
                   "states": self.prog.sparams}[which]
         args = abi.arguments(params, tensors, self.ksizes, {"T": self.T})
+        consts["I64"] = abi.needs_int64(args)  # offsets past 2^31: index products in int64
         consts.setdefault("BK", pow2(self.K))
         consts.update(BT=cfg.BT, BV=cfg.BV, DT=_triton_dtype(self.dt),
                       IEEE=self.interpret, EMU=self.interpret,

@@ -136,12 +136,13 @@ def conv_cauchy(d_re, d_im, p_re, p_im, o_re, o_im, N, J, L, s_d, s_p, s_pj, s_o
     mn = n < N
     rr, ri, zr, zi = _cauchy_tile(d_re, d_im, r, n, mn, k, L, s_d)
     for jj in range(0, J):
-        pr = tl.load(p_re + r * s_p + jj * s_pj + n, mask=mn, other=0.0).to(tl.float64)
-        pi = tl.load(p_im + r * s_p + jj * s_pj + n, mask=mn, other=0.0).to(tl.float64)
+        j = tl.cast(jj, tl.int64)  # j * s_oj reaches (J - 1) L: int64, as r * s_o
+        pr = tl.load(p_re + r * s_p + j * s_pj + n, mask=mn, other=0.0).to(tl.float64)
+        pi = tl.load(p_im + r * s_p + j * s_pj + n, mask=mn, other=0.0).to(tl.float64)
         sr = tl.sum(pr[:, None] * rr - pi[:, None] * ri, axis=0)
         si = tl.sum(pr[:, None] * ri + pi[:, None] * rr, axis=0)
-        tl.store(o_re + r * s_o + jj * s_oj + k, sr, mask=k < L)
-        tl.store(o_im + r * s_o + jj * s_oj + k, si, mask=k < L)
+        tl.store(o_re + r * s_o + j * s_oj + k, sr, mask=k < L)
+        tl.store(o_im + r * s_o + j * s_oj + k, si, mask=k < L)
 
 
 @triton.jit
@@ -156,6 +157,7 @@ def conv_cauchy_backward(d_re, d_im, p_re, p_im, g_re, g_im, gp_re, gp_im, gd_re
     gdr = tl.zeros([BLOCK_N], dtype=tl.float64)
     gdi = tl.zeros([BLOCK_N], dtype=tl.float64)
     for jj in range(0, J):
+        j = tl.cast(jj, tl.int64)  # j * s_oj reaches (J - 1) L: int64, as r * s_o
         apr = tl.zeros([BLOCK_N], dtype=tl.float64)
         api = tl.zeros([BLOCK_N], dtype=tl.float64)
         adr = tl.zeros([BLOCK_N], dtype=tl.float64)
@@ -163,8 +165,8 @@ def conv_cauchy_backward(d_re, d_im, p_re, p_im, g_re, g_im, gp_re, gp_im, gd_re
         for k0 in range(0, L, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             rr, ri, zr, zi = _cauchy_tile(d_re, d_im, r, n, mn, k, L, s_d)
-            gr = tl.load(g_re + r * s_o + jj * s_oj + k, mask=k < L, other=0.0)[None, :]
-            gi = tl.load(g_im + r * s_o + jj * s_oj + k, mask=k < L, other=0.0)[None, :]
+            gr = tl.load(g_re + r * s_o + j * s_oj + k, mask=k < L, other=0.0)[None, :]
+            gi = tl.load(g_im + r * s_o + j * s_oj + k, mask=k < L, other=0.0)[None, :]
             apr += tl.sum(rr * gr + ri * gi, axis=1)
             api += tl.sum(rr * gi - ri * gr, axis=1)
             qr0 = rr * rr - ri * ri
@@ -173,10 +175,10 @@ def conv_cauchy_backward(d_re, d_im, p_re, p_im, g_re, g_im, gp_re, gp_im, gd_re
             qi = zr[None, :] * qi0 + zi[None, :] * qr0
             adr += tl.sum(qr * gr + qi * gi, axis=1)
             adi += tl.sum(qr * gi - qi * gr, axis=1)
-        tl.store(gp_re + r * s_p + jj * s_pj + n, apr, mask=mn)
-        tl.store(gp_im + r * s_p + jj * s_pj + n, api, mask=mn)
-        pr = tl.load(p_re + r * s_p + jj * s_pj + n, mask=mn, other=0.0).to(tl.float64)
-        pi = tl.load(p_im + r * s_p + jj * s_pj + n, mask=mn, other=0.0).to(tl.float64)
+        tl.store(gp_re + r * s_p + j * s_pj + n, apr, mask=mn)
+        tl.store(gp_im + r * s_p + j * s_pj + n, api, mask=mn)
+        pr = tl.load(p_re + r * s_p + j * s_pj + n, mask=mn, other=0.0).to(tl.float64)
+        pi = tl.load(p_im + r * s_p + j * s_pj + n, mask=mn, other=0.0).to(tl.float64)
         gdr += pr * adr + pi * adi
         gdi += pr * adi - pi * adr
     tl.store(gd_re + r * s_d + n, gdr, mask=mn)

@@ -13,7 +13,7 @@ from ...kernels.writer import Writer, ident
 from ...passes.analysis import time_varying
 from .blocks import Block
 from .body import ChunkBody, direction, kernel_text, prologue, state_offset, state_ptrs
-from .emit import Tiling, Val, Values, guard, index_terms, mask_of
+from .emit import Tiling, Val, Values, guard, index_terms, mask_of, wide
 from .forward import (
     _decay_init,
     _decay_step,
@@ -200,7 +200,7 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
         timed = k[x].role is Role.SEQ
         sig.strides(key, var, ([] if timed else ["#c"]) + [f"#p_{d}" for d in parts]
                     + (["#t"] if timed else []) + list(k[x].dims))
-        terms = ([] if timed else [f"seg * {var}_sc"])
+        terms = ([] if timed else [f"{wide('seg')} * {var}_sc"])
         terms += [f"{partial_index(d, t)} * {var}_s__p_{d}" for d in parts]
         terms += index_terms(t, k[x].dims, var, timed)
         off = " + ".join(terms) or "0"

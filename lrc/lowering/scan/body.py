@@ -13,7 +13,7 @@ from ...kernels import abi
 from ...kernels.abi import Signature
 from ...kernels.writer import Writer, fresh, ident
 from .blocks import Block
-from .emit import Tiling, Val, Values, flip, index_terms
+from .emit import Tiling, Val, Values, flip, index_terms, wide
 
 SCAN_COMBINE = '''
 @triton.jit
@@ -60,6 +60,12 @@ def prologue(w: Writer, tiling: Tiling) -> None:
         d = tiling.unroll
         w(f"q_{d} = tl.arange(0, BLOCK_{d})[{sl}]")
         w(f"mq_{d} = q_{d} < size_{d}")
+    vectors = [f"o_{d}" for d in tiling.tile] + (
+        [f"q_{tiling.unroll}"] if tiling.unroll is not None else [])
+    if vectors:
+        w("if I64:  # an offset reaches 2^31 (the launcher's check): index products in int64")
+        for v in vectors:
+            w(f"    {v} = {v}.to(tl.int64)")
     w(f"ONE = tl.zeros([{', '.join(['1'] * rank)}], tl.int64)  # makes any pointer a block")
 
 
@@ -463,13 +469,15 @@ def state_offset(t: Tiling, g: Graph, s: str, suffix: str, chunk: str | None) ->
     var = f"{ident(s)}_{suffix}"
     terms = index_terms(t, g[s].dims, var, False, carried=True)
     if chunk is not None:
-        terms.insert(0, f"{chunk} * {var}_sc")
+        terms.insert(0, f"{wide(chunk)} * {var}_sc")
     return " + ".join(terms) or "0"
 
 
 def kernel_text(name: str, sig: Signature, consts: list[str], w: Writer) -> str:
-    """The kernel `name` (kernels.abi.kernel_source) with the body `w` wrote."""
-    return abi.kernel_source(name, sig, consts, w.text())
+    """The kernel `name` (kernels.abi.kernel_source) with the body `w` wrote: its
+    parameters, then the constexprs `consts` and I64 (which every scan kernel's prologue
+    reads)."""
+    return abi.kernel_source(name, sig, consts + ["I64"], w.text())
 
 
 def module_source(kernels: list[str], title: str) -> str:

@@ -75,6 +75,14 @@ class Val:
     partial: frozenset[str] = frozenset()
 
 
+def wide(index: str) -> str:
+    """A scalar index (chunk, segment, an unrolled dim's loop index) as int64 where the
+    launch has offsets past 2^31 (the constexpr I64), so that its product with an int32
+    stride cannot wrap; else as it is, and the kernel compiles as without the check. (Grid
+    indices i_<d> are int64 always; the tile's index vectors: `body.prologue`.)"""
+    return f"(tl.cast({index}, tl.int64) if I64 else {index})"
+
+
 def index_terms(tiling: Tiling, dims, prefix: str, timed: bool, carried: bool = False
                 ) -> list[str]:
     """Offset terms `index * stride` of a tensor over `dims` (and time) in this kernel.
@@ -84,7 +92,8 @@ def index_terms(tiling: Tiling, dims, prefix: str, timed: bool, carried: bool = 
         terms.append(f"t64 * {prefix}_st")
     for d in dims:
         if d == tiling.unroll:
-            terms.append(f"{'q' if carried else 'o'}_{d} * {prefix}_s_{d}")
+            index = f"q_{d}" if carried else wide(f"o_{d}")  # o_<d>: the loop's scalar
+            terms.append(f"{index} * {prefix}_s_{d}")
         elif d in tiling.tile:
             terms.append(f"o_{d} * {prefix}_s_{d}")
         else:

@@ -157,6 +157,7 @@ class Launch:
         params = abi.arguments(prog.signatures[self.which].params, self.tensors, self.sizes,
                                {"T": self.T, "N_SEG": self.n_seg, "SEG_LEN": self.seg_len})
         consts = dict(consts, TC=self.tc, **{f"BLOCK_{d}": b for d, b in blocks.items()})
+        consts["I64"] = abi.needs_int64(params)  # offsets past 2^31: index products in int64
         if self.which == "step":  # the tuned load order (loop._after_state), inline assembly
             consts["ORDER"] = self.order and not self.interpret
         if t.unroll is not None:  # nothing to mask: whole chunks, the unrolled dim's size

@@ -41,7 +41,7 @@ from ...passes.analysis import time_varying
 from .backward import backward_inputs
 from .blocks import Block
 from .body import ChunkBody, direction, kernel_text, prologue, state_offset, state_ptrs
-from .emit import Tiling, Val, Values, guard, index_terms, mask_of
+from .emit import Tiling, Val, Values, guard, index_terms, mask_of, wide
 from .emit import flip as emit_flip
 from .forward import along_unrolled, emit_varlen, hoist_factors, index_loop, owned, store_line
 
@@ -207,7 +207,7 @@ def backward_unrolled_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tup
           f"gradient of the final {s}")
     for s in k.state_names:  # each column of a chunk's checkpoint, loaded in the loop over u
         var = f"{ident(s)}_chk"
-        off = " + ".join([f"c * {var}_sc"] + index_terms(t, k[s].dims, var, False))
+        off = " + ".join([f"{wide('c')} * {var}_sc"] + index_terms(t, k[s].dims, var, False))
         body_f.columns[s] = f"tl.load({var}_ptr + {off}{guard(mask_of(t, k[s].dims, False))})"
     grads, accs = _gradient_slots(k, bg, backward, t, sig, w)
     partials = {out: (parts, atomic) for out, (_, parts, atomic, _) in grads.items()}
@@ -458,7 +458,7 @@ def _gradient_slots(k: Graph, bg: Graph, backward, t: Tiling, sig: Signature, w:
         grads[out] = (x, parts, atomic, var)
         if not timed:
             w(f"{var}_acc = tl.zeros({t.carried_shape(dims)}, tl.float32)")
-            off = " + ".join([f"seg * {var}_sc"] + [f"{_partial(d, t)} * {var}_s__p_{d}"
+            off = " + ".join([f"{wide('seg')} * {var}_sc"] + [f"{_partial(d, t)} * {var}_s__p_{d}"
                                                       for d in parts]
                              + index_terms(t, dims, var, False, carried=True))
             mask = owned(mask_of(t, dims, False, carried=True), dims, partial, t)
