@@ -9,7 +9,8 @@ entering state S_0 from the forward's checkpoints. Per chunk (Lam, Lq, A as in t
     d_v  = A^T du + (k * 2^(Lam_last - Lam)) dS
     dA   = du v^T (masked);  d_q = dA-part + (du S_0^T) * 2^Lq;  d_k = dA-part + (v dS^T) * ...
     dS  <- 2^Lam_last dS + (q * 2^Lq)^T du                              (the state entering)
-    d_l  = reverse cumsum of the log-decay cotangents (natural units; exp2 folds log2(e) in)
+    d_l  = reverse cumsum of the log-decay cotangents (natural units; exp2 folds log2(e) in);
+           a chunk with steep decays sums each term over the pairs it belongs to (steep.py)
 
 then every input's gradient is sum_F dF * dF/dX over the quantities F that read it, reduced over
 the tile dims it lacks (`Chain`: each term as soon as its cotangent is final, each gradient
@@ -31,6 +32,7 @@ from __future__ import annotations
 import sympy as sp
 
 from ...ir.dims import Role
+from . import steep
 from .emit import CONSTS, KEY, LOG_FLOOR, SPAN, Kernel, arg, dec_offset, input_symbol
 from .form import ChunkForm
 
@@ -44,48 +46,23 @@ def atom_flag(name: str) -> str:
 
 def _intra_grads(k: Kernel) -> None:
     """Per-key decays: d_q, d_k from dA (the intra-chunk part), and the log-decay cotangents
-    they imply (a scalar decay's are emitted inline in backward_source)."""
+    they imply (a scalar decay's are emitted inline in backward_source): factored over the
+    chunk (the fast form), or for steep chunks pair by pair (steep.py)."""
     w = k.w
-    w(f"if tl.max(hi - lo) <= {SPAN}:")
+    steep.flag(k, True, SPAN)
+    w("if fast:")
     w.indent()
     w("eqd = tl.exp2(lq - ref)  # recomputed: registers are scarcer than exp2 here")
     w("ekd = tl.exp2(ref - lam)")
     w("d_q = _dot(dA, q_k * ekd, DT, IEEE, EMU) * eqd")
     w("d_k = _dot(tl.trans(dA), q_q * eqd, DT, IEEE, EMU) * ekd")
-    w.dedent()
-    w("else:")
-    w.indent()
-    k.blocks()
-    w(f"if bspan <= {SPAN}:")
-    w.indent()
-    w("eqd = tl.exp2(lq - m_row)")
-    w("ekd = tl.exp2(m_row - lam)")
-    w("da_i = tl.where(blk_c == blk, dA, 0.0)")
-    w("d_q = _dot(da_i, q_k * ekd, DT, IEEE, EMU) * eqd")
-    w("d_k = _dot(tl.trans(da_i), q_q * eqd, DT, IEEE, EMU) * ekd")
-    w("for I in tl.static_range(1, 4):")
-    w.indent()
-    k.boundary("I")
-    w("da_i = tl.where((blk == I) & (blk_c < I), dA, 0.0)")
-    w("d_q += _dot(da_i, q_k * e_b, DT, IEEE, EMU) * e_a")
-    w("d_k += _dot(tl.trans(da_i), q_q * e_a, DT, IEEE, EMU) * e_b")
-    w.dedent()
-    w.dedent()
-    w("else:")
-    w.indent()
-    w("d_q = tl.zeros([BT, BK], tl.float32)")
-    w("d_k = tl.zeros([BT, BK], tl.float32)")
-    w("for j in range(0, BT):")
-    w.indent()
-    k.column("j")
-    w("da_j = tl.sum(tl.where(o_cc == j, dA, 0.0), 1, keep_dims=True)")
-    w("d_q += da_j * k_j * w_j")
-    w("d_k = tl.where(o_c == j, tl.sum(da_j * q_q * w_j, 0, keep_dims=True), d_k)")
-    w.dedent()
-    w.dedent()
-    w.dedent()
     w("dlq = q_q * d_q  # q_ik k_jk 2^(Lq_ik - Lam_jk): d/dLq_ik = q_ik dq_ik")
     w("dlam = -(q_k * d_k)")
+    w.dedent()
+    w("else:")
+    w.indent()
+    steep.per_key_pairs(k, k.form.old)
+    w.dedent()
 
 
 # the quantities' cotangents by the part of the per-chunk gradients that makes them final
@@ -335,6 +312,8 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
             w("pa = dA * A  # dA_ij/dlog-decay: +A_ij for the readout step i, -A_ij for step j")
             w("dlq = tl.sum(pa, 1, keep_dims=True)")
             w("dlam = -tl.sum(pa, 0)[:, None]")
+            steep.flag(k, False, SPAN)
+            steep.scalar_pairs(k, f.old)
             w("dad = dA * dm")
 
         def readout_part() -> None:  # d_q: the intra part and the readout of S_0
@@ -346,7 +325,10 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
             w(f"dqs = _dot({du}, tl.trans(S0), DT, IEEE, EMU) * eq  # the readout of S_0")
             w("d_q += dqs" if f.per_key else "d_q = _dot(dad, q_k, DT, IEEE, EMU) + dqs")
             w("gq = q_q * dqs")
-            w("dlq += gq" if f.per_key else "dlq += tl.sum(gq, 1, keep_dims=True)")
+            if not f.per_key:
+                w("gqs = tl.sum(gq, 1, keep_dims=True)")
+            steep.readout(k, f.per_key, f.old)
+            w("dlq += gq" if f.per_key else "dlq += gqs")
             chain.stage(1)
 
         def passed_part() -> None:  # d_k: the intra part and the state passed on
@@ -355,11 +337,14 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
               "d_k = _dot(tl.trans(dad), q_q, DT, IEEE, EMU) + dkt")
             w("gk = q_k * dkt")
             if f.per_key:
-                w("dlam -= gk")
                 w("dlast = tl.sum(gk, 0, keep_dims=True)")
+                steep.passed(k, True)
+                w("dlam -= gk")
             else:
-                w("dlam -= tl.sum(gk, 1, keep_dims=True)")
-                w("dlast = tl.sum(tl.sum(gk, 1, keep_dims=True), 0, keep_dims=True)")
+                w("gks = tl.sum(gk, 1, keep_dims=True)")
+                w("dlast = tl.sum(gks, 0, keep_dims=True)")
+                steep.passed(k, False)
+                w("dlam -= gks")
             chain.stage(2)
 
         if f.per_key:
@@ -373,8 +358,11 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
         w(f"    dS = dS * elast_r + {entering(k, du)}", "the state entering")
         rc = ("tl.cumsum(dlam + dlq, 0, reverse=True)" if f.per_key else
               "tl.cumsum(tl.sum(dlam + dlq, 1), 0, reverse=True)[:, None]")
-        w(f"d_l = {rc} - dlq + dlast" if f.old else f"d_l = {rc} + dlast",
+        w("if fast:")
+        w(f"    d_l = {rc} - dlq + dlast" if f.old else f"    d_l = {rc} + dlast",
           "log-decay: Lam_i = sum_{j<=i} l_j")
+        w("else:  # the sums over crossing pairs, formed directly (steep.py)")
+        w("    d_l = dlq + dlam + sds * elast")
         lm = "m_t & m_k" if f.per_key else "m_t"
         w(f"d_l = tl.where({lm} & (l_raw > {LOG_FLOOR}), d_l, 0.0)  # floored decays: no gradient")
         chain.stage(3)

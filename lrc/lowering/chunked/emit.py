@@ -63,6 +63,13 @@ def _dot(a, b, DT: tl.constexpr, IEEE: tl.constexpr, EMU: tl.constexpr):
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="tf32x3")
     else:
         return tl.dot(a.to(DT), b.to(DT))
+
+
+@triton.jit
+def _segsum(a, fa, b, fb):
+    # the combine of a segmented sum (tl.associative_scan): fb marks where b's segment starts
+    # in the scan's order, so the sum restarts there
+    return tl.where(fb != 0, b, a + b), fa | fb
 '''
 
 CONSTS = ["BT", "BK", "BV", "DT", "IEEE", "EMU", "REVERSE", "VARLEN", "EVEN"]
