@@ -116,7 +116,8 @@ class Layer:
             compiled, program, why = cached(key, lambda: _build(g, forced))
             self._built = (compiled, program, why)
             self.compiled, self.lowered, self.program = compiled, compiled.lowered, program
-            self.plan = Plan(compiled.planned)
+            self.plan = Plan(compiled.planned,
+                             scan_mode=program.mode if program is not None else "")
             # states the pipeline added (RWKV-4's running max): the user never sees them
             self.aux = running_maxes(self.lowered)
         return self._built
@@ -202,7 +203,7 @@ class Layer:
         if self.backend == "triton":
             call = make_call(self.lowered, args, kwargs, initial_state=self._in(initial_state),
                              reverse=reverse, cu_seqlens=cu_seqlens)
-            chosen = self.plan.choose(call.sizes, call.T, _itemsize(call))
+            chosen = self.plan.choose(call.sizes, call.T, _itemsize(call), call.device)
             other = self._lowering(chosen) if chosen != "scan" else None
             if other is not None:
                 outs, states = other.run(call)
@@ -375,7 +376,8 @@ class Layer:
         return prog.sources[which]
 
     def draw(self, path: str) -> str:
-        """Write a picture of the traced graph to `path` (PNG)."""
+        """Write a picture of the traced graph to `path` (PNG); needs matplotlib, the `draw`
+        extra (`pip install "lrc[draw]"`)."""
         from ..ir.draw import draw
 
         return draw(self.graph, path)
