@@ -164,8 +164,8 @@ def _conv_reason(g: Graph, st: Structure) -> str:
         if "time-invariant" in s.kind:
             continue
         if s.selective:
-            return (f"{s.arg} changes with the inputs at every step (its update reads a Seq "
-                    "input): conv needs a recurrence fixed in time (Params only)")
+            return (f"{s.arg} changes with the inputs at every step (selective: its update "
+                    "reads a Seq input): conv needs a recurrence fixed in time (Params only)")
         if s.transition == "general":
             return (f"{s.arg} has a linear update of no special form: conv needs a fixed "
                     "diagonal, low-rank or shift transition")
