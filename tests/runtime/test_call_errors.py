@@ -191,6 +191,18 @@ def test_step_inplace_without_state():
     assert "inplace=True" in refused(layer.step, *tok, inplace=True)
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_step_inplace_refuses_a_half_precision_state_on_every_backend(backend, dtype):
+    """inplace=True writes float32 states: a float16 / bfloat16 one is refused (naming it) by
+    both backends, and left as it was."""
+    tok = [(a[:, 0] if a.dim() == 3 else a).float() for a in diag_inputs()]
+    h = torch.zeros(3, 5, 4, dtype=dtype)
+    msg = refused(lrc.compile(diag, backend=backend).step, *tok, state=h, inplace=True)
+    assert "state 'h'" in msg and str(dtype) in msg and "float32" in msg
+    assert torch.equal(h, torch.zeros_like(h))
+
+
 def test_compile_refuses_non_specs_and_unknown_backends():
     with pytest.raises(TypeError):
         lrc.compile(lambda x: x)
