@@ -1,7 +1,9 @@
 """lrc in one screen: define Mamba-1's selective scan as one time step, see what lrc made of it
 (the IR, the plan, the generated Triton kernel), run it, check it against a plain PyTorch loop,
 decode a few tokens, and take gradients. On a CPU the generated kernels run under Triton's
-interpreter; on a GPU they are compiled."""
+interpreter; on a GPU they are compiled.
+
+Run time on a 2-core CPU: about 5 s (8 s on a loaded, shared machine)."""
 import torch
 
 import lrc
