@@ -79,13 +79,12 @@ def interpreted():
     Triton's own helpers (tl.zeros, tl.sum, tl.associative_scan's wrappers, ...) are jit
     functions decorated when Triton was imported; while this is active they are swapped for
     interpreted twins, so an interpreted kernel can call them."""
+    import numpy as np
     import triton.language as tl
     import triton.language.standard as std
     from triton.runtime import interpreter
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
-
-    import numpy as np
 
     with _LOCK, warnings.catch_warnings(), np.errstate(all="ignore"):
         # The interpreter's tl.tensor.__index__ is int() of a one-element array, which NumPy

@@ -41,7 +41,7 @@ def bind_args(g: Graph, args: tuple, kwargs: dict, what: str) -> dict[str, torch
     return {p: out[p] for p in g.params}
 
 
-class _Mismatch(CallError):
+class _MismatchError(CallError):
     """Two arguments disagree on a dim's size (bind_sizes adds which one is likely wrong)."""
 
 
@@ -53,7 +53,8 @@ class _Sizes:
     def set(self, dim: str, n: int, who: str) -> None:
         if dim in self.known and self.known[dim][0] != n:
             m, other = self.known[dim]
-            raise _Mismatch(f"{who} gives dim {dim!r} size {n}, but {other} gives it size {m}")
+            raise _MismatchError(f"{who} gives dim {dim!r} size {n}, but {other} gives it "
+                                 f"size {m}")
         self.known.setdefault(dim, (n, who))
 
 
@@ -64,7 +65,7 @@ def bind_sizes(g: Graph, tensors: dict[str, tuple[torch.Tensor, Annotation]], wi
     annotation that would fit it)."""
     try:
         return _bind_sizes(g, tensors, with_time, fixed)
-    except _Mismatch as e:
+    except _MismatchError as e:
         raise CallError(str(e) + _culprits(g, tensors, with_time, fixed)) from None
 
 
@@ -131,8 +132,8 @@ def _bind_sizes(g: Graph, tensors: dict[str, tuple[torch.Tensor, Annotation]], w
         for axis, n in zip(axes, x.shape):
             if axis == (g.time,):
                 if T is not None and T[0] != n:
-                    raise _Mismatch(f"{shaped} makes the time dim {g.time!r} {n} long, but "
-                                    f"{T[1]} makes it {T[0]}")
+                    raise _MismatchError(f"{shaped} makes the time dim {g.time!r} {n} long, "
+                                         f"but {T[1]} makes it {T[0]}")
                 T = T or (n, shaped)
             elif len(axis) == 1:
                 sizes.set(axis[0], n, shaped)
@@ -166,11 +167,11 @@ def _resolve_groups(sizes: _Sizes, groups: list, g: Graph) -> None:
             progress = True
             if not unknown:
                 if prod != n:
-                    raise _Mismatch(f"{who}: axis ({' '.join(axis)}) has size {n}, but its dims "
-                                    f"multiply to {prod}")
+                    raise _MismatchError(f"{who}: axis ({' '.join(axis)}) has size {n}, but its "
+                                         f"dims multiply to {prod}")
             elif prod == 0 or n % prod:
-                raise _Mismatch(f"{who}: axis ({' '.join(axis)}) has size {n}, not a multiple "
-                                f"of {prod}")
+                raise _MismatchError(f"{who}: axis ({' '.join(axis)}) has size {n}, not a "
+                                     f"multiple of {prod}")
             else:
                 sizes.set(unknown[0], n // prod, who)
         if not progress:

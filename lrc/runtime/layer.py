@@ -312,7 +312,7 @@ class Layer:
         if self.backend == "reference":
             ok += (torch.float64, torch.complex128)
         olds = tuple(state) if isinstance(state, (tuple, list)) else (state,)
-        for name, x in zip(self.graph.state_args, olds):
+        for name, x in zip(self.graph.state_args, olds, strict=False):
             if isinstance(x, torch.Tensor) and x.dtype not in ok:
                 also = " (or float64)" if self.backend == "reference" else ""
                 raise CallError(f"layer.step(inplace=True) writes the new state into state "

@@ -68,7 +68,7 @@ def test_helpers_match_float64_torch_quietly(which):
     finite = want32.isfinite()
     assert torch.equal(got[~finite], want32[~finite]), (got, want32)
     rel = ((got - want32).abs() / want32.abs().clamp_min(1e-30))[finite]
-    assert rel.max() <= 1e-5, list(zip(xs, got.tolist(), want.tolist()))
+    assert rel.max() <= 1e-5, list(zip(xs, got.tolist(), want.tolist(), strict=True))
 
 
 def test_expm1_of_a_large_negative_argument_is_minus_one():
