@@ -3,7 +3,6 @@ Triton's interpreter against float64 PyTorch, at the values where their textbook
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -75,23 +74,3 @@ def test_expm1_of_a_large_negative_argument_is_minus_one():
     """exp(x) underflows to 0 below about -87 in float32 (GPUs flush earlier): the helper
     gives -1 there, not the -0.0 that Kahan's formula gives with log(0) = -inf."""
     assert run(0, [-90.0, -200.0, -INF]).tolist() == [-1.0, -1.0, -1.0]
-
-
-def test_the_interpreter_scope_ignores_numpy_warnings_only_inside(recwarn):
-    """Inside `interpreted()` NumPy's floating-point flags are off and the NumPy deprecation
-    that Triton's interpreter triggers is ignored; outside both are as the user set them."""
-    import numpy as np
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with interpreted():
-            np.float32(0) / np.float32(0)                       # a masked lane's 0 / 0
-            warnings.warn_explicit("Conversion of an array with ndim > 0 to a scalar is "
-                                   "deprecated", DeprecationWarning, "interpreter.py", 1,
-                                   module="triton.runtime.interpreter")
-        with pytest.raises(RuntimeWarning):
-            np.float32(0) / np.float32(0)
-        with pytest.raises(DeprecationWarning):
-            warnings.warn_explicit("Conversion of an array with ndim > 0 to a scalar is "
-                                   "deprecated", DeprecationWarning, "elsewhere.py", 1,
-                                   module="user_code")
