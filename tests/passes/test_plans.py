@@ -147,3 +147,17 @@ def test_verifier_after_every_pass_on_random_specs():
         pipeline.run(rs.spec.graph, check=True)
 
     check()
+
+
+@pytest.mark.gpu
+def test_plan_after_a_cuda_call_names_both_devices():
+    """After a call on CUDA tensors the plan shows the estimates, says they are for the cost
+    model's H200, and names the GPU the call ran on when it is another."""
+    e = ZOO["mamba1"]
+    layer = lrc.compile(e.spec)
+    layer(**e.example(t=64, dtype=torch.float32, device="cuda"))
+    text = str(layer.plan)
+    assert "the last call (estimates are for one NVIDIA H200 GPU" in text
+    assert " us, limited by " in text
+    name = torch.cuda.get_device_name()
+    assert "H200" in name or f"this call ran on {name}" in text
