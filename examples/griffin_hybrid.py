@@ -5,7 +5,13 @@ inside `lrc.nn.GriffinRecurrentBlock`) then one local sliding-window attention b
 plain PyTorch; each is followed by a gated-GeLU MLP. The toy task is delayed recall: predict the
 token seen DELAY steps ago, which needs memory across positions.
 
-    python examples/griffin_hybrid.py
+    python examples/griffin_hybrid.py               # 10 steps: the loss starts to fall
+    python examples/griffin_hybrid.py --steps 150   # recall accuracy climbs well above chance
+
+Run time on a 2-core CPU, where the kernels run under Triton's interpreter: about 2.5 s a
+step when the cores are idle, so the default 10 steps take about 30 s and 150 steps about
+6 minutes; about 8 s a step on a loaded, shared machine (the default then takes 90 s). On a
+GPU the kernels are compiled.
 """
 from __future__ import annotations
 
@@ -101,7 +107,7 @@ def batch(b: int = 16, t: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
     return x, x[:, :-DELAY]
 
 
-def main(steps: int = 150) -> None:
+def main(steps: int = 10) -> None:
     torch.manual_seed(0)
     model = Griffin(VOCAB)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -121,4 +127,8 @@ def main(steps: int = 150) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10, help="training steps (default 10)")
+    main(parser.parse_args().steps)

@@ -22,7 +22,12 @@ def _kind(g: Graph, name: str) -> str:
 
 def draw(g: Graph, path: str, width: int = 44) -> str:
     """Write a PNG of `g` to `path` (labelled nodes, states in orange); returns the path."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError('drawing a graph needs matplotlib, which lrc does not install by '
+                          'default: pip install "lrc[draw]" (or pip install matplotlib)',
+                          name="matplotlib") from err
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -17,6 +17,7 @@ import importlib.util
 import linecache
 import sys
 import threading
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -94,13 +95,20 @@ def interpreted():
     Triton's own helpers (tl.zeros, tl.sum, tl.associative_scan's wrappers, ...) are jit
     functions decorated when Triton was imported; while this is active they are swapped for
     interpreted twins, so an interpreted kernel can call them."""
+    import numpy as np
     import triton.language as tl
     import triton.language.standard as std
     from triton.runtime import interpreter
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
-    with _LOCK:
+    with _LOCK, warnings.catch_warnings(), np.errstate(all="ignore"):
+        # The interpreter's tl.tensor.__index__ is int() of a one-element array, which NumPy
+        # (>= 1.25) deprecates: harmless here, and once per kernel call. NumPy's floating-point
+        # warnings are off as on the GPU: a kernel computes every lane, and the lanes its masks
+        # leave out hold placeholders (0 / 0 in a gradient's formula is no error there)
+        warnings.filterwarnings("ignore", message="Conversion of an array with ndim > 0",
+                                category=DeprecationWarning, module=r"triton\.")
         # Everything swapped here, and whatever Triton's interpreter leaves patched, is put
         # back on exit: its launches restore what they patch, but a jit helper called inside
         # one (tl.cdiv, whose globals name triton.language.core) patches that module again
@@ -108,9 +116,11 @@ def interpreted():
         # fails at its first such call (a CompilationError at tl.cdiv, e.g. in the CPU
         # tests' sm_90 compiles, depending on which tests ran before in the worker).
         snap = _snapshot(tl, tl.core, tl.math, std, tl.core.tensor, tl.core.dtype,
-                         tl.core.tensor_descriptor_base, interpreter.ScanOps)
+                         tl.core.tensor_descriptor_base, interpreter.ScanOps,
+                         interpreter.InterpreterBuilder)
         try:
             interpreter.ScanOps.generic_scan = _sliced_scan
+            _bool_masks(interpreter.InterpreterBuilder)
             if not triton.knobs.runtime.interpret:  # TRITON_INTERPRET=1: helpers are ready
                 for mod in (tl, std, tl.math):
                     for name, val in list(vars(mod).items()):
@@ -124,6 +134,24 @@ def interpreted():
             yield
         finally:
             _restore(snap)
+
+
+def _bool_masks(builder) -> None:
+    """Masks of masked loads and stores as NumPy bool: the interpreter gives `block & scalar`
+    of two booleans int32 data, which Triton 3.9's native load and store refuse ("mask has
+    unsupported dtype"); earlier releases read any nonzero as true."""
+    import numpy as np
+    from triton.runtime.interpreter import TensorHandle
+
+    def as_bool(m):
+        if m is None or m.data.dtype == np.bool_:
+            return m
+        return TensorHandle(m.data.astype(np.bool_), m.dtype)
+
+    load, store = builder.create_masked_load, builder.create_masked_store
+    builder.create_masked_load = lambda self, ptrs, mask, *a: load(self, ptrs, as_bool(mask), *a)
+    builder.create_masked_store = (
+        lambda self, ptrs, value, mask, *a: store(self, ptrs, value, as_bool(mask), *a))
 
 
 def _snapshot(*owners) -> list[tuple[object, dict]]:

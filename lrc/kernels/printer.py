@@ -14,17 +14,23 @@ from sympy.printing.str import StrPrinter
 HELPERS = '''
 @triton.jit
 def _expm1(x):
-    # exp(x) - 1 without cancellation near 0 (Kahan: (u - 1) * x / log(u), u = exp(x))
+    # exp(x) - 1: Kahan's (u - 1) * x / log(u), u = exp(x), where it cancels (|x| < 1), u - 1
+    # elsewhere; the unused lanes divide safe values (no 0/0 or inf/inf under the interpreter)
     u = tl.exp(x)
     um1 = u - 1.0
-    return tl.where(um1 == 0.0, x, tl.where(u == float("inf"), u, um1 * x / tl.log(u)))
+    near = (tl.abs(x) < 1.0) & (um1 != 0.0)
+    kahan = tl.where(near, um1, 1.0) * x / tl.log(tl.where(near, u, 2.718281828459045))
+    return tl.where(near, kahan, tl.where(um1 == 0.0, x, um1))
 
 
 @triton.jit
 def _log1p(x):
-    # log(1 + x) without cancellation near 0 (Kahan: log(u) * x / (u - 1), u = 1 + x)
+    # log(1 + x): Kahan's log(u) * x / (u - 1), u = 1 + x, where it cancels (|x| < 0.5),
+    # log(u) elsewhere; the unused lanes divide safe values
     u = 1.0 + x
-    return tl.where(u == 1.0, x, tl.log(u) * x / (u - 1.0))
+    near = (tl.abs(x) < 0.5) & (u != 1.0)
+    kahan = tl.log(tl.where(near, u, 2.718281828459045)) * x / tl.where(near, u - 1.0, 1.0)
+    return tl.where(near, kahan, tl.where(u == 1.0, x, tl.log(u)))
 
 
 @triton.jit
@@ -35,7 +41,9 @@ def _softplus(x):
 
 @triton.jit
 def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
+    # exp of -|x| only, so nothing overflows: e / (1 + e) for x < 0
+    e = tl.exp(-tl.abs(x))
+    return tl.where(x < 0, e, 1.0) / (1.0 + e)
 
 
 @triton.jit
@@ -67,8 +75,9 @@ def _after(x, y):
 
 @triton.jit
 def _phi1(x):
-    # (exp(x) - 1) / x with phi1(0) = 1
-    return tl.where(tl.abs(x) < 1e-6, 1.0 + 0.5 * x, _expm1(x) / tl.where(x == 0.0, 1.0, x))
+    # (exp(x) - 1) / x with phi1(0) = 1 and phi1(inf) = inf
+    den = tl.where((x == 0.0) | (x == float("inf")), 1.0, x)
+    return tl.where(tl.abs(x) < 1e-6, 1.0 + 0.5 * x, _expm1(x) / den)
 '''
 
 _CALLS = {

@@ -31,6 +31,7 @@ AUTOMATIC = ("scan", "chunked", "conv")
 class Device:
     """Throughputs the cost model divides by (defaults: one H200, Triton 3.6)."""
 
+    name: str = "one NVIDIA H200 GPU"  # what the estimates are for, as the plan says it
     hbm: float = 4.28e12          # bytes/s, copy (read + write)
     fp32: float = 33.5e12         # FMA/s on the CUDA cores
     tensor: float = 790e12        # bf16 dense flop/s (half of it for tf32)
@@ -73,9 +74,16 @@ class Cost:
     bound: str
 
     def __str__(self) -> str:
-        return (f"{self.lowering}: {self.seconds * 1e6:.0f} us ({self.bound}-bound; "
-                f"{self.bytes / 1e6:.1f} MB, {self.flops / 1e9:.2f} GFLOP, "
-                f"{self.exps / 1e6:.1f} M exp)")
+        return (f"{self.lowering}: about {self.seconds * 1e6:.0f} us, limited by "
+                f"{_BOUNDS.get(self.bound, self.bound)} ({self.bytes / 1e6:.1f} MB moved, "
+                f"{self.flops / 1e9:.2f} GFLOP, {self.exps / 1e6:.1f} M exp)")
+
+
+_BOUNDS = {"memory": "memory bandwidth", "exp": "exp throughput", "fp32": "fp32 arithmetic",
+           "fp64": "fp64 arithmetic", "tensor": "tensor-core arithmetic",
+           "latency": "the latency of T dependent steps",
+           "measured scan rate": "the scan kernels' measured rate",
+           "host": "host time (Python and launches)"}
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,8 @@ def choose_lowering(g: Graph, forced: str | None = None) -> Graph:
     st: Structure = g.meta("structure")
     if st is None:
         raise ValueError("choose_lowering needs the structure pass first")
-    reasons = {"chunked": _chunk_reason(st), "conv": _conv_reason(st), "dplr": _dplr_reason(st)}
+    reasons = {"chunked": _chunk_reason(st), "conv": _conv_reason(g, st),
+               "dplr": _dplr_reason(st)}
     eligible = ("scan",) + tuple(lw for lw in ("chunked", "conv", "dplr") if not reasons[lw])
     if forced is not None:
         if forced not in LOWERINGS:
@@ -118,17 +127,42 @@ def choose_lowering(g: Graph, forced: str | None = None) -> Graph:
     return g.with_meta(lowering=Lowering(eligible, why, forced))
 
 
+_NOT_DIAGONAL = {"dplr": "mixes its elements through a diagonal plus low-rank matrix",
+                 "dense": "mixes its elements through a full matrix",
+                 "shift": "shifts its elements along a state dim (a delay line)",
+                 "general": "has a linear update of no special form"}
+
+
 def _chunk_reason(st: Structure) -> str:
+    """Why the chunked (tensor-core) form cannot run the spec, in plain words; "" if it can."""
     for s in st.states:
+        reads = [r for o in st.outputs for r in o.readouts if r.state == s.name]
         if s.transition != "diagonal":
-            return f"state {s.arg} has a {s.transition} transition, not a diagonal one"
+            return (f"{s.arg} {_NOT_DIAGONAL[s.transition]}: chunked needs every state element "
+                    "to decay on its own (a diagonal transition)")
         if s.couples:
-            return f"state {s.arg} is driven by state {', '.join(s.couples)}"
-        if not s.keys:
-            return (f"the decay of state {s.arg} varies along every state dim it is not "
-                    "contracted over (no value dims), or no output contracts it")
+            return (f"{s.arg} is fed by state {', '.join(s.couples)}: chunked needs states "
+                    "that evolve on their own")
+        if s.keys:
+            continue
+        if any(not o.linear for o in st.outputs if any(r.state == s.name for r in o.readouts)):
+            break
+        summed = {d for r in reads for d in r.contract}
+        if not reads or not all(r.contract for r in reads):
+            return (f"an output reads {s.arg} without summing it over a state dim: chunked "
+                    "computes outputs as such sums (matrix products over a key dim)")
+        own = [d for d in s.dims if d not in st.batch]
+        free = [d for d in own if d not in summed and d not in s.decay_dims]
+        if not free:
+            varying = [d for d in s.decay_dims if d not in st.batch] or own
+            return (f"{s.arg}'s decay differs for every ({', '.join(varying)}): no tensor-core "
+                    "form (chunked needs a decay shared along a value dim, a state dim the "
+                    "outputs do not sum over)")
+        return (f"{s.arg}'s input term does not split into a factor along the summed dims "
+                f"({', '.join(sorted(summed))}) times one along the others: no tensor-core form")
     if any(not o.linear for o in st.outputs):
-        return "an output is a nonlinear function of the state"
+        return ("an output is a nonlinear function of the state: chunked needs outputs that "
+                "are sums of the state against weights")
     return ""
 
 
@@ -158,12 +192,24 @@ def _dplr_reason(st: Structure) -> str:
     return ""
 
 
-def _conv_reason(st: Structure) -> str:
+def _conv_reason(g: Graph, st: Structure) -> str:
+    """Why the convolution cannot run the spec, in plain words; "" if it can."""
     for s in st.states:
-        if "time-invariant" not in s.kind:
-            why = ("its transition depends on a Seq input (selective)" if s.selective else
-                   "its outputs read it through time-varying factors or nonlinearly")
-            return f"state {s.arg} is not time-invariant: {why}"
+        if "time-invariant" in s.kind:
+            continue
+        if s.selective:
+            return (f"{s.arg} changes with the inputs at every step (selective: its update "
+                    "reads a Seq input): conv needs a recurrence fixed in time (Params only)")
+        if s.transition == "general":
+            return (f"{s.arg} has a linear update of no special form: conv needs a fixed "
+                    "diagonal, low-rank or shift transition")
+        readers = [o for o in st.outputs if any(r.state == s.name for r in o.readouts)]
+        bad = next((o for o in readers if not o.linear), None)
+        if bad is not None or not readers:
+            return (f"output {bad.name if bad else '?'} is a nonlinear function of {s.arg}: "
+                    "conv needs outputs linear in the state")
+        return (f"an output sums {s.arg} against weights that change at every step (a Seq "
+                "input inside the sum): conv needs weights fixed in time there")
     return ""
 
 
@@ -348,11 +394,14 @@ def _cost(lowering: str, byts: float, flops: float, exps: float, parts: dict) ->
     return Cost(lowering, byts, flops, exps, parts[bound], bound)
 
 
-def format_choice(g: Graph, sizes: dict[str, int], T: int, itemsize: int) -> str:
+def format_choice(g: Graph, sizes: dict[str, int], T: int, itemsize: int,
+                  estimates: bool = True) -> str:
+    """The choice at one shape, and (with `estimates`) each eligible lowering's estimate."""
     lw: Lowering = g.meta("lowering")
     chosen, costs = lw.choose(g, sizes, T, itemsize)
     shape = " ".join(f"{d}={n}" for d, n in sizes.items()) + f" {g.time}={T}"
     lines = [f"at {shape} ({itemsize}-byte inputs): {chosen}"
              + (" (forced)" if lw.forced else "")]
-    lines += [f"  {c}" for c in sorted(costs.values(), key=lambda c: c.seconds)]
+    if estimates:
+        lines += [f"  {c}" for c in sorted(costs.values(), key=lambda c: c.seconds)]
     return "\n".join(lines)

@@ -235,29 +235,64 @@ def _invariant_readout(g: Graph, r: Readout, varying) -> bool:
 
 
 def format_structure(g: Graph) -> str:
-    """Human-readable lines describing each state and output."""
+    """Human-readable lines describing each state and output, in plain words."""
     st: Structure = g.meta("structure")
     names = print_names(g)
     fmt = lambda e: format_expr(e, names)
     lines = []
     for s in st.states:
-        line = f"state {s.arg}[{','.join(s.dims)}]: {s.kind}"
-        if s.decay is not None:
-            line += f"; decay {fmt(s.decay)} varies along ({', '.join(s.decay_dims)})"
-        if s.keys:
-            line += f"; keys ({', '.join(s.keys)}), values ({', '.join(s.values)})"
-        if s.couples:
-            line += f"; driven by state {', '.join(s.couples)}"
-        lines.append(line)
+        lines.append(f"state {s.arg}[{','.join(s.dims)}]: {s.kind}: {describe_state(s, st, fmt)}")
+    reads_new = False
     for o in st.outputs:
         if not o.linear:
-            lines.append(f"output {o.name}: a nonlinear function of the state")
+            lines.append(f"output {o.name}: a nonlinear function of the state (only the scan "
+                         "computes it)")
             continue
         parts = []
         for r in o.readouts:
+            reads_new |= r.new
             ref = r.state + ("'" if r.new else "")
             term = ref if r.factor == 1 else f"{fmt(r.factor)} * {ref}"
             parts.append(f"sum_{''.join(r.contract)}({term})" if r.contract else term)
-        skip = f"; skip {fmt(o.skip)}" if o.skip != 0 else ""
-        lines.append(f"output {o.name}: reads {' + '.join(parts) or 'no state'}{skip}")
+        if o.skip != 0:
+            parts.append(fmt(o.skip))
+        lines.append(f"output {o.name} = {' + '.join(parts) or '0'}"
+                     + ("" if o.readouts else " (reads no state)"))
+    if reads_new:
+        lines.append("(a primed state such as h' is the state after this step's update)")
     return "\n".join(lines)
+
+
+_TRANSITIONS = {
+    "dplr": "a diagonal decay plus a rank-{rank} matrix mixes its elements",
+    "dense": "a full matrix mixes its elements",
+    "shift": "each step moves its elements one place along a state dim (a delay line)",
+    "general": "a linear update of a form lrc has no special kernel for",
+}
+
+
+def describe_state(s: StateInfo, st: Structure, fmt) -> str:
+    """One sentence on how state `s` evolves: its transition, where its decay differs, and
+    whether it reads the inputs."""
+    if s.transition == "diagonal":
+        own = [d for d in s.dims if d not in st.batch]
+        shared = [d for d in own if d not in s.decay_dims]
+        text = f"each element decays on its own, by {fmt(s.decay)}"
+        if s.decay_dims:
+            text += f", which differs for every ({', '.join(s.decay_dims)})"
+            if shared:
+                text += f" and is shared along ({', '.join(shared)})"
+        else:
+            text += ", the same for every element"
+    else:
+        text = _TRANSITIONS[s.transition].format(rank=s.rank)
+    if s.selective:
+        text += "; it changes with the inputs at every step (selective)"
+    elif "time-invariant" in s.kind:
+        text += "; fixed in time (Params only)"
+    if s.keys:
+        text += (f"; outputs sum it over ({', '.join(s.keys)}) (keys) and keep "
+                 f"({', '.join(s.values)}) (values)")
+    if s.couples:
+        text += f"; fed by state {', '.join(s.couples)}"
+    return text

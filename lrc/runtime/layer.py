@@ -158,7 +158,8 @@ class Layer:
             compiled, program, why = cached(key, lambda: _build(g, forced))
             self._built = (compiled, program, why)
             self.compiled, self.lowered, self.program = compiled, compiled.lowered, program
-            self.plan = Plan(compiled.planned)
+            self.plan = Plan(compiled.planned,
+                             scan_mode=program.mode if program is not None else "")
             # states the pipeline added (RWKV-4's running max): the user never sees them
             self.aux = running_maxes(self.lowered)
         return self._built
@@ -264,7 +265,7 @@ class Layer:
             call = make_call(self.lowered, args, kwargs, initial_state=self._in(initial_state),
                              reverse=reverse, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
             if not self._float64(call, initial_state, "initial_state"):
-                chosen = self.plan.choose(call.sizes, call.T, _itemsize(call))
+                chosen = self.plan.choose(call.sizes, call.T, _itemsize(call), call.device)
                 other = self._lowering(chosen) if chosen != "scan" else None
                 if other is not None:
                     outs, states = other.run(call)
@@ -340,7 +341,8 @@ class Layer:
                 zeros.
             inplace (bool): overwrite the given `state` tensors with the new states and return
                 them: no copy and no host sync, so a step can be captured in a CUDA graph. Needs
-                `state`; on the triton backend the states must be float32 (complex64).
+                `state`, float32 (complex64) on every backend (float64 too on the reference
+                backend): a float16 or bfloat16 state is refused, not rounded.
 
         Returns:
             `(outputs, new_states)`, always a pair: the output (a tuple if several) without the
@@ -348,12 +350,13 @@ class Layer:
             several) in its `State` layout, float32 (float64 if any argument is float64).
 
         Raises:
-            CallError: as `__call__`; `inplace=True` without `state`, or with a non-float32
-                state on the triton backend (float64 ones run on the reference backend with
-                backend='auto').
+            CallError: as `__call__`; `inplace=True` without `state`, or with a state of
+                another dtype than the above (the message names the state).
         """
         if inplace and state is None:
             raise CallError("layer.step(inplace=True) needs state= tensors to update")
+        if inplace:
+            self._check_inplace(state)
         if torch.compiler.is_compiling() or _on_meta(args, kwargs):
             # lrc::step_ (mutating the states) or lrc::step, opaque to torch.compile
             outs, news = ops.compiled_step(self, args, kwargs, state, inplace)
@@ -398,10 +401,6 @@ class Layer:
             g = self.lowered
             dst = None
             if inplace and not self.aux:
-                for x in call.states.values():
-                    if x.dtype not in (torch.float32, torch.complex64):
-                        raise CallError("layer.step(inplace=True) needs float32 (complex64) "
-                                        f"states, got {x.dtype}")
                 dst = {s: part_view(call.states[g[s].arg], g[s].part) for s in g.state_names}
             kept: list = []
             outs, news = self.program.step(call, dst,
@@ -424,6 +423,22 @@ class Layer:
             news = list(tuple(state) if isinstance(state, (tuple, list)) else (state,))
         out = outs[0] if len(outs) == 1 else tuple(outs)
         return out, (news[0] if len(news) == 1 else tuple(news))
+
+    def _check_inplace(self, state: Any) -> None:
+        """States `step(inplace=True)` can write: float32 (complex64) on every backend, and
+        float64 (complex128) where float64 calls run on the reference backend, which
+        computes in float64 (backend 'reference' or 'auto')."""
+        ok = (torch.float32, torch.complex64)
+        wide = self.backend == "reference" or self.requested == "auto"
+        if wide:
+            ok += (torch.float64, torch.complex128)
+        olds = tuple(state) if isinstance(state, (tuple, list)) else (state,)
+        for name, x in zip(self.graph.state_args, olds, strict=False):
+            if isinstance(x, torch.Tensor) and x.dtype not in ok:
+                also = " (or float64)" if wide else ""
+                raise CallError(f"layer.step(inplace=True) writes the new state into state "
+                                f"{name!r}, which is {x.dtype}: the states are computed in "
+                                f"float32, so pass a float32 (complex64){also} tensor to update")
 
     def _in(self, state: Any) -> Any:
         """The user's states -> the kernel graph's (a running max starts at 0)."""
@@ -453,7 +468,10 @@ class Layer:
         return self.programs[name]
 
     def source(self, which: str = "forward", lowering: str = "scan") -> str:
-        """The generated Triton source that runs, as text.
+        """The generated Triton source of one lowering's kernels, as text.
+
+        It shows the lowering asked for (the scan by default), whether or not the cost model
+        picks it for a given call: `print(layer.plan)` says which one a call's shape gets.
 
         Args:
             which (str): the kernel. For the scan lowering: 'forward', 'backward', 'step' (the
@@ -476,6 +494,12 @@ class Layer:
 
             >>> print(layer.source("step"))           # doctest: +SKIP
         """
+        lw = self.plan.lowering
+        if lowering not in ("scan", "chunked", "conv"):
+            raise ValueError(f"lowering must be 'scan', 'chunked' or 'conv', got {lowering!r}")
+        if lowering not in lw.eligible:
+            raise ValueError(f"{self.spec.name} has no {lowering} kernels: {lw.why_not(lowering)} "
+                             f"(it can take: {', '.join(lw.eligible)})")
         if lowering == "scan":
             prog, why = self.program, getattr(self.plan, "note", "")
         else:
@@ -495,7 +519,8 @@ class Layer:
         return prog.sources[which]
 
     def draw(self, path: str) -> str:
-        """Write a picture of the traced graph to `path` (PNG)."""
+        """Write a picture of the traced graph to `path` (PNG); needs matplotlib, the `draw`
+        extra (`pip install "lrc[draw]"`)."""
         from ..ir.draw import draw
 
         return draw(self.graph, path)

@@ -9,6 +9,7 @@ import os
 import pathlib
 
 import pytest
+import torch
 
 import lrc
 from lrc.errors import LoweringError
@@ -81,15 +82,54 @@ def test_plan_golden(name):
 def test_s4_decodes_with_its_recurrence():
     """S4: trained as a convolution, decoded with the DPLR step."""
     layer = lrc.compile(ZOO["s4"].spec, backend="reference")
-    assert "step (decode): the recurrence" in str(layer.plan)
+    text = str(layer.plan)
+    assert "step (decode): one token at a time, the recurrence itself" in text
+    assert "scan: yes: one token at a time: sequential in t" in text
     assert layer.plan.graph.meta("structure").states[0].transition == "dplr"
 
 
 def test_forced_lowering_that_cannot_run_says_why():
-    with pytest.raises(LoweringError, match="selective"):
+    with pytest.raises(LoweringError, match="h changes with the inputs at every step"):
         lrc.compile(ZOO["mamba1"].spec, lowering="conv")
-    with pytest.raises(LoweringError, match="dplr"):
+    with pytest.raises(LoweringError, match="diagonal plus low-rank matrix"):
         lrc.compile(ZOO["s4"].spec, lowering="chunked")
+
+
+def test_plan_refusals_in_plain_words():
+    """Each refusal names the state and says what the lowering needs, without the pass's
+    jargon ("no value dims", "varies along ()")."""
+    texts = {n: str(lrc.compile(ZOO[n].spec, backend="reference").plan) for n in
+             ("mamba1", "rwkv4", "rglru", "lru")}
+    assert ("chunked: no: h's decay differs for every (d, n): no tensor-core form (chunked "
+            "needs a decay shared along a value dim") in texts["mamba1"]
+    assert "conv: no: output y is a nonlinear function of num" in texts["rwkv4"]
+    assert "an output reads h without summing it over a state dim" in texts["rglru"]
+    assert "x's decay differs for every (n)" in texts["lru"]
+    for text in texts.values():
+        for jargon in ("no value dims", "varies along", "eligible", "-bound"):
+            assert jargon not in text, (jargon, text)
+
+
+@pytest.mark.parametrize("name", ["rwkv4", "h3", "hyena", "s4"])
+def test_loop_kernels_say_they_are_sequential(name):
+    """The scan of a spec without an associative form is a one-token loop; the plan says so."""
+    text = str(lrc.compile(ZOO[name].spec, backend="reference").plan)
+    assert "scan: yes: one token at a time: sequential in" in text
+
+
+def test_plan_names_the_device_its_estimates_are_for():
+    """Before a call the example estimates say which device they model; after a call on CPU
+    tensors the plan gives the choice and no microsecond estimates."""
+    e = ZOO["mamba1"]
+    layer = lrc.compile(e.spec)
+    before = str(layer.plan)
+    assert "estimates are for one NVIDIA H200 GPU" in before
+    assert " us, limited by " in before
+    layer(**e.example(t=8, dtype=torch.float32))
+    after = str(layer.plan)
+    assert "on the CPU the kernels run under Triton's interpreter, so no times" in after
+    assert "at b=2 d=5 n=3 t=8 (4-byte inputs): scan" in after
+    assert " us" not in after
 
 
 @pytest.mark.parametrize("name", ["mamba1", "s4d_zoh", "rwkv4"])
@@ -115,3 +155,17 @@ def test_verifier_after_every_pass_on_random_specs():
         pipeline.run(rs.spec.graph, check=True)
 
     check()
+
+
+@pytest.mark.gpu
+def test_plan_after_a_cuda_call_names_both_devices():
+    """After a call on CUDA tensors the plan shows the estimates, says they are for the cost
+    model's H200, and names the GPU the call ran on when it is another."""
+    e = ZOO["mamba1"]
+    layer = lrc.compile(e.spec)
+    layer(**e.example(t=64, dtype=torch.float32, device="cuda"))
+    text = str(layer.plan)
+    assert "the last call (estimates are for one NVIDIA H200 GPU" in text
+    assert " us, limited by " in text
+    name = torch.cuda.get_device_name()
+    assert "H200" in name or f"this call ran on {name}" in text

@@ -59,10 +59,35 @@ def test_size_conflict_names_both_arguments_and_the_dim():
     assert "argument 'Bm'" in msg and "time dim 't'" in msg and "argument 'x'" in msg
 
 
+def test_a_transposed_argument_is_named_as_the_likely_culprit():
+    """x laid out (b, d, t) for Seq("b t d"): bound first, it makes every later argument
+    disagree; the message says what each shape implies and names x, the layout it has and the
+    annotation (or permute) that fits."""
+    x, g, Bm, C, A = diag_inputs()
+    msg = refused(layer, x.transpose(1, 2), g, Bm, C, A)
+    assert "argument 'g' (Seq(\"b t d\")), shape (3, 37, 5), makes the time dim 't' 37" in msg
+    assert "argument 'x' (Seq(\"b t d\")), shape (3, 5, 37), makes it 5" in msg
+    assert "Likely culprit: 'x' (shape (3, 5, 37))" in msg
+    assert "laid out (b, d, t)" in msg and 'annotate it Seq("b d t")' in msg
+    assert "x.permute(0, 2, 1)" in msg
+    # the same for a decode slice and for an initial state
+    msg = refused(layer.step, x[:, 0], g[:, 0], Bm[:, 0].T, C[:, 0], A)
+    assert "Likely culprit: 'Bm'" in msg and "Bm.permute(1, 0)" in msg
+    msg = refused(layer, x, g, Bm, C, A, initial_state=torch.zeros(3, 4, 5))
+    assert "Likely culprit: 'h'" in msg and 'State("b n d")' in msg
+
+
+def test_a_plain_size_conflict_names_no_culprit():
+    """No permutation fits (a Param of the wrong length): both sizes, no guess."""
+    x, g, Bm, C, A = diag_inputs()
+    msg = refused(layer, x, g, Bm, C, A[:, :3])
+    assert "culprit" not in msg and "laid out differently" not in msg
+
+
 def test_initial_state_shape_and_count():
     args = diag_inputs()
     msg = refused(layer, *args, initial_state=torch.zeros(3, 5, 7, dtype=torch.float64))
-    assert "argument 'h'" in msg and "dim 'n'" in msg
+    assert "state 'h'" in msg and "dim 'n'" in msg
     msg = refused(layer, *args, initial_state=(torch.zeros(3, 5, 4), torch.zeros(3, 5, 4)))
     assert "initial_state must hold 1 tensors (h), got 2" in msg
     x, w = rn(2, 9, 5), rn(5)
@@ -145,7 +170,7 @@ def test_bad_cu_seqlens():
     msg = refused(layer, *diag_inputs(b=2, t=10), cu_seqlens=torch.tensor([0, 10]))
     assert "argument 'x'" in msg and "dim 'b'" in msg and "cu_seqlens" in msg
     msg = refused(layer, *args, cu_seqlens=torch.tensor([0, 4, 10]), initial_state=rn(3, 5, 4))
-    assert "argument 'h'" in msg and "dim 'b'" in msg
+    assert "state 'h'" in msg and "dim 'b'" in msg
     msg = refused(layer, *args, cu_seqlens=torch.tensor([0, 4, 10], device="meta"))
     assert "cu_seqlens" in msg and "meta device" in msg
     tok = [a[:, 0] if a.dim() == 3 else a for a in args]
@@ -166,6 +191,18 @@ def test_cu_seqlens_needs_a_batch_dim():
 def test_step_inplace_without_state():
     tok = [a[:, 0] if a.dim() == 3 else a for a in diag_inputs()]
     assert "inplace=True" in refused(layer.step, *tok, inplace=True)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_step_inplace_refuses_a_half_precision_state_on_every_backend(backend, dtype):
+    """inplace=True writes float32 states: a float16 / bfloat16 one is refused (naming it) by
+    both backends, and left as it was."""
+    tok = [(a[:, 0] if a.dim() == 3 else a).float() for a in diag_inputs()]
+    h = torch.zeros(3, 5, 4, dtype=dtype)
+    msg = refused(lrc.compile(diag, backend=backend).step, *tok, state=h, inplace=True)
+    assert "state 'h'" in msg and str(dtype) in msg and "float32" in msg
+    assert torch.equal(h, torch.zeros_like(h))
 
 
 def test_compile_refuses_non_specs_and_unknown_backends():

@@ -54,9 +54,17 @@ class VanderSum(torch.autograd.Function):
         s0, s1 = ck.vander_dot(la, gk)
         if ctx.scale != 1:
             s0, s1 = s0 * ctx.scale, s1 * ctx.scale
-        gw = s0.conj().to(w.dtype)
-        gla = (w * s1.to(w.dtype)).conj().to(la.dtype)
+        # K is real: a complex argument's gradient is the conjugated sum (PyTorch's convention),
+        # a real one's (a real log-decay or weight) is that sum's real part
+        gw = _as_grad(s0.conj(), w)
+        gla = _as_grad((w * s1).conj(), la)
         return gla, gw, None, None, None, gbeta, None
+
+
+def _as_grad(g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The complex gradient sum `g` as the gradient of `like`: itself for a complex argument,
+    its real part for a real one."""
+    return g.to(like.dtype) if like.is_complex() else g.real.to(like.dtype)
 
 
 class Cauchy(torch.autograd.Function):
@@ -71,7 +79,7 @@ class Cauchy(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):
         d, p = ctx.saved_tensors
         gd, gp = ck.cauchy_backward(d, p, g)
-        return gd.to(d.dtype), gp.to(p.dtype), None
+        return _as_grad(gd, d), _as_grad(gp, p), None
 
 
 def vander(la: torch.Tensor, w: torch.Tensor, L: int, real: bool = True, scale: float = 1.0,
@@ -109,7 +117,7 @@ class _VanderDot(torch.autograd.Function):
         # s0 = sum_l x_l a^l: dx_l = Re(sum_n conj(gs_n) a_n^l), dla = gs conj(s1)
         la, s1 = ctx.saved_tensors
         gx = ck.vander_sum(la, gs.conj(), ctx.L).to(ctx.xdtype)
-        return (gs * s1.conj()).to(la.dtype), gx
+        return _as_grad(gs * s1.conj(), la), gx
 
 
 def shift_right(k: torch.Tensor, by: int = 1) -> torch.Tensor:
