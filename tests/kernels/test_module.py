@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+import torch
+
 import lrc
 from lrc.zoo import ZOO
 
@@ -24,7 +26,8 @@ def test_interpreted_kernels_leave_triton_language_as_it_was():
     before = [dict(vars(o)) for o in owners]
     e = ZOO["mamba2"]
     kern = lrc.compile(e.spec, backend="triton", lowering="chunked")
-    args = {k: v.requires_grad_(True) for k, v in e.example(b=1, t=19).items()}
+    args = {k: v.requires_grad_(True)
+            for k, v in e.example(b=1, t=19, dtype=torch.float32).items()}
     kern(**args).sum().backward()
     for o, b in zip(owners, before, strict=True):
         now = dict(vars(o))
