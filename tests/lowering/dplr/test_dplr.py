@@ -99,14 +99,14 @@ def test_bf16(name):
 
 @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck),
           phases=[Phase.explicit, Phase.generate])
-@given(beta=st.sampled_from([-8.0, -4.0, 0.0, 4.0, 8.0]), steep=st.sampled_from([0.0, 2.0,
+@given(beta=st.sampled_from([-6.0, -3.0, 0.0, 3.0, 6.0]), steep=st.sampled_from([0.0, 2.0,
                                                                                      6.0]),
        seed=st.integers(0, 2 ** 31 - 1))
 def test_beta_extremes_and_steep_decays(beta, steep, seed):
-    """b pushed towards sigmoid 0 or 1 (beta within 3e-4 of them) and dt_bias raised so that
+    """b pushed towards sigmoid 0 or 1 (beta within 3e-3 of them) and dt_bias raised so that
     decays are steep (A up to 16: per-step decays down to exp(-96)): float32 outputs and every
     gradient stay accurate. (Further out, b's own gradient, sigmoid' = y (1 - y) in float32
-    terms, loses digits: 4e-3 at b = 12, in the PyTorch terms, not the kernels.)"""
+    terms, loses digits near 1e-3 from b = 8 on, in the PyTorch terms, not the kernels.)"""
     torch.manual_seed(seed)
     entry, loop = CASES["gated_deltanet"]
     args = {k: v.float() for k, v in entry.example(t=35).items()}
