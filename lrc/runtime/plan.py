@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..ir.graph import Graph
+from ..kernels.launch import deterministic
 from ..passes.lowering import Lowering, format_choice
 from ..passes.structure import format_structure
 
@@ -42,6 +43,10 @@ class Plan:
             else:
                 lines.append(f"    {name}: no, {lw.why_not(name)}")
         lines.append("    step (decode): the recurrence, one token")
+        lines.append("  gradient sums across programs: " + (
+            "fixed order (deterministic mode)" if deterministic() else
+            "atomic adds (deterministic mode: torch.use_deterministic_algorithms(True) "
+            "or LRC_DETERMINISTIC=1)"))
         if self.note:
             lines.append(f"  note: {self.note}")
         if self.shapes is not None:
