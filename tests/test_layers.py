@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent / "lrc"
 
 LAYER = {  # unit -> rank; a unit may import units of lower or equal rank, never higher
-    "errors": 0, "config": 0, "bounded": 0,
+    "errors": 0, "config": 0, "bounded": 0, "log": 0,
     "ir": 1,
     "passes": 2, "layout": 2,
     "kernels": 3,
@@ -19,6 +19,7 @@ LAYER = {  # unit -> rank; a unit may import units of lower or equal rank, never
     "lowering": 4,  # the registry (lowering/__init__.py) over the packages
     "runtime": 5,
     "zoo": 6, "nn": 7,
+    "cli": 8, "__main__": 8,  # the command line, over everything
 }
 
 

@@ -8,10 +8,12 @@ import dataclasses
 import functools
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import astuple
 from typing import Any
 
+from ..log import describe, logger, slow_tuning
 from . import disk
 
 _CACHE: dict[tuple, Any] = {}  # key -> the config chosen in this process
@@ -86,8 +88,11 @@ def remembered(key: tuple, device: str, table: str, make: Callable,
     except (TypeError, ValueError):
         return None
     if allowed is not None and cfg not in allowed():
+        logger.debug("tuning %s: ignored %s from %s (not a current candidate)", describe(key),
+                     cfg, table)
         return None
     _CACHE[key] = cfg
+    logger.info("tuning %s: %s, remembered in %s", describe(key), cfg, table)
     return cfg
 
 
@@ -133,8 +138,10 @@ def first_working(key: tuple, configs: list, run: Callable):
             run(cfg)
         except Exception as e:  # noqa: BLE001 (does not compile: try the next)
             errors.append(f"{cfg}: {type(e).__name__}: {str(e)[:300]}")
+            logger.info("untimed %s: %s failed: %s", describe(key), cfg, errors[-1])
             continue
         _CACHE[key] = cfg
+        logger.info("untimed %s: %s (the first that runs)", describe(key), cfg)
         return cfg
     raise RuntimeError(f"no config compiled for {key[1:]}:\n" + "\n".join(errors))
 
@@ -147,6 +154,7 @@ def choose(key: tuple, configs: list, run: Callable) -> Any:
     import triton.testing
 
     best, best_t, errors = None, float("inf"), []
+    start = time.perf_counter()
     for cfg in configs:
         try:
             run(cfg)  # compiles
@@ -154,13 +162,20 @@ def choose(key: tuple, configs: list, run: Callable) -> Any:
                                         return_mode="median")
         except Exception as e:  # noqa: BLE001 (out of registers / shared memory: not a candidate)
             errors.append(f"{cfg}: {type(e).__name__}: {str(e)[:300]}")
+            logger.info("tuning %s: %s failed: %s", describe(key), cfg, errors[-1])
             continue
+        logger.debug("tuning %s: %s %.4f ms", describe(key), cfg, t)
         TIMES.setdefault(key, []).append((cfg, t))
         if t < best_t:
             best, best_t = cfg, t
     if best is None:
         raise RuntimeError(f"no config compiled for {key[1:]}:\n" + "\n".join(errors))
     _CACHE[key] = best
+    took = time.perf_counter() - start
+    logger.info("tuning %s: %s at %.4f ms, fastest of %d (%d failed) in %.1f s",
+                describe(key), best, best_t, len(configs), len(errors), took)
+    if took > 1.0:
+        slow_tuning(describe(key)[:120], took)
     return best
 
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from ..ir.graph import Graph
 from ..kernels.launch import deterministic
+from ..log import logger
 from ..passes.lowering import Lowering, format_choice
 from ..passes.structure import format_structure
 
@@ -29,6 +30,8 @@ class Plan:
         key = (tuple(sizes.items()), T, itemsize)
         if key not in self.chosen:
             self.chosen[key] = self.lowering.choose(self.graph, sizes, T, itemsize)[0]
+            logger.info("plan %s: %s at sizes %s, T=%d, %d-byte elements", self.graph.name,
+                        self.chosen[key], sizes, T, itemsize)
         self.shapes = (sizes, T, itemsize)
         return self.chosen[key]
 
