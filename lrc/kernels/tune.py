@@ -8,8 +8,8 @@ import dataclasses
 import functools
 import hashlib
 import json
-import time
 import re
+import time
 from collections.abc import Callable
 from dataclasses import astuple
 from pathlib import Path
