@@ -94,21 +94,26 @@ def test_torch_switch_turns_it_on():
     assert not any(atomic for _, atomic in seen)
 
 
-def test_both_modes_in_one_process():
-    """The mode is part of the launch choice: the same layer and shape switch back and forth,
-    each mode running its own backward and the gradients agreeing."""
-    e = ZOO["gla"]
-    layer = lrc.compile(e.spec, lowering="chunked")
+@pytest.mark.parametrize("name,lowering,kernel", [
+    ("gla", "chunked", "gla.chunked_backward"), ("mamba1", None, "mamba1_kernel.backward")])
+def test_both_modes_in_one_process(name, lowering, kernel):
+    """The mode is part of the launch choice (tuning and replay keys): the same layer and
+    shape switch back and forth, repeated calls replayed, each mode running its own backward
+    and the gradients agreeing."""
+    e = ZOO[name]
+    layer = lrc.compile(e.spec, lowering=lowering)
     args = {k: v.float() for k, v in e.example(1, 17).items()}
     names = []
     grads = []
-    for det in (False, True, False, True):
+    modes = (False, True, False, True, True, False, False)
+    for det in modes:
         seen, _, g = _launched(layer, args, deterministic=det)
         names.append(seen[-1][0])
         grads.append(g)
-    assert names == ["gla.chunked_backward", "gla.chunked_backward_det"] * 2
-    for k in grads[0]:
-        assert rel_err(grads[1][k], grads[0][k]) <= 1e-5
+    assert names == [kernel + ("_det" if det else "") for det in modes]
+    for g in grads[1:]:
+        for k in grads[0]:
+            assert rel_err(g[k], grads[0][k]) <= 1e-5
 
 
 @pytest.mark.gpu
