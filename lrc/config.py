@@ -63,6 +63,14 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("scan_stages", 2, None, "software-pipeline stages of an untuned scan launch"),
     Knob("scan_config", None, None,
          "one ScanConfig forced for every scan launch (benchmarks sweep it)"),
+    Knob("deterministic", False, "LRC_DETERMINISTIC",
+         "sum across programs in a fixed order (buffer slots added up on the host), never "
+         "with atomic adds: bitwise-repeatable gradients, somewhat slower; also on while "
+         "torch.are_deterministic_algorithms_enabled()", _flag),
+    Knob("log", None, "LRC_LOG",
+         "the level of the 'lrc' logger's own stderr handler: 'info' (compile, plan and "
+         "tuning decisions) or 'debug' (each tuning candidate's time too); None: lrc adds no "
+         "handler and prints nothing (a logging setup of the program's own still applies)"),
     Knob("as_gpu", None, None,
          "size launches as for a GPU with this many SMs and run nothing (kernels.aot)"),
 ]}

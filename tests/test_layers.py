@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent / "lrc"
 
 LAYER = {  # unit -> rank; a unit may import units of lower or equal rank, never higher
-    "errors": 0, "config": 0, "bounded": 0,
+    "errors": 0, "config": 0, "bounded": 0, "log": 0,
     "ir": 1,
     "passes": 2, "layout": 2,
     "kernels": 3,
@@ -24,6 +24,7 @@ LAYER = {  # unit -> rank; a unit may import units of lower or equal rank, never
     "distributed": 6,  # context parallelism over torch.distributed: wraps a runtime Layer
     "zoo": 7, "nn": 8,
     "models": 9,  # language models over the nn blocks
+    "cli": 10, "__main__": 10,  # the command line, over everything
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -194,3 +195,35 @@ def locked(path: Path) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)  # closing releases the lock
+
+
+# what lrc writes in the cache directory: generated modules, tuned tables, their lock files,
+# and the temporaries of writes (`write`) that died before their replace
+_ENTRY = re.compile(r"(lrc_[0-9a-f]+\.py|[a-z]+_tuned\.json(\.lock)?|"
+                    r"\.(lrc_[0-9a-f]+\.py|[a-z]+_tuned\.json)\.[0-9a-f]+\.tmp)")
+
+
+def entries(directory: Path) -> list[tuple[str, int, float]]:
+    """(name, bytes, last used) of lrc's entries in `directory`: this user's regular files
+    with the names lrc gives them (anything else there is left alone)."""
+    out = []
+    with contextlib.suppress(OSError), os.scandir(directory) as it:
+        for e in it:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if (stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
+                    and _ENTRY.fullmatch(e.name)):
+                out.append((e.name, st.st_size, st.st_mtime))
+    return sorted(out)
+
+
+def clear(directory: Path) -> int:
+    """Delete lrc's entries in `directory` (`entries`); the number deleted."""
+    n = 0
+    for name, _, _ in entries(directory):
+        with contextlib.suppress(OSError):
+            os.unlink(directory / name)
+            n += 1
+    return n

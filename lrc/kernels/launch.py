@@ -9,12 +9,21 @@ import contextvars
 import threading
 from collections.abc import Callable, Iterator
 
+from .. import config
 from ..bounded import Bounded
 from .module import interpreted, load
 
 _LOCK = threading.RLock()
 _RECORDER: contextvars.ContextVar[Callable | None] = contextvars.ContextVar(
     "lrc_launch_recorder", default=None)
+
+
+def deterministic() -> bool:
+    """Whether cross-program sums must run in a fixed order (no atomic adds): config
+    `deterministic` ($LRC_DETERMINISTIC), or torch.use_deterministic_algorithms(True)."""
+    import torch
+
+    return bool(config.get("deterministic")) or torch.are_deterministic_algorithms_enabled()
 
 
 def recorder() -> Callable | None:

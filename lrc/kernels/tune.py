@@ -8,10 +8,14 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
+import time
 from collections.abc import Callable
 from dataclasses import astuple
+from pathlib import Path
 from typing import Any
 
+from ..log import describe, logger, slow_tuning
 from . import disk
 
 _CACHE: dict[tuple, Any] = {}  # key -> the config chosen in this process
@@ -51,6 +55,35 @@ def _table(name: str) -> dict:
     return rows if isinstance(rows, dict) else {}
 
 
+# table name -> the package folder of its shipped tables, one `<device slug>.json` per kind of
+# GPU (lowerings register theirs: `ship`); read where the cache directory's table has no row
+_SHIPPED: dict[str, Path] = {}
+
+
+def ship(table: str, folder: Path) -> None:
+    """Register `folder` as where the tables shipped with lrc for `table` lie."""
+    _SHIPPED[table] = folder
+
+
+def device_slug(name: str) -> str:
+    """A GPU's name as a file name: 'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+@functools.lru_cache(maxsize=64)
+def _shipped(table: str, device: str) -> dict:
+    """The rows shipped with lrc for `table` on this kind of GPU ({} where none)."""
+    folder = _SHIPPED.get(table)
+    path = folder / f"{device_slug(device)}.json" if folder is not None else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return rows if isinstance(rows, dict) else {}
+
+
 def _valid(row: Any, make: Callable) -> bool:
     """A row that can be `make`'s fields: a list of one value per field, each of the field's
     type (int: a count or size in [0, 2^16]; bool; None where the field allows it)."""
@@ -77,8 +110,12 @@ def remembered(key: tuple, device: str, table: str, make: Callable,
     """A config tuned for `key` on this kind of device by an earlier process (in `table`, a
     JSON file in the kernel cache directory), now remembered for this one too. A row that is
     malformed, or (with `allowed`) not one of the configs `allowed()` lists, is ignored. The
-    key holds the kernels' source and the torch and Triton versions."""
+    key holds the kernels' source and the torch and Triton versions. Where the cache
+    directory's table has no row, the table shipped with lrc for this kind of GPU is read
+    (`ship`), its rows checked the same way."""
     row = _table(table).get(_disk_key(key, device))
+    if row is None:
+        row = _shipped(table, device).get(_disk_key(key, device))
     if row is None or not _valid(row, make):
         return None
     try:
@@ -86,8 +123,11 @@ def remembered(key: tuple, device: str, table: str, make: Callable,
     except (TypeError, ValueError):
         return None
     if allowed is not None and cfg not in allowed():
+        logger.debug("tuning %s: ignored %s from %s (not a current candidate)", describe(key),
+                     cfg, table)
         return None
     _CACHE[key] = cfg
+    logger.info("tuning %s: %s, remembered in %s", describe(key), cfg, table)
     return cfg
 
 
@@ -133,8 +173,10 @@ def first_working(key: tuple, configs: list, run: Callable):
             run(cfg)
         except Exception as e:  # noqa: BLE001 (does not compile: try the next)
             errors.append(f"{cfg}: {type(e).__name__}: {str(e)[:300]}")
+            logger.info("untimed %s: %s failed: %s", describe(key), cfg, errors[-1])
             continue
         _CACHE[key] = cfg
+        logger.info("untimed %s: %s (the first that runs)", describe(key), cfg)
         return cfg
     raise RuntimeError(f"no config compiled for {key[1:]}:\n" + "\n".join(errors))
 
@@ -147,6 +189,7 @@ def choose(key: tuple, configs: list, run: Callable) -> Any:
     import triton.testing
 
     best, best_t, errors = None, float("inf"), []
+    start = time.perf_counter()
     for cfg in configs:
         try:
             run(cfg)  # compiles
@@ -154,13 +197,20 @@ def choose(key: tuple, configs: list, run: Callable) -> Any:
                                         return_mode="median")
         except Exception as e:  # noqa: BLE001 (out of registers / shared memory: not a candidate)
             errors.append(f"{cfg}: {type(e).__name__}: {str(e)[:300]}")
+            logger.info("tuning %s: %s failed: %s", describe(key), cfg, errors[-1])
             continue
+        logger.debug("tuning %s: %s %.4f ms", describe(key), cfg, t)
         TIMES.setdefault(key, []).append((cfg, t))
         if t < best_t:
             best, best_t = cfg, t
     if best is None:
         raise RuntimeError(f"no config compiled for {key[1:]}:\n" + "\n".join(errors))
     _CACHE[key] = best
+    took = time.perf_counter() - start
+    logger.info("tuning %s: %s at %.4f ms, fastest of %d (%d failed) in %.1f s",
+                describe(key), best, best_t, len(configs), len(errors), took)
+    if took > 1.0:
+        slow_tuning(describe(key)[:120], took)
     return best
 
 

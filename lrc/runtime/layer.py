@@ -1,6 +1,7 @@
 """`lrc.compile`: a spec becomes a differentiable PyTorch callable with a decode `step`."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ from .. import lowering as _lowerings
 from ..bounded import Bounded
 from ..errors import CallError, LoweringError, Unsupported
 from ..ir.trace import Spec
+from ..log import logger
 from ..passes import pipeline
 from ..passes.stability import running_maxes, scaled_initial_state, unscaled_states
 from . import ops, reference
@@ -155,7 +157,11 @@ class Layer:
             g, forced = self.spec.graph, self.lowering
             loop = config.get("prefer_loop")
             key = canonical_key(g, lowering=forced, loop=loop)
+            start = time.perf_counter()
             compiled, program, why = cached(key, lambda: _build(g, forced))
+            logger.info("compiled %s in %.2f s: %s", g.name, time.perf_counter() - start,
+                        "scan kernels generated" if program is not None else
+                        f"no generated kernels ({why})")
             self._built = (compiled, program, why)
             self.compiled, self.lowered, self.program = compiled, compiled.lowered, program
             self.plan = Plan(compiled.planned,
@@ -458,7 +464,9 @@ class Layer:
         if name not in self.programs:
             try:
                 self.programs[name] = _lowerings.build(name, self.compiled)
+                logger.info("%s: %s kernels generated", self.spec.name, name)
             except Unsupported as e:
+                logger.info("%s: no %s kernels: %s", self.spec.name, name, e)
                 if self.lowering == name:
                     raise LoweringError(f"lowering={name!r} cannot run {self.spec.name}: {e}"
                                         ) from e

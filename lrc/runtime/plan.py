@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..ir.graph import Graph
-from ..passes.lowering import Lowering, format_choice
+from ..kernels.launch import deterministic
+from ..log import logger
+from ..passes.lowering import LOWERINGS, Lowering, format_choice
 from ..passes.structure import format_structure
 
 
@@ -38,6 +40,8 @@ class Plan:
         key = (tuple(sizes.items()), T, itemsize)
         if key not in self.chosen:
             self.chosen[key] = self.lowering.choose(self.graph, sizes, T, itemsize)[0]
+            logger.info("plan %s: %s at sizes %s, T=%d, %d-byte elements", self.graph.name,
+                        self.chosen[key], sizes, T, itemsize)
         self.shapes = (sizes, T, itemsize)
         if device is not None and device != self._device:
             self._device = device
@@ -50,7 +54,7 @@ class Plan:
         lines = [f"plan for {g.name}:"]
         lines += ["  " + ln for ln in format_structure(g).splitlines()]
         lines.append("  lowerings (how a call computes the whole sequence):")
-        for name in ("scan", "chunked", "conv"):
+        for name in LOWERINGS:
             if name in lw.eligible:
                 lines.append(f"    {name}: yes: {self._shape(name)}")
             else:
@@ -81,9 +85,13 @@ class Plan:
             lines.append(f"  float64: {self.float64}")
         chosen = (self.choose(*self.shapes) if self.shapes is not None
                   else lw.choose(g, sizes, 4096, 2)[0])
-        if self.atomics is not None and self.atomics(chosen):
+        if deterministic():
+            lines.append("  gradients: sums across programs in a fixed order (deterministic "
+                         "mode)")
+        elif self.atomics is not None and self.atomics(chosen):
             lines.append("  gradients: summed with atomics across programs (not bitwise "
-                         "deterministic on the GPU)")
+                         "deterministic on the GPU; deterministic mode: "
+                         "torch.use_deterministic_algorithms(True) or LRC_DETERMINISTIC=1)")
         return "\n".join(lines)
 
     def _shape(self, lowering: str) -> str:
@@ -92,6 +100,9 @@ class Plan:
             return "chunks of time steps as matrix products on tensor cores"
         if lowering == "conv":
             return "an FFT convolution with a kernel computed from the Params"
+        if lowering == "dplr":
+            return ("chunks of the delta rule's rank-1 transitions in UT form, matrix products "
+                    "on tensor cores (runs where forced: lowering='dplr')")
         if self.scan_mode.startswith("loop"):
             why = self.scan_mode[len("loop ("):-1]
             return (f"one token at a time: sequential in {self.graph.time}, parallel over the "

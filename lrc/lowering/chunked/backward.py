@@ -165,9 +165,15 @@ def entering(k: Kernel, du: str) -> str:
     return f"_dot(tl.trans(q_q), {du} * eq, DT, IEEE, EMU)"
 
 
-def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[str], list[str]]:
+def backward_source(form: ChunkForm, name: str, det: bool = False
+                    ) -> tuple[str, list[tuple], list[str], list[str]]:
     """The backward kernel, its parameters, the inputs whose gradient it writes, and those of
     them a block of the keys writes a part of (key_partial).
+
+    `det`: the fixed-order variant, with no atomic add: each program stores its part of a
+    Param's gradient in its own slot (a '#p_prog' axis, one slot per program), and every Seq
+    gradient is stored (the launcher picks configs where no two programs write one element,
+    a shared input's heads into slabs: Launcher.backward); the host sums the slots in order.
 
     Long on purpose: it writes one kernel top to bottom, and its stages share the kernel's
     parameter list, masks and loaded tiles; split, each part would take a dozen of them."""
@@ -194,7 +200,8 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
     # where each head stores into its own slab (Config.spread)
     gdims = {n: list(g[n].dims) + ([hd] if n in shared else []) for n in graded}
     for n in graded:
-        k.tensor(f"grad:{n}", f"g_{arg(n)}", gdims[n], f.seq(n))
+        slot = ["#p_prog"] if det and not f.seq(n) else []
+        k.tensor(f"grad:{n}", f"g_{arg(n)}", slot + gdims[n], f.seq(n))
     k.sig.ptr("cu", "cu")
     k.sig.ptr("coff", "coff")
     k.sizes()
@@ -287,6 +294,10 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
                 w(f"    sum_{arg(n)} += {var}")
                 w("else:")
                 pre = "    "
+            if det:
+                w(f"{pre}tl.store({gv}_ptr + {off}, _cast({var}, {gv}_ptr.dtype.element_ty, "
+                  f"EMU), mask={m})")
+                return
             w(f"{pre}if {atom_flag(n)}:")
             w(f"{pre}    tl.atomic_add({gv}_ptr + {off}, {var}, mask={m})")
             w(f"{pre}else:")
@@ -394,12 +405,17 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
         off = k.offset(gv, g[n].dims, False)
         m = k.mask(g[n].dims, False)
         guard = f", mask={m}" if m != "None" else ""
+        if det:  # this program's own slot
+            w(f"tl.store({gv}_ptr + {off} + tl.program_id(0).to(tl.int64) * {gv}_s__p_prog "
+              f"+ ZERO, acc_{arg(n)}{guard})", f"gradient of {n}")
+            continue
         w(f"tl.atomic_add({gv}_ptr + {off} + ZERO, acc_{arg(n)}{guard})", f"gradient of {n}")
     w.dedent()
     w("if WALK:")
     w(f"    tl.store(dh0_ptr + {k.state_offset('dh0')}, dS, mask=m_s)",
       "gradient of the initial state")
-    consts = ["HAS_DHT", "PHASE", "NKB"] + [atom_flag(n) for n in graded if f.seq(n)] + CONSTS
+    consts = ["HAS_DHT", "PHASE", "NKB"] + [
+        atom_flag(n) for n in graded if f.seq(n) and not det] + CONSTS
     if hd:
         w.dedent()
         w("if HEADS:  # the sums over the block, added once (this program's chunk)")
@@ -408,6 +424,10 @@ def backward_source(form: ChunkForm, name: str) -> tuple[str, list[tuple], list[
         for n in shared:
             gv, dims = f"g_{arg(n)}", g[n].dims
             off, m = k.offset(gv, dims, True), k.mask(dims, True)
+            if det:  # (HEADS is 0 in the fixed-order variant: Launcher.backward)
+                w(f"tl.store({gv}_ptr + {off}, _cast(sum_{arg(n)}, {gv}_ptr.dtype.element_ty, "
+                  f"EMU), mask={m})", f"gradient of {n}")
+                continue
             w(f"if {atom_flag(n)}:  # other blocks add to the same rows")
             w(f"    tl.atomic_add({gv}_ptr + {off}, sum_{arg(n)}, mask={m})", f"gradient of {n}")
             w("else:")

@@ -7,6 +7,7 @@ its sequence's rows of the packed inputs.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -14,6 +15,7 @@ import torch
 
 from ... import config
 from ...bounded import Bounded
+from ...errors import Unsupported
 from ...ir.dims import Role
 from ...kernels import abi
 from ...kernels import launch as kernel_launch
@@ -121,8 +123,10 @@ class Launcher:
                **consts) -> None:
         """One launch of kernel `which`; `chunks`: programs per grid index (PHASE 1, 2); with
         HEADS, none per index of the looped dim (each program loops over it)."""
+        if which == "backward_det":
+            self.prog.fixed()  # generated on first use: its parameters
         params = {"forward": self.prog.fparams, "backward": self.prog.bparams,
-                  "states": self.prog.sparams}[which]
+                  "states": self.prog.sparams}.get(which) or self.prog.dparams
         args = abi.arguments(params, tensors, self.ksizes, {"T": self.T})
         consts["I64"] = abi.needs_int64(args)  # offsets past 2^31: index products in int64
         consts.setdefault("BK", pow2(self.K))
@@ -140,7 +144,7 @@ class Launcher:
         if which != "states":
             consts.setdefault("NKB", 1)
             programs *= consts["NKB"]  # blocks of keys (Config.bk, Config.wk)
-        if which == "backward" and self.prog.looped[0]:
+        if which.startswith("backward") and self.prog.looped[0]:
             consts.setdefault("HEADS", 0)
             if consts["HEADS"]:  # one program per block of HEADS heads
                 n = self.ksizes[self.prog.looped[0]]
@@ -232,14 +236,28 @@ class Launcher:
         if self.prog.override is not None:
             forced = self.prog.override[0 if which == "forward" else 1]
         c = interpreted(self.V)
+        default = Config(bt or c.BT, c.BV, c.num_warps, c.num_stages)
+        kind = "backward" if which == "backward_det" else which
+
+        def tried() -> list[Config]:
+            return candidates(kind, self.V, self.form.per_key, bool(flag), bt,
+                              wide=self.dt == torch.float32,
+                              looped=self.prog.looped[0] is not None, K=self.K)
+        if which == "backward_det":  # configs where no two programs add to one element
+            fix = self._fixed_order
+            forced, default = forced and fix(forced), fix(default)
+            plain = tried
+            tried = lambda: list(dict.fromkeys(fix(c) for c in plain()))  # noqa: E731
         return policy.pick(
-            self.key + (which, flag), device=self.device, forced=forced,
-            default=Config(bt or c.BT, c.BV, c.num_warps, c.num_stages),
-            candidates=lambda: candidates(which, self.V, self.form.per_key, bool(flag), bt,
-                                          wide=self.dt == torch.float32,
-                                          looped=self.prog.looped[0] is not None, K=self.K),
-            run=self._kernels_only(go) if config.get("tune") else go,
+            self.key + (which, flag), device=self.device, forced=forced, default=default,
+            candidates=tried, run=self._kernels_only(go) if config.get("tune") else go,
             table="chunked_tuned.json", make=Config)
+
+    def _fixed_order(self, cfg: Config) -> Config:
+        """`cfg` without the choices that add a gradient from several programs: all the values
+        and keys in one program, one head per program (a shared input's heads into slabs)."""
+        return dataclasses.replace(cfg, BV=pow2(self.V), heads=0, bk=0,
+                                   spread=self.prog.looped[0] is not None)
 
     def _kernels_only(self, go):
         """`go` for the tuner's timing runs: once per config in full (buffers, arguments,
@@ -267,6 +285,10 @@ class Launcher:
         graded = set(self.prog.graded)
 
         hd, shared = self.prog.looped
+        # deterministic: the fixed-order kernel (backward_source's `det`), Params' gradients
+        # in one slot per program, summed here in order
+        det = kernel_launch.deterministic()
+        which = "backward_det" if det else "backward"
 
         def go(cfg: Config):
             t = self.inputs(ins)
@@ -275,7 +297,9 @@ class Launcher:
             heads = cfg.heads if hd and cfg.split == PASS and nvb == 1 else 0
             bk = cfg.bk if cfg.split == PASS and 0 < cfg.bk < pow2(self.K) else pow2(self.K)
             nkb = -(-self.K // bk)
-            spread = bool(cfg.spread and hd and cfg.split == PASS and not heads)
+            spread = bool(cfg.spread and hd and (cfg.split == PASS or det) and not heads)
+            chunks = max(-(-ln // cfg.BT) for ln in self.lens) if self.lens else 1
+            slots = self.grid(cfg)[0] * (chunks if cfg.split else 1) * nkb  # programs
             sums = []
             for n, x in zip(f.inputs, ins, strict=False):
                 if n not in graded:
@@ -288,7 +312,21 @@ class Launcher:
                     heads < self.ksizes[hd] if summed else
                     nvb > 1 and f.value not in node.dims or not slabs and any(
                         self.ksizes[d] > 1 for d in f.grid if d not in node.dims))
-                if node.role is Role.SEQ:
+                if det and node.role is Role.PARAM:  # one slot per program, summed after
+                    buf = torch.zeros((slots, *x.shape), dtype=torch.float32,
+                                      device=self.device)
+                    st = self.strides(buf[0], node.annotation.axes, self.sizes)
+                    st["#p_prog"] = buf.stride(0)
+                    sums.append((buf, torch.empty_like(buf[0])))
+                    t[f"grad:{n}"] = (buf, st)
+                    grads[n] = sums[-1][1]
+                    continue
+                if det and atomic:
+                    raise Unsupported(
+                        f"deterministic mode: the chunked backward of {self.g.name} has no "
+                        f"fixed-order sum for the gradient of {n} (several programs add to "
+                        "it); run it with lowering='scan'")
+                if node.role is Role.SEQ and not det:
                     consts[atom_flag(n)] = atomic
                 shape = ((self.ksizes[hd],) if slabs else ()) + tuple(x.shape)
                 buf = (torch.zeros(shape, dtype=torch.float32, device=self.device) if atomic
@@ -310,15 +348,16 @@ class Launcher:
                      dchk=(chk, cst), loc=(chk, cst), dec=(chk, {}),
                      cu=(self.cu, {}), coff=(offs, {}))
             if not cfg.split:
-                self.launch("backward", cfg, t, HAS_DHT=dhT is not None, PHASE=0, **consts)
+                self.launch(which, cfg, t, HAS_DHT=dhT is not None, PHASE=0, **consts)
+                for buf, out in sums:
+                    self.fire("sum", None, [buf, out], {})
                 return grads, dh0
-            chunks = max(-(-ln // cfg.BT) for ln in self.lens) if self.lens else 1
             dchk = torch.empty_like(chk)
             if cfg.split == PASS:  # the state's gradient passed alone, then every chunk's
                 t.update(dchk=(dchk, cst))
-                self.launch("backward", cfg, t, HAS_DHT=dhT is not None, PHASE=3, **consts,
+                self.launch(which, cfg, t, HAS_DHT=dhT is not None, PHASE=3, **consts,
                             **self.walk_keys(cfg))
-                self.launch("backward", cfg, t, chunks, HAS_DHT=False, PHASE=2, BK=bk, NKB=nkb,
+                self.launch(which, cfg, t, chunks, HAS_DHT=False, PHASE=2, BK=bk, NKB=nkb,
                             **consts, **({"HEADS": heads} if hd else {}))
                 for buf, out in sums:
                     self.fire("sum", None, [buf, out], {})
@@ -330,14 +369,16 @@ class Launcher:
             dst = {"#c": dec.stride(0), **{d: dec.stride(i + 1)
                                            for i, d in enumerate(self.decay_dims())}}
             t.update(dchk=(dchk, cst), loc=(loc, cst), dec=(dec, dst))
-            self.launch("backward", cfg, t, chunks, HAS_DHT=False, PHASE=1, **consts)
+            self.launch(which, cfg, t, chunks, HAS_DHT=False, PHASE=1, **consts)
             st = dict(h0=t["dhT"], hT=t["dh0"], chk=(dchk, cst), loc=(loc, cst),
                       dec=(dec, dst), cu=(self.cu, {}), coff=(offs, {}))
             self.launch("states", cfg, st, HAS_H0=dhT is not None, BACK=True)
-            self.launch("backward", cfg, t, chunks, HAS_DHT=False, PHASE=2, **consts)
+            self.launch(which, cfg, t, chunks, HAS_DHT=False, PHASE=2, **consts)
+            for buf, out in sums:
+                self.fire("sum", None, [buf, out], {})
             return grads, dh0
 
-        cfg = self.config("backward", go, dhT is not None, bt=cfg_f.BT)
+        cfg = self.config(which, go, dhT is not None, bt=cfg_f.BT)
         grads, dh0 = go(cfg)
         out = [grads[n].to(x.dtype) if n in grads else None
                for n, x in zip(f.inputs, ins, strict=True)]

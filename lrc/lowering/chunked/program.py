@@ -64,12 +64,33 @@ class Program:
         self.sources = {"forward": fwd, "backward": bwd, "states": sts}
         self.source = module_source([fwd, bwd, sts], f"Chunked kernels for {g.name}.")
         self.override: tuple[Config, Config] | None = None
+        self.fixed_source: str | None = None  # the fixed-order backward's module (`fixed`)
 
     def module(self, interpret: bool) -> ModuleType:
         return modules.load(self.source, interpret)
 
     def kernel(self, which: str, interpret: bool):
+        if which == "backward_det":
+            return getattr(modules.load(self.fixed(), interpret), self.names[which])
         return getattr(self.module(interpret), self.names[which])
+
+    def fixed(self) -> str:
+        """The module of the backward's fixed-order variant (backward_source's `det`: no
+        atomic add), generated on first use; its parameters in `dparams`."""
+        if self.fixed_source is None:
+            name = self.names["backward_det"] = f"{self.names['backward']}_det"
+            src, self.dparams, _, _ = backward_source(self.form, name, det=True)
+            self.fixed_source = module_source(
+                [src], f"Chunked backward for {self.form.g.name}, sums in a fixed order.")
+        return self.fixed_source
+
+    def unfixable(self) -> list[str]:
+        """The graded Seq inputs whose gradient several programs would add to even in the
+        fixed-order variant: inputs lacking a grid dim other than the looped one (whose
+        heads store into slabs); empty for every zoo spec."""
+        f, hd = self.form, self.looped[0]
+        return [n for n in self.graded if f.seq(n) and any(
+            d not in f.input(n).dims and d != hd for d in f.grid)]
 
     def run(self, call) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Outputs and final states of a whole-sequence call (differentiable)."""

@@ -9,6 +9,7 @@ chunks, so a short test sequence still crosses chunk boundaries.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ...kernels import tune as policy
 
@@ -126,3 +127,7 @@ def remembered(key: tuple, device: str) -> Config | None:
 def remember(key: tuple, device: str, cfg: Config) -> None:
     """Keep `cfg` for `key` on disk for this kind of GPU."""
     policy.remember(key, device, cfg, "chunked_tuned.json")
+
+
+# the tables shipped with lrc (tuned/<device slug>.json, made by `python -m lrc tune-tables`)
+policy.ship("chunked_tuned.json", Path(__file__).parent / "tuned")

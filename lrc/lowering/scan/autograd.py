@@ -11,6 +11,7 @@ from ...ir import interpret
 from ...ir.dims import Role
 from ...ir.graph import Graph
 from ...ir.nodes import Input
+from ...kernels.launch import deterministic
 from ...layout import dim_strides, dims_to_layout, from_canonical, part_view
 from ..base import Call
 from . import replay as replays
@@ -117,6 +118,9 @@ class ScanFunction(torch.autograd.Function):
         has_dht = any(gh is not None for gh in d_finals)
         names = list(info["inputs"])
         cu, ksizes, kT = _varlen(prog, info)
+        # deterministic: the kernels' fixed-order variants (ScanProgram.fixed_order), tuned
+        # and replayed apart from the others
+        det = deterministic() and prog.fixed_order("backward") != "backward"
 
         def launch(config: ScanConfig | None):
             fresh = list(zeros)  # the buffers this launch makes: (tensor, zeroed)
@@ -127,7 +131,9 @@ class ScanFunction(torch.autograd.Function):
 
             unrolled = config is not None and config.unroll and "backward_n" in prog.sources
             which = "backward_n" if unrolled else "backward"
+            which = prog.fixed_order(which) if det else which
             run = Launch(prog, which, ksizes, kT, device, config, cu)
+            partials = prog.partials_of(which)
             for name, x in zip(info["inputs"], ins):
                 run.add(f"in:{name}", x, dim_strides(x, k[name].annotation.axes, sizes, k.time))
             for cot, gy, axes in cots:
@@ -167,10 +173,12 @@ class ScanFunction(torch.autograd.Function):
                     run.summaries(adj, k[s].dims, dh0)
             bufs = {}
             for x, out in bw.seq_grads + bw.param_grads:
-                parts, atomic = prog.partials[out]
+                parts, atomic = partials[out]
                 timed = k[x].role is Role.SEQ
                 slots = [] if timed or loop else [run.n_seg]  # a Param's gradient: per segment
-                parts_shape = slots + [ksizes[d] for d in parts]  # one slot per program
+                # one slot per program (per block of a split dim: the fixed-order variant)
+                parts_shape = slots + [-(-ksizes[d] // run.blocks[d]) if d in run.tiling.split
+                                       else ksizes[d] for d in parts]
                 shape = parts_shape + ([T] if timed else []) + [sizes[d] for d in k[x].dims]
                 # a Seq gradient stored once per element: in its input's dtype (no float32
                 # buffer and cast pass); partial sums and atomic adds stay in float32
@@ -212,7 +220,8 @@ class ScanFunction(torch.autograd.Function):
         if replay is not None and replay.run.prog is prog:
             bufs, dh0s = replay(ins, chks, grads, device)
         else:
-            config = tune.config_for(prog, "backward", info, ins, launch, tc=ctx.tc)
+            config = tune.config_for(prog, "backward_det" if det else "backward", info, ins,
+                                     launch, tc=ctx.tc)
             bufs, dh0s, run, fresh = launch(config)
             keep_replay(replays.BACK_REPLAYS, key,
                   lambda: BackReplay(run, ins, chks, grads, fresh, bufs, dh0s))

@@ -20,6 +20,7 @@ from .forward import (
     _join_before,
     _summary_ptrs,
     _summary_store,
+    atomic_over,
     emit_varlen,
     independent,
     owned,
@@ -193,7 +194,7 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     for (x, out) in backward.seq_grads + backward.param_grads:
         v = vals[out]
         parts = partial_axes(v, t)
-        atomic = bool(v.partial & set(t.split))
+        atomic = atomic_over(v.partial, t)
         partials[out] = (parts, atomic)
         key, var = f"grad:{x}", f"{ident(out)}_g"
         sig.ptr(key, var)

@@ -13,6 +13,7 @@ settings at a reference shape.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ...kernels import tune as policy
 from ...kernels.tune import _CACHE, choose, chosen, first_working, keep  # noqa: F401 (re-exported)
@@ -137,3 +138,7 @@ def remembered(key: tuple, device: str) -> ScanConfig | None:
 
 def remember(key: tuple, device: str, cfg: ScanConfig) -> None:
     policy.remember(key, device, cfg, "scan_tuned.json")
+
+
+# the tables shipped with lrc (tuned/<device slug>.json, made by `python -m lrc tune-tables`)
+policy.ship("scan_tuned.json", Path(__file__).parent / "tuned")

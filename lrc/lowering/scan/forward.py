@@ -10,6 +10,10 @@ recurrence (the derived backward graph) in reverse.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import sympy as sp
 
 from ...errors import Unsupported
@@ -307,10 +311,38 @@ def emit_varlen(w: Writer, at: int, sig: Signature, t: Tiling, batch: str | None
     w.lines[at:at] = ["    " + line for line in lines]
 
 
+# set while the fixed-order variant of a backward is emitted (ScanProgram.fixed_order): every
+# dim a gradient is summed over in part gets a buffer axis, none is added with atomics
+_FIXED = contextvars.ContextVar("lrc_scan_fixed_order", default=False)
+
+
+@contextlib.contextmanager
+def fixed_order() -> Iterator[None]:
+    """Emit kernels whose cross-program sums are buffer slots summed on the host in a fixed
+    order (deterministic), never atomic adds."""
+    token = _FIXED.set(True)
+    try:
+        yield
+    finally:
+        _FIXED.reset(token)
+
+
 def partial_axes(val: Val, t: Tiling) -> list[str]:
     """Dims summed over one program's share that get a buffer axis (the grid dims); shares of a
-    split tile dim are added up in place with atomics instead."""
-    return [d for d in t.space if d in val.partial and d not in t.split]
+    split tile dim are added up in place with atomics instead (`atomic_over`), but in the
+    fixed-order variant, where they get an axis of one slot per block."""
+    return split_axes(val.partial, t)
+
+
+def split_axes(partial, t: Tiling) -> list[str]:
+    """`partial_axes` for a set of partial dims."""
+    return [d for d in t.space if d in partial and (_FIXED.get() or d not in t.split)]
+
+
+def atomic_over(partial, t: Tiling) -> bool:
+    """Whether a gradient summed in part over `partial` is added atomically (shares of a split
+    tile dim; never in the fixed-order variant)."""
+    return not _FIXED.get() and bool(set(partial) & set(t.split))
 
 
 def store_line(var: str, off: str, value: str, mask: str, atomic: bool) -> str:

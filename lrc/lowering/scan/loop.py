@@ -11,7 +11,7 @@ from ...kernels.writer import Writer, ident
 from ...passes.analysis import time_varying
 from .body import ChunkBody, kernel_text, prologue, state_offset, state_ptrs
 from .emit import Tiling, Val, Values, guard, index_terms, mask_of
-from .forward import owned, partial_axes, partial_index, store_line
+from .forward import atomic_over, owned, partial_axes, partial_index, store_line
 
 
 def step_source(k: Graph, tiling: Tiling, name: str) -> tuple[str, Signature]:
@@ -174,7 +174,7 @@ def loop_source(g: Graph, tiling: Tiling, name: str, backward=None
                  f".to({ident(o)}_ptr.dtype.element_ty), mask={mask_of(t, dims, True)})", o)
             continue
         parts = partial_axes(v, t)
-        atomic = bool(v.partial & set(t.split))
+        atomic = atomic_over(v.partial, t)
         partials[o] = (parts, atomic)
         timed = g[x].role is Role.SEQ
         key, var = f"grad:{x}", f"{ident(o)}_g"

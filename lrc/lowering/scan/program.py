@@ -16,7 +16,7 @@ from .backward import backward_source, saved_states
 from .blocks import Block, blocks
 from .body import module_source
 from .emit import Tiling
-from .forward import forward_source, independent, varlen_able
+from .forward import fixed_order, forward_source, independent, varlen_able
 from .loop import loop_source, step_source
 from .partition import Partition, hoist_params, kernel_graph, partition
 from .tiling import choose_tiling, unrolled
@@ -48,6 +48,9 @@ class ScanProgram:
     partials: dict[str, list[str]] = field(init=False)
     sources: dict[str, str] = field(init=False)
     source: str = field(init=False)
+    # the fixed-order variants of the backward kernels (`fixed_order`): {which: (source,
+    # partials)}, generated on first use into a module of their own
+    fixed: dict[str, tuple[str, dict]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         with namespace():  # temporaries numbered per module, the same in every process
@@ -133,6 +136,47 @@ class ScanProgram:
     def module(self, interpret: bool) -> ModuleType:
         return modules.load(self.source, interpret)
 
+    def fixed_order(self, which: str) -> str:
+        """The kernel that runs `which` deterministically: `which` itself where no gradient is
+        added atomically, else `<which>_det`, whose gradients summed over blocks of a split dim
+        get one buffer slot per block (added up on the host in a fixed order)."""
+        if which not in ("backward", "backward_n") or not any(
+                atomic for _, atomic in self.partials.values()):
+            return which
+        det = f"{which}_det"
+        if det not in self.signatures:
+            self._generate_fixed()
+        return det if det in self.signatures else "backward_det"
+
+    def partials_of(self, which: str) -> dict:
+        """{gradient: (partial axes, atomic)} of kernel `which`'s gradient buffers."""
+        return self.fixed[which][1] if which in self.fixed else self.partials
+
+    def _generate_fixed(self) -> None:
+        base = ident(self.g.name)
+        out: dict[str, tuple] = {}
+        with namespace(), fixed_order():
+            if self.mode == "scan":
+                out["backward_det"] = backward_source(
+                    self.kernel, self.blocks, self.backward.graph, self.bblocks, self.backward,
+                    self.tiling, f"{base}_backward_det", self.batch, self.saved)
+            else:
+                out["backward_det"] = loop_source(self.backward.graph, self.tiling,
+                                                  f"{base}_backward_det", self.backward)
+            if "backward_n" in self.sources:
+                src, sig, partials = backward_unrolled_source(
+                    self.kernel, self.blocks, self.backward.graph, self.bblocks, self.backward,
+                    self.tilings["backward_n"], f"{base}_backward_n_det", self.batch)
+                if partials == out["backward_det"][2]:  # the same buffers, as backward_n's
+                    out["backward_n_det"] = (src, sig, partials)
+                    self.tilings["backward_n_det"] = self.tilings["backward_n"]
+        for which, (src, sig, partials) in out.items():
+            self.fixed[which] = (src, partials)
+            self.signatures[which] = sig
+        self.__dict__["fixed_source"] = module_source(
+            [src for src, _ in self.fixed.values()],
+            f"Scan backward kernels for {self.g.name}, cross-program sums in a fixed order.")
+
     def __getstate__(self) -> dict:  # pickled to the disk cache: without loaded kernels
         return {k: v for k, v in self.__dict__.items() if k not in ("_fns", "_pre")}
 
@@ -141,8 +185,9 @@ class ScanProgram:
         fns = self.__dict__.setdefault("_fns", {})
         fn = fns.get((which, interpret))
         if fn is None:
-            fn = fns[which, interpret] = getattr(self.module(interpret),
-                                                 f"{ident(self.g.name)}_{which}")
+            mod = (modules.load(self.__dict__["fixed_source"], interpret)
+                   if which in self.fixed else self.module(interpret))
+            fn = fns[which, interpret] = getattr(mod, f"{ident(self.g.name)}_{which}")
         return fn
 
     def run(self, call, finals: bool = True) -> tuple[list, list]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ...bounded import Bounded
-from ...kernels.launch import Direct
+from ...kernels.launch import Direct, deterministic
 from .launch import _NO_CU, Launch, knobs
 from .program import ScanProgram
 from .tune import infer_differs, unrolling
@@ -207,4 +207,4 @@ def back_key(prog: ScanProgram, info: dict, ins, chks, grads, tc: int) -> tuple 
     sig = tuple(None if x is None else (x.shape, x.stride(), x.dtype, x.device)
                 for x in (*ins, *chks, *grads))
     return (id(prog), info["T"], info["reverse"], tuple(info["sizes"].items()), device,
-            tuple(info["inputs"]), tc, same, capturing, sig, knobs())
+            tuple(info["inputs"]), tc, same, capturing, sig, knobs(), deterministic())

@@ -43,7 +43,16 @@ from .blocks import Block
 from .body import ChunkBody, direction, kernel_text, prologue, state_offset, state_ptrs
 from .emit import Tiling, Val, Values, guard, index_terms, mask_of, wide
 from .emit import flip as emit_flip
-from .forward import along_unrolled, emit_varlen, hoist_factors, index_loop, owned, store_line
+from .forward import (
+    along_unrolled,
+    atomic_over,
+    emit_varlen,
+    hoist_factors,
+    index_loop,
+    owned,
+    split_axes,
+    store_line,
+)
 
 
 def _old_through_decay(bg: Graph, kb: tuple[Block, ...], fstates: dict[str, str]) -> Graph:
@@ -448,8 +457,8 @@ def _gradient_slots(k: Graph, bg: Graph, backward, t: Tiling, sig: Signature, w:
         dims = k[x].dims
         # a gradient's partial dims follow from its node's: the sums over programs it reads
         partial = _partial_dims(bg, out, t)
-        parts = [d for d in t.space if d in partial and d not in t.split]
-        atomic = bool(partial & set(t.split))
+        parts = split_axes(partial, t)
+        atomic = atomic_over(partial, t)
         var = f"{ident(out)}_g"
         sig.ptr(f"grad:{x}", var)
         timed = k[x].role is Role.SEQ
