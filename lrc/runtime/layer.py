@@ -266,6 +266,7 @@ class Layer:
         if torch_prog is not None:  # CPU tensors under backend="auto": the torch lowering
             call = make_call(torch_prog.graph, args, kwargs, initial_state=initial_state,
                              reverse=reverse, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+            self.plan.choose(call.sizes, call.T, _itemsize(call), call.device)  # for printing
             return torch_prog.run(call)
         if self.backend == "triton":
             call = make_call(self.lowered, args, kwargs, initial_state=self._in(initial_state),
@@ -434,10 +435,10 @@ class Layer:
         """States `step(inplace=True)` can write: float32 (complex64) on every backend, and
         float64 (complex128) where float64 calls run on the reference backend, which
         computes in float64 (backend 'reference' or 'auto')."""
-        ok = (torch.float32, torch.complex64)
-        wide = self.backend == "reference" or self.requested == "auto"
-        if wide:
-            ok += (torch.float64, torch.complex128)
+        # float64 ones are the float64 check's: the reference backend runs them, or
+        # backend='triton' refuses them naming the state
+        ok = (torch.float32, torch.complex64, torch.float64, torch.complex128)
+        wide = True
         olds = tuple(state) if isinstance(state, (tuple, list)) else (state,)
         for name, x in zip(self.graph.state_args, olds, strict=False):
             if isinstance(x, torch.Tensor) and x.dtype not in ok:

@@ -70,9 +70,9 @@ class Plan:
                 ran = "" if self.device in lw.device.name else f"; this call ran on {self.device}"
                 lines.append(f"  the last call ({made_for}{ran}):")
             else:
-                lines.append("  the last call (on the CPU the kernels run under Triton's "
-                             f"interpreter, so no times are estimated; the choice is the one "
-                             f"for {lw.device.name}):")
+                lines.append("  the last call (on the CPU, where the torch lowering runs "
+                             "(backend='triton': the kernels under Triton's interpreter), so no "
+                             f"times are estimated; the choice is the one for {lw.device.name}):")
             lines += ["    " + ln
                       for ln in format_choice(g, sizes, T, itemsize, gpu).splitlines()]
         else:

@@ -8,7 +8,7 @@ import lrc
 import lrc.lowering
 from lrc.zoo import ZOO
 
-LINE = "gradients: summed with atomics across programs (not bitwise deterministic on the GPU)"
+LINE = "gradients: summed with atomics across programs (not bitwise deterministic on the GPU"
 
 
 def _atomics_in(layer, lowering: str) -> bool:
