@@ -25,7 +25,7 @@ def test_plan_of_a_zoo_name_and_a_module_path(capsys):
     code, out, _ = run(capsys, "plan", "mamba1")
     assert code == 0
     assert out.startswith("plan for mamba1:")
-    assert "scan: eligible" in out and "gradient sums across programs" in out
+    assert "scan: yes:" in out and "gradients: summed with atomics across programs" in out
     code, out2, _ = run(capsys, "plan", "lrc.zoo.mamba1:mamba1")
     assert code == 0 and out2 == out
 
