@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent / "lrc"
 
 LAYER = {  # unit -> rank; a unit may import units of lower or equal rank, never higher
-    "errors": 0, "config": 0, "bounded": 0, "log": 0,
+    "errors": 0, "config": 0, "bounded": 0, "logs": 0,
     "ir": 1,
     "passes": 2, "layout": 2,
     "kernels": 3,

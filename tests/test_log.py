@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import lrc
-from lrc import log
+from lrc import logs as log
 from lrc.kernels import tune
 from lrc.zoo import ZOO
 

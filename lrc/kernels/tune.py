@@ -15,7 +15,7 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
-from ..log import describe, logger, slow_tuning
+from ..logs import describe, logger, slow_tuning
 from . import disk
 
 _CACHE: dict[tuple, Any] = {}  # key -> the config chosen in this process

@@ -11,7 +11,7 @@ from .. import lowering as _lowerings
 from ..bounded import Bounded
 from ..errors import CallError, LoweringError, Unsupported
 from ..ir.trace import Spec
-from ..log import logger
+from ..logs import logger
 from ..passes import pipeline
 from ..passes.stability import running_maxes, scaled_initial_state, unscaled_states
 from . import ops, reference

@@ -8,7 +8,7 @@ import torch
 
 from ..ir.graph import Graph
 from ..kernels.launch import deterministic
-from ..log import logger
+from ..logs import logger
 from ..passes.lowering import LOWERINGS, Lowering, format_choice
 from ..passes.structure import format_structure
 
