@@ -41,9 +41,9 @@ def _softplus(x):
 
 @triton.jit
 def _sigmoid(x):
-    # exp of -|x| only, so nothing overflows: e / (1 + e) for x < 0
-    e = tl.exp(-tl.abs(x))
-    return tl.where(x < 0, e, 1.0) / (1.0 + e)
+    # exp(-x) may overflow to inf for x << 0: 1 / inf = 0, the right value, no 0/0 (the
+    # branch-free form keeps the unrolled kernels' registers)
+    return 1.0 / (1.0 + tl.exp(-x))
 
 
 @triton.jit
