@@ -282,7 +282,12 @@ def _loop(g, env, states, members, per, new_of, sizes, T, reverse, like, real, c
         for n in per:
             step[n.name] = _eval(g, n, step, sizes, like, real, cplx)
         for s in members:
-            h = _fit(step[new_of[s]], g, g[s], sizes, 1)
+            new = new_of[s]
+            if new not in step:  # computed for all steps before the loop (it reads no
+                # member of this group: an earlier state's values, or nothing that varies)
+                v = env[new] if new in env else _eval(g, g[new], step, sizes, like, real, cplx)
+                step[new] = v[t:t + 1] if new in env and v.shape[0] > 1 else v
+            h = _fit(step[new], g, g[s], sizes, 1)
             if g[s].complex and not h.is_complex():
                 h = h.to(cplx)
             current[s] = rec[s][t] = h
