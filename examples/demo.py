@@ -4,7 +4,7 @@ decode a few tokens, and take gradients. On a GPU the generated kernels run, com
 the torch lowering runs (vectorized torch ops; backend="triton" runs the kernels under Triton's
 interpreter).
 
-Run time on a 2-core CPU: about 5 s (8 s on a loaded, shared machine)."""
+Run time on a 2-core CPU: about 4 s."""
 import torch
 
 import lrc

@@ -8,10 +8,9 @@ token seen DELAY steps ago, which needs memory across positions.
     python examples/griffin_hybrid.py               # 10 steps: the loss starts to fall
     python examples/griffin_hybrid.py --steps 150   # recall accuracy climbs well above chance
 
-Run time on a 2-core CPU, where the kernels run under Triton's interpreter: about 2.5 s a
-step when the cores are idle, so the default 10 steps take about 30 s and 150 steps about
-6 minutes; about 8 s a step on a loaded, shared machine (the default then takes 90 s). On a
-GPU the kernels are compiled.
+Run time on a 2-core CPU, where CPU tensors run on the torch lowering: about 5 s for the
+default 10 steps and 26 s for 150 steps (recall accuracy 0.95), imports included. On a GPU
+the generated kernels run, compiled.
 """
 from __future__ import annotations
 
