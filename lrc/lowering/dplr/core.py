@@ -1,8 +1,8 @@
 """The chunked delta rule as a differentiable PyTorch function over kernel-layout tensors.
 
-`delta_chunked(q, k, u, beta, G, h0, bt)`: q, k (B, T, H, K), u (B, T, H, V), beta and G
-(B, T, H), h0 (B, H, K, V) or None; T a multiple of `bt`, G the log decay summed within each
-chunk (None: no decay). Returns o (B, T, H, V) and the final state (B, H, K, V), both float32,
+`delta_chunked(q, k, u, beta, g, h0, bt)`: q, k (B, T, H, K), u (B, T, H, V), beta and g
+(B, T, H), h0 (B, H, K, V) or None; T a multiple of `bt`, g the per-step log decay (None: no
+decay; the kernels take it summed within each chunk). Returns o (B, T, H, V) and the final state (B, H, K, V), both float32,
 as kernels.py defines them; the backward kernel gives every input's gradient.
 """
 from __future__ import annotations
@@ -30,8 +30,9 @@ def blocks(K: int, V: int, bv: int | None = None) -> tuple[int, int]:
 
 class _DeltaChunked(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, u, beta, G, h0, bt, bv):
+    def forward(ctx, q, k, u, beta, g, h0, bt, bv):
         B, T, H, K = k.shape
+        G = None if g is None else g.reshape(B, T // bt, bt, H).cumsum(2).reshape(B, T, H)
         V = u.shape[-1]
         NT = T // bt
         BK, BV = blocks(K, V, bv)
@@ -77,12 +78,12 @@ class _DeltaChunked(torch.autograd.Function):
                 dh0, NT, B, H, K, V],
                BT=bt, BK=BK, BV=BV, HAS_DECAY=has_decay, HAS_DHT=has_dht, PREC=_prec(k))
         return (dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), du.to(u.dtype),
-                db.sum(0).to(beta.dtype), dg.sum(0).to(G.dtype) if has_decay else None,
+                db.sum(0).to(beta.dtype), dg.sum(0) if has_decay else None,
                 dh0 if has_h0 else None, None, None)
 
 
-def delta_chunked(q, k, u, beta, G, h0, bt: int, bv: int | None = None):
+def delta_chunked(q, k, u, beta, g, h0, bt: int, bv: int | None = None):
     """o and the final state of the chunked delta rule (see the module docstring)."""
     c = lambda x: None if x is None else x.contiguous()
-    return _DeltaChunked.apply(c(q), c(k), c(u), c(beta).float(), None if G is None else
-                               c(G).float(), None if h0 is None else c(h0).float(), bt, bv)
+    return _DeltaChunked.apply(c(q), c(k), c(u), c(beta).float(), None if g is None else
+                               c(g).float(), None if h0 is None else c(h0).float(), bt, bv)

@@ -19,6 +19,13 @@ gradients are partial sums per value block (summed by the caller). The caller pa
 multiple of BT with zeros (k = u = beta = 0 and g = 0 leave the state unchanged) and passes G
 already summed within each chunk. Dots accumulate in float32; PREC is "ieee" for float32 calls
 (exact products) and "tf32" for 16-bit ones.
+
+The backward returns the gradient of the per-step log decays g, not of G: g_r's gradient is
+gathered from the terms that depend on it (a factor exp(G_t) with t >= r, a factor
+exp(G_last - G_s) with s < r, an E[i, j] with j < r <= i), never as a reverse cumulative sum
+of G's gradient. That sum would add and then cancel terms that do not depend on g_r at all,
+E's diagonal and the last step's exp(G_last - G_last) among them; those are O(1) while g_r's
+own terms carry its decay, so under steep decays the cancellation left only a few digits.
 '''
 
 SOURCE = r'''"""Chunked delta-rule kernels (lrc.lowering.dplr)."""
@@ -160,8 +167,7 @@ def dplr_backward(k_ptr, q_ptr, u_ptr, b_ptr, g_ptr, hs_ptr, do_ptr, dhT_ptr, dq
         dKd = tl.dot(N, tl.trans(dS), input_precision=PREC)
         dk += eL[:, None] * dKd
         kd_dot = tl.sum(dKd * Kd, 1)
-        dG = eG * tl.sum(dO * QS, 1) - kd_dot
-        dGl = tl.sum(kd_dot, 0) + gl * tl.sum(tl.sum(dS * S0, 1), 0)
+        dG = eG * tl.sum(dO * QS, 1)     # through exp(G_t): reaches g_r for r <= t
         # N = U - W S0
         dW = -tl.dot(dN, tl.trans(S0), input_precision=PREC)
         dS0 = (gl * dS + tl.dot(tl.trans(eG[:, None] * qc), dO, input_precision=PREC)
@@ -175,6 +181,7 @@ def dplr_backward(k_ptr, q_ptr, u_ptr, b_ptr, g_ptr, hs_ptr, do_ptr, dhT_ptr, dq
         dbeG = tl.sum(dX * kc, 1)
         db = dbeG * eG
         dG += dbeG * beG
+        dS_S0 = tl.sum(tl.sum(dS * S0, 1), 0)
         # Ti = (I + A)^-1:  dA = -Ti^T dTi Ti^T, on A's strictly lower support
         dA = -tl.dot(tl.trans(Ti), tl.dot(dTi, tl.trans(Ti), input_precision=PREC),
                      input_precision=PREC)
@@ -185,15 +192,23 @@ def dplr_backward(k_ptr, q_ptr, u_ptr, b_ptr, g_ptr, hs_ptr, do_ptr, dhT_ptr, dq
         dE += dA * bt[:, None] * KK
         dk += tl.dot(dKK + tl.trans(dKK), kc, input_precision=PREC)
         if HAS_DECAY:
-            dEE = dE * E
-            dG += tl.sum(dEE, 1) - tl.sum(dEE, 0)
-            dG += tl.where(offs_t == BT - 1, dGl, 0.0)
+            r_col = offs_t[:, None]
+            t_row = offs_t[None, :]
+            dg = tl.sum(tl.where(t_row >= r_col, dG[None, :], 0.0), 1)
+            # Kd_s = exp(G_last - G_s) k_s holds g_r for s < r; exp(G_last) holds every g_r
+            dg += tl.sum(tl.where(t_row < r_col, kd_dot[None, :], 0.0), 1) + gl * dS_S0
+            # E[i, j] = exp(G_i - G_j) holds g_r for j < r <= i (the diagonal holds none)
+            dEE = tl.where(lo, dE * E, 0.0)
+            below = tl.dot(tl.where(t_row >= r_col, 1.0, 0.0), dEE, input_precision=PREC)
+            dg += tl.sum(tl.where(t_row < r_col, below, 0.0), 1)
+        else:
+            dg = dG
         rows_k = (base_k + offs_t[:, None] * H * K + offs_k[None, :])
         tl.store(dq_ptr + part * K + rows_k, dq, mask=mk)
         tl.store(dk_ptr + part * K + rows_k, dk, mask=mk)
         tl.store(du_ptr + base_v + offs_t[:, None] * H * V + offs_v[None, :], du, mask=mv)
         tl.store(db_ptr + part + base_s + offs_t * H, db)
-        tl.store(dg_ptr + part + base_s + offs_t * H, dG)
+        tl.store(dg_ptr + part + base_s + offs_t * H, dg)
         dS = dS0
     tl.store(dh0_ptr + state, dS, mask=m_kv)
 '''

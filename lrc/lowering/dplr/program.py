@@ -76,10 +76,6 @@ class Program:
         if pad:
             q, k, u, beta = (_pad(x, pad) for x in (q, k, u, beta))
             lg = None if lg is None else _pad(lg, pad)
-        G = None
-        if lg is not None:
-            B, Tp, H = lg.shape
-            G = lg.reshape(B, Tp // bt, bt, H).cumsum(2).reshape(B, Tp, H)
         h0 = None
         if call.states is not None and f.state in g.state_names:
             arg = g[f.state].arg
@@ -87,7 +83,7 @@ class Program:
             if x is not None:
                 c = to_canonical(g, x.float(), g.annotation(arg), sizes, False)
                 h0 = lay.state_to_kernel(c)
-        o, hT = delta_chunked(q, k, u, beta, G, h0, bt, self.block_v)
+        o, hT = delta_chunked(q, k, u, beta, lg, h0, bt, self.block_v)
         o = o[:, :T]
         if call.reverse:
             o = o.flip(1)
