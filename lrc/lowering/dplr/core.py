@@ -2,8 +2,9 @@
 
 `delta_chunked(q, k, u, beta, g, h0, bt)`: q, k (B, T, H, K), u (B, T, H, V), beta and g
 (B, T, H), h0 (B, H, K, V) or None; T a multiple of `bt`, g the per-step log decay (None: no
-decay; the kernels take it summed within each chunk). Returns o (B, T, H, V) and the final state (B, H, K, V), both float32,
-as kernels.py defines them; the backward kernel gives every input's gradient.
+decay; the kernels take it summed within each chunk). Returns o (B, T, H, V) and the final
+state (B, H, K, V), both float32, as kernels.py defines them; the backward kernel gives every
+input's gradient.
 """
 from __future__ import annotations
 
