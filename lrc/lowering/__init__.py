@@ -48,6 +48,21 @@ def build(name: str, compiled) -> Program:
     return LOWERINGS[name](compiled)
 
 
+def refuses(name: str, compiled) -> str:
+    """Why lowering `name`'s own check of the spec's form refuses it ('' where it does not,
+    or where the lowering checks only when built). dplr's form (which terms are k, beta, the
+    decay and u; a != b refused) is cheap to match, so the plan can say so before a call."""
+    if name != "dplr":
+        return ""
+    from .dplr.form import extract
+
+    try:
+        extract(compiled)
+    except Unsupported as e:
+        return str(e)
+    return ""
+
+
 def atomic_grads(name: str, program=None) -> bool:
     """Whether lowering `name`'s backward adds gradients across programs with atomics, so
     their rounding depends on the order the programs run in (not bitwise deterministic on a
@@ -59,4 +74,5 @@ def atomic_grads(name: str, program=None) -> bool:
     return name == "chunked"  # dplr: per-value-block partial sums, added in a fixed order
 
 
-__all__ = ["LOWERINGS", "Call", "Program", "Unsupported", "atomic_grads", "build"]
+__all__ = ["LOWERINGS", "Call", "Program", "Unsupported", "atomic_grads", "build",
+           "refuses"]

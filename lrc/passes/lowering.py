@@ -168,10 +168,10 @@ def _chunk_reason(st: Structure) -> str:
 
 def _dplr_reason(st: Structure) -> str:
     """Why the chunked DPLR (delta-rule) kernels cannot run this structure ('' if they can):
-    one selective rank-1 DPLR state, its decay constant along the contracted (key) dim, read
-    linearly through a sum over that dim. The match of the rank-1 vectors (a = -beta k,
-    b = k) is checked when the kernels are built (lowering.dplr.form), which falls back to
-    the scan's loop naming what differs."""
+    one selective rank-1 DPLR state read linearly through a sum over its contracted (key)
+    dim. The match of the rank-1 vectors (a = -beta k with b = k, or b = alpha k under a
+    per-key decay alpha) is checked when the kernels are built (lowering.dplr.form), which
+    falls back to the scan's loop naming what differs."""
     if len(st.states) != 1:
         return "the chunked DPLR kernels take exactly one state"
     s = st.states[0]
@@ -185,10 +185,6 @@ def _dplr_reason(st: Structure) -> str:
     if len(st.outputs) != 1 or not st.outputs[0].linear or len(reads) != 1 \
             or len(reads[0].contract) != 1:
         return f"the output must read state {s.arg} linearly through one sum over its key dim"
-    if reads[0].contract[0] in s.decay_dims:
-        return (f"the decay of state {s.arg} varies along its key dim "
-                f"{reads[0].contract[0]!r} (a per-key decay, as KDA's and RWKV-7's): not "
-                "generated for chunks yet")
     return ""
 
 

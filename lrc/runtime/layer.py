@@ -1,6 +1,7 @@
 """`lrc.compile`: a spec becomes a differentiable PyTorch callable with a decode `step`."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -415,9 +416,24 @@ def _load_layer(spec: Spec, backend: str, lowering: str | None) -> Layer:
     return compile(spec, backend=backend, lowering=lowering)
 
 
+def _checked(compiled, forced):
+    """The pipeline's eligible lowerings less those whose own form check refuses the spec
+    (`lowering.refuses`), the reason kept for the plan; a forced one that is refused raises."""
+    lw = compiled.planned.meta("lowering")
+    refused = {name: why for name in lw.eligible if (why := _lowerings.refuses(name, compiled))}
+    if not refused:
+        return compiled
+    if forced in refused:
+        raise LoweringError(f"lowering={forced!r} cannot run {compiled.planned.name}: "
+                            f"{refused[forced]}")
+    lw = dataclasses.replace(lw, eligible=tuple(n for n in lw.eligible if n not in refused),
+                             reasons=lw.reasons + tuple(refused.items()))
+    return dataclasses.replace(compiled, planned=compiled.planned.with_meta(lowering=lw))
+
+
 def _build(g, forced):
     """Pipeline and scan kernels for a graph (what the disk cache stores)."""
-    compiled = pipeline.run(g, forced)
+    compiled = _checked(pipeline.run(g, forced), forced)
     try:
         return compiled, _lowerings.build("scan", compiled), ""
     except Unsupported as e:

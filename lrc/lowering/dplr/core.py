@@ -1,10 +1,10 @@
 """The chunked delta rule as a differentiable PyTorch function over kernel-layout tensors.
 
-`delta_chunked(q, k, u, beta, g, h0, bt)`: q, k (B, T, H, K), u (B, T, H, V), beta and g
-(B, T, H), h0 (B, H, K, V) or None; T a multiple of `bt`, g the per-step log decay (None: no
-decay; the kernels take it summed within each chunk). Returns o (B, T, H, V) and the final
-state (B, H, K, V), both float32, as kernels.py defines them; the backward kernel gives every
-input's gradient.
+`delta_chunked(q, k, u, beta, g, h0, bt)`: q, k (B, T, H, K), u (B, T, H, V), beta (B, T, H),
+g (B, T, H) or, a decay per key, (B, T, H, K), h0 (B, H, K, V) or None; T a multiple of `bt`,
+g the per-step log decay (None: no decay; the kernels take it summed within each chunk).
+Returns o (B, T, H, V) and the final state (B, H, K, V), both float32, as kernels.py defines
+them; the backward kernel gives every input's gradient.
 """
 from __future__ import annotations
 
@@ -83,8 +83,75 @@ class _DeltaChunked(torch.autograd.Function):
                 dh0 if has_h0 else None, None, None)
 
 
+def _within(g: torch.Tensor, bt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per chunk of `bt` steps, G_t = sum of g over the chunk's steps up to t and R_t = sum
+    over the steps after t (each summed over its own steps, not as a difference)."""
+    B, T, H, K = g.shape
+    x = g.reshape(B, T // bt, bt, H, K)
+    after = x.flip(2).cumsum(2).flip(2)
+    R = torch.cat([after[:, :, 1:], torch.zeros_like(after[:, :, :1])], 2)
+    return x.cumsum(2).reshape(g.shape), R.reshape(g.shape)
+
+
+class _DeltaChunkedPerKey(torch.autograd.Function):
+    """The per-key-decay kernels (`_pk`): g (B, T, H, K)."""
+
+    @staticmethod
+    def forward(ctx, q, k, u, beta, g, h0, bt, bv):
+        B, T, H, K = k.shape
+        V = u.shape[-1]
+        NT = T // bt
+        BK, BV = blocks(K, V, bv)
+        NV = -(-V // BV)
+        dev = k.device
+        G, R = _within(g, bt)
+        o = torch.empty(B, T, H, V, dtype=torch.float32, device=dev)
+        hT = torch.empty(B, H, K, V, dtype=torch.float32, device=dev)
+        store = any(ctx.needs_input_grad)
+        hs = torch.empty(B, H, max(NT, 1), K, V, dtype=torch.float32, device=dev) \
+            if store else hT
+        h0p = h0 if h0 is not None else hT
+        LAUNCH("dplr_forward_pk", (NV, B * H), dev,
+               [k, q, u, beta, g, G, R, h0p, o, hT, hs, NT, H, K, V],
+               BT=bt, BK=BK, BV=BV, HAS_H0=h0 is not None, STORE_HS=store, PREC=_prec(k))
+        ctx.save_for_backward(q, k, u, beta, g, G, R, hs)
+        ctx.meta = (bt, BK, BV, NV, h0 is not None)
+        return o, hT
+
+    @staticmethod
+    def backward(ctx, do, dhT):
+        q, k, u, beta, g, G, R, hs = ctx.saved_tensors
+        bt, BK, BV, NV, has_h0 = ctx.meta
+        B, T, H, K = k.shape
+        V = u.shape[-1]
+        NT = T // bt
+        f32 = dict(dtype=torch.float32, device=k.device)
+        dq, dk, dg, dG, dR = (torch.empty(NV, B, T, H, K, **f32) for _ in range(5))
+        du = torch.empty(B, T, H, V, **f32)
+        db = torch.empty(NV, B, T, H, **f32)
+        dh0 = torch.empty(B, H, K, V, **f32)
+        do = do.contiguous().float() if do is not None else torch.zeros(B, T, H, V, **f32)
+        has_dht = dhT is not None
+        dhTp = dhT.contiguous().float() if has_dht else dh0
+        LAUNCH("dplr_backward_pk", (NV, B * H), k.device,
+               [k, q, u, beta, g, G, R, hs, do, dhTp, dq, dk, du, db, dg, dG, dR, dh0, NT, B,
+                H, K, V],
+               BT=bt, BK=BK, BV=BV, HAS_DHT=has_dht, PREC=_prec(k))
+        # G_t holds g_s for s <= t, R_t for s > t
+        dG = dG.sum(0).reshape(B, NT, bt, H, K)
+        dR = dR.sum(0).reshape(B, NT, bt, H, K)
+        dg = dg.sum(0) + (dG.flip(2).cumsum(2).flip(2) + torch.cat(
+            [torch.zeros_like(dR[:, :, :1]), dR.cumsum(2)[:, :, :-1]], 2)).reshape(B, T, H, K)
+        return (dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), du.to(u.dtype),
+                db.sum(0).to(beta.dtype), dg, dh0 if has_h0 else None, None, None)
+
+
 def delta_chunked(q, k, u, beta, g, h0, bt: int, bv: int | None = None):
-    """o and the final state of the chunked delta rule (see the module docstring)."""
+    """o and the final state of the chunked delta rule (see the module docstring); g with a
+    key dim (B, T, H, K) takes the per-key kernels."""
     c = lambda x: None if x is None else x.contiguous()
+    if g is not None and g.dim() == 4:
+        return _DeltaChunkedPerKey.apply(c(q), c(k), c(u), c(beta).float(), c(g).float(),
+                                         None if h0 is None else c(h0).float(), bt, bv)
     return _DeltaChunked.apply(c(q), c(k), c(u), c(beta).float(), None if g is None else
                                c(g).float(), None if h0 is None else c(h0).float(), bt, bv)

@@ -8,8 +8,10 @@ inlined and the one state-dependent sum over the key dim kept as a symbol s = su
 The kernels take S' = alpha (S - beta k (k^T S)) + k u^T with k over the key dim, alpha and
 beta per grid index (batch, heads) and step, u over the value dim. `extract` matches: k is b's
 factors over the key dim, c must be a multiple of k by a term constant along the key dim
-(lambda = -(c / k)(b / k), beta = lambda / alpha), and input / k is u. What does not fit raises
-`Unsupported`, naming it (a per-key decay, a != b, a readout of the old state), and the scan's
+(lambda = -(c / k)(b / k), beta = lambda / alpha), and input / k is u. A decay alpha per key
+channel (KDA's) takes S' = (I - beta k k^T) diag(alpha) S + k u^T: then k is c's factors over
+the key dim, and b must be a multiple of alpha * k (beta = -(c / k)(b / (alpha k))). What does
+not fit raises `Unsupported`, naming it (a != b, a readout of the old state), and the scan's
 loop runs.
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ class DplrForm:
     grid          the other state dims, batch first (flattened into the kernels' heads)
     exprs         q, k (over key), u (over value), beta, g = log alpha (None: no decay), gate,
                   skip (None where absent): sympy over the graph's state-free nodes
+    per_key       whether g varies along the key dim (the `_pk` kernels)
     """
 
     g: Graph
@@ -44,6 +47,7 @@ class DplrForm:
     grid: tuple[str, ...]
     batch: str | None
     exprs: dict
+    per_key: bool = False
 
 
 def _split(g: Graph, expr: sp.Basic, key: str, value: str, what: str):
@@ -66,8 +70,8 @@ def _ratio(g: Graph, num: sp.Basic, den: sp.Basic, key: str, what: str) -> sp.Ba
     r = sp.simplify(num / den)
     if key in expr_dims(g, r):
         raise Unsupported(f"{what}: the rank-1 update's vectors differ ({num} vs {den}); the "
-                          "chunked DPLR kernels take a = -beta k, b = k (RWKV-7's a != b and "
-                          "a per-key decay are not generated yet)")
+                          "chunked DPLR kernels take a = -beta k with b = k, or b = alpha * k "
+                          "under a per-key decay alpha (RWKV-7's a != b is not generated yet)")
     return r
 
 
@@ -110,13 +114,15 @@ def extract(compiled) -> DplrForm:
     if len(values) != 1:
         raise Unsupported(f"state {info.arg}: the kernels take one value dim, found {values}")
     value = values[0]
-    if key in expr_dims(g, alpha):
-        raise Unsupported(f"the decay {alpha} varies along the key dim {key!r} (a per-key "
-                          "decay, KDA's): not generated for chunks yet")
+    per_key = key in expr_dims(g, alpha)
     kb, bs = _split(g, bvec, key, value, "the vector the state is contracted with")
     kc, cs = _split(g, c, key, value, "the rank-1 update's vector")
-    lam = -cs * bs * _ratio(g, kc, kb, key, f"state {info.arg}")
-    beta = sp.simplify(lam / alpha)
+    if per_key:     # (I - beta k k^T) diag(alpha): updated along k, contracted with alpha k
+        beta = sp.simplify(-cs * bs * _ratio(g, kb, alpha * kc, key, f"state {info.arg}"))
+        kb = kc
+    else:
+        lam = -cs * bs * _ratio(g, kc, kb, key, f"state {info.arg}")
+        beta = sp.simplify(lam / alpha)
     if inp == 0:
         raise Unsupported(f"state {info.arg} has no input term")
     ki, vi = _split(g, inp, key, value, f"the input term of {info.arg}")
@@ -126,7 +132,8 @@ def extract(compiled) -> DplrForm:
         ldecay = log_decay(alpha)
         ldecay = sp.log(alpha) if ldecay is None else ldecay
     for what, e in (("beta", beta), ("the decay", alpha), ("u", u)):
-        if key in expr_dims(g, e) or (what != "u" and value in expr_dims(g, e)):
+        along_key = key in expr_dims(g, e) and not (per_key and what == "the decay")
+        if along_key or (what != "u" and value in expr_dims(g, e)):
             raise Unsupported(f"{what} = {e} varies along a state dim it must not")
     if len(g.outputs) != 1:
         raise Unsupported("the chunked DPLR kernels take one output")
@@ -159,4 +166,4 @@ def extract(compiled) -> DplrForm:
     batch = st.batch[0] if st.batch and st.batch[0] in grid else None
     exprs = {"q": q, "k": kb, "u": u, "beta": beta, "g": ldecay,
              "gate": None if gate == 1 else gate, "skip": None if skip == 0 else skip}
-    return DplrForm(g, state, out, key, value, grid, batch, exprs)
+    return DplrForm(g, state, out, key, value, grid, batch, exprs, per_key)

@@ -27,7 +27,8 @@ class Program:
     """The chunked DPLR kernels of one compiled spec (see the module docstring).
 
     form    the DPLR form the kernels compute
-    chunk   the chunk length (None: 64 on the GPU, 16 under the interpreter)
+    chunk   the chunk length (None: 64 on the GPU, 32 with a per-key decay, 16 under the
+            interpreter)
     """
 
     def __init__(self, compiled):
@@ -57,7 +58,8 @@ class Program:
         sizes, T = dict(call.sizes), call.T
         dev = call.device
         interpret = dev.type != "cuda"
-        bt = self.chunk or (16 if interpret else 64)
+        # per-key chunks form their pair terms a step at a time: shorter chunks on the GPU
+        bt = self.chunk or (16 if interpret else 32 if f.per_key else 64)
         env = host.canonical_inputs(g, call, torch.float32)
         dep = g.state_dependent
         names = [n.name for n in g.nodes if n.name not in dep and n.name not in env]
@@ -68,7 +70,8 @@ class Program:
         q, k = lay.to_kernel(val(f.exprs["q"]), f.key), lay.to_kernel(val(f.exprs["k"]), f.key)
         u = lay.to_kernel(val(f.exprs["u"]), f.value)
         beta = lay.to_kernel(val(f.exprs["beta"]), None)
-        lg = None if f.exprs["g"] is None else lay.to_kernel(val(f.exprs["g"]), None)
+        lg = None if f.exprs["g"] is None else lay.to_kernel(val(f.exprs["g"]),
+                                                              f.key if f.per_key else None)
         if call.reverse:
             q, k, u, beta = (x.flip(1) for x in (q, k, u, beta))
             lg = None if lg is None else lg.flip(1)

@@ -14,9 +14,11 @@ from lrc.zoo import deltanet, gated_deltanet, kda, rwkv7
 from tests.conftest import rel_err
 from tests.zoo.test_deltanet import loop as delta_loop
 from tests.zoo.test_gated_deltanet import loop as gated_loop
+from tests.zoo.test_kda import loop as kda_loop
 
 CASES = {"deltanet": (deltanet.ENTRY, delta_loop), "gated_deltanet": (gated_deltanet.ENTRY,
-                                                                      gated_loop)}
+                                                                      gated_loop),
+         "kda": (kda.ENTRY, kda_loop)}
 
 
 def wide(a):
@@ -119,14 +121,29 @@ def test_beta_extremes_and_steep_decays(beta, steep, seed):
     check(entry, loop, args, entry.initial_state().float(), tol=1e-4, gtol=1e-3)
 
 
-@pytest.mark.parametrize("entry", [kda.ENTRY, rwkv7.ENTRY], ids=["kda", "rwkv7"])
-def test_per_key_decay_is_named(entry):
-    """KDA and RWKV-7 (per-key decays) are not eligible yet: the plan names why, and forcing
-    the lowering raises LoweringError naming it."""
-    layer = lrc.compile(entry.spec)
-    assert "per-key decay" in layer.compiled.planned.meta("lowering").why_not("dplr")
-    with pytest.raises(lrc.LoweringError, match="per-key decay"):
-        lrc.compile(entry.spec, lowering="dplr")
+@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck),
+          phases=[Phase.explicit, Phase.generate])
+@given(steep=st.sampled_from([0.0, 3.0, 6.0]), spread=st.sampled_from([0.0, 4.0]),
+       seed=st.integers(0, 2 ** 31 - 1))
+@example(steep=6.0, spread=4.0, seed=0).via("steep and near-one channels side by side")
+def test_kda_steep_and_mixed_decays(steep, spread, seed):
+    """KDA with dt_bias raised (per-key decays down to exp(-96) a step) and, with `spread`,
+    some key channels steep while others stay near 1 (f shifted per channel): the per-key
+    kernels' outputs and every gradient against the float64 loop."""
+    torch.manual_seed(seed)
+    entry, loop = CASES["kda"]
+    args = {k: v.float() for k, v in entry.example(t=21).items()}
+    args["dt_bias"] = args["dt_bias"] + steep
+    shift = torch.linspace(-spread, spread, args["f"].shape[-1])
+    args["f"] = args["f"] + shift
+    check(entry, loop, args, entry.initial_state().float(), tol=1e-4, gtol=1e-3)
+
+
+def test_per_key_decay_with_distinct_vectors_is_named():
+    """RWKV-7 (per-key decay, and the state contracted with kk before the decay: a != alpha b)
+    is not generated: forcing dplr raises LoweringError naming the vectors."""
+    with pytest.raises(lrc.LoweringError, match="vectors differ"):
+        lrc.compile(rwkv7.ENTRY.spec, lowering="dplr")
 
 
 def test_distinct_vectors_are_named():
