@@ -37,10 +37,9 @@ EXPECT = {
     "rwkv4": ("elementwise", {"scan"}, "scan"),
     "deltanet": ("dplr (diagonal plus rank 1), selective", {"scan", "dplr"}, "scan"),
     "gated_deltanet": ("dplr (diagonal plus rank 1), selective", {"scan", "dplr"}, "scan"),
-    # a per-key decay: KDA's chunks run where forced; RWKV-7's a != b is refused (the plan
-    # names the vectors), the scan's loop runs it
+    # a per-key decay (KDA), two distinct vectors (RWKV-7): chunks where forced
     "kda": ("dplr (diagonal plus rank 1), selective", {"scan", "dplr"}, "scan"),
-    "rwkv7": ("dplr (diagonal plus rank 1), selective", {"scan"}, "scan"),
+    "rwkv7": ("dplr (diagonal plus rank 1), selective", {"scan", "dplr"}, "scan"),
 }
 # the reference shapes of DESIGN.md section 7 (and a long Hyena filter)
 SHAPES = {

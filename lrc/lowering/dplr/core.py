@@ -13,8 +13,10 @@ import torch
 from ...kernels.launch import Launcher
 from ...layout import next_pow2
 from .kernels import SOURCE
+from .kernels_ab import SOURCE as SOURCE_AB
 
 LAUNCH = Launcher(SOURCE)
+LAUNCH_AB = Launcher(SOURCE_AB)
 
 
 def _prec(x: torch.Tensor) -> str:
@@ -144,6 +146,77 @@ class _DeltaChunkedPerKey(torch.autograd.Function):
             [torch.zeros_like(dR[:, :, :1]), dR.cumsum(2)[:, :, :-1]], 2)).reshape(B, T, H, K)
         return (dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), du.to(u.dtype),
                 db.sum(0).to(beta.dtype), dg, dh0 if has_h0 else None, None, None)
+
+
+def _chunks(x: torch.Tensor, bt: int) -> torch.Tensor:
+    B, T = x.shape[:2]
+    return x.reshape(B, T // bt, bt, *x.shape[2:])
+
+
+class _TwoVectorsChunked(torch.autograd.Function):
+    """The `_ab` kernels (kernels_ab.py): q, k, x, y, g (B, T, H, K), u (B, T, H, V)."""
+
+    @staticmethod
+    def forward(ctx, q, k, x, y, u, g, h0, bt, bv):
+        B, T, H, K = k.shape
+        V = u.shape[-1]
+        NT = T // bt
+        BK, BV = blocks(K, V, bv)
+        NV = -(-V // BV)
+        dev = k.device
+        G, R = _within(g, bt)
+        Gc = _chunks(G, bt)
+        Gx = torch.cat([torch.zeros_like(Gc[:, :, :1]), Gc[:, :, :-1]], 2).reshape(G.shape)
+        o = torch.empty(B, T, H, V, dtype=torch.float32, device=dev)
+        hT = torch.empty(B, H, K, V, dtype=torch.float32, device=dev)
+        store = any(ctx.needs_input_grad)
+        hs = torch.empty(B, H, max(NT, 1), K, V, dtype=torch.float32, device=dev) \
+            if store else hT
+        h0p = h0 if h0 is not None else hT
+        LAUNCH_AB("dplr_forward_ab", (NV, B * H), dev,
+                  [k, q, x, y, u, g, G, Gx, R, h0p, o, hT, hs, NT, H, K, V],
+                  BT=bt, BK=BK, BV=BV, HAS_H0=h0 is not None, STORE_HS=store, PREC=_prec(k))
+        ctx.save_for_backward(q, k, x, y, u, g, G, Gx, R, hs)
+        ctx.meta = (bt, BK, BV, NV, h0 is not None)
+        return o, hT
+
+    @staticmethod
+    def backward(ctx, do, dhT):
+        q, k, x, y, u, g, G, Gx, R, hs = ctx.saved_tensors
+        bt, BK, BV, NV, has_h0 = ctx.meta
+        B, T, H, K = k.shape
+        V = u.shape[-1]
+        NT = T // bt
+        f32 = dict(dtype=torch.float32, device=k.device)
+        dq, dk, dx, dy, dg, dgp, dG, dGx, dR = (torch.empty(NV, B, T, H, K, **f32)
+                                                 for _ in range(9))
+        du = torch.empty(B, T, H, V, **f32)
+        dh0 = torch.empty(B, H, K, V, **f32)
+        do = do.contiguous().float() if do is not None else torch.zeros(B, T, H, V, **f32)
+        has_dht = dhT is not None
+        dhTp = dhT.contiguous().float() if has_dht else dh0
+        LAUNCH_AB("dplr_backward_ab", (NV, B * H), k.device,
+                  [k, q, x, y, u, g, G, Gx, R, hs, do, dhTp, dq, dk, dx, dy, du, dg, dgp, dG,
+                   dGx, dR, dh0, NT, B, H, K, V],
+                  BT=bt, BK=BK, BV=BV, HAS_DHT=has_dht, PREC=_prec(k))
+        # row t of dgp is g_{t-1}'s; G_t holds g_s for s <= t, Gx_t for s < t, R_t for s > t
+        dgp, dG, dGx, dR = (_chunks(z.sum(0), bt) for z in (dgp, dG, dGx, dR))
+        zero = torch.zeros_like(dG[:, :, :1])
+        after = dG.flip(2).cumsum(2).flip(2)
+        later = torch.cat([dGx.flip(2).cumsum(2).flip(2)[:, :, 1:], zero], 2)
+        before = torch.cat([zero, dR.cumsum(2)[:, :, :-1]], 2)
+        shifted = torch.cat([dgp[:, :, 1:], zero], 2)
+        dg = dg.sum(0) + (after + later + before + shifted).reshape(B, T, H, K)
+        return (dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dx.sum(0).to(x.dtype),
+                dy.sum(0).to(y.dtype), du.to(u.dtype), dg, dh0 if has_h0 else None, None, None)
+
+
+def two_vectors_chunked(q, k, x, y, u, g, h0, bt: int, bv: int | None = None):
+    """o and the final state of S_t = diag(exp(g_t)) S_{t-1} + x_t (y_t^T S_{t-1}) + k_t u_t^T,
+    o_t = S_t^T q_t, in chunks (kernels_ab.py); g (B, T, H, K) per key (0: no decay)."""
+    c = lambda z: None if z is None else z.contiguous()
+    return _TwoVectorsChunked.apply(c(q), c(k), c(x), c(y), c(u), c(g).float(),
+                                    None if h0 is None else c(h0).float(), bt, bv)
 
 
 def delta_chunked(q, k, u, beta, g, h0, bt: int, bv: int | None = None):

@@ -10,9 +10,11 @@ beta per grid index (batch, heads) and step, u over the value dim. `extract` mat
 factors over the key dim, c must be a multiple of k by a term constant along the key dim
 (lambda = -(c / k)(b / k), beta = lambda / alpha), and input / k is u. A decay alpha per key
 channel (KDA's) takes S' = (I - beta k k^T) diag(alpha) S + k u^T: then k is c's factors over
-the key dim, and b must be a multiple of alpha * k (beta = -(c / k)(b / (alpha k))). What does
-not fit raises `Unsupported`, naming it (a != b, a readout of the old state), and the scan's
-loop runs.
+the key dim, and b must be a multiple of alpha * k (beta = -(c / k)(b / (alpha k))). Any other
+pair of vectors (RWKV-7's a != b) takes the two-vector form S' = diag(alpha) S + x (y^T S) +
+k u^T: x = c, y = b, and k u^T the input term's split. What does not fit raises
+`Unsupported`, naming it (a readout of the old state, a term over both state dims), and the
+scan's loop runs.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ class DplrForm:
     exprs         q, k (over key), u (over value), beta, g = log alpha (None: no decay), gate,
                   skip (None where absent): sympy over the graph's state-free nodes
     per_key       whether g varies along the key dim (the `_pk` kernels)
+    two_vectors   the two-vector form (exprs x, y; beta None): the `_ab` kernels
     """
 
     g: Graph
@@ -48,6 +51,7 @@ class DplrForm:
     batch: str | None
     exprs: dict
     per_key: bool = False
+    two_vectors: bool = False
 
 
 def _split(g: Graph, expr: sp.Basic, key: str, value: str, what: str):
@@ -117,21 +121,26 @@ def extract(compiled) -> DplrForm:
     per_key = key in expr_dims(g, alpha)
     kb, bs = _split(g, bvec, key, value, "the vector the state is contracted with")
     kc, cs = _split(g, c, key, value, "the rank-1 update's vector")
-    if per_key:     # (I - beta k k^T) diag(alpha): updated along k, contracted with alpha k
-        beta = sp.simplify(-cs * bs * _ratio(g, kb, alpha * kc, key, f"state {info.arg}"))
-        kb = kc
-    else:
-        lam = -cs * bs * _ratio(g, kc, kb, key, f"state {info.arg}")
-        beta = sp.simplify(lam / alpha)
     if inp == 0:
         raise Unsupported(f"state {info.arg} has no input term")
     ki, vi = _split(g, inp, key, value, f"the input term of {info.arg}")
-    u = sp.simplify(_ratio(g, ki, kb, key, f"the input term of {info.arg}") * vi)
+    two = False
+    try:
+        if per_key:     # (I - beta k k^T) diag(alpha): updated along k, contracted with alpha k
+            beta = sp.simplify(-cs * bs * _ratio(g, kb, alpha * kc, key, f"state {info.arg}"))
+            kb = kc
+        else:
+            lam = -cs * bs * _ratio(g, kc, kb, key, f"state {info.arg}")
+            beta = sp.simplify(lam / alpha)
+        u = sp.simplify(_ratio(g, ki, kb, key, f"the input term of {info.arg}") * vi)
+    except Unsupported:     # diag(alpha) S + x (y^T S) + k u^T
+        two, beta, u, kb = True, None, vi, ki
     ldecay = None
     if alpha != 1:
         ldecay = log_decay(alpha)
         ldecay = sp.log(alpha) if ldecay is None else ldecay
-    for what, e in (("beta", beta), ("the decay", alpha), ("u", u)):
+    checks = (("the decay", alpha), ("u", u)) + ((("beta", beta),) if not two else ())
+    for what, e in checks:
         along_key = key in expr_dims(g, e) and not (per_key and what == "the decay")
         if along_key or (what != "u" and value in expr_dims(g, e)):
             raise Unsupported(f"{what} = {e} varies along a state dim it must not")
@@ -166,4 +175,6 @@ def extract(compiled) -> DplrForm:
     batch = st.batch[0] if st.batch and st.batch[0] in grid else None
     exprs = {"q": q, "k": kb, "u": u, "beta": beta, "g": ldecay,
              "gate": None if gate == 1 else gate, "skip": None if skip == 0 else skip}
-    return DplrForm(g, state, out, key, value, grid, batch, exprs, per_key)
+    if two:
+        exprs.update(x=c, y=bvec)
+    return DplrForm(g, state, out, key, value, grid, batch, exprs, per_key, two)

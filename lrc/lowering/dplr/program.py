@@ -18,9 +18,10 @@ from ...ir.functions import tape
 from ...kernels import host
 from ...layout import from_canonical, to_canonical
 from ..base import per_sequence
-from .core import delta_chunked
+from .core import delta_chunked, two_vectors_chunked
 from .form import DplrForm, extract
 from .kernels import SOURCE
+from .kernels_ab import SOURCE as SOURCE_AB
 
 
 class Program:
@@ -33,8 +34,8 @@ class Program:
 
     def __init__(self, compiled):
         self.form: DplrForm = extract(compiled)
-        self.sources = {"module": SOURCE}
-        self.source = SOURCE
+        self.sources = {"module": SOURCE, "two_vectors": SOURCE_AB}
+        self.source = SOURCE_AB if self.form.two_vectors else SOURCE
         self.chunk: int | None = None
         self.block_v: int | None = None
 
@@ -58,8 +59,9 @@ class Program:
         sizes, T = dict(call.sizes), call.T
         dev = call.device
         interpret = dev.type != "cuda"
-        # per-key chunks form their pair terms a step at a time: shorter chunks on the GPU
-        bt = self.chunk or (16 if interpret else 32 if f.per_key else 64)
+        # per-key and two-vector chunks form their pair terms a step at a time: shorter
+        # chunks on the GPU
+        bt = self.chunk or (16 if interpret else 32 if f.per_key or f.two_vectors else 64)
         env = host.canonical_inputs(g, call, torch.float32)
         dep = g.state_dependent
         names = [n.name for n in g.nodes if n.name not in dep and n.name not in env]
@@ -69,16 +71,22 @@ class Program:
         val = lambda e: _value(e, env, like)
         q, k = lay.to_kernel(val(f.exprs["q"]), f.key), lay.to_kernel(val(f.exprs["k"]), f.key)
         u = lay.to_kernel(val(f.exprs["u"]), f.value)
-        beta = lay.to_kernel(val(f.exprs["beta"]), None)
-        lg = None if f.exprs["g"] is None else lay.to_kernel(val(f.exprs["g"]),
-                                                              f.key if f.per_key else None)
+        if f.two_vectors:   # x and y, no beta; g over the key dim (0: no decay)
+            terms = [lay.to_kernel(val(f.exprs[n]), f.key) for n in "xy"]
+            lg = (torch.zeros_like(q) if f.exprs["g"] is None else
+                  lay.to_kernel(val(f.exprs["g"]), f.key if f.per_key else None))
+            lg = lg if lg.dim() == 4 else lg[..., None].expand(q.shape)
+        else:
+            terms = [lay.to_kernel(val(f.exprs["beta"]), None)]
+            lg = None if f.exprs["g"] is None else lay.to_kernel(val(f.exprs["g"]),
+                                                                  f.key if f.per_key else None)
         if call.reverse:
-            q, k, u, beta = (x.flip(1) for x in (q, k, u, beta))
-            lg = None if lg is None else lg.flip(1)
+            q, k, u, lg = (None if x is None else x.flip(1) for x in (q, k, u, lg))
+            terms = [x.flip(1) for x in terms]
         pad = -T % bt
         if pad:
-            q, k, u, beta = (_pad(x, pad) for x in (q, k, u, beta))
-            lg = None if lg is None else _pad(lg, pad)
+            q, k, u, lg = (None if x is None else _pad(x, pad) for x in (q, k, u, lg))
+            terms = [_pad(x, pad) for x in terms]
         h0 = None
         if call.states is not None and f.state in g.state_names:
             arg = g[f.state].arg
@@ -86,7 +94,10 @@ class Program:
             if x is not None:
                 c = to_canonical(g, x.float(), g.annotation(arg), sizes, False)
                 h0 = lay.state_to_kernel(c)
-        o, hT = delta_chunked(q, k, u, beta, lg, h0, bt, self.block_v)
+        if f.two_vectors:
+            o, hT = two_vectors_chunked(q, k, *terms, u, lg, h0, bt, self.block_v)
+        else:
+            o, hT = delta_chunked(q, k, u, terms[0], lg, h0, bt, self.block_v)
         o = o[:, :T]
         if call.reverse:
             o = o.flip(1)

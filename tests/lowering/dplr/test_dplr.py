@@ -4,6 +4,8 @@ Outputs, final states and every gradient (inputs, Params, initial state), T span
 chunks, reverse, packed sequences, bf16, and hypothesis draws with beta near 0 and 1 and steep
 decays. The loops are the zoo tests' own (tests/zoo), not the reference interpreter.
 """
+from types import SimpleNamespace
+
 import pytest
 import torch
 from hypothesis import HealthCheck, Phase, example, given, settings
@@ -15,6 +17,7 @@ from tests.conftest import rel_err
 from tests.zoo.test_deltanet import loop as delta_loop
 from tests.zoo.test_gated_deltanet import loop as gated_loop
 from tests.zoo.test_kda import loop as kda_loop
+from tests.zoo.test_rwkv7 import loop as rwkv7_loop
 
 CASES = {"deltanet": (deltanet.ENTRY, delta_loop), "gated_deltanet": (gated_deltanet.ENTRY,
                                                                       gated_loop),
@@ -139,23 +142,93 @@ def test_kda_steep_and_mixed_decays(steep, spread, seed):
     check(entry, loop, args, entry.initial_state().float(), tol=1e-4, gtol=1e-3)
 
 
-def test_per_key_decay_with_distinct_vectors_is_named():
-    """RWKV-7 (per-key decay, and the state contracted with kk before the decay: a != alpha b)
-    is not generated: forcing dplr raises LoweringError naming the vectors."""
-    with pytest.raises(lrc.LoweringError, match="vectors differ"):
-        lrc.compile(rwkv7.ENTRY.spec, lowering="dplr")
+@lrc.recurrence
+def two_vectors(q: lrc.Seq("b t h k"), k: lrc.Seq("b t h k"), v: lrc.Seq("b t h v"),
+                a: lrc.Seq("b t h k"), c: lrc.Seq("b t h k"), w: lrc.Seq("b t h k"),
+                S: lrc.State("b h k v")):
+    """diag(exp(-exp(w))) S - a (c^T S) + k v^T: a per-key decay, two distinct vectors."""
+    S = lrc.exp(-lrc.exp(w)) * S - a * (c * S).sum("k") + k * v
+    return (q * S).sum("k"), S
 
 
-def test_distinct_vectors_are_named():
-    """A scalar decay with a != b (RWKV-7's shape of update): forcing dplr names it."""
-    @lrc.recurrence
-    def ab(q: lrc.Seq("b t h k"), k: lrc.Seq("b t h k"), v: lrc.Seq("b t h v"),
-           a: lrc.Seq("b t h k"), S: lrc.State("b h k v")):
-        S = S - a * (k * S).sum("k") + k * v
-        return (q * S).sum("k"), S
+@lrc.recurrence
+def two_vectors_no_decay(q: lrc.Seq("b t h k"), k: lrc.Seq("b t h k"),
+                         v: lrc.Seq("b t h v"), a: lrc.Seq("b t h k"),
+                         c: lrc.Seq("b t h k"), S: lrc.State("b h k v")):
+    """S - a (c^T S) + k v^T."""
+    S = S - a * (c * S).sum("k") + k * v
+    return (q * S).sum("k"), S
 
-    with pytest.raises(lrc.LoweringError, match="vectors differ"):
-        lrc.compile(ab, lowering="dplr")
+
+def two_loop(a, state):
+    """The float64 loop of `two_vectors` (no `w`: `two_vectors_no_decay`)."""
+    B, T, H, K = a["k"].shape
+    w = torch.exp(-torch.exp(a["w"])) if "w" in a else torch.ones(B, T, H, K,
+                                                                  dtype=torch.float64)
+    S = torch.zeros(B, H, K, a["v"].shape[-1], dtype=torch.float64) if state is None \
+        else state[0]
+    ys = []
+    for t in range(T):
+        cs = torch.einsum("bhkv,bhk->bhv", S, a["c"][:, t])
+        S = (w[:, t, :, :, None] * S - a["a"][:, t, :, :, None] * cs[:, :, None, :]
+             + a["k"][:, t, :, :, None] * a["v"][:, t, :, None, :])
+        ys.append(torch.einsum("bhkv,bhk->bhv", S, a["q"][:, t]))
+    return (torch.stack(ys, 1),), (S,)
+
+
+def two_args(t: int, steep: float, spread: float) -> dict:
+    """Inputs of `two_vectors` (b 2, h 2, k 5, v 3): a and c small enough that the
+    transitions stay contractive; w raised by `steep` and spread over the key channels."""
+    b, h, k, v = 2, 2, 5, 3
+    r = lambda *s, std=1.0: torch.randn(*s) * std
+    return {"q": r(b, t, h, k), "k": r(b, t, h, k, std=k ** -0.5), "v": r(b, t, h, v),
+            "a": r(b, t, h, k, std=0.3), "c": r(b, t, h, k, std=0.3),
+            "w": r(b, t, h, k, std=0.5) + steep + torch.linspace(-spread, spread, k)}
+
+
+def test_rwkv7_two_vectors():
+    """RWKV-7 (a per-key decay, the state read by kk before the step, written along
+    kk * sigmoid(a)) takes the two-vector kernels: outputs, final state, every gradient."""
+    entry = rwkv7.ENTRY
+    assert lrc.compile(entry.spec).compiled.planned.meta("lowering").why_not("dplr") == ""
+    args = {k: v.float() for k, v in entry.example(t=21).items()}
+    check(entry, rwkv7_loop, args, entry.initial_state().float())
+
+
+def test_rwkv7_reverse_and_bf16():
+    entry = rwkv7.ENTRY
+    args = {k: v.float() for k, v in entry.example(b=1, t=19).items()}
+
+    def flipped(a, state):
+        (y,), (f,) = rwkv7_loop({k: x.flip(1) for k, x in a.items()}, state)
+        return (y.flip(1),), (f,)
+
+    check(entry, flipped, args, reverse=True)
+    layer = lrc.compile(entry.spec, lowering="dplr")
+    half = {k: v.to(torch.bfloat16) for k, v in args.items()}
+    y, fin = layer(**half, return_final_state=True)
+    (yw,), (fw,) = rwkv7_loop(wide(half), None)
+    assert y.dtype == torch.bfloat16 and rel_err(y, yw) <= 1e-2 and rel_err(fin, fw) <= 1e-2
+
+
+@settings(max_examples=1, deadline=None, suppress_health_check=list(HealthCheck),
+          phases=[Phase.explicit, Phase.generate])
+@given(steep=st.sampled_from([-2.0, 1.0, 2.5]), spread=st.sampled_from([0.0, 2.0]),
+       seed=st.integers(0, 2 ** 31 - 1))
+@example(steep=2.5, spread=2.0, seed=0).via("steep and near-one channels side by side")
+def test_two_vectors_steep_and_mixed_decays(steep, spread, seed):
+    """A per-key decay exp(-exp(w)) down to about exp(-90) a step beside channels near 1,
+    with two distinct vectors: every exponent a running sum, so float32 holds."""
+    torch.manual_seed(seed)
+    check(SimpleNamespace(spec=two_vectors), two_loop, two_args(20, steep, spread),
+          torch.randn(2, 2, 5, 3))
+
+
+def test_two_vectors_without_decay():
+    """S - a (c^T S) + k v^T (no decay: g = 0 in the kernels), from a zero state."""
+    torch.manual_seed(1)
+    args = {k: v for k, v in two_args(18, 0.0, 0.0).items() if k != "w"}
+    check(SimpleNamespace(spec=two_vectors_no_decay), two_loop, args)
 
 
 def test_cost_model_prices_chunks_and_takes_them_only_when_forced():
@@ -174,12 +247,15 @@ def test_cost_model_prices_chunks_and_takes_them_only_when_forced():
     assert forced.compiled.planned.meta("lowering").choose(g, sizes, 4096, 2)[0] == "dplr"
 
 
+GPU_CASES = {**CASES, "rwkv7": (rwkv7.ENTRY, rwkv7_loop)}
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(GPU_CASES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_reference_shape(name, dtype):
     """B2 T4096 H4 K128 V128 on the GPU against the float64 loop (on the GPU too)."""
-    entry, loop = CASES[name]
+    entry, loop = GPU_CASES[name]
     args = {k: v.to(device="cuda", dtype=dtype)
             for k, v in entry.example(b=2, t=4096, h=4, k=128, v=128).items()}
     layer = lrc.compile(entry.spec, lowering="dplr")
