@@ -11,8 +11,8 @@ says so): a lowering the user forces either builds or raises.
     conv      FFT convolution for time-invariant specs
     torch     the graph in vectorized torch ops, autograd for the backward: what runs on
               CPU tensors (any spec; no Triton)
-    dplr      tensor-core chunks for the delta rule (rank-1 DPLR transitions: DeltaNet, Gated
-              DeltaNet), the UT / WY form of each chunk's product of transitions
+    dplr      tensor-core chunks for rank-1 DPLR transitions (DeltaNet, Gated DeltaNet, KDA,
+              RWKV-7), the UT / WY form of each chunk's product of transitions
 """
 from __future__ import annotations
 
