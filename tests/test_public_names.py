@@ -7,13 +7,19 @@ import pkgutil
 
 import lrc
 
+OPTIONAL = {"lrc.models.hf"}   # needs an extra (pip install "lrc[hf]")
+
 
 def test_every_export_survives_importing_every_module():
     before = {name: getattr(lrc, name) for name in lrc.__all__}
     for info in pkgutil.walk_packages(lrc.__path__, "lrc."):
         if info.name.endswith("__main__"):
             continue
-        importlib.import_module(info.name)
+        try:
+            importlib.import_module(info.name)
+        except ImportError:
+            if info.name not in OPTIONAL:
+                raise
     changed = [name for name in lrc.__all__ if getattr(lrc, name) is not before[name]]
     assert not changed, f"lrc.{changed[0]} is now {getattr(lrc, changed[0])!r}"
     assert callable(lrc.log)

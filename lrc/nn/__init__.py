@@ -4,11 +4,16 @@ decode caches (`allocate_inference_cache`, `forward(x, cu_seqlens=, cache=)`, `s
 from .blocks import BiMamba
 from .common import Cache, CausalConv1d, GatedRMSNorm, RMSNorm, param_groups
 from .gla import GatedLinearAttention
+from .h3 import H3
+from .hyena import HyenaOperator
 from .mamba import Mamba
 from .mamba2 import Mamba2
 from .recurrence import Recurrence
 from .rglru import GriffinRecurrentBlock
+from .s4 import S4
 from .s4d import S4D
+from .vim import VimMamba
 
-__all__ = ["S4D", "BiMamba", "Cache", "CausalConv1d", "GatedLinearAttention", "GatedRMSNorm",
-           "GriffinRecurrentBlock", "Mamba", "Mamba2", "RMSNorm", "Recurrence", "param_groups"]
+__all__ = ["H3", "S4", "S4D", "BiMamba", "Cache", "CausalConv1d", "GatedLinearAttention",
+           "GatedRMSNorm", "GriffinRecurrentBlock", "HyenaOperator", "Mamba", "Mamba2", "RMSNorm",
+           "Recurrence", "VimMamba", "param_groups"]

@@ -30,8 +30,8 @@ class S4DKernel(nn.Module):
         init = zoo_s4d.init_params(sizes, "lin", dt_min, dt_max)
         self.C = nn.Parameter(torch.view_as_real(init["C"].to(torch.complex64)).contiguous())
         for name in ("log_dt", "log_A_real", "A_imag"):
-            p = nn.Parameter(init[name].float())
-            self.register_parameter(name, p)
+            self.register_parameter(name, nn.Parameter(init[name].float()))
+            p = getattr(self, name)   # the registered object (HF's meta-device loading swaps it)
             no_weight_decay(p)
             if lr is not None:
                 p._optim = {"weight_decay": 0.0, "lr": lr}

@@ -47,7 +47,7 @@ def silu(x: torch.Tensor) -> torch.Tensor:
 def check_step_after_prefill(block, x: torch.Tensor, prefix: int, tol: float) -> None:
     """forward(x[:, :prefix], cache=) then one step per remaining token equals forward(x)."""
     full = block(x)
-    cache = block.allocate_inference_cache(x.shape[0], dtype=x.dtype)
+    cache = block.allocate_inference_cache(x.shape[0], dtype=x.dtype, device=x.device)
     first = block(x[:, :prefix], cache=cache)
     outs = [first]
     for s in range(prefix, x.shape[1]):
@@ -57,7 +57,7 @@ def check_step_after_prefill(block, x: torch.Tensor, prefix: int, tol: float) ->
     err = rel_err(got, full)
     assert err <= tol, f"step after prefill vs forward: {err}"
     # the (b, d) form gives the same as (b, 1, d)
-    c2 = block.allocate_inference_cache(x.shape[0], dtype=x.dtype)
+    c2 = block.allocate_inference_cache(x.shape[0], dtype=x.dtype, device=x.device)
     block(x[:, :prefix], cache=c2)
     y2 = block.step(x[:, prefix], c2)
     assert rel_err(y2, outs[1][:, 0]) <= tol
@@ -65,12 +65,14 @@ def check_step_after_prefill(block, x: torch.Tensor, prefix: int, tol: float) ->
 
 def check_packed(block, lengths: list[int], d: int, dtype: torch.dtype, tol: float) -> None:
     """cu_seqlens over packed sequences equals separate runs, outputs and filled caches."""
-    xs = [torch.randn(1, n, d, dtype=dtype) for n in lengths]
-    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
-    cache = block.allocate_inference_cache(len(lengths), dtype=dtype)
+    dev = next(block.parameters()).device
+    xs = [torch.randn(1, n, d, dtype=dtype, device=dev) for n in lengths]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32,
+                      device=dev)
+    cache = block.allocate_inference_cache(len(lengths), dtype=dtype, device=dev)
     packed = block(torch.cat(xs, 1), cu_seqlens=cu, cache=cache)
     for i, x in enumerate(xs):
-        one = block.allocate_inference_cache(1, dtype=dtype)
+        one = block.allocate_inference_cache(1, dtype=dtype, device=dev)
         want = block(x, cache=one)
         got = packed[:, cu[i]:cu[i + 1]]
         assert rel_err(got, want) <= tol, f"sequence {i}: {rel_err(got, want)}"
@@ -82,14 +84,14 @@ def check_packed(block, lengths: list[int], d: int, dtype: torch.dtype, tol: flo
 def check_state_indices(block, x: torch.Tensor, pool: int, tol: float) -> None:
     """step with state_indices into a pool cache equals step on a cache of just those rows."""
     b = x.shape[0]
-    idx = torch.randperm(pool)[:b]
-    big = block.allocate_inference_cache(pool, dtype=x.dtype)
+    idx = torch.randperm(pool)[:b].to(x.device)
+    big = block.allocate_inference_cache(pool, dtype=x.dtype, device=x.device)
     for t in big.tensors().values():   # rows of other requests: nonzero, must stay untouched
         if t.is_floating_point() or t.is_complex():
             t.copy_(torch.randn_like(t) * 0.1)
         else:
             t.copy_(torch.randint_like(t, 3))
-    small = block.allocate_inference_cache(b, dtype=x.dtype)
+    small = block.allocate_inference_cache(b, dtype=x.dtype, device=x.device)
     block(x[:, :-1], cache=small)
     big.scatter_(idx, small)
     before = copy.deepcopy(big.tensors())
@@ -98,6 +100,6 @@ def check_state_indices(block, x: torch.Tensor, pool: int, tol: float) -> None:
     assert rel_err(got, want) <= tol
     for name, t in big.tensors().items():
         assert rel_err(t[idx], getattr(small, name)) <= tol, name
-        rest = torch.ones(pool, dtype=torch.bool)
+        rest = torch.ones(pool, dtype=torch.bool, device=x.device)
         rest[idx] = False
         assert torch.equal(t[rest], before[name][rest]), f"{name}: other rows changed"
