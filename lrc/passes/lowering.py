@@ -332,25 +332,32 @@ def _dplr_cost(g: Graph, st: Structure, sizes: dict[str, int], T: int, io: float
     products then, counted at the fp32 FMA rate), and the forward substitution for Ti
     (C^3 FMA on the CUDA cores, serial along its C rows). The terms (q, k, u, beta, the decay)
     are computed in PyTorch first: float32 copies of them are written and read again, and
-    the state entering each chunk is stored for the backward."""
+    the state entering each chunk is stored for the backward. A decay per key channel (KDA,
+    RWKV-7) takes chunks of at most 32 whose pair terms are formed a step at a time: about
+    6 C^2 K exps and 16 C^2 K FMA-equivalents per chunk on the CUDA cores, forward and
+    backward together (the two-vector form's count; the one-vector form's is a little less)."""
     s = st.states[0]
     reads = [r for o in st.outputs for r in o.readouts if r.state == s.name]
     K = _size(sizes, reads[0].contract) if reads else 1
     rest = [d for d in s.dims if d not in (reads[0].contract if reads else ())]
     V = sizes.get(rest[-1], 1) if rest else 1
     heads = _size(sizes, s.dims) / max(K * V, 1)
-    C = chunk
+    per_key = bool(reads) and reads[0].contract[0] in s.decay_dims
+    C = min(chunk, 32) if per_key else chunk
     chunks = heads * math.ceil(T / C)
+    pair_exps = chunks * 6.0 * C * C * K if per_key else 0.0
+    pair_flops = chunks * 16.0 * C * C * K if per_key else 0.0
     flops = chunks * 2.0 * (3 * C * C * K + 2 * C * C * V + 3 * C * K * V)
     subst = chunks * float(C) ** 3
     terms = heads * T * (2 * K + V + 2) * 4.0          # float32 q, k, u, beta, g
     extra = 2 * terms + chunks * K * V * 4.0 * 2
-    exps = T * count_exps(g, sizes)
+    exps = T * count_exps(g, sizes) + pair_exps
     tensor = flops / dev.tensor if itemsize <= 2 else flops / (2 * dev.fp32)
     parts = {"memory": (io + extra) / dev.hbm, "tensor": tensor,
-             "substitution": subst / dev.fp32 * 4, "exp": exps / dev.sfu}
+             "substitution": subst / dev.fp32 * 4, "fp32": pair_flops / (2 * dev.fp32),
+             "exp": exps / dev.sfu}
     host = dev.call + dev.kernel_launch + 30 * dev.torch_op + host_ops(g) * dev.param_op
-    return _with_host(_cost("dplr", io + extra, flops + subst, exps, parts), host)
+    return _with_host(_cost("dplr", io + extra, flops + subst + pair_flops, exps, parts), host)
 
 
 def host_ops(g: Graph) -> int:
