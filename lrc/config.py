@@ -75,8 +75,9 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
          "size launches as for a GPU with this many SMs and run nothing (kernels.aot)"),
 ]}
 
+# the default dict is never mutated: override() sets a new dict for its scope
 _VALUES: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
-    "lrc_config", default={name: k.initial() for name, k in KNOBS.items()})
+    "lrc_config", default={name: k.initial() for name, k in KNOBS.items()})  # noqa: B039
 
 
 def get(name: str) -> Any:

@@ -58,7 +58,7 @@ class LoweringError(ValueError):
     """A lowering was forced that cannot run this spec; the message says why."""
 
 
-class Unsupported(NotImplementedError):
+class Unsupported(NotImplementedError):  # noqa: N818 (a public name)
     """A spec a lowering's code generator cannot run; the message says which node and why."""
 
 

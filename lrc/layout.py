@@ -8,11 +8,8 @@ import math
 import torch
 
 from .bounded import Bounded
-from .ir.dims import Role
+from .ir.dims import Annotation, Role
 from .ir.graph import Axes, Graph
-
-pass
-from .ir.dims import Annotation
 
 
 def dim_strides(x: torch.Tensor, axes: Axes, sizes: dict[str, int], time: str) -> dict:
@@ -32,7 +29,8 @@ def dim_strides(x: torch.Tensor, axes: Axes, sizes: dict[str, int], time: str) -
     return out
 
 
-_STRIDES: dict[tuple, dict] = Bounded(4096)  # dim_strides per (strides, axes, group sizes): host time
+# dim_strides per (strides, axes, group sizes): working them out costs host time per call
+_STRIDES: dict[tuple, dict] = Bounded(4096)
 
 
 def part_view(x: torch.Tensor, part: str) -> torch.Tensor:

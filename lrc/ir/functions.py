@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import math
 import operator
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import sympy as sp
 import torch
@@ -201,7 +202,8 @@ EVAL: dict[type, Callable[..., Value]] = {
     sp.Not: lambda x: ~x,
     expm1: lambda x: torch.expm1(_tensor(x, x)),
     # derivatives of maximum/minimum/abs (the backward of a running max)
-    sp.Heaviside: lambda x, *h0: torch.heaviside(_tensor(x, x), torch.tensor(0.5, dtype=torch.float64, device=_tensor(x, x).device)),
+    sp.Heaviside: lambda x, *h0: torch.heaviside(
+        _tensor(x, x), torch.tensor(0.5, dtype=torch.float64, device=_tensor(x, x).device)),
     sp.sign: lambda x: torch.sign(_tensor(x, x)),
     log1p: lambda x: torch.log1p(_tensor(x, x)),
     softplus: lambda x: torch.logaddexp(_tensor(x, x), torch.zeros_like(_tensor(x, x))),

@@ -45,7 +45,7 @@ class Graph:
         """An analysis result a pass attached (see `with_meta`)."""
         return dict(self.info).get(key, default)
 
-    def with_meta(self, **items: Any) -> "Graph":
+    def with_meta(self, **items: Any) -> Graph:
         """The same graph with analysis results attached (structure, lowering, backward, ...)."""
         merged = dict(self.info)
         merged.update(items)
@@ -130,7 +130,7 @@ class Graph:
                 return src
         return None
 
-    def replace(self, **changes) -> "Graph":
+    def replace(self, **changes) -> Graph:
         """A new graph with some fields changed (nodes are re-sorted topologically)."""
         g = dataclasses.replace(self, **changes)
         if "nodes" in changes:

@@ -25,7 +25,7 @@ def expr_degree(expr: sp.Basic, deg: dict[str, int]) -> tuple[int, sp.Basic | No
     if not expr.free_symbols:
         return 0, None
     parts = [expr_degree(a, deg) for a in expr.args]
-    for d, bad in parts:
+    for _d, bad in parts:
         if bad is not None:
             return NONLINEAR, bad
     ds = [d for d, _ in parts]

@@ -7,7 +7,6 @@ ops move data between dims. Source lines ride along but take no part in equality
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 import sympy as sp
 
@@ -114,7 +113,7 @@ class Shift:
         return (self.arg,)
 
 
-Node = Union[Input, Map, Sum, Rename, Shift]
+Node = Input | Map | Sum | Rename | Shift
 
 
 def symbol(name: str, complex: bool = False) -> sp.Symbol:

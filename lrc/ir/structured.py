@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import SpecError, user_src
-from . import functions as F
+from . import functions as F  # noqa: N812 (F: the function table, as torch's F)
 from .tensor import SymTensor, apply
 
 

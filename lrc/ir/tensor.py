@@ -12,14 +12,15 @@ import contextvars
 import math
 import numbers
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import sympy as sp
 import torch
 
 from ..errors import SpecError, Src, user_src
-from . import functions as F
+from . import functions as F  # noqa: N812 (F: the function table, as torch's F)
 
 _TRACER: contextvars.ContextVar = contextvars.ContextVar("lrc_tracer", default=None)
 
@@ -31,7 +32,7 @@ class TraceOp:
     kind: str                          # 'input' | 'const' | 'fn' | 'sum' | 'rename' | 'shift'
     dims: tuple[str, ...]
     complex: bool
-    args: tuple["TraceOp", ...] = ()
+    args: tuple[TraceOp, ...] = ()
     fn: Callable[..., sp.Basic] | None = None
     value: sp.Basic | None = None      # const
     name: str = ""                     # input
@@ -124,21 +125,21 @@ class SymTensor:
 
     # complex parts
     @property
-    def real(self) -> "SymTensor":
+    def real(self) -> SymTensor:
         return apply("real", sp.re, self)
 
     @property
-    def imag(self) -> "SymTensor":
+    def imag(self) -> SymTensor:
         return apply("imag", sp.im, self)
 
-    def conj(self) -> "SymTensor":
+    def conj(self) -> SymTensor:
         return apply("conj", sp.conjugate, self)
 
-    def abs(self) -> "SymTensor":
+    def abs(self) -> SymTensor:
         return apply("abs", sp.Abs, self)
 
     # dims
-    def sum(self, *dims: str) -> "SymTensor":
+    def sum(self, *dims: str) -> SymTensor:
         """Sum over the named dims (not the time dim)."""
         if not dims:
             raise SpecError(".sum() needs the dims to reduce, e.g. .sum('n')", user_src())
@@ -147,7 +148,7 @@ class SymTensor:
             out = out._sum1(d)
         return out
 
-    def _sum1(self, dim: str) -> "SymTensor":
+    def _sum1(self, dim: str) -> SymTensor:
         tr, src = _tracer(), user_src()
         _check_bool(self, ".sum", src)
         if dim == tr.time:
@@ -159,7 +160,7 @@ class SymTensor:
         dims = tuple(d for d in self.dims if d != dim)
         return SymTensor(TraceOp("sum", dims, self.op.complex, (self.op,), dim=dim, src=src))
 
-    def rename(self, **mapping: str) -> "SymTensor":
+    def rename(self, **mapping: str) -> SymTensor:
         """The same values with dims renamed, e.g. h.rename(n="m") for a matrix-vector product."""
         tr, src = _tracer(), user_src()
         for old, new in mapping.items():
@@ -181,7 +182,7 @@ class SymTensor:
         return SymTensor(TraceOp("rename", dims, self.op.complex, (self.op,),
                                  mapping=tuple(sorted(mapping.items())), src=src))
 
-    def shift(self, dim: str, fill: Any = 0) -> "SymTensor":
+    def shift(self, dim: str, fill: Any = 0) -> SymTensor:
         """out[i] = self[i-1] along `dim`, out[0] = fill: one step of a shift register."""
         return shift(self, dim, fill)
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import inspect
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import sympy as sp
 

@@ -97,5 +97,6 @@ def _verify_map(node: Map, seen: dict, where: str) -> None:
         _check(sym == sp.Symbol(sym.name, real=True) if not arg.complex
                else sym == sp.Symbol(sym.name),
                f"{where}: symbol {sym} has assumptions other than lrc's for {arg.name!r}")
-    _check(arg_dims <= set(node.dims), f"{where}: dims {node.dims} miss {arg_dims - set(node.dims)}")
+    _check(arg_dims <= set(node.dims),
+           f"{where}: dims {node.dims} miss {arg_dims - set(node.dims)}")
     _check(node.complex or not is_complex(node.expr), f"{where}: real node with complex value")

@@ -28,7 +28,7 @@ class Writer:
     def __call__(self, line: str, node: str | None = None) -> None:
         self.lines.append("    " * self.depth + line + (f"  # {node}" if node else ""))
 
-    def indent(self) -> "Writer":
+    def indent(self) -> Writer:
         self.depth += 1
         return self
 

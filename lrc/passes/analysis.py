@@ -3,7 +3,7 @@ the terms of Params alone."""
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import networkx as nx
 import sympy as sp

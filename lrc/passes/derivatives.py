@@ -173,7 +173,7 @@ def vjp(g: Graph) -> Backward:
             out_axes.append(((t,),) + n.annotation.axes)
             param_grads.append((n.name, nm))
     adjoints, states = [], []
-    for (s, new), a in zip(g.states, adj_in):
+    for (s, _new), a in zip(g.states, adj_in):
         nm = add(Map(adjoint_name(s), g[s].dims, total(s)))
         adjoints.append((s, a))
         states.append((a, nm))

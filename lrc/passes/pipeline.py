@@ -1,8 +1,8 @@
 """The whole pipeline as one readable function, and `lrc.explain`."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..ir.graph import Graph
 from ..ir.linearity import check_linear

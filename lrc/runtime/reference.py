@@ -142,7 +142,7 @@ def vjp_grads(call: Call, backward, dys: list[torch.Tensor], dfinals: list | Non
     bvals = dict(values)
     for s, name in backward.forward_states:
         bvals[name] = traj[s]
-    for (o, name), dy in zip(backward.cotangents, dys):
+    for (_o, name), dy in zip(backward.cotangents, dys):
         bvals[name] = to_canonical(bg, dy.to(torch.float64), bg[name].annotation, sizes, True)
     finals = dict(zip(g.state_args, dfinals or [None] * len(g.state_args)))
     adj0 = {}
@@ -157,7 +157,7 @@ def vjp_grads(call: Call, backward, dys: list[torch.Tensor], dfinals: list | Non
             adj0[name] = _part(wide, node.part)
     outs, adj = interpret.run(bg, bvals, adj0, sizes, call.T, not call.reverse)
     per_node: dict[str, torch.Tensor] = {}
-    for (x, name), o in zip(backward.seq_grads + backward.param_grads, outs):
+    for (x, _name), o in zip(backward.seq_grads + backward.param_grads, outs):
         if g[x].role is Role.PARAM:
             o = o.sum(0, keepdim=True)
         per_node[x] = o

@@ -31,7 +31,8 @@ def wide(x: torch.Tensor) -> torch.Tensor:
 
 def run(entry: ZooEntry, args: dict, state=None, **kw) -> tuple[tuple, tuple]:
     """The compiled spec's (outputs, final states), both as tuples."""
-    out, fin = lrc.compile(entry.spec, backend="reference")(**args, initial_state=state, return_final_state=True, **kw)
+    out, fin = lrc.compile(entry.spec, backend="reference")(**args, initial_state=state,
+                                                            return_final_state=True, **kw)
     return as_tuple(out), as_tuple(fin)
 
 

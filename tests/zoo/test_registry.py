@@ -100,7 +100,8 @@ def test_decode_matches_forward(name):
 def test_gradients_reach_every_argument(name):
     entry = ZOO[name]
     args = {k: v.requires_grad_() for k, v in entry.example(t=9).items()}
-    loss = sum(y.square().sum() for y in as_tuple(lrc.compile(entry.spec, backend="reference")(**args)))
+    ref = lrc.compile(entry.spec, backend="reference")
+    loss = sum(y.square().sum() for y in as_tuple(ref(**args)))
     grads = torch.autograd.grad(loss, list(args.values()))
     for k, g in zip(args, grads, strict=True):
         assert torch.isfinite(g).all() and g.abs().max() > 0, k

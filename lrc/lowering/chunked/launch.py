@@ -174,8 +174,8 @@ class Launcher:
             with modules.interpreted():
                 fn[grid](*args, **consts)
             return
-        kernel_launch.launch(self.prog.__dict__.setdefault("_direct", Bounded(256)), which, fn, grid, args,
-                       consts)
+        direct = self.prog.__dict__.setdefault("_direct", Bounded(256))
+        kernel_launch.launch(direct, which, fn, grid, args, consts)
 
     def walk_keys(self, cfg: Config) -> dict:
         """BK and NKB of a PASS state pass (Config.wk: its keys in blocks)."""

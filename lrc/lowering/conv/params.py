@@ -250,6 +250,7 @@ def _source(parts, values, grads, rank: int, outs_complex: list[bool]) -> str:
                     f"    tl.store(d{j} + 2 * i + 1, d{j}i, mask=m)"]
         else:
             bwd += [f"    tl.store(d{j} + i, d{j}r, mask=m)"]
-    return ('"""Expressions of Params alone, forward and backward (lrc: lowering/conv/params.py)."""\n'
+    return ('"""Expressions of Params alone, forward and backward '
+            '(lrc: lowering/conv/params.py)."""\n'
             "import triton\nimport triton.language as tl\n" + HELPERS + "\n\n@triton.jit\n"
             + "\n".join(fwd) + "\n\n\n@triton.jit\n" + "\n".join(bwd) + "\n")

@@ -97,8 +97,8 @@ class ScanFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        """The backward's launch, replay and gradient layout in one place: autograd's contract is one
-        method, and its steps share the saved tensors and the launch's buffers."""
+        """The backward's launch, replay and gradient layout in one place: autograd's contract
+        is one method, and its steps share the saved tensors and the launch's buffers."""
         prog, info = ctx.prog, ctx.info
         k, bw, sizes, T = prog.kernel, prog.backward, info["sizes"], info["T"]
         saved = ctx.saved_tensors
@@ -108,7 +108,7 @@ class ScanFunction(torch.autograd.Function):
         loop = prog.mode != "scan"
         n_out = len(k.outputs)
         cots, zeros = [], []  # zeros: the cotangents made here (outputs given no gradient)
-        for (o, cot), axes, gy in zip(bw.cotangents, k.out_axes, grads[:n_out]):
+        for (_o, cot), axes, gy in zip(bw.cotangents, k.out_axes, grads[:n_out]):
             if gy is None:
                 shape = [T if a == (k.time,) else math.prod(sizes[d] for d in a) for a in axes]
                 gy = torch.zeros(shape, dtype=torch.float32, device=device)

@@ -68,7 +68,7 @@ def backward_inputs(sig: Signature, k: Graph, bg: Graph, backward) -> None:
             sig.ptr(f"in:{n.name}", ident(n.name))
             sig.strides(f"in:{n.name}", ident(n.name), (["#t"] if n.role is Role.SEQ else [])
                         + list(n.dims))
-    for o, cot in backward.cotangents:
+    for _o, cot in backward.cotangents:
         sig.ptr(f"in:{cot}", ident(cot))
         sig.strides(f"in:{cot}", ident(cot), ["#t"] + list(bg[cot].dims))
     for s in k.state_names:
@@ -228,7 +228,7 @@ def backward_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tuple[Block,
     post("    last = seg == N_SEG - 1")
     post("if not SUMMARY:")
     post.indent()
-    for acc, var, off, dims, atomic, mask in accs:
+    for acc, var, off, _dims, atomic, mask in accs:
         post(store_line(var, off, acc, mask, atomic))
     for s, adj in backward.adjoints:
         m = mask_of(t, k[s].dims, False, carried=True)

@@ -160,7 +160,7 @@ class ChunkBody:
         """One step, no scan (decode): new = coef @ old + inp from the loaded states."""
         vals, w = self.vals, self.w
         dims = self.g[b.states[0]].dims
-        for k, (new, row, inp) in enumerate(zip(b.news, b.coef, b.inp)):
+        for _k, (new, row, inp) in enumerate(zip(b.news, b.coef, b.inp)):
             terms = [f"({vals.expr(self.r(c))}) * {self.state_var(s)}"
                      for c, s in zip(row, b.states)]
             nv = ident(new) + f"_{self.tag}"
@@ -223,7 +223,7 @@ class ChunkBody:
             self.carry_in[s] = f"{sv}_in"
             w(f"{sv}_in = {sv}")
         A11, A12, A21, A22, B1, B2 = outs
-        for k, (new, row) in enumerate(zip(b.news, ((A11, A12, B1), (A21, A22, B2)))):
+        for _k, (new, row) in enumerate(zip(b.news, ((A11, A12, B1), (A21, A22, B2)))):
             nv = ident(new) + f"_{self.tag}"
             w(f"{nv} = {row[0]} * {s1}_in + {row[1]} * {s2}_in + {row[2]}", new)
             vals.set(new, Val(nv, frozenset(dims), True))

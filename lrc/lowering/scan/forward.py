@@ -60,7 +60,7 @@ def forward_source(g: Graph, blocks: tuple[Block, ...], tiling: Tiling,
         sig.ptr(f"in:{n.name}", ident(n.name))
         sig.strides(f"in:{n.name}", ident(n.name), (["#t"] if n.role is Role.SEQ else [])
                     + [d for d in n.dims])
-    for o, axes in zip(g.outputs, g.out_axes):
+    for o, _axes in zip(g.outputs, g.out_axes):
         sig.ptr(f"out:{o}", ident(o))
         sig.strides(f"out:{o}", ident(o), ["#t"] + list(g[o].dims))
     for s in g.state_names:
@@ -408,7 +408,7 @@ def _decay_init(w: Writer, g: Graph, blocks: tuple[Block, ...], t: Tiling) -> No
                   f"{1.0 if r == c else 0.0}, tl.float32)")
 
 
-def _decay_step(w: Writer, blocks: tuple[Block, ...], body: "ChunkBody", t: Tiling) -> None:
+def _decay_step(w: Writer, blocks: tuple[Block, ...], body: ChunkBody, t: Tiling) -> None:
     """M <- (this chunk's transition) M, per block, from the scan's cumulative decays."""
     for i, b in enumerate(blocks):
         for k, a in enumerate(body.totals[i]):

@@ -48,7 +48,7 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def segments(prog: ScanProgram, run: "Launch", T: int, backward: bool = False
+def segments(prog: ScanProgram, run: Launch, T: int, backward: bool = False
              ) -> tuple[int, int]:
     """(segments, steps per segment) for the forward scan: one segment, unless the programs over
     batch x channels are fewer than the GPU can run at once and the sequence is long; then
@@ -68,7 +68,8 @@ def segments(prog: ScanProgram, run: "Launch", T: int, backward: bool = False
         want = 2 * _sm_count(run.device)
         n = 1 if have >= want else min(-(-want // have), T // (4 * tc))
     n = max(1, n)
-    seg_len = -(-(-(-T // n)) // tc) * tc
+    per = -(-T // n)                     # steps per segment, rounded up to whole chunks
+    seg_len = -(-per // tc) * tc
     return -(-T // seg_len), seg_len
 
 

@@ -59,7 +59,8 @@ def step_source(k: Graph, tiling: Tiling, name: str) -> tuple[str, Signature]:
         w(f"tl.store({ident(s)}_hT_ptr + ONE + {state_offset(t, k, s, 'hT', None)}, "
           f"{vals.full(vals[new], k[s].dims, False)}.to({ident(s)}_hT_ptr.dtype.element_ty), "
           f"mask={mask_of(t, k[s].dims, False)})", f"new {s}")
-    return kernel_text(name, sig, ["HAS_H0", "ORDER", "TC"] + [f"BLOCK_{d}" for d in t.tile], w), sig
+    consts = ["HAS_H0", "ORDER", "TC"] + [f"BLOCK_{d}" for d in t.tile]
+    return kernel_text(name, sig, consts, w), sig
 
 
 def _load_states(w: Writer, g: Graph, t: Tiling, body: ChunkBody, what: str) -> None:

@@ -12,7 +12,7 @@ from .program import ScanProgram
 from .tune import infer_differs, unrolling
 
 
-def _templates(run: "Launch", slots: dict[int, tuple[str, int]]) -> list[tuple]:
+def _templates(run: Launch, slots: dict[int, tuple[str, int]]) -> list[tuple]:
     """`run`'s fired launches as (arguments, holes, constexprs, grid): each tensor argument
     a hole filled from its slot of `slots` (by identity) at replay. The first call's buffers
     are dropped from `run`, not kept alive."""
@@ -35,8 +35,8 @@ def _templates(run: "Launch", slots: dict[int, tuple[str, int]]) -> list[tuple]:
 
 
 def keep_replay(table: dict, key: tuple | None, make) -> None:
-    """Remember `make()` (a Replay) under `key`: at most 256 kept (a Bounded table), none where the launches
-    cannot be replayed (key None, or make raising ValueError)."""
+    """Remember `make()` (a Replay) under `key`: at most 256 kept (a Bounded table), none where
+    the launches cannot be replayed (key None, or make raising ValueError)."""
     if key is None:
         return
     try:
@@ -45,7 +45,7 @@ def keep_replay(table: dict, key: tuple | None, make) -> None:
         pass
 
 
-def _play(run: "Launch", launches: list[tuple], src: dict[str, list]) -> None:
+def _play(run: Launch, launches: list[tuple], src: dict[str, list]) -> None:
     """Fire `launches` (from _templates) with their holes filled from `src`."""
     for base, holes, consts, grid, direct in launches:
         params = base.copy()
@@ -64,7 +64,7 @@ class Replay:
     lookup, block sizing or argument assembly again. Host time per call is what an
     elementwise scan's forward would otherwise lose to hand-written kernels."""
 
-    def __init__(self, run: "Launch", ins, h0s, outs, finals, chks, tc: int):
+    def __init__(self, run: Launch, ins, h0s, outs, finals, chks, tc: int):
         slots: dict[int, tuple[str, int]] = {}
         for i, x in enumerate(ins):
             slots.setdefault(id(x), ("in", i))
@@ -144,7 +144,7 @@ class BackReplay:
     sums, absent cotangents), the arguments filled from the new call's inputs, checkpoints
     and cotangents. Returns the gradient buffers as the full path does."""
 
-    def __init__(self, run: "Launch", ins, chks, grads, fresh, bufs: dict, dh0s: list):
+    def __init__(self, run: Launch, ins, chks, grads, fresh, bufs: dict, dh0s: list):
         slots: dict[int, tuple[str, int]] = {}
         for kind, xs in (("in", ins), ("chk", chks), ("grad", grads)):
             for i, x in enumerate(xs):

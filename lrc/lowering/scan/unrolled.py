@@ -274,7 +274,7 @@ def backward_unrolled_source(k: Graph, kb: tuple[Block, ...], bg: Graph, bb: tup
         if along_b.get(out) != "in":
             _gradient_out(w, k, vals, t, out, grads[out], along=False)
     w.dedent()
-    for var, off, dims, atomic, mask in accs:
+    for var, off, _dims, atomic, mask in accs:
         w(store_line(var, off, f"{var}_acc", mask, atomic))
     for s, adj in backward.adjoints:
         m = mask_of(t, k[s].dims, False, carried=True)
@@ -367,7 +367,7 @@ def _reversed_terms(w: Writer, g: Graph, blocks: tuple[Block, ...], body: ChunkB
     # that value zeroed per chunk past the sequence's end, not the decay per index
     timed = lambda a: [x for x in a.free_symbols if x.name in vals and vals[x.name].timed]
     zeroed = {}
-    for s, (a, e) in terms.items():
+    for s, (a, _e) in terms.items():
         if len(timed(a)) == 1 and a.xreplace({timed(a)[0]: sp.Integer(0)}) == 1:
             zeroed[timed(a)[0]] = s
     to = {}

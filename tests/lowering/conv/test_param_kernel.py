@@ -187,6 +187,6 @@ def test_expressions_together(use):
     want = (r1 * g1.conj()).real.sum() + ((r2 * g2.conj()).real.sum() if use == "both" else 0)
     got = torch.autograd.grad(loss, xs, allow_unused=True)
     exp = torch.autograd.grad(want, ws, allow_unused=True)
-    for name, x, gg, ee in zip(names, xs, got, exp, strict=True):
+    for name, _x, gg, ee in zip(names, xs, got, exp, strict=True):
         ee = torch.zeros_like(ws[names.index(name)]) if ee is None else ee
         assert rel_err(gg, ee) <= 1e-10, name

@@ -23,8 +23,8 @@ def test_reverse():
 def test_decode_matches_forward(name):
     import lrc
     from lrc.zoo import ZOO
-    from tests.lowering.scan.test_scan import as_tuple, layers
     from tests.conftest import rel_err
+    from tests.lowering.scan.test_scan import as_tuple, layers
 
     entry = ZOO[name]
     kern, _ = layers(name)

@@ -22,9 +22,9 @@ from lrc.lowering.scan import tune as scan_tune_policy
 from lrc.lowering.scan.configs import UNROLLED, ScanConfig, candidates_unrolled
 from lrc.lowering.scan.unrolled import _old_through_decay
 from lrc.zoo import ZOO
+from tests.conftest import rel_err
 from tests.lowering.scan import test_scan
 from tests.lowering.scan.test_scan import check
-from tests.conftest import rel_err
 
 
 @lrc.recurrence
