@@ -67,6 +67,11 @@ def test_forward_matches_loop(kw):
 
 
 def test_bf16():
+    # GatedRMSNorm normalizes each head's output by its own size: where a head's output nearly
+    # cancels, bf16 rounding of the projections (0.3%) becomes a large relative error there.
+    # Over random draws the error against float64 is about 0.5%, but about 2 draws in 100
+    # pass 1e-2; one fixed draw keeps this test deterministic.
+    torch.manual_seed(0)
     block = make(use_short_conv=True).to(torch.bfloat16)
     x = torch.randn(2, 9, D_MODEL).to(torch.bfloat16)
     got = block(x)
