@@ -5,7 +5,8 @@ mamba_ssm's GatedMLP; none with d_intermediate=0). Embeddings, a final RMSNorm a
 to the embeddings. Pattern letters:
 
     M Mamba   2 Mamba-2   G GatedLinearAttention   H Griffin/Hawk recurrent block
-    S S4D     A attention (SDPA, rotary, KV cache)
+    S S4D     4 S4        R MultiScaleRetention    W RWKV-6 time mixing
+    L LRU     3 H3        Y Hyena (order 2)        A attention (SDPA, rotary, KV cache)
 """
 from __future__ import annotations
 
@@ -16,7 +17,20 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the PyTorch convention)
 from torch import nn
 
-from ..nn import S4D, GatedLinearAttention, GriffinRecurrentBlock, Mamba, Mamba2, RMSNorm
+from ..nn import (
+    H3,
+    LRU,
+    S4,
+    S4D,
+    GatedLinearAttention,
+    GriffinRecurrentBlock,
+    HyenaOperator,
+    Mamba,
+    Mamba2,
+    MultiScaleRetention,
+    RMSNorm,
+    RWKV6TimeMix,
+)
 from ..nn.common import Cache
 from .attention import Attention
 
@@ -55,12 +69,28 @@ def make_mixer(letter: str, config: LMConfig, layer_idx: int) -> nn.Module:
         return GriffinRecurrentBlock(d, backend=be, **kw)
     if letter == "S":
         return S4D(d, backend=be, **kw)
+    if letter == "4":
+        return S4(d, backend=be, **kw)
+    if letter == "R":
+        kw.setdefault("num_heads", config.num_heads)
+        return MultiScaleRetention(hidden_size=d, layer_idx=layer_idx, backend=be, **kw)
+    if letter == "W":
+        kw.setdefault("head_size", min(64, d))
+        return RWKV6TimeMix(d, layer_id=layer_idx, n_layer=len(config.pattern), backend=be,
+                            **kw)
+    if letter == "L":
+        return LRU(kw.pop("d_hidden", d), d, backend=be, **kw)
+    if letter == "3":
+        return H3(d, layer_idx=layer_idx, backend=be, **kw)
+    if letter == "Y":
+        return HyenaOperator(d, kw.pop("l_max", config.max_seqlen), backend=be, **kw)
     if letter == "A":
         kw.setdefault("num_heads", config.num_heads)
         kw.setdefault("max_seqlen", config.max_seqlen)
         return Attention(d, **kw)
     raise ValueError(f"LM: unknown layer {letter!r} in pattern {config.pattern!r}; letters: "
-                     "M Mamba, 2 Mamba-2, G GLA, H Hawk, S S4D, A attention")
+                     "M Mamba, 2 Mamba-2, G GLA, H Hawk, S S4D, 4 S4, R RetNet, W RWKV-6, "
+                     "L LRU, 3 H3, Y Hyena, A attention")
 
 
 class GatedMLP(nn.Module):

@@ -11,7 +11,9 @@ from tests.nn.helpers import check_packed, check_state_indices, check_step_after
 
 SMALL = {"M": {"d_state": 3, "d_conv": 3}, "2": {"headdim": 4, "d_state": 3, "d_conv": 3},
          "G": {"expand_k": 1.0, "gate_low_rank_dim": 3, "use_short_conv": True, "conv_size": 3},
-         "H": {"conv_width": 3}, "S": {"d_state": 4}}
+         "H": {"conv_width": 3}, "S": {"d_state": 4}, "4": {"d_state": 4},
+         "W": {"head_size": 4, "d_mix_lora": 3, "d_decay_lora": 3}, "L": {"d_hidden": 5},
+         "3": {"d_state": 4}, "Y": {"filter_order": 8}}
 
 
 def tiny(pattern: str, dtype=torch.float32, device="cpu", backend="reference",
@@ -63,7 +65,7 @@ def test_attention_decode_and_packing():
     check_state_indices(m, torch.randn(2, 5, 8), pool=3, tol=1e-6)
 
 
-@pytest.mark.parametrize("pattern", ["MA", "2G", "HS", "MA2GHS"])
+@pytest.mark.parametrize("pattern", ["MA", "2G", "HS", "MA2GHS", "4RWL3Y"])
 def test_greedy_generate_equals_recompute(pattern):
     model = tiny(pattern, tie=False)   # a tied random head mostly repeats the last token
     prompt = torch.randint(0, 11, (2, 5))
@@ -74,8 +76,9 @@ def test_greedy_generate_equals_recompute(pattern):
     assert torch.equal(got, want), f"{got}\n{want}"
 
 
-def test_step_logits_equal_forward_logits():
-    model = tiny("MA2GHS")
+@pytest.mark.parametrize("pattern", ["MA2GHS", "4RWL3Y"])
+def test_step_logits_equal_forward_logits(pattern):
+    model = tiny(pattern)
     ids = torch.randint(0, 11, (2, 7))
     with torch.no_grad():
         full = model(ids)
@@ -86,8 +89,9 @@ def test_step_logits_equal_forward_logits():
     assert rel_err(got, full) <= 1e-5
 
 
-def test_packed_prefill_equals_separate():
-    model = tiny("MA2GHS")
+@pytest.mark.parametrize("pattern", ["MA2GHS", "4RWL3Y"])
+def test_packed_prefill_equals_separate(pattern):
+    model = tiny(pattern)
     a, b = torch.randint(0, 11, (1, 4)), torch.randint(0, 11, (1, 6))
     cu = torch.tensor([0, 4, 10], dtype=torch.int32)
     with torch.no_grad():
