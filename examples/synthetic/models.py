@@ -73,7 +73,6 @@ def build_model(name: str, vocab_size: int, d_model: int, n_layers: int) -> LM:
         raise ValueError(f"unknown model {name!r}; one of {', '.join(MODELS)}")
     letter = LETTERS.get(name, "G")
     model = LM(LMConfig(vocab_size=vocab_size, d_model=d_model, pattern=letter * n_layers))
-    nn.init.normal_(model.embedding.weight, std=0.02)   # mamba_ssm's init (tied to the head)
     if name == "user":   # LM's layers, each mixer swapped for the user's block
         for layer in model.layers:
             layer.mixer = SelectiveBlock(d_model)

@@ -151,6 +151,8 @@ class LM(nn.Module):
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embedding.weight
+        # mamba_ssm's init (nn.Embedding's N(0, 1), tied to the head, starts the loss near 20)
+        nn.init.normal_(self.embedding.weight, std=0.02)
         self._graphs: dict = {}
 
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
