@@ -37,10 +37,43 @@ directly; the terms through exp(G) and exp(R) come back as G's and R's gradients
 caller sums into g's (each a genuine dependency: nothing cancels).
 '''
 
+# this program's tile and offsets, shared with kernels_ab.py
+PROGRAM = r'''
+
+@triton.jit
+def _program(H, K, V, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """This program's value block, batch x head, batch, head, offsets and state tile."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    offs_t = tl.arange(0, BT)
+    offs_k = tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    m_kv = (offs_k[:, None] < K) & (offs_v[None, :] < V)
+    state = i_bh * K * V + offs_k[:, None] * V + offs_v[None, :]
+    return i_v, i_bh, i_bh // H, i_bh % H, offs_t, offs_k, offs_v, m_kv, state
+
+
+@triton.jit
+def _state_in(ptr, state, m_kv, HAS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """The state tile at ptr in float32, or zeros."""
+    if HAS:
+        S = tl.load(ptr + state, mask=m_kv, other=0.0).to(tl.float32)
+    else:
+        S = tl.zeros([BK, BV], tl.float32)
+    return S
+
+
+@triton.jit
+def _bases(b, h, c, NT, H, K, V, BT: tl.constexpr):
+    """Where chunk c starts in the key-side, value-side and per-step tensors."""
+    row = (b * NT * BT + c * BT) * H + h
+    return row * K, row * V, row
+'''
+
 SOURCE = r'''"""Chunked delta-rule kernels (lrc.lowering.dplr)."""
 import triton
 import triton.language as tl
-
+''' + PROGRAM + r'''
 
 @triton.jit
 def _chunk(k_ptr, q_ptr, u_ptr, b_ptr, g_ptr, base_k, base_v, base_s, offs_t, offs_k,
@@ -83,25 +116,10 @@ def _chunk(k_ptr, q_ptr, u_ptr, b_ptr, g_ptr, base_k, base_v, base_s, offs_t, of
 def dplr_forward(k_ptr, q_ptr, u_ptr, b_ptr, g_ptr, h0_ptr, o_ptr, hT_ptr, hs_ptr, NT, H, K, V,
                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_DECAY: tl.constexpr,
                  HAS_H0: tl.constexpr, STORE_HS: tl.constexpr, PREC: tl.constexpr):
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1)
-    b = i_bh // H
-    h = i_bh % H
-    offs_t = tl.arange(0, BT)
-    offs_k = tl.arange(0, BK)
-    offs_v = i_v * BV + tl.arange(0, BV)
-    m_kv = (offs_k[:, None] < K) & (offs_v[None, :] < V)
-    state = i_bh * K * V + offs_k[:, None] * V + offs_v[None, :]
-    if HAS_H0:
-        S = tl.load(h0_ptr + state, mask=m_kv, other=0.0).to(tl.float32)
-    else:
-        S = tl.zeros([BK, BV], tl.float32)
-    T = NT * BT
+    i_v, i_bh, b, h, offs_t, offs_k, offs_v, m_kv, state = _program(H, K, V, BT, BK, BV)
+    S = _state_in(h0_ptr, state, m_kv, HAS_H0, BK, BV)
     for c in range(NT):
-        t0 = c * BT
-        base_k = ((b * T + t0) * H + h) * K
-        base_v = ((b * T + t0) * H + h) * V
-        base_s = (b * T + t0) * H + h
+        base_k, base_v, base_s = _bases(b, h, c, NT, H, K, V, BT)
         if STORE_HS:
             tl.store(hs_ptr + (i_bh * NT + c) * K * V + offs_k[:, None] * V + offs_v[None, :],
                      S, mask=m_kv)
@@ -125,29 +143,15 @@ def dplr_backward(k_ptr, q_ptr, u_ptr, b_ptr, g_ptr, hs_ptr, do_ptr, dhT_ptr, dq
                   du_ptr, db_ptr, dg_ptr, dh0_ptr, NT, B, H, K, V, BT: tl.constexpr,
                   BK: tl.constexpr, BV: tl.constexpr, HAS_DECAY: tl.constexpr,
                   HAS_DHT: tl.constexpr, PREC: tl.constexpr):
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1)
-    b = i_bh // H
-    h = i_bh % H
-    offs_t = tl.arange(0, BT)
-    offs_k = tl.arange(0, BK)
-    offs_v = i_v * BV + tl.arange(0, BV)
+    i_v, i_bh, b, h, offs_t, offs_k, offs_v, m_kv, state = _program(H, K, V, BT, BK, BV)
     mk = offs_k[None, :] < K
     mv = offs_v[None, :] < V
-    m_kv = (offs_k[:, None] < K) & (offs_v[None, :] < V)
-    state = i_bh * K * V + offs_k[:, None] * V + offs_v[None, :]
-    if HAS_DHT:
-        dS = tl.load(dhT_ptr + state, mask=m_kv, other=0.0).to(tl.float32)
-    else:
-        dS = tl.zeros([BK, BV], tl.float32)
+    dS = _state_in(dhT_ptr, state, m_kv, HAS_DHT, BK, BV)
     T = NT * BT
     part = i_v * B * T * H            # this value block's slice of the partial gradients
     for cc in range(NT):
         c = NT - 1 - cc
-        t0 = c * BT
-        base_k = ((b * T + t0) * H + h) * K
-        base_v = ((b * T + t0) * H + h) * V
-        base_s = (b * T + t0) * H + h
+        base_k, base_v, base_s = _bases(b, h, c, NT, H, K, V, BT)
         S0 = tl.load(hs_ptr + (i_bh * NT + c) * K * V + offs_k[:, None] * V + offs_v[None, :],
                      mask=m_kv, other=0.0)
         kc, qc, uc, bt, E, eG, eL, gl, KK, Ti, le, lo = _chunk(
@@ -267,25 +271,10 @@ def _chunk_pk(k_ptr, q_ptr, u_ptr, b_ptr, g_ptr, G_ptr, R_ptr, base_k, base_v, b
 def dplr_forward_pk(k_ptr, q_ptr, u_ptr, b_ptr, g_ptr, G_ptr, R_ptr, h0_ptr, o_ptr, hT_ptr,
                     hs_ptr, NT, H, K, V, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                     HAS_H0: tl.constexpr, STORE_HS: tl.constexpr, PREC: tl.constexpr):
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1)
-    b = i_bh // H
-    h = i_bh % H
-    offs_t = tl.arange(0, BT)
-    offs_k = tl.arange(0, BK)
-    offs_v = i_v * BV + tl.arange(0, BV)
-    m_kv = (offs_k[:, None] < K) & (offs_v[None, :] < V)
-    state = i_bh * K * V + offs_k[:, None] * V + offs_v[None, :]
-    if HAS_H0:
-        S = tl.load(h0_ptr + state, mask=m_kv, other=0.0).to(tl.float32)
-    else:
-        S = tl.zeros([BK, BV], tl.float32)
-    T = NT * BT
+    i_v, i_bh, b, h, offs_t, offs_k, offs_v, m_kv, state = _program(H, K, V, BT, BK, BV)
+    S = _state_in(h0_ptr, state, m_kv, HAS_H0, BK, BV)
     for c in range(NT):
-        t0 = c * BT
-        base_k = ((b * T + t0) * H + h) * K
-        base_v = ((b * T + t0) * H + h) * V
-        base_s = (b * T + t0) * H + h
+        base_k, base_v, base_s = _bases(b, h, c, NT, H, K, V, BT)
         if STORE_HS:
             tl.store(hs_ptr + (i_bh * NT + c) * K * V + offs_k[:, None] * V + offs_v[None, :],
                      S, mask=m_kv)
@@ -307,29 +296,15 @@ def dplr_backward_pk(k_ptr, q_ptr, u_ptr, b_ptr, g_ptr, G_ptr, R_ptr, hs_ptr, do
                      dq_ptr, dk_ptr, du_ptr, db_ptr, dg_ptr, dG_ptr, dR_ptr, dh0_ptr, NT, B, H,
                      K, V, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                      HAS_DHT: tl.constexpr, PREC: tl.constexpr):
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1)
-    b = i_bh // H
-    h = i_bh % H
-    offs_t = tl.arange(0, BT)
-    offs_k = tl.arange(0, BK)
-    offs_v = i_v * BV + tl.arange(0, BV)
+    i_v, i_bh, b, h, offs_t, offs_k, offs_v, m_kv, state = _program(H, K, V, BT, BK, BV)
     mk = offs_k[None, :] < K
     mv = offs_v[None, :] < V
-    m_kv = (offs_k[:, None] < K) & (offs_v[None, :] < V)
-    state = i_bh * K * V + offs_k[:, None] * V + offs_v[None, :]
-    if HAS_DHT:
-        dS = tl.load(dhT_ptr + state, mask=m_kv, other=0.0).to(tl.float32)
-    else:
-        dS = tl.zeros([BK, BV], tl.float32)
+    dS = _state_in(dhT_ptr, state, m_kv, HAS_DHT, BK, BV)
     T = NT * BT
     part = i_v * B * T * H            # this value block's slice of the partial gradients
     for cc in range(NT):
         c = NT - 1 - cc
-        t0 = c * BT
-        base_k = ((b * T + t0) * H + h) * K
-        base_v = ((b * T + t0) * H + h) * V
-        base_s = (b * T + t0) * H + h
+        base_k, base_v, base_s = _bases(b, h, c, NT, H, K, V, BT)
         S0 = tl.load(hs_ptr + (i_bh * NT + c) * K * V + offs_k[:, None] * V + offs_v[None, :],
                      mask=m_kv, other=0.0)
         kc, qc, uc, gc, eG, eR, gl, bt, Mkk, P, Ti, le, lo = _chunk_pk(

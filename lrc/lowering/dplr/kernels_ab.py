@@ -24,10 +24,12 @@ dependency, nothing cancels. Key-side gradients are partial sums per value block
 pads T to a multiple of BT with zeros.
 '''
 
+from .kernels import PROGRAM
+
 SOURCE = r'''"""Chunked kernels for two distinct vectors (lrc.lowering.dplr)."""
 import triton
 import triton.language as tl
-
+''' + PROGRAM + r'''
 
 @triton.jit
 def _load_ab(k_ptr, q_ptr, x_ptr, y_ptr, u_ptr, g_ptr, G_ptr, Gx_ptr, R_ptr, base_k, base_v,
@@ -88,24 +90,10 @@ def dplr_forward_ab(k_ptr, q_ptr, x_ptr, y_ptr, u_ptr, g_ptr, G_ptr, Gx_ptr, R_p
                     o_ptr, hT_ptr, hs_ptr, NT, H, K, V, BT: tl.constexpr, BK: tl.constexpr,
                     BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HS: tl.constexpr,
                     PREC: tl.constexpr):
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1)
-    b = i_bh // H
-    h = i_bh % H
-    offs_t = tl.arange(0, BT)
-    offs_k = tl.arange(0, BK)
-    offs_v = i_v * BV + tl.arange(0, BV)
-    m_kv = (offs_k[:, None] < K) & (offs_v[None, :] < V)
-    state = i_bh * K * V + offs_k[:, None] * V + offs_v[None, :]
-    if HAS_H0:
-        S = tl.load(h0_ptr + state, mask=m_kv, other=0.0).to(tl.float32)
-    else:
-        S = tl.zeros([BK, BV], tl.float32)
-    T = NT * BT
+    i_v, i_bh, b, h, offs_t, offs_k, offs_v, m_kv, state = _program(H, K, V, BT, BK, BV)
+    S = _state_in(h0_ptr, state, m_kv, HAS_H0, BK, BV)
     for c in range(NT):
-        t0 = c * BT
-        base_k = ((b * T + t0) * H + h) * K
-        base_v = ((b * T + t0) * H + h) * V
+        base_k, base_v, _ = _bases(b, h, c, NT, H, K, V, BT)
         if STORE_HS:
             tl.store(hs_ptr + (i_bh * NT + c) * K * V + offs_k[:, None] * V + offs_v[None, :],
                      S, mask=m_kv)
@@ -132,28 +120,15 @@ def dplr_backward_ab(k_ptr, q_ptr, x_ptr, y_ptr, u_ptr, g_ptr, G_ptr, Gx_ptr, R_
                      dG_ptr, dGx_ptr, dR_ptr, dh0_ptr, NT, B, H, K, V, BT: tl.constexpr,
                      BK: tl.constexpr, BV: tl.constexpr, HAS_DHT: tl.constexpr,
                      PREC: tl.constexpr):
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1)
-    b = i_bh // H
-    h = i_bh % H
-    offs_t = tl.arange(0, BT)
-    offs_k = tl.arange(0, BK)
-    offs_v = i_v * BV + tl.arange(0, BV)
+    i_v, i_bh, b, h, offs_t, offs_k, offs_v, m_kv, state = _program(H, K, V, BT, BK, BV)
     mk = offs_k[None, :] < K
     mv = offs_v[None, :] < V
-    m_kv = (offs_k[:, None] < K) & (offs_v[None, :] < V)
-    state = i_bh * K * V + offs_k[:, None] * V + offs_v[None, :]
-    if HAS_DHT:
-        dS = tl.load(dhT_ptr + state, mask=m_kv, other=0.0).to(tl.float32)
-    else:
-        dS = tl.zeros([BK, BV], tl.float32)
+    dS = _state_in(dhT_ptr, state, m_kv, HAS_DHT, BK, BV)
     T = NT * BT
     part = i_v * B * T * H            # this value block's slice of the partial gradients
     for cc in range(NT):
         c = NT - 1 - cc
-        t0 = c * BT
-        base_k = ((b * T + t0) * H + h) * K
-        base_v = ((b * T + t0) * H + h) * V
+        base_k, base_v, _ = _bases(b, h, c, NT, H, K, V, BT)
         S0 = tl.load(hs_ptr + (i_bh * NT + c) * K * V + offs_k[:, None] * V + offs_v[None, :],
                      mask=m_kv, other=0.0)
         kc, qc, xc, yc, uc, gc, gp, eG, eGx, eR = _load_ab(
