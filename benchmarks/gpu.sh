@@ -10,7 +10,7 @@
 # a later call on the same warm machine adds its rows) and are copied, with the chart, to $OUT.
 # T: seconds for run.py (default 570, under one call's 600 s; finished rows are kept).
 set -u
-ROWS=${ROWS:-elementwise,decode,decode_mamba1,s4d,mamba2,gla,mamba1}
+ROWS=${ROWS:-elementwise,decode,decode_mamba1,s4d,mamba2,gla,deltanet,gated_deltanet,kda,rwkv7,mamba1}
 RES=/tmp/lrc-bench
 mkdir -p "$RES" /tmp/site
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-14} LRC_CACHE_DIR=${LRC_CACHE_DIR:-/tmp/lrcc}

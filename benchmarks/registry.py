@@ -372,6 +372,76 @@ def gla_peer(inp: Inputs, s: Sizes) -> Built:
                   ("fwd", "fwdbwd"))
 
 
+# ---- the delta-rule family: lrc's dplr chunks against fla's hand-written chunk kernels
+
+def delta_inputs(name: str) -> Callable[[Sizes, Any], Inputs]:
+    """The zoo entry's example (standard init), bf16 sequences and fp32 Params."""
+    def make(s: Sizes, device: Any) -> Inputs:
+        args = ZOO[name].example(b=s["b"], t=s["t"], h=s["h"], k=s["k"], v=s["v"],
+                                 device=device)
+        return {k: (x.to(torch.bfloat16) if x.dim() >= 3 else x.float())
+                for k, x in args.items()}
+    return make
+
+
+def delta_lrc(name: str) -> Callable[[Inputs, Sizes], Built]:
+    """lrc's dplr lowering of zoo `name` (forced: dplr is not chosen automatically yet)."""
+    return lambda inp, s: _lrc_built(ZOO[name].spec, inp, FB, lowering="dplr")
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x.float(), dim=-1).to(x.dtype)
+
+
+def deltanet_peer(inp: Inputs, s: Sizes) -> Built:
+    """fla's chunk_delta_rule: q, k L2-normalized in the kernel, beta = sigmoid(b), scale 1."""
+    _need_cuda(inp)
+    fn = _peer_module("fla.ops.delta_rule").chunk_delta_rule
+    args = {k: inp[k] for k in ("q", "k", "v", "b")}
+    return _built("fla chunk_delta_rule", lambda q, k, v, b: fn(
+        q, k, v, torch.sigmoid(b.float()).to(v.dtype), scale=1.0,
+        use_qk_l2norm_in_kernel=True)[0], args, FB)
+
+
+def gated_deltanet_peer(inp: Inputs, s: Sizes) -> Built:
+    """fla's chunk_gated_delta_rule with g = -exp(A_log) softplus(a + dt_bias) in fp32."""
+    _need_cuda(inp)
+    fn = _peer_module("fla.ops.gated_delta_rule").chunk_gated_delta_rule
+    F = torch.nn.functional
+
+    def call(q, k, v, a, b, A_log, dt_bias):
+        g = -torch.exp(A_log) * F.softplus(a.float() + dt_bias)
+        return fn(q, k, v, g, torch.sigmoid(b.float()).to(v.dtype), scale=1.0,
+                  use_qk_l2norm_in_kernel=True)[0]
+    return _built("fla chunk_gated_delta_rule", call, dict(inp), FB)
+
+
+def kda_peer(inp: Inputs, s: Sizes) -> Built:
+    """fla's chunk_kda with the per-key g = -exp(A_log) softplus(f + dt_bias) in fp32."""
+    _need_cuda(inp)
+    fn = _peer_module("fla.ops.kda").chunk_kda
+    F = torch.nn.functional
+
+    def call(q, k, v, f, b, A_log, dt_bias):
+        g = -torch.exp(A_log)[:, None] * F.softplus(f.float() + dt_bias)
+        return fn(q, k, v, g, torch.sigmoid(b.float()).to(v.dtype), scale=1.0,
+                  use_qk_l2norm_in_kernel=True)[0]
+    return _built("fla chunk_kda", call, dict(inp), FB)
+
+
+def rwkv7_peer(inp: Inputs, s: Sizes) -> Built:
+    """fla's chunk_rwkv7(r, w, k, v, a, b): w = log decay, a = -kk, b = kk sigmoid(a_raw)."""
+    _need_cuda(inp)
+    fn = _peer_module("fla.ops.rwkv7").chunk_rwkv7
+    F = torch.nn.functional
+
+    def call(r, w, k, v, kk, a):
+        logw = -torch.exp(-F.softplus(-w.float()) - 0.5)
+        kn = _unit(kk)
+        return fn(r, logw, k, v, -kn, kn * torch.sigmoid(a), scale=1.0)[0]
+    return _built("fla chunk_rwkv7", call, dict(inp), FB)
+
+
 # ---- S4D: kernel from a diagonal complex SSM, causal FFT convolution (fp32)
 
 def s4d_inputs(s: Sizes, device: Any) -> Inputs:
@@ -513,6 +583,13 @@ ROWS: dict[str, Row] = {r.name: r for r in [
     Row("s4d", "S4D conv B{b} D{d} L{t} N{n} fp32",
         dict(b=8, d=2048, t=4096, n=32), dict(b=1, d=8, t=64, n=4), FB, s4d_inputs,
         (Impl("lrc", "lrc", s4d_lrc), Impl("torch", "peer", s4d_peer, cpu=True))),
+    *(Row(name, title + " B{b} T{t} H{h} K{k} V{v} bf16",
+          dict(b=8, t=4096, h=16, k=128, v=128), dict(b=1, t=32, h=2, k=16, v=16), FB,
+          delta_inputs(name), (Impl("lrc", "lrc", delta_lrc(name)),
+                               Impl("fla", "peer", peer)))
+      for name, title, peer in (("deltanet", "DeltaNet", deltanet_peer),
+                                ("gated_deltanet", "Gated DeltaNet", gated_deltanet_peer),
+                                ("kda", "KDA", kda_peer), ("rwkv7", "RWKV-7", rwkv7_peer))),
     Row("decode", "decode step B{b} H{h} P{p} N{n} fp32 state",
         dict(b=64, h=80, p=64, n=128), dict(b=2, h=2, p=8, n=16), ("step",), decode_inputs,
         (Impl("lrc", "lrc", decode_lrc), Impl("mamba_ssm", "peer", decode_peer))),
