@@ -402,6 +402,10 @@ class Run:
                 h = self.decay_seq(form)
             if not g[form.name].complex and h.is_complex():
                 h = h.real
+            elif g[form.name].complex and not h.is_complex():
+                # a complex state whose sequence came out real (its input term is real or 0):
+                # complex, so that a complex initial state is not cast to its real part
+                h = h.to(torch.promote_types(h.dtype, torch.complex64))
             self.cache[key] = h.expand(full)
         return self.cache[key]
 

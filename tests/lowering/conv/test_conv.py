@@ -189,6 +189,28 @@ def test_saturated_tanh_gradients():
         assert 0 < e.abs().max() < 1e-9  # saturated everywhere
         assert rel_err(a, e) <= GRAD
 
+@lrc.recurrence
+def reads_old_complex_state(h0: State("b", complex=True), x0: Seq("b t"),
+                            c2: Param("", complex=True)):
+    """A complex state whose input term is 0 (its sequence comes out real), read before the
+    step: the output's first step is Re(c2 h_init)."""
+    v0 = x0 - x0
+    v1 = (0.6 + 0.3j) * v0
+    return (c2 * h0).real, v1
+
+
+def test_complex_initial_state_read_before_a_real_update():
+    """hypothesis found it: the conv lowering cast the complex initial state to the real dtype
+    of the state's (zero) sequence and dropped its imaginary part."""
+    x = torch.randn(2, 9)
+    c2 = torch.randn((), dtype=torch.complex64)
+    h = torch.randn(2, dtype=torch.complex64)
+    kern = lrc.compile(reads_old_complex_state, backend="triton", lowering="conv")
+    y, fin = kern(x, c2, initial_state=h, return_final_state=True)
+    assert rel_err(y[:, 0], (c2.to(torch.complex128) * h.to(torch.complex128)).real) <= FWD
+    assert y[:, 1:].abs().max() == 0 and fin.abs().max() == 0
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 @given(random_specs())
 def test_random_time_invariant_specs(rs):
